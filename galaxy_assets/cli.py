@@ -1,0 +1,257 @@
+"""The ``galaxy-assets`` command.
+
+    galaxy-assets demo [--n N]          simulate a mock survey into the home and run the graph
+    galaxy-assets simulate --out DIR    write a mock survey (MMU HDF5 shards + truth tables)
+    galaxy-assets gallery --out PNG     draw examples of every mock class as RGB
+    galaxy-assets dev                   start `dagster dev` on the home's Dagster instance
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from galaxy_assets.runtime import HOME_ENV, Home
+
+log = logging.getLogger("galaxy_assets.cli")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SIMULATION_MARKER = "SIMULATION.json"
+
+
+def _dagster_yaml() -> Path:
+    path = REPO_ROOT / "dagster.yaml"
+    if not path.is_file():
+        raise SystemExit(
+            f"dagster.yaml not found at {path}: install galaxy-assets from a checkout "
+            "(pip install -e .) or set DAGSTER_HOME to a folder holding your own dagster.yaml"
+        )
+    return path
+
+
+def prepare_dagster_home(home: Home) -> Path:
+    """Point DAGSTER_HOME at ``<home>/dagster`` (unless the user set it) with our dagster.yaml,
+    and set the pool limits: ``gpu`` = number of GPUs (at least 1), ``lancedb_writer`` = 1."""
+    home.ensure()
+    os.environ[HOME_ENV] = str(home.root)
+    if os.environ.get("DAGSTER_HOME") and Path(os.environ["DAGSTER_HOME"]) != home.dagster:
+        return Path(os.environ["DAGSTER_HOME"])
+    os.environ["DAGSTER_HOME"] = str(home.dagster)
+    target = home.dagster / "dagster.yaml"
+    text = render_dagster_yaml(home)
+    if not target.exists() or target.read_text() != text:
+        target.write_text(text)
+    return home.dagster
+
+
+def render_dagster_yaml(home: Home) -> str:
+    """The repository's dagster.yaml with its storage paths moved into ``home``."""
+    import yaml
+
+    config = yaml.safe_load(_dagster_yaml().read_text())
+    config["storage"]["sqlite"]["base_dir"] = str(home.dagster / "storage")
+    config["local_artifact_storage"]["config"]["base_dir"] = str(home.dagster)
+    config["compute_logs"]["config"]["base_dir"] = str(home.dagster / "logs")
+    header = f"# Written by galaxy-assets from {_dagster_yaml()} for the home {home.root}\n"
+    return header + yaml.safe_dump(config, sort_keys=False)
+
+
+def set_pool_limits(instance) -> dict[str, int]:
+    try:
+        import torch
+
+        gpus = max(1, torch.cuda.device_count())
+    except Exception:  # torch missing or broken CUDA: one slot
+        gpus = 1
+    limits = {"gpu": gpus, "lancedb_writer": 1}
+    for pool, limit in limits.items():
+        instance.event_log_storage.set_concurrency_slots(pool, limit)
+    return limits
+
+
+def _simulate(out: Path, n: int, size: int, seed: int, nside: int, workers: int) -> dict:
+    from tqdm import tqdm
+
+    from galaxy_assets.survey.mock import simulate_survey
+
+    with tqdm(total=n, unit="gal", desc="simulating", file=sys.stderr) as bar:
+        result = simulate_survey(
+            out, n, size=size, seed=seed, nside=nside, workers=workers,
+            progress=lambda k: bar.update(k),
+        )
+    info = {
+        "n": n, "size": size, "seed": seed, "nside": nside,
+        "shards": len(result.shards), "seconds": round(result.seconds, 2),
+    }
+    (out / SIMULATION_MARKER).write_text(json.dumps(info, indent=2))
+    return info
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    out = Path(args.out).resolve()
+    info = _simulate(out, args.n, args.size, args.seed, args.nside, args.workers)
+    print(
+        f"wrote {info['n']} galaxies in {info['shards']} shard(s) to {out} "
+        f"in {info['seconds']:.1f} s ({info['n'] / max(info['seconds'], 1e-9):.0f} galaxies/s)"
+    )
+    return 0
+
+
+def cmd_gallery(args: argparse.Namespace) -> int:
+    from galaxy_assets.survey.mock_gallery import render_class_gallery
+
+    out = render_class_gallery(Path(args.out), per_class=args.per_class, seed=args.seed)
+    print(f"wrote {out}")
+    return 0
+
+
+def ensure_mock_survey(home: Home, n: int, size: int, seed: int, workers: int) -> dict:
+    """Simulate the demo survey unless one with the same settings is already there."""
+    marker = home.mock_survey / SIMULATION_MARKER
+    wanted = {"n": n, "size": size, "seed": seed}
+    if marker.is_file():
+        have = json.loads(marker.read_text())
+        if {k: have.get(k) for k in wanted} == wanted:
+            print(f"mock survey: reusing {have['n']} galaxies in {have['shards']} shard(s) at {home.mock_survey}")
+            return have
+        print(f"mock survey: settings changed ({have} -> {wanted}); simulating again")
+        shutil.rmtree(home.mock_survey)
+        home.mock_survey.mkdir(parents=True)
+    info = _simulate(home.mock_survey, n, size, seed, nside=16, workers=workers)
+    print(f"mock survey: simulated {info['n']} galaxies in {info['shards']} shard(s) in {info['seconds']:.1f} s")
+    return info
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    home = Home.from_env(args.home)
+    prepare_dagster_home(home)
+    print(f"home: {home.root}")
+    ensure_mock_survey(home, args.n, args.size, args.seed, args.workers)
+
+    import dagster as dg
+
+    from galaxy_assets.defs.partitions import shard_partitions
+    from galaxy_assets.definitions import defs
+
+    instance = dg.DagsterInstance.get()
+    set_pool_limits(instance)
+    survey = defs.resources["survey"]
+    found = survey.discover(home)
+    known = set(instance.get_dynamic_partitions(shard_partitions.name))
+    new = sorted(set(found) - known)
+    if new:
+        instance.add_dynamic_partitions(shard_partitions.name, new)
+    done = instance.get_materialized_partitions(dg.AssetKey("raw_cutouts"))
+    todo = sorted(k for k in found if args.force or k not in done)
+    print(f"survey: {len(found)} shard(s); materializing raw_cutouts for {len(todo)}")
+    job = defs.resolve_job_def("survey_job")
+    failed: list[str] = []
+    t0 = time.perf_counter()
+    from tqdm import tqdm
+
+    for key in tqdm(todo, unit="shard", desc="raw_cutouts", file=sys.stderr):
+        result = job.execute_in_process(partition_key=key, instance=instance, raise_on_error=False)
+        if not result.success:
+            failed.append(key)
+    print(f"raw_cutouts: {len(todo) - len(failed)} shard(s) materialized in {time.perf_counter() - t0:.1f} s")
+    _print_survey_summary(instance, sorted(found), failed)
+    print("\nNext: `.venv/bin/galaxy-assets dev` opens the Dagster UI on this home "
+          "(http://127.0.0.1:3000).")
+    return 1 if failed else 0
+
+
+def _print_survey_summary(instance, keys: list[str], failed: list[str]) -> None:
+    import dagster as dg
+
+    total = rejected = 0
+    rows = []
+    for key in keys:
+        records = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey("raw_cutouts"), asset_partitions=[key]),
+            limit=1,
+        ).records
+        if not records:
+            rows.append((key, "-", "-", "FAILED" if key in failed else "not materialized"))
+            continue
+        meta = records[0].asset_materialization.metadata
+        n = int(meta["galaxies"].value)
+        r = int(meta["rejected"].value)
+        total += n
+        rejected += r
+        rows.append((key, str(n), str(r), "FAILED (latest run)" if key in failed else "ok"))
+    width = max([len(r[0]) for r in rows] + [5])
+    print(f"\n{'shard':<{width}}  {'galaxies':>8}  {'rejected':>8}  status")
+    for key, n, r, status in rows:
+        print(f"{key:<{width}}  {n:>8}  {r:>8}  {status}")
+    print(f"{'total':<{width}}  {total:>8}  {rejected:>8}")
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    home = Home.from_env(args.home)
+    dagster_home = prepare_dagster_home(home)
+    import dagster as dg
+
+    set_pool_limits(dg.DagsterInstance.get())
+    exe = Path(sys.executable).with_name("dagster")
+    cmd = [str(exe if exe.exists() else "dagster"), "dev", "-w", str(REPO_ROOT / "workspace.yaml"),
+           "-h", args.host, "-p", str(args.port)]
+    print(f"DAGSTER_HOME={dagster_home}\n$ {' '.join(cmd)}")
+    return subprocess.call(cmd, cwd=REPO_ROOT)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="galaxy-assets", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="simulate a mock survey into the home and run the graph")
+    p.add_argument("--n", type=int, default=3000, help="galaxies in the mock survey (default 3000)")
+    p.add_argument("--size", type=int, default=64, help="cutout size in pixels (default 64)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--home", default=None, help=f"home folder (default ${HOME_ENV} or ./.galaxy_home)")
+    p.add_argument("--force", action="store_true", help="rematerialize shards that already exist")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("simulate", help="write a mock survey in the Multimodal Universe layout")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--n", type=int, required=True, help="number of galaxies")
+    p.add_argument("--size", type=int, default=64, help="cutout size in pixels, up to 160")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--nside", type=int, default=16, help="HEALPix nside of the shards")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("gallery", help="draw a labelled grid of every mock class")
+    p.add_argument("--out", default="docs/mock_survey.png")
+    p.add_argument("--per-class", type=int, default=6)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_gallery)
+
+    p = sub.add_parser("dev", help="start the Dagster UI on the home's instance")
+    p.add_argument("--home", default=None)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=3000)
+    p.set_defaults(func=cmd_dev)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

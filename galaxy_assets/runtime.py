@@ -1,0 +1,134 @@
+"""The embedded runtime: one home folder for everything the graph writes, and device choice.
+
+Plain Python (no Dagster): the Dagster resources in ``galaxy_assets.defs.resources`` and the
+CLI both build on these helpers, so the layout of the home folder is defined once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+HOME_ENV = "GALAXY_ASSETS_HOME"
+DEFAULT_HOME = ".galaxy_home"
+
+
+class RuntimeConfigError(Exception):
+    """A runtime setting (home folder, device, dtype) is invalid."""
+
+
+@dataclass(frozen=True)
+class Home:
+    """The git-ignored folder that holds all state of an embedded deployment.
+
+    Layout (all paths derived from ``root``)::
+
+        dagster/        DAGSTER_HOME: dagster.yaml, SQLite run/event/schedule storage
+        lancedb/        the LanceDB database (galaxy_index)
+        mlflow/         mlflow.db (tracking + registry, sqlite) and artifacts/
+        parquet/        asset outputs (one Parquet file per asset and partition)
+        mock_survey/    the simulated survey shards and their truth tables
+        reports/        evaluation reports and plots
+    """
+
+    root: Path
+
+    @classmethod
+    def from_env(cls, root: str | os.PathLike[str] | None = None) -> Home:
+        """The home named by ``root``, else ``$GALAXY_ASSETS_HOME``, else ``./.galaxy_home``."""
+        value = root if root not in (None, "") else os.environ.get(HOME_ENV) or DEFAULT_HOME
+        return cls(Path(value).expanduser().resolve())
+
+    @property
+    def dagster(self) -> Path:
+        return self.root / "dagster"
+
+    @property
+    def lancedb(self) -> Path:
+        return self.root / "lancedb"
+
+    @property
+    def mlflow(self) -> Path:
+        return self.root / "mlflow"
+
+    @property
+    def mlflow_tracking_uri(self) -> str:
+        return f"sqlite:///{self.mlflow / 'mlflow.db'}"
+
+    @property
+    def mlflow_artifacts(self) -> Path:
+        return self.mlflow / "artifacts"
+
+    @property
+    def parquet(self) -> Path:
+        return self.root / "parquet"
+
+    @property
+    def mock_survey(self) -> Path:
+        return self.root / "mock_survey"
+
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports"
+
+    def ensure(self) -> Home:
+        """Create the folders (idempotent) and return self."""
+        for path in (self.dagster, self.lancedb, self.mlflow_artifacts, self.parquet,
+                     self.mock_survey, self.reports):
+            path.mkdir(parents=True, exist_ok=True)
+        return self
+
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def select_device(requested: str = "auto") -> str:
+    """Resolve a device name: ``auto`` picks cuda, then mps, then cpu.
+
+    ``cuda:N`` is accepted. Asking for a device that is not available raises a
+    RuntimeConfigError that says which devices are.
+    """
+    import torch
+
+    name = requested.strip().lower()
+    base = name.split(":", 1)[0]
+    if base not in DEVICES:
+        raise RuntimeConfigError(
+            f"compute.device={requested!r} is not a device; use one of {', '.join(DEVICES)} "
+            "(or cuda:N)"
+        )
+    cuda = torch.cuda.is_available()
+    mps = bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
+    if base == "auto":
+        return "cuda" if cuda else "mps" if mps else "cpu"
+    if base == "cuda" and not cuda:
+        raise RuntimeConfigError(
+            f"compute.device={requested!r} but torch sees no CUDA device "
+            f"(torch {torch.__version__}); set compute.device to 'cpu' or 'auto'"
+        )
+    if base == "mps" and not mps:
+        raise RuntimeConfigError(
+            f"compute.device={requested!r} but MPS is not available; set it to 'cpu' or 'auto'"
+        )
+    return name
+
+
+def select_dtype(requested: str, device: str):
+    """The torch dtype for ``requested`` on ``device``; half precision only off the CPU
+    unless bfloat16 was asked for explicitly (CPUs run bfloat16, slowly, but correctly)."""
+    import torch
+
+    if requested not in DTYPES:
+        raise RuntimeConfigError(
+            f"compute.dtype={requested!r} is not supported; use one of {', '.join(DTYPES)}"
+        )
+    if requested == "float16" and device == "cpu":
+        raise RuntimeConfigError(
+            "compute.dtype='float16' is not supported on the CPU; use 'float32' or 'bfloat16'"
+        )
+    return getattr(torch, requested)

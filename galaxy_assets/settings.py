@@ -1,0 +1,136 @@
+"""Deployment settings: where the survey is, which bands and size, which device.
+
+Settings come from (lowest to highest priority) the defaults below, a YAML file named by
+``$GALAXY_ASSETS_CONFIG`` (or ``<home>/config.yaml`` when it exists), and environment
+variables ``GALAXY_ASSETS_<SECTION>_<KEY>`` (for example ``GALAXY_ASSETS_SURVEY_ROOTS``,
+``os.pathsep``-separated). Pointing the graph at real Legacy Survey shards is a settings
+change: ``survey.roots: [/data/mmu/legacysurvey/dr10_south_21]``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from galaxy_assets.runtime import DEVICES, DTYPES, Home
+from galaxy_assets.survey.schema import DEFAULT_BANDS, KNOWN_BANDS
+
+CONFIG_ENV = "GALAXY_ASSETS_CONFIG"
+
+
+class SettingsError(Exception):
+    """A settings file or variable is invalid."""
+
+
+class SurveySettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    roots: list[str] = Field(
+        default_factory=list,
+        description="Folders searched for shards (MMU HDF5 files, FITS folders). "
+        "Empty: the mock survey in the home folder.",
+    )
+    bands: list[str] = Field(default_factory=lambda: list(DEFAULT_BANDS))
+    cutout_size: int = Field(64, ge=0, description="Centre crop in pixels; 0 keeps the native size.")
+
+    @field_validator("bands")
+    @classmethod
+    def _known_bands(cls, bands: list[str]) -> list[str]:
+        unknown = [b for b in bands if b not in KNOWN_BANDS]
+        if unknown or not bands:
+            raise ValueError(f"unknown bands {unknown}; use a subset of {list(KNOWN_BANDS)}")
+        return bands
+
+
+class ComputeSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    device: str = "auto"
+    dtype: str = "float32"
+    batch_size: int = Field(256, gt=0)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if value.split(":", 1)[0] not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES} (or cuda:N), got {value!r}")
+        return value
+
+    @field_validator("dtype")
+    @classmethod
+    def _dtype(cls, value: str) -> str:
+        if value not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {value!r}")
+        return value
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    home: str = ""
+    survey: SurveySettings = Field(default_factory=SurveySettings)
+    compute: ComputeSettings = Field(default_factory=ComputeSettings)
+
+    def home_folder(self) -> Home:
+        return Home.from_env(self.home or None)
+
+    def survey_roots(self) -> list[Path]:
+        """The configured roots, or the home's mock survey when none is configured."""
+        if self.survey.roots:
+            return [Path(r).expanduser().resolve() for r in self.survey.roots]
+        return [self.home_folder().mock_survey]
+
+
+_LIST_KEYS = {("survey", "roots"), ("survey", "bands")}
+
+
+def _env_overrides(environ: dict[str, str]) -> dict:
+    out: dict = {}
+    for section, model in (("survey", SurveySettings), ("compute", ComputeSettings)):
+        for key in model.model_fields:
+            var = f"GALAXY_ASSETS_{section.upper()}_{key.upper()}"
+            if var in environ and environ[var] != "":
+                value: object = environ[var]
+                if (section, key) in _LIST_KEYS:
+                    sep = os.pathsep if key == "roots" else ","
+                    value = [v for v in str(value).split(sep) if v]
+                out.setdefault(section, {})[key] = value
+    return out
+
+
+def _merge(base: dict, over: dict) -> dict:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_settings(environ: dict[str, str] | None = None) -> Settings:
+    """Read settings from the config file (if any) and the environment."""
+    env = dict(os.environ if environ is None else environ)
+    data: dict = {}
+    path_value = env.get(CONFIG_ENV)
+    home = Home.from_env(env.get("GALAXY_ASSETS_HOME"))
+    path = Path(path_value) if path_value else home.root / "config.yaml"
+    if path_value and not path.is_file():
+        raise SettingsError(f"{CONFIG_ENV}={path_value!r} does not name a file; create it or unset it")
+    if path.is_file():
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise SettingsError(f"{path}: not valid YAML ({exc})") from exc
+        if not isinstance(data, dict):
+            raise SettingsError(f"{path}: expected a mapping with sections survey/compute")
+    data = _merge(data, _env_overrides(env))
+    if "GALAXY_ASSETS_HOME" in env:
+        data["home"] = env["GALAXY_ASSETS_HOME"]
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise SettingsError(f"invalid settings (from {path if path.is_file() else 'environment'}): {exc}") from exc

@@ -1,0 +1,126 @@
+"""raw_cutouts and the shard sensor through Dagster, on small synthetic MMU shards."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from dagster_polars import PolarsParquetIOManager
+
+import dagster as dg
+from galaxy_assets.defs.partitions import shard_partitions
+from galaxy_assets.defs.resources import HomeResource, SurveyResource
+from galaxy_assets.defs.survey import raw_cutouts, survey_shards_sensor
+from galaxy_assets.survey.mmu import write_mmu_shard
+
+BANDS = ["g", "r", "i", "z"]
+
+
+def _shard(path: Path, n: int, prefix: str, seed: int, nan_rows=()) -> Path:
+    rng = np.random.default_rng(seed)
+    images = rng.normal(0, 1, (n, 4, 20, 20)).astype(np.float32)
+    for r in nan_rows:
+        images[r] = np.nan
+    return write_mmu_shard(
+        path, images=images, bands=BANDS,
+        object_id=[f"{prefix}-{i}" for i in range(n)],
+        ra=rng.uniform(149, 151, n), dec=rng.uniform(1, 3, n),
+        ivar=np.ones_like(images), fluxes={b: rng.uniform(1, 10, n) for b in BANDS},
+        ebv=np.full(n, 0.02),
+    )
+
+
+@pytest.fixture
+def survey_root(tmp_path):
+    root = tmp_path / "survey"
+    _shard(root / "healpix=101" / "001-of-001.hdf5", 12, "a", 1)
+    _shard(root / "healpix=102" / "001-of-001.hdf5", 9, "b", 2, nan_rows=(3,))
+    bad = root / "healpix=103" / "001-of-001.hdf5"
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(b"this is not an HDF5 file" * 10)
+    return root
+
+
+def _resources(home: Path, root: Path) -> dict:
+    return {
+        "home": HomeResource(root=str(home)),
+        "survey": SurveyResource(roots=[str(root)], bands=BANDS, cutout_size=16),
+        "io_manager": PolarsParquetIOManager(base_dir=str(home / "parquet")),
+    }
+
+
+def test_sensor_adds_new_shards_once(isolated_home, survey_root):
+    resources = _resources(isolated_home, survey_root)
+    with dg.instance_for_test() as instance:
+        ctx = dg.build_sensor_context(instance=instance, resources=resources)
+        result = survey_shards_sensor(ctx)
+        assert isinstance(result, dg.SensorResult)
+        keys = sorted(r.partition_key for r in result.run_requests)
+        assert keys == ["healpix=101__001-of-001", "healpix=102__001-of-001",
+                        "healpix=103__001-of-001"]
+        added = result.dynamic_partitions_requests[0]
+        assert sorted(added.partition_keys) == keys
+        instance.add_dynamic_partitions(shard_partitions.name, keys)
+        again = survey_shards_sensor(dg.build_sensor_context(instance=instance, resources=resources))
+        assert isinstance(again, dg.SkipReason)
+        # a new shard appears: only it is requested
+        _shard(survey_root / "healpix=104" / "001-of-001.hdf5", 3, "c", 4)
+        third = survey_shards_sensor(dg.build_sensor_context(instance=instance, resources=resources))
+        assert [r.partition_key for r in third.run_requests] == ["healpix=104__001-of-001"]
+
+
+def test_raw_cutouts_good_bad_and_checks(isolated_home, survey_root):
+    resources = _resources(isolated_home, survey_root)
+    keys = ["healpix=101__001-of-001", "healpix=102__001-of-001", "healpix=103__001-of-001"]
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(shard_partitions.name, keys)
+        outcomes = {}
+        for key in keys:
+            res = dg.materialize([raw_cutouts], partition_key=key, instance=instance,
+                                 resources=resources, raise_on_error=False)
+            outcomes[key] = res
+        assert outcomes[keys[0]].success and outcomes[keys[1]].success
+        assert not outcomes[keys[2]].success
+        failure = outcomes[keys[2]].get_step_failure_events()[0]
+        error = failure.event_specific_data.error
+        message = error.cause.message if error.cause else error.message
+        assert "healpix=103" in message and "HDF5" in message, message
+
+        first = pl.read_parquet(isolated_home / "parquet" / "raw_cutouts" / f"{keys[0]}.parquet")
+        assert first.height == 12
+        assert first["shard"].unique().to_list() == [keys[0]]
+        assert first["healpix"].unique().to_list() == [101]
+        assert first["height"].unique().to_list() == [16]
+        second = pl.read_parquet(isolated_home / "parquet" / "raw_cutouts" / f"{keys[1]}.parquet")
+        assert second.height == 8 and "b-3" not in second["object_id"].to_list()
+        rejects = pl.read_parquet(isolated_home / "parquet" / "raw_cutouts_rejected" / f"{keys[1]}.parquet")
+        assert rejects["object_id"].to_list() == ["b-3"]
+
+        mat = outcomes[keys[1]].asset_materializations_for_node("raw_cutouts")[0]
+        assert mat.metadata["galaxies"].value == 8
+        assert mat.metadata["rejected"].value == 1
+        checks = outcomes[keys[1]].get_asset_check_evaluations()
+        assert {c.check_name: c.passed for c in checks} == {
+            "manifest_schema": True, "finite_pixels": True,
+            "bands_and_shape": True, "unique_object_ids": True,
+        }
+        # the failed shard left nothing behind
+        assert not (isolated_home / "parquet" / "raw_cutouts" / f"{keys[2]}.parquet").exists()
+
+
+def test_duplicate_ids_across_shards_fail_blocking_check(isolated_home, tmp_path):
+    root = tmp_path / "dup"
+    _shard(root / "healpix=201" / "001-of-001.hdf5", 5, "same", 1)
+    _shard(root / "healpix=202" / "001-of-001.hdf5", 5, "same", 2)
+    resources = _resources(isolated_home, root)
+    keys = ["healpix=201__001-of-001", "healpix=202__001-of-001"]
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(shard_partitions.name, keys)
+        dg.materialize([raw_cutouts], partition_key=keys[0], instance=instance, resources=resources)
+        res = dg.materialize([raw_cutouts], partition_key=keys[1], instance=instance,
+                             resources=resources, raise_on_error=False)
+        checks = {c.check_name: c for c in res.get_asset_check_evaluations()}
+        assert not checks["unique_object_ids"].passed
+        assert "healpix=201" in checks["unique_object_ids"].description

@@ -1,0 +1,123 @@
+"""FitsFolderReader and write_fits_cutout."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from galaxy_assets.survey.base import CutoutReader
+from galaxy_assets.survey.fits import FitsFolderReader, fits_stem, write_fits_cutout
+
+
+@pytest.mark.parametrize("layout", ["cube", "hdus"])
+def test_round_trip(make_fits_folder, layout):
+    folder, images = make_fits_folder(
+        layout=layout, psf_fwhm=[1.0, 1.1, 1.2, 1.3], fluxes={"g": 2.5, "z": 7.0}, ebv=0.04
+    )
+    with FitsFolderReader(folder) as reader:
+        assert isinstance(reader, CutoutReader)
+        assert len(reader) == 5 and reader.rejected == []
+        assert reader.bands == ("g", "r", "i", "z")
+        cat = reader.catalog()
+        assert cat["object_id"].tolist() == [f"fits-{i}" for i in range(5)]
+        np.testing.assert_allclose(cat["ra"], 30 + np.arange(5) / 100)
+        np.testing.assert_allclose(cat["dec"], -2.0)
+        assert np.all(cat["flux_g"] == 2.5) and np.all(cat["flux_z"] == 7.0)
+        assert np.isnan(cat["flux_r"]).all()
+        np.testing.assert_allclose(cat["ebv"], 0.04)
+        np.testing.assert_allclose(reader.psf_fwhm[0], [1.0, 1.1, 1.2, 1.3])
+        assert reader.pixel_scale == pytest.approx(0.262)
+        batches = list(reader.iter_batches(2))
+    assert [len(b) for b in batches] == [2, 2, 1]
+    np.testing.assert_array_equal(np.concatenate([b.images for b in batches]), images)
+    assert np.all(np.concatenate([b.ivar for b in batches]) == 100.0)
+
+
+def test_bands_order_crop_and_gzip(tmp_path):
+    rng = np.random.default_rng(0)
+    cube = rng.normal(size=(3, 21, 20)).astype(np.float32)
+    write_fits_cutout(tmp_path / "a.fits.gz", cube, ["DES-G", "DES-R", "DES-Z"], 1.0, 2.0, 7)
+    with FitsFolderReader(tmp_path, bands=["z", "g"], size=10) as reader:
+        batch = reader.read_rows([0])
+    assert reader.bands == ("z", "g")
+    np.testing.assert_array_equal(batch.images[0], cube[[2, 0], 5:15, 5:15])
+    assert batch.object_id.tolist() == ["7"]
+
+
+def test_position_from_wcs_when_no_keywords(tmp_path):
+    cube = np.ones((1, 15, 15), np.float32)
+    write_fits_cutout(tmp_path / "w.fits", cube, ["r"], 150.25, 2.5, "w", position_keywords=False)
+    with FitsFolderReader(tmp_path) as reader:
+        cat = reader.catalog()
+        assert cat["ra"][0] == pytest.approx(150.25, abs=1e-9)
+        assert cat["dec"][0] == pytest.approx(2.5, abs=1e-9)
+        assert reader.pixel_scale == pytest.approx(0.262, rel=1e-6)
+
+
+def test_sexagesimal_keywords_filter_names_and_file_stem(tmp_path):
+    hdus = [fits.PrimaryHDU()]
+    hdus[0].header["RA"] = "10:00:00"
+    hdus[0].header["DEC"] = "-01:30:00"
+    for band in ("g DECam SDSS c0001", "r DECam SDSS c0002"):
+        h = fits.ImageHDU(np.ones((8, 8), np.float32))
+        h.header["FILTER"] = band
+        hdus.append(h)
+    fits.HDUList(hdus).writeto(tmp_path / "NGC1234.fit")
+    with FitsFolderReader(tmp_path) as reader:
+        cat = reader.catalog()
+        assert reader.bands == ("g", "r")
+        assert cat["object_id"].tolist() == ["NGC1234"]
+        assert cat["ra"][0] == pytest.approx(150.0)
+        assert cat["dec"][0] == pytest.approx(-1.5)
+        assert reader.read_rows([0]).ivar is None
+
+
+def test_extname_band_names(tmp_path):
+    hdus = [fits.PrimaryHDU()]
+    hdus[0].header["RA"], hdus[0].header["DEC"] = 5.0, 6.0
+    for k, name in enumerate(("IMAGE_G", "IMAGE_R", "IVAR_G", "IVAR_R")):
+        hdus.append(fits.ImageHDU(np.full((4, 4), k, np.float32), name=name))
+    fits.HDUList(hdus).writeto(tmp_path / "x.fits")
+    with FitsFolderReader(tmp_path) as reader:
+        batch = reader.read_rows([0])
+    assert reader.bands == ("g", "r")
+    assert batch.images[0, :, 0, 0].tolist() == [0, 1]
+    assert batch.ivar[0, :, 0, 0].tolist() == [2, 3]
+
+
+def test_bad_files_are_rejected_and_the_rest_read(make_fits_folder):
+    folder, images = make_fits_folder(n=4)
+    (folder / "broken.fits").write_bytes(b"not a fits file" * 20)
+    write_fits_cutout(folder / "onlyg.fits", images[0][:1], ["g"], 1.0, 1.0, "onlyg")
+    write_fits_cutout(folder / "big.fits", np.ones((4, 20, 20)), list("griz"), 1, 1, "big")
+    with FitsFolderReader(folder) as reader:
+        assert len(reader) == 4
+        assert [p.name for p in reader.files] == [f"gal{i:03d}.fits" for i in range(4)]
+        by_file = {r["file"].rsplit("/", 1)[1]: r for r in reader.rejected}
+        assert set(by_file) == {"broken.fits", "onlyg.fits", "big.fits"}
+        assert "cannot be read as FITS" in by_file["broken.fits"]["reason"]
+        assert "lacks band(s) r, i, z" in by_file["onlyg.fits"]["reason"]
+        assert "20 × 20" in by_file["big.fits"]["reason"]
+        assert by_file["onlyg.fits"]["object_id"] == "onlyg"
+        assert all(r["row"] is None for r in reader.rejected)
+    # A crop size every file can give admits the bigger cutout too.
+    with FitsFolderReader(folder, size=12) as reader:
+        assert len(reader) == 5
+
+
+def test_unreadable_pixels_after_scan_become_nan_and_recorded(make_fits_folder):
+    folder, _ = make_fits_folder(n=3)
+    reader = FitsFolderReader(folder)
+    victim = reader.files[1]
+    victim.write_bytes(victim.read_bytes()[:3000])  # header intact, data cut
+    batch = reader.read_rows([0, 1, 2])
+    assert np.isnan(batch.images[1]).all()
+    assert np.isfinite(batch.images[[0, 2]]).all()
+    assert [r["row"] for r in reader.rejected] == [1]
+    assert str(victim) in reader.rejected[0]["reason"]
+
+
+def test_fits_stem():
+    assert fits_stem("/a/b/x.fits.gz") == "x"
+    assert fits_stem("y.FIT") == "y"

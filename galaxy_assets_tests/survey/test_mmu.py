@@ -1,0 +1,207 @@
+"""MMUShardReader and write_mmu_shard on small synthetic shards."""
+
+from __future__ import annotations
+
+import os
+
+import h5py
+import numpy as np
+import pytest
+
+from galaxy_assets.survey.base import CutoutReader
+from galaxy_assets.survey.errors import SurveyConfigError
+from galaxy_assets.survey.mmu import (
+    MMUShardReader,
+    healpix_from_path,
+    normalize_band,
+    write_mmu_shard,
+)
+
+
+def test_round_trip_catalog_and_pixels(make_shard):
+    data = make_shard(n=10)
+    with MMUShardReader(data.path) as reader:
+        assert isinstance(reader, CutoutReader)
+        assert len(reader) == 10
+        assert reader.bands == ("g", "r", "i", "z")
+        assert reader.uri == os.path.abspath(data.path)
+        assert (reader.height, reader.width) == (16, 16)
+        cat = reader.catalog()
+        assert cat["object_id"].tolist() == data.object_id
+        assert cat["object_id"].dtype.kind == "U"
+        np.testing.assert_array_equal(cat["ra"], data.ra)
+        np.testing.assert_array_equal(cat["dec"], data.dec)
+        assert cat["ra"].dtype == np.float64
+        for band in "griz":
+            np.testing.assert_array_equal(cat[f"flux_{band}"], data.fluxes[band])
+            assert cat[f"flux_{band}"].dtype == np.float32
+        np.testing.assert_array_equal(cat["ebv"], data.ebv)
+        batches = list(reader.iter_batches(4))
+    assert [len(b) for b in batches] == [4, 4, 2]
+    np.testing.assert_array_equal(np.concatenate([b.images for b in batches]), data.images)
+    np.testing.assert_array_equal(np.concatenate([b.ivar for b in batches]), data.ivar)
+    np.testing.assert_array_equal(np.concatenate([b.rows for b in batches]), np.arange(10))
+    assert np.concatenate([b.object_id for b in batches]).tolist() == data.object_id
+    assert batches[0].images.dtype == np.float32
+    assert batches[0].bands == ("g", "r", "i", "z")
+
+
+def test_missing_optional_columns_are_nan(make_shard):
+    data = make_shard(fluxes={"g": np.ones(12)}, ebv=None, ivar=None, psf_fwhm=None)
+    with MMUShardReader(data.path) as reader:
+        cat = reader.catalog()
+        assert np.all(cat["flux_g"] == 1)
+        for band in "riz":
+            assert np.isnan(cat[f"flux_{band}"]).all()
+        assert np.isnan(cat["ebv"]).all()
+        assert not reader.has_ivar
+        assert next(reader.iter_batches()).ivar is None
+        assert reader.psf_fwhm.shape == (12, 4) and np.isnan(reader.psf_fwhm).all()
+
+
+@pytest.mark.parametrize(
+    "bands",
+    [("z", "g"), ("g", "r", "z"), ("r", "i"), ("i",), ("z", "i", "r", "g"), ("DES-R", "DES-Z")],
+)
+@pytest.mark.parametrize("size", [None, 9, 8, 16])
+def test_band_selection_and_centre_crop(make_shard, bands, size):
+    data = make_shard(n=7)
+    idx = ["griz".index(normalize_band(b)) for b in bands]
+    s = size or 16
+    o = (16 - s) // 2
+    want = data.images[:, idx, o : o + s, o : o + s]
+    with MMUShardReader(data.path, bands=bands, size=size) as reader:
+        assert reader.bands == tuple(normalize_band(b) for b in bands)
+        got = np.concatenate([b.images for b in reader.iter_batches(3)])
+        np.testing.assert_array_equal(got, want)
+        rows = [6, 0, 3, 3, 1, 2]
+        batch = reader.read_rows(rows)
+        np.testing.assert_array_equal(batch.images, want[rows])
+        np.testing.assert_array_equal(batch.ivar, data.ivar[rows][:, idx, o : o + s, o : o + s])
+        assert batch.rows.tolist() == rows
+        assert batch.object_id.tolist() == [data.object_id[r] for r in rows]
+
+
+@pytest.mark.parametrize("rows", [[], [5], [1, 2, 3], [0, 2, 4], [4, 2, 0], [3, 4, 9, 10, 1]])
+def test_read_rows_any_order(make_shard, rows):
+    data = make_shard(n=11)
+    with MMUShardReader(data.path, ivar=False) as reader:
+        batch = reader.read_rows(rows)
+    assert batch.images.shape == (len(rows), 4, 16, 16)
+    assert batch.ivar is None
+    np.testing.assert_array_equal(batch.images, data.images[rows])
+
+
+def test_read_rows_out_of_range(make_shard):
+    data = make_shard(n=4)
+    with MMUShardReader(data.path) as reader, pytest.raises(IndexError, match="row 4"):
+        reader.read_rows([0, 4])
+
+
+def test_streams_in_batches_never_whole_shard(make_shard, monkeypatch):
+    data = make_shard(n=25)
+    largest = []
+    orig = MMUShardReader._read_runs
+
+    def spy(self, ds, runs, out, dests=None):
+        largest.append(out.shape[0])
+        return orig(self, ds, runs, out, dests)
+
+    monkeypatch.setattr(MMUShardReader, "_read_runs", spy)
+    with MMUShardReader(data.path) as reader:
+        assert sum(len(b) for b in reader.iter_batches(8)) == 25
+    assert max(largest) == 8
+
+
+def test_integer_and_mmu_style_ids_and_bands(raw_h5):
+    path = raw_h5("ints.hdf5")
+    with MMUShardReader(path) as reader:
+        assert reader.bands == ("g", "r", "i", "z")
+        assert reader.native_bands == ("g", "r", "i", "z")
+        assert reader.catalog()["object_id"].tolist() == [str(1000 + i) for i in range(6)]
+        assert reader.pixel_scale == pytest.approx(0.262)
+        assert reader.psf_fwhm.shape == (6, 4)
+
+
+def test_psf_and_pixel_scale(make_shard):
+    data = make_shard(psf_fwhm=[1.0, 1.1, 1.2, 1.3], scale=0.168)
+    with MMUShardReader(data.path, bands=["z", "g"]) as reader:
+        np.testing.assert_allclose(reader.psf_fwhm[0], [1.3, 1.0])
+        assert reader.pixel_scale == pytest.approx(0.168)
+
+
+def test_healpix_from_path():
+    assert healpix_from_path("/data/legacysurvey/healpix=1234/001-of-001.hdf5") == 1234
+    assert healpix_from_path("healpix=12/sub/healpix=7/x.h5") == 7
+    assert healpix_from_path("/data/healpix=5.hdf5") == 5
+    assert healpix_from_path("/data/shard.hdf5") is None
+    assert healpix_from_path("/data/healpix=abc/x.hdf5") is None
+
+
+@pytest.mark.parametrize(
+    ("raw", "want"),
+    [(b"DES-G", "g"), ("HSC-I", "i"), (" r ", "r"), ("g DECam SDSS c0001", "g"), ("Z", "z")],
+)
+def test_normalize_band(raw, want):
+    assert normalize_band(raw) == want
+
+
+def test_writer_is_atomic_and_creates_parents(tmp_path):
+    path = tmp_path / "a" / "b" / "healpix=3" / "x.hdf5"
+    images = np.zeros((2, 1, 4, 4), np.float32)
+    write_mmu_shard(
+        path, images=images, bands=["r"], object_id=["a", "b"], ra=[1, 2], dec=[0, 0],
+        extra={"TYPE": np.array([b"SER", b"EXP"])},
+    )
+    assert sorted(p.name for p in path.parent.iterdir()) == ["x.hdf5"]
+    with h5py.File(path) as f:
+        assert f["image_band"].shape == (2, 1)
+        assert f["image_band"][0, 0] == b"r"
+        assert f["object_id"].dtype.kind == "S"
+        assert f["TYPE"][1] == b"EXP"
+        assert f["image_array"].chunks is None  # contiguous: fastest slices
+    # A failed write leaves neither a temporary file nor a destination behind.
+    with pytest.raises(ValueError, match="ivar"):
+        write_mmu_shard(
+            tmp_path / "c" / "y.hdf5", images=images, bands=["r"], object_id=["a", "b"],
+            ra=[1, 2], dec=[0, 0], ivar=np.zeros((3, 1, 4, 4)),
+        )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"images": np.zeros((2, 4, 4))}, "images"),
+        ({"bands": ["g", "r"]}, "bands"),
+        ({"ra": [1.0]}, "ra"),
+        ({"fluxes": {"g": [1.0, 2.0, 3.0]}}, "fluxes"),
+        ({"psf_fwhm": [1.0, 2.0, 3.0]}, "psf_fwhm"),
+    ],
+)
+def test_writer_rejects_inconsistent_inputs(tmp_path, kwargs, match):
+    args = dict(
+        images=np.zeros((2, 1, 4, 4)), bands=["r"], object_id=["a", "b"], ra=[1, 2], dec=[0, 0]
+    )
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        write_mmu_shard(tmp_path / "x.hdf5", **args)
+    assert not list(tmp_path.iterdir())
+
+
+def test_bad_settings_are_config_errors(make_shard):
+    data = make_shard()
+    with pytest.raises(SurveyConfigError, match="size"):
+        MMUShardReader(data.path, size=0)
+    with pytest.raises(SurveyConfigError, match="unknown band"):
+        MMUShardReader(data.path, bands=["q"])
+    with MMUShardReader(data.path) as reader, pytest.raises(SurveyConfigError):
+        next(reader.iter_batches(0))
+
+
+def test_close_is_idempotent_and_closed_reader_refuses(make_shard):
+    data = make_shard()
+    reader = MMUShardReader(data.path)
+    reader.close()
+    reader.close()
+    with pytest.raises(SurveyConfigError, match="closed"):
+        reader.read_rows([0])

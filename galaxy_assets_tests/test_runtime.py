@@ -1,0 +1,85 @@
+from pathlib import Path
+
+import pytest
+
+from galaxy_assets.runtime import Home, RuntimeConfigError, select_device, select_dtype
+from galaxy_assets.settings import SettingsError, load_settings
+
+
+def test_home_defaults_to_env(isolated_home):
+    home = Home.from_env()
+    assert home.root == Path(isolated_home).resolve()
+    home.ensure()
+    for sub in ("dagster", "lancedb", "mlflow/artifacts", "parquet", "mock_survey", "reports"):
+        assert (home.root / sub).is_dir()
+    assert home.mlflow_tracking_uri == f"sqlite:///{home.root}/mlflow/mlflow.db"
+
+
+def test_home_explicit_and_fallback(tmp_path, monkeypatch):
+    assert Home.from_env(tmp_path / "x").root == (tmp_path / "x").resolve()
+    monkeypatch.delenv("GALAXY_ASSETS_HOME")
+    monkeypatch.chdir(tmp_path)
+    assert Home.from_env().root == (tmp_path / ".galaxy_home").resolve()
+
+
+def test_select_device_cpu_and_errors():
+    assert select_device("cpu") == "cpu"
+    assert select_device("auto") in ("cpu", "cuda", "mps")
+    with pytest.raises(RuntimeConfigError, match="is not a device"):
+        select_device("tpu")
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeConfigError, match="no CUDA device"):
+            select_device("cuda:0")
+
+
+def test_select_dtype():
+    import torch
+
+    assert select_dtype("float32", "cpu") is torch.float32
+    assert select_dtype("bfloat16", "cpu") is torch.bfloat16
+    with pytest.raises(RuntimeConfigError, match="not supported on the CPU"):
+        select_dtype("float16", "cpu")
+    with pytest.raises(RuntimeConfigError, match="not supported"):
+        select_dtype("int8", "cpu")
+
+
+def test_settings_file_and_env(tmp_path, isolated_home, monkeypatch):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("survey:\n  roots: [/data/a]\n  cutout_size: 96\ncompute:\n  batch_size: 64\n")
+    monkeypatch.setenv("GALAXY_ASSETS_CONFIG", str(cfg))
+    monkeypatch.setenv("GALAXY_ASSETS_SURVEY_BANDS", "g,r,z")
+    s = load_settings()
+    assert s.survey.roots == ["/data/a"]
+    assert s.survey.cutout_size == 96
+    assert s.survey.bands == ["g", "r", "z"]
+    assert s.compute.batch_size == 64
+    assert s.survey_roots() == [Path("/data/a")]
+
+
+def test_settings_default_roots_is_mock_survey(isolated_home):
+    s = load_settings()
+    assert s.survey_roots() == [Path(isolated_home).resolve() / "mock_survey"]
+
+
+def test_settings_errors(tmp_path, monkeypatch):
+    monkeypatch.setenv("GALAXY_ASSETS_CONFIG", str(tmp_path / "missing.yaml"))
+    with pytest.raises(SettingsError, match="does not name a file"):
+        load_settings()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("survey:\n  bands: [g, q]\n")
+    monkeypatch.setenv("GALAXY_ASSETS_CONFIG", str(bad))
+    with pytest.raises(SettingsError, match="unknown bands"):
+        load_settings()
+    bad.write_text("survey:\n  colour: red\n")
+    with pytest.raises(SettingsError, match="colour"):
+        load_settings()
+
+
+def test_torchvision_guard_lets_timm_import():
+    import galaxy_assets  # noqa: F401  (installs the guard)
+    import timm
+
+    model = timm.create_model("resnet18", in_chans=4, num_classes=0)
+    assert model.num_features == 512
