@@ -166,11 +166,11 @@ def main() -> None:
         t0 = time.perf_counter()
         path = make_shard(Path(tmp), args.n, args.size)
         mb = path.stat().st_size / 2**20
-        print(f"shard: {args.n} galaxies x 4 bands x {args.size}^2 px, {mb:.0f} MiB, "
-              f"written in {time.perf_counter() - t0:.1f} s")
-        row_batches = [
-            rng.choice(args.n, size=BATCH, replace=False) for _ in range(2048 // BATCH)
-        ]
+        print(
+            f"shard: {args.n} galaxies x 4 bands x {args.size}^2 px, {mb:.0f} MiB, "
+            f"written in {time.perf_counter() - t0:.1f} s"
+        )
+        row_batches = [rng.choice(args.n, size=BATCH, replace=False) for _ in range(2048 // BATCH)]
         cases: dict[str, tuple[Callable[[], int], Callable[[], int]]] = {
             "images": (
                 lambda: bare_images(path, args.n),
@@ -211,9 +211,11 @@ def main() -> None:
                     times[name][side].append(dt)
                     counts[name] = count
 
-    print(f"machine: {platform.machine()} {platform.processor() or ''} "
-          f"python {platform.python_version()}, h5py {h5py.__version__} "
-          f"(HDF5 {h5py.version.hdf5_version}), {args.reps} interleaved reps, median")
+    print(
+        f"machine: {platform.machine()} {platform.processor() or ''} "
+        f"python {platform.python_version()}, h5py {h5py.__version__} "
+        f"(HDF5 {h5py.version.hdf5_version}), {args.reps} interleaved reps, median"
+    )
     print(f"{'case':<18}{'bare h5py gal/s':>18}{'reader gal/s':>16}{'ratio':>8}")
     for name, (bare_t, ours_t) in times.items():
         bare_rate = counts[name] / statistics.median(bare_t)

@@ -27,8 +27,8 @@ keywords read (science HDU first, then the primary header):
   ((W - 1) / 2, (H - 1) / 2 zero-based), converted to ICRS;
 * identity: ``OBJID`` (or ``OBJECT_ID``), else the file name without its FITS suffix;
 * catalogue: ``FLUX_G`` … ``FLUX_Y`` (nanomaggies), ``EBV`` (magnitudes);
-* ``PSFFWHM`` (arcsec; per band HDU, or ``PSFFWHM0`` … per cube plane; ``PSF_FWHM`` too) and ``PIXSCALE``
-  (arcsec / pixel, else from the WCS, else 0.262).
+* ``PSFFWHM`` (arcsec; per band HDU, or ``PSFFWHM0`` … per cube plane; ``PSF_FWHM`` is
+  read too) and ``PIXSCALE`` (arcsec / pixel, else from the WCS, else 0.262).
 
 The folder is scanned (headers only) when the reader opens. A file that cannot be used —
 unreadable or truncated, no position, unknown or missing bands, shapes that disagree —
@@ -75,9 +75,7 @@ _EXPECT_POSITION = (
     "RA and DEC header keywords in degrees, or a celestial WCS (CTYPE1/2, CRVAL1/2, "
     "CRPIX1/2 and CD or CDELT)"
 )
-_EXPECT_BAND_NAMES = (
-    "BANDS='g,r,z' or BAND0…BAND{B-1} keywords naming each plane of the cube"
-)
+_EXPECT_BAND_NAMES = "BANDS='g,r,z' or BAND0…BAND{B-1} keywords naming each plane of the cube"
 _BAND_PREFIXES = ("IMAGE_", "IMG_", "SCI_", "IVAR_", "INVVAR_")
 
 
@@ -289,7 +287,9 @@ def _scan_file(path: Path) -> _FileInfo:
 
 def _parse_hdus(path: Path, hdul: fits.HDUList) -> _FileInfo:
     primary = hdul[0].header
-    images = [(i, h) for i, h in enumerate(hdul) if _is_image(h) and len(_image_shape(h.header)) >= 2]
+    images = [
+        (i, h) for i, h in enumerate(hdul) if _is_image(h) and len(_image_shape(h.header)) >= 2
+    ]
     science = [(i, h) for i, h in images if not _is_ivar(h.header)]
     ivars = [(i, h) for i, h in images if _is_ivar(h.header)]
     if not science:
@@ -591,9 +591,7 @@ class FitsFolderReader:
                 len(files),
             )
 
-    def _reject(
-        self, object_id: str, path: Path, row: int | None, exc: SurveyFormatError
-    ) -> None:
+    def _reject(self, object_id: str, path: Path, row: int | None, exc: SurveyFormatError) -> None:
         log.warning("skipping %s", exc)
         self.rejected.append(
             {"object_id": object_id, "file": str(path), "row": row, "reason": str(exc)}
@@ -769,9 +767,7 @@ def write_fits_cutout(
         raise ValueError(f"layout={layout!r}: expected 'cube' or 'hdus'")
     nb, h, w = img.shape
     psf = (
-        None
-        if psf_fwhm is None
-        else np.broadcast_to(np.asarray(psf_fwhm, dtype=np.float64), (nb,))
+        None if psf_fwhm is None else np.broadcast_to(np.asarray(psf_fwhm, dtype=np.float64), (nb,))
     )
 
     primary = fits.Header()

@@ -73,7 +73,7 @@ def healpix_from_path(path: str | Path) -> int | None:
 
 
 def normalize_band(name: str | bytes) -> str:
-    """Canonical band name: ``b'DES-G'`` → ``'g'``, ``'HSC-I'`` → ``'i'``, ``' r '`` → ``'r'``.
+    """Canonical band name: ``b'DES-G'`` → ``'g'``, ``'HSC-I'`` → ``'i'``, ``'R'`` → ``'r'``.
 
     Survey prefixes before the last ``-`` and anything after the first blank (FITS FILTER
     values such as ``'g DECam SDSS c0001'``) are dropped, and the result is lower case. The
@@ -399,18 +399,14 @@ class MMUShardReader:
                 schema.MMU_SCALE,
                 f"shape ({n}, {nb}), ({n},) or a scalar (arcsec / pixel)",
             )
-        log.debug(
-            "opened %s: %d galaxies, bands %s, %d x %d px", self.uri, n, self.bands, h, w
-        )
+        log.debug("opened %s: %d galaxies, bands %s, %d x %d px", self.uri, n, self.bands, h, w)
 
     # ------------------------------------------------------------------ protocol
     def __len__(self) -> int:
         return self._n
 
     def __repr__(self) -> str:
-        return (
-            f"MMUShardReader({self.uri!r}, bands={self.bands}, size={self.size}, n={self._n})"
-        )
+        return f"MMUShardReader({self.uri!r}, bands={self.bands}, size={self.size}, n={self._n})"
 
     @property
     def object_id(self) -> np.ndarray:
@@ -633,9 +629,7 @@ def _as_text(value: Any) -> str:
     return str(value)
 
 
-def _per_row(
-    value: float | Sequence[float] | np.ndarray, n: int, nb: int, name: str
-) -> np.ndarray:
+def _per_row(value: float | Sequence[float] | np.ndarray, n: int, nb: int, name: str) -> np.ndarray:
     """Broadcast a scalar, a (B,) or an (N, B) value to an (N, B) float32 array."""
     arr = np.asarray(value, dtype=np.float32)
     if arr.ndim == 0 or arr.shape == (nb,):

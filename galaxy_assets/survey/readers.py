@@ -150,11 +150,7 @@ def resolve_shard(roots: Sequence[str | Path] | str | Path, key: str) -> Path:
         candidates = [root_p / (rel + s) for s in HDF5_SUFFIXES] + [root_p / rel]
         if root_p.is_file() or (root_p.is_dir() and root_p.name == key):
             candidates.append(root_p)
-        found = [
-            c
-            for c in candidates
-            if (c.is_file() and _is_hdf5(c)) or _holds_fits(c)
-        ]
+        found = [c for c in candidates if (c.is_file() and _is_hdf5(c)) or _holds_fits(c)]
         found = [c for c in found if _key_or_none(root_p, c) == key]
         if not found and root_p.exists():
             found = [p for p in find_shards(root_p) if _key_or_none(root_p, p) == key]
@@ -174,9 +170,7 @@ def resolve_shard(roots: Sequence[str | Path] | str | Path, key: str) -> Path:
 
 
 def _holds_fits(folder: Path) -> bool:
-    return folder.is_dir() and any(
-        is_fits_file(p) and p.is_file() for p in folder.iterdir()
-    )
+    return folder.is_dir() and any(is_fits_file(p) and p.is_file() for p in folder.iterdir())
 
 
 def _key_or_none(root: Path, path: Path) -> str | None:

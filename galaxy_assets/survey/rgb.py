@@ -124,9 +124,7 @@ def lupton_rgb(
     return np.ascontiguousarray(rgb, dtype=np.uint8)
 
 
-def lupton_rgb_batch(
-    images: np.ndarray, bands: Sequence[str], **kwargs: float
-) -> np.ndarray:
+def lupton_rgb_batch(images: np.ndarray, bands: Sequence[str], **kwargs: float) -> np.ndarray:
     """(N, H, W, 3) uint8 pictures of a batch (N, B, H, W); keywords as :func:`lupton_rgb`."""
     arr = np.asarray(images)
     out = np.empty((arr.shape[0], arr.shape[2], arr.shape[3], 3), dtype=np.uint8)
@@ -192,7 +190,9 @@ def _font(size: int, bold: bool = False) -> ImageFont.FreeTypeFont | ImageFont.I
     try:
         from matplotlib import font_manager
 
-        prop = font_manager.FontProperties(family="DejaVu Sans", weight="bold" if bold else "normal")
+        prop = font_manager.FontProperties(
+            family="DejaVu Sans", weight="bold" if bold else "normal"
+        )
         return ImageFont.truetype(font_manager.findfont(prop, fallback_to_default=True), size)
     except Exception:  # no matplotlib or no FreeType: still draw something legible
         try:

@@ -150,7 +150,12 @@ def test_writer_is_atomic_and_creates_parents(tmp_path):
     path = tmp_path / "a" / "b" / "healpix=3" / "x.hdf5"
     images = np.zeros((2, 1, 4, 4), np.float32)
     write_mmu_shard(
-        path, images=images, bands=["r"], object_id=["a", "b"], ra=[1, 2], dec=[0, 0],
+        path,
+        images=images,
+        bands=["r"],
+        object_id=["a", "b"],
+        ra=[1, 2],
+        dec=[0, 0],
         extra={"TYPE": np.array([b"SER", b"EXP"])},
     )
     assert sorted(p.name for p in path.parent.iterdir()) == ["x.hdf5"]
@@ -163,8 +168,13 @@ def test_writer_is_atomic_and_creates_parents(tmp_path):
     # A failed write leaves neither a temporary file nor a destination behind.
     with pytest.raises(ValueError, match="ivar"):
         write_mmu_shard(
-            tmp_path / "c" / "y.hdf5", images=images, bands=["r"], object_id=["a", "b"],
-            ra=[1, 2], dec=[0, 0], ivar=np.zeros((3, 1, 4, 4)),
+            tmp_path / "c" / "y.hdf5",
+            images=images,
+            bands=["r"],
+            object_id=["a", "b"],
+            ra=[1, 2],
+            dec=[0, 0],
+            ivar=np.zeros((3, 1, 4, 4)),
         )
 
 
