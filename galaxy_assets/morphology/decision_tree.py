@@ -306,7 +306,9 @@ def _question_from_dict(raw: Any, index: int, source: str) -> Question:
                 f"quoted in YAML), got {dep!r}"
             )
         dep = (dep[0], dep[1])
-    return Question(name=name, answers=tuple(answers), depends_on=dep, text=str(raw.get("text") or ""))
+    return Question(
+        name=name, answers=tuple(answers), depends_on=dep, text=str(raw.get("text") or "")
+    )
 
 
 def _validate(tree: DecisionTree) -> None:

@@ -40,17 +40,24 @@ from galaxy_assets.morphology.decision_tree import default_tree
 from galaxy_assets.survey import mock_photometry as ph
 from galaxy_assets.survey.errors import SurveyConfigError, SurveyError
 from galaxy_assets.survey.mock_population import (
+    FEATURE_MAX_INCL_DEG,
+    VISIBLE,
     GalaxyDraw,
-    _res,
-    _vis,
     draw_galaxy,
     galaxy_rng,
 )
-from galaxy_assets.survey.mock_render import PIXEL_SCALE, Rendered, moffat_nea, render_scene
+from galaxy_assets.survey.mock_render import (
+    PIXEL_SCALE,
+    Rendered,
+    display_visibility,
+    moffat_nea,
+    render_scene,
+)
 from galaxy_assets.survey.mock_votes import simulate_votes
 
 log = logging.getLogger(__name__)
 
+GENERATOR_VERSION = "1"  # bump when the same (seed, n, size) would give different galaxies
 SHARD_NAME = "001-of-001.hdf5"
 TRUTH_NAME = "001-of-001.truth.parquet"
 MIN_SIZE, MAX_SIZE = 16, 160
@@ -119,6 +126,8 @@ _BASE_SCHEMA: dict[str, pl.DataType] = {
     "n_nuclei": _I,
     "n_tails": _I,
     "tail_surface_brightness_r": _F,
+    "tail_width_arcsec": _F,
+    "companion_separation_arcsec": _F,
     "einstein_radius_arcsec": _F,
     "lens_velocity_dispersion_kms": _F,
     "lens_axis_ratio": _F,
@@ -131,6 +140,7 @@ _BASE_SCHEMA: dict[str, pl.DataType] = {
     "lens_magnification": _F,
     "lens_arc_mag_g": _F,
     "lens_arc_snr_g": _F,
+    "lens_arc_contrast": _F,
     # visibility scores in [0, 1) that drive the simulated votes
     "arms_visibility": _F,
     "bar_visibility": _F,
@@ -165,14 +175,15 @@ TRUTH_SCHEMA: dict[str, pl.DataType] = {**_BASE_SCHEMA, **_vote_schema()}
 @dataclass(frozen=True)
 class SimulationResult:
     """What :func:`simulate_survey` wrote: shard and truth paths (sorted by HEALPix cell), the
-    number of galaxies written, wall-clock seconds, and galaxies that failed (object_id,
-    error) and were skipped."""
+    number of galaxies written, wall-clock seconds, galaxies that failed (object_id, error) and
+    were skipped, and the CPU seconds spent (workers' simulation + this process)."""
 
     shards: list[Path]
     truth_files: list[Path]
     n_galaxies: int
     seconds: float
     failed: list[tuple[str, str]] = field(default_factory=list)
+    cpu_seconds: float = math.nan
 
     @property
     def rate(self) -> float:
@@ -203,6 +214,67 @@ def object_id_for(seed: int, index: int) -> str:
     return f"mock{seed}-{index:09d}"
 
 
+FEATURE_GROUPS: dict[str, tuple[str, ...]] = {
+    "arms": ("arms", "hii"),
+    "bar": ("bar",),
+    "ring": ("ring",),
+    "clumps": ("clumps",),
+    "tails": ("tail", "second_tail", "tail2", "shells"),
+    "arc": ("lensed_source",),
+}
+
+
+def _feature_groups(draw: GalaxyDraw) -> dict[str, tuple[str, ...]]:
+    names = {c.name for c in draw.scene.components}
+    out = {}
+    for group, members in FEATURE_GROUPS.items():
+        present = tuple(m for m in members if m in names)
+        if present:
+            out[group] = present
+    return out
+
+
+def _score_features(
+    draw: GalaxyDraw, rendered: Rendered, groups: dict[str, tuple[str, ...]], bands: tuple[str, ...]
+) -> None:
+    """Visibility of each feature in the colour composite, the lens-arc figures, the flags."""
+    truth, vis = draw.truth, draw.vis
+    obs = draw.scene.observation
+    parts = rendered.parts or {}
+    model = rendered.model
+    for group, names in groups.items():
+        feature = np.sum([parts[n] for n in names], axis=0)
+        # tails and shells are broad and faint: the eye integrates them over their width
+        width = truth.get("tail_width_arcsec") if group == "tails" else None
+        vis[group], _ = display_visibility(
+            feature, model, obs.sigma, obs.psf_fwhm, obs.psf_beta, bands, feature_scale=width
+        )
+    if "arc" in groups:
+        arc = parts["lensed_source"]
+        src = next(c for c in draw.scene.components if c.name == "lensed_source")
+        ig = bands.index("g") if "g" in bands else 0
+        ir = bands.index("r") if "r" in bands else len(bands) - 1
+        truth["lens_magnification"] = float(arc[ir].sum() / max(float(src.flux[ir]), 1e-30))
+        truth["lens_arc_mag_g"] = float(ph.nmgy_to_mag(arc[ig].sum()))
+        a = arc[ig]
+        mask = a > 0.3 * a.max()
+        truth["lens_arc_snr_g"] = float(
+            a[mask].sum() / (obs.sigma[ig] * math.sqrt(max(int(mask.sum()), 1)))
+        )
+        # the arcs' share of the composite's light (g, r, z weights of the LS viewer) where
+        # the arcs are, against the deflector
+        w = {"g": 6.0, "r": 3.4, "i": 0.0 if "z" in bands else 3.0, "z": 2.2}
+        arc_sum = sum(w[b] * float(arc[k][mask].sum()) for k, b in enumerate(bands))
+        lens_sum = sum(w[b] * float(parts["body"][k][mask].sum()) for k, b in enumerate(bands))
+        truth["lens_arc_contrast"] = arc_sum / max(arc_sum + lens_sum, 1e-30)
+    disc_type = truth["morph_type"] in ("spiral", "lenticular", "disc")
+    seen = disc_type and truth.get("inclination_deg", 90.0) <= FEATURE_MAX_INCL_DEG
+    truth["is_spiral"] = seen and vis.get("arms", 0.0) >= VISIBLE["arms"]
+    truth["has_bar"] = seen and vis.get("bar", 0.0) >= VISIBLE["bar"]
+    truth["has_ring"] = seen and vis.get("ring", 0.0) >= VISIBLE["ring"]
+    truth["is_clumpy"] = vis.get("clumps", 0.0) >= VISIBLE["clumps"]
+
+
 def simulate_galaxy(
     seed: int,
     index: int,
@@ -220,24 +292,15 @@ def simulate_galaxy(
     bands = ph.check_bands(bands)
     draw = draw_galaxy(seed, index, ra, dec, bands, size)
     truth, vis = draw.truth, draw.vis
-    is_lens = truth["morph_type"] == "lens"
-    parts = ("lensed_source",) if is_lens else ()
+    groups = _feature_groups(draw)
+    parts = tuple(name for names in groups.values() for name in names)
+    if truth["morph_type"] == "lens":
+        parts += ("body",)
     rendered = render_scene(
-        draw.scene, size, galaxy_rng(seed, index, 2), keep_model=keep_model, parts=parts
+        draw.scene, size, galaxy_rng(seed, index, 2), keep_model=True, parts=parts
     )
+    _score_features(draw, rendered, groups, bands)
     obs = draw.scene.observation
-    ig = bands.index("g") if "g" in bands else 0
-    if is_lens and rendered.parts:
-        arc = rendered.parts["lensed_source"]
-        src = next(c for c in draw.scene.components if c.name == "lensed_source")
-        ir = bands.index("r") if "r" in bands else len(bands) - 1
-        truth["lens_magnification"] = float(arc[ir].sum() / max(float(src.flux[ir]), 1e-30))
-        truth["lens_arc_mag_g"] = float(ph.nmgy_to_mag(arc[ig].sum()))
-        a = arc[ig]
-        mask = a > 0.3 * a.max()
-        snr = float(a[mask].sum() / (obs.sigma[ig] * math.sqrt(max(mask.sum(), 1))))
-        truth["lens_arc_snr_g"] = snr
-        vis["arc"] = _vis(snr, 8.0) * _res(truth["einstein_radius_arcsec"], 0.5 * obs.psf_fwhm[ig])
     # truth magnitudes (noiseless, Galactic extinction applied) and catalogue fluxes
     mags = dict.fromkeys(ph.SUPPORTED_BANDS, math.nan)
     for b, f in zip(bands, rendered.total_flux, strict=True):
@@ -248,7 +311,9 @@ def simulate_galaxy(
     for i in range(len(bands)):
         area = moffat_nea(float(obs.psf_fwhm[i]), obs.psf_beta) + math.pi * (1.5 * hlr) ** 2
         err = float(obs.sigma[i]) * math.sqrt(area) / PIXEL_SCALE
-        flux[i] = rendered.total_flux[i] * (1.0 + cat_rng.normal(0.0, 0.02)) + cat_rng.normal(0.0, err)
+        flux[i] = rendered.total_flux[i] * (1.0 + cat_rng.normal(0.0, 0.02)) + cat_rng.normal(
+            0.0, err
+        )
     votes = simulate_votes(truth, vis, galaxy_rng(seed, index, 4))
     row: dict[str, Any] = {k: v for k, v in truth.items() if k in _BASE_SCHEMA}
     row.update({f"mag_{b}": mags[b] for b in ph.SUPPORTED_BANDS})
@@ -318,11 +383,16 @@ def healpix_cells(ra: np.ndarray, dec: np.ndarray, nside: int) -> np.ndarray:
 # ------------------------------------------------------------------------ worker side
 def _simulate_chunk(task: tuple) -> dict[str, Any]:
     seed, cell, indices, ras, decs, size, bands = task
+    cpu0 = time.process_time()
     gals: list[SimulatedGalaxy] = []
     failed: list[tuple[str, str]] = []
     for idx, ra, dec in zip(indices, ras, decs, strict=True):
         try:
-            gals.append(simulate_galaxy(seed, int(idx), ra=float(ra), dec=float(dec), size=size, bands=bands))
+            gals.append(
+                simulate_galaxy(
+                    seed, int(idx), ra=float(ra), dec=float(dec), size=size, bands=bands
+                )
+            )
         except Exception as exc:  # one bad galaxy must not abort the shard
             log.exception("mock survey: galaxy %s failed", object_id_for(seed, int(idx)))
             failed.append((object_id_for(seed, int(idx)), f"{type(exc).__name__}: {exc}"))
@@ -331,18 +401,22 @@ def _simulate_chunk(task: tuple) -> dict[str, Any]:
         "cell": cell,
         "n": len(indices),
         "index": np.array([g.index for g in gals], dtype=np.int64),
-        "images": np.stack([g.image for g in gals]) if gals else np.zeros((0, nb, size, size), np.float32),
+        "images": np.stack([g.image for g in gals])
+        if gals
+        else np.zeros((0, nb, size, size), np.float32),
         "ivar": np.stack([g.ivar for g in gals]) if gals else np.zeros((0, nb), np.float32),
         "psf": np.stack([g.psf_fwhm for g in gals]) if gals else np.zeros((0, nb), np.float32),
         "flux": np.stack([g.flux for g in gals]) if gals else np.zeros((0, nb), np.float32),
         "ebv": np.array([g.ebv for g in gals], dtype=np.float32),
         "truth": [g.truth for g in gals],
         "failed": failed,
+        "cpu": time.process_time() - cpu0,
     }
 
 
 def _warm_worker() -> None:
-    """Build the per-process photometry tables once, when a worker starts."""
+    """Build the per-process tables when a worker starts (a no-op when the forkserver
+    already preloaded them)."""
     ph.tables()
 
 
@@ -368,7 +442,9 @@ def _check_args(n: int, size: int, nside: int, workers: int, footprint: Sequence
         raise SurveyConfigError(f"mock survey: footprint dec0={footprint[1]} outside [-90, 90]")
 
 
-def _write_cell(out_dir: Path, cell: int, parts: list[dict[str, Any]], seed: int, bands: tuple[str, ...]) -> tuple[Path, Path, int]:
+def _write_cell(
+    out_dir: Path, cell: int, parts: list[dict[str, Any]], seed: int, bands: tuple[str, ...]
+) -> tuple[Path, Path, int]:
     from galaxy_assets.survey.mmu import write_mmu_shard
 
     index = np.concatenate([p["index"] for p in parts])
@@ -450,7 +526,7 @@ def _mp_context() -> mp.context.BaseContext:
     methods = mp.get_all_start_methods()
     ctx = mp.get_context("forkserver" if "forkserver" in methods else "spawn")
     if ctx.get_start_method() == "forkserver":
-        ctx.set_forkserver_preload(["galaxy_assets.survey.mock"])
+        ctx.set_forkserver_preload(["galaxy_assets.survey._mock_preload"])
     return ctx
 
 
@@ -476,6 +552,7 @@ def simulate_survey(
     ``out_dir`` are left alone.
     """
     t0 = time.perf_counter()
+    cpu_main0 = time.process_time()
     bands = ph.check_bands(bands)
     _check_args(n, size, nside, workers, footprint)
     out_dir = Path(out_dir)
@@ -496,10 +573,12 @@ def simulate_survey(
     truths: list[Path] = []
     failed: list[tuple[str, str]] = []
     written = 0
+    worker_cpu = 0.0
 
     def collect(res: dict[str, Any]) -> None:
-        nonlocal written
+        nonlocal written, worker_cpu
         cell = res["cell"]
+        worker_cpu += res["cpu"]
         done[cell].append(res)
         got[cell] += res["n"]
         failed.extend(res["failed"])
@@ -517,7 +596,13 @@ def simulate_survey(
 
     log.info(
         "mock survey: %d galaxies, %d px, bands %s, seed %d, %d HEALPix cells, %d workers -> %s",
-        n, size, "".join(bands), seed, len(expected), workers, out_dir,
+        n,
+        size,
+        "".join(bands),
+        seed,
+        len(expected),
+        workers,
+        out_dir,
     )
     if workers == 1:
         for task in tasks:
@@ -551,7 +636,23 @@ def simulate_survey(
     shards = [shards[k] for k in order]
     truths = [truths[k] for k in order]
     seconds = time.perf_counter() - t0
+    cpu = time.process_time() - cpu_main0
+    if workers > 1:
+        cpu += worker_cpu  # in-process chunks are already in this process's CPU time
     if failed:
         log.warning("mock survey: %d galaxies failed and were skipped: %s", len(failed), failed[:5])
-    log.info("mock survey: wrote %d galaxies in %d shards in %.1f s (%.0f/s)", written, len(shards), seconds, written / seconds)
-    return SimulationResult(shards=shards, truth_files=truths, n_galaxies=written, seconds=seconds, failed=failed)
+    log.info(
+        "mock survey: wrote %d galaxies in %d shards in %.1f s (%.0f/s)",
+        written,
+        len(shards),
+        seconds,
+        written / seconds,
+    )
+    return SimulationResult(
+        shards=shards,
+        truth_files=truths,
+        n_galaxies=written,
+        seconds=seconds,
+        failed=failed,
+        cpu_seconds=cpu,
+    )

@@ -4,10 +4,12 @@
 ``per_class`` examples of every class and lays their g, r, z composites (Lupton asinh, the
 Legacy Survey viewer's band scales) out one class per row.
 
-Examples are chosen among *clear* members of each class: those whose feature visibility score
-(the same score that drives the simulated Galaxy Zoo votes) is at least ``min_visibility``, and
-lenses whose arcs reach a matched S/N of 15 in g. The survey itself is not filtered: most
-members of the rare classes are fainter than the gallery suggests (see docs/mock_survey.md).
+Examples are the first *clear* members of each class in index order: those whose feature
+visibility score (the score that drives the simulated Galaxy Zoo votes and the class flags) is at
+least ``min_visibility`` (tails for post-mergers and shells; every major merger with two
+nuclei), lenses with arc visibility >= 0.7 (shown at 2x zoom), edge-on discs within 6 degrees of
+edge-on, rings that are not also spiral arms, and S0s without bar, ring or edge-on view. The survey itself is not filtered: many members of the rare classes are fainter than the
+gallery suggests (see docs/mock_survey.md).
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from galaxy_assets.survey.mock import simulate_galaxy
-from galaxy_assets.survey.mock_population import draw_galaxy, morph_type_of
+from galaxy_assets.survey.mock import SimulatedGalaxy, simulate_galaxy
+from galaxy_assets.survey.mock_population import morph_type_of
 from galaxy_assets.survey.rgb import contact_sheet, lupton_rgb
 
 log = logging.getLogger(__name__)
@@ -35,7 +37,7 @@ GALLERY_CLASSES: tuple[tuple[str, str], ...] = (
     ("clumpy", "is_clumpy"),
     ("irregular", "is_irregular"),
     ("merger / tidal", "is_merger"),
-    ("strong lens", "is_lens"),
+    ("strong lens (2x zoom)", "is_lens"),
     ("smooth disc (S0)", "lenticular"),
 )
 _VIS_KEY = {
@@ -45,28 +47,44 @@ _VIS_KEY = {
     "is_clumpy": "clumps",
     "is_merger": "tails",
     "is_irregular": "irregular",
+    "is_lens": "arc",
 }
 
 
-def _member(flag: str, truth: dict[str, Any], vis: dict[str, float], min_vis: float) -> bool:
+def _member(flag: str, truth: dict[str, Any], min_vis: float) -> bool:
+    """Whether a simulated galaxy is a *clear* member of the gallery row ``flag``."""
     if flag == "lenticular":
-        return truth["morph_type"] == "lenticular" and not truth["is_edge_on"] and not truth["has_bar"] and not truth["has_ring"]
+        return (
+            truth["morph_type"] == "lenticular"
+            and not truth["is_edge_on"]
+            and not truth["has_bar"]
+            and not truth["has_ring"]
+        )
     if not truth.get(flag):
         return False
     if flag == "is_elliptical":
         return truth["morph_type"] == "elliptical"
     if flag == "is_edge_on":
         return truth.get("inclination_deg", 0) >= 84.0
+    if flag == "has_ring" and truth.get("is_spiral"):
+        return False  # show rings that are not also spiral arms
     if flag == "is_merger":
-        return truth.get("merger_kind") == "major" or vis.get("tails", 0.0) >= min_vis
+        return truth.get("merger_kind") == "major" or _v(truth, "tails") >= min_vis
     key = _VIS_KEY.get(flag)
-    return key is None or vis.get(key, 0.0) >= min_vis
+    if flag == "is_lens":  # arcs blend with the deflector: ask for the clearest ones
+        return _v(truth, key) >= max(min_vis, 0.7)
+    return key is None or _v(truth, key) >= min_vis
+
+
+def _v(truth: dict[str, Any], key: str) -> float:
+    v = truth.get(f"{key}_visibility")
+    return 0.0 if v is None or v != v else float(v)
 
 
 def _label(t: dict[str, Any], flag: str) -> str:
     base = f"z={t['redshift']:.2f} r={t['mag_r']:.1f}"
     if flag == "is_lens":
-        return f"θE={t['einstein_radius_arcsec']:.1f}\" arcS/N={t['lens_arc_snr_g']:.0f}"
+        return f'θE={t["einstein_radius_arcsec"]:.1f}" arcS/N={t["lens_arc_snr_g"]:.0f}'
     if flag == "is_merger":
         return f"{t.get('merger_kind')} μ={t['tail_surface_brightness_r']:.1f}"
     if flag == "is_spiral":
@@ -93,28 +111,33 @@ def render_class_gallery(
     class row shows the first ``per_class`` clear members (see the module docstring).
     """
     bands = tuple(bands)
-    picks: dict[str, list[int]] = {flag: [] for _, flag in GALLERY_CLASSES}
-    lens_ok: list[int] = []
-    used: set[int] = set()
+    picks: dict[str, list[SimulatedGalaxy]] = {flag: [] for _, flag in GALLERY_CLASSES}
+    wanted_types = {
+        "is_elliptical": {"elliptical"},
+        "is_spiral": {"spiral"},
+        "has_bar": {"spiral", "lenticular", "disc"},
+        "has_ring": {"spiral", "lenticular", "disc"},
+        "is_edge_on": {"spiral", "lenticular", "disc"},
+        "is_clumpy": {"spiral", "disc", "irregular"},
+        "is_irregular": {"irregular"},
+        "is_merger": {"merger"},
+        "is_lens": {"lens"},
+        "lenticular": {"lenticular"},
+    }
     for index in range(max_search):
         if all(len(v) >= per_class for v in picks.values()):
             break
         morph = morph_type_of(seed, index)
-        if morph == "lens":
-            if len(picks["is_lens"]) < per_class:
-                g = simulate_galaxy(seed, index, size=size, bands=bands)
-                if g.truth.get("lens_arc_snr_g", 0.0) >= 15.0:
-                    picks["is_lens"].append(index)
-                    used.add(index)
+        open_flags = [
+            f for f, types in wanted_types.items() if morph in types and len(picks[f]) < per_class
+        ]
+        if not open_flags:
             continue
-        draw = draw_galaxy(seed, index, 150.0, 2.0, bands, size)
-        for _, flag in GALLERY_CLASSES:
-            if flag == "is_lens" or len(picks[flag]) >= per_class or index in used:
-                continue
-            if _member(flag, draw.truth, draw.vis, min_visibility):
-                picks[flag].append(index)
-                used.add(index)
-    del lens_ok
+        g = simulate_galaxy(seed, index, size=size, bands=bands)
+        for flag in open_flags:
+            if _member(flag, g.truth, min_visibility):
+                picks[flag].append(g)
+                break
     images: list[np.ndarray] = []
     labels: list[str] = []
     rows: list[str] = []
@@ -123,12 +146,15 @@ def render_class_gallery(
         if not chosen:
             log.warning("gallery: no clear example of %s in %d galaxies", name, max_search)
             continue
-        rows.append(f"{name}")
+        rows.append(name)
         for k in range(per_class):
             if k < len(chosen):
-                g = simulate_galaxy(seed, chosen[k], size=size, bands=bands)
-                images.append(lupton_rgb(g.image, bands))
-                labels.append(_label(g.truth, flag))
+                img = chosen[k].image
+                if flag == "is_lens":  # arcs sit within ~2" of the centre: show the middle half
+                    q = size // 4
+                    img = img[:, q : size - q, q : size - q]
+                images.append(lupton_rgb(img, bands))
+                labels.append(_label(chosen[k].truth, flag))
             else:
                 images.append(np.zeros((size, size, 3), dtype=np.uint8))
                 labels.append("")
@@ -142,6 +168,6 @@ def render_class_gallery(
         tile_size=tile_size,
         row_labels=rows,
         label_lines=1,
-        title=f"Mock survey classes (seed {seed}, {size}px at 0.262\"/px, g r z; clear examples)",
+        title=f'Mock survey classes (seed {seed}, {size}px at 0.262"/px, g r z; clear examples)',
     )
     return out_png

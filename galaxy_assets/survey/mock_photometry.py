@@ -120,7 +120,9 @@ def template_sed(template: str):
     import galsim
 
     return galsim.SED(
-        str(_galsim_share() / "SEDs" / _TEMPLATE_FILES[template]), wave_type="Ang", flux_type="flambda"
+        str(_galsim_share() / "SEDs" / _TEMPLATE_FILES[template]),
+        wave_type="Ang",
+        flux_type="flambda",
     )
 
 

@@ -41,18 +41,22 @@ TYPE_FRACTIONS: tuple[tuple[str, float], ...] = (
     ("lens", 0.005),
     ("merger", 0.020),
     ("irregular", 0.040),
-    ("elliptical", 0.270),
-    ("lenticular", 0.185),
-    ("spiral", 0.420),
+    ("elliptical", 0.225),
+    ("lenticular", 0.100),
+    ("spiral", 0.550),
     ("disc", 0.060),
 )
 R_LIMIT = 17.77  # r-band limit of the main sample (AB): that of GZ DECaLS / SDSS main
 Z_MIN, Z_MAX = 0.02, 0.5
 EVOLUTION_Q = 1.0  # luminosity evolution, mag per unit redshift (Loveday et al. 2012)
 EDGE_ON_DEG = 80.0  # is_edge_on: disc inclination at least this
-FEATURE_MAX_INCL_DEG = 70.0  # arms, bars, rings count as seen only below this inclination
-VISIBLE = 0.25  # feature flags need at least this visibility score
+FEATURE_MAX_INCL_DEG = 75.0  # arms, bars, rings are flagged only below this inclination
+# feature flags need at least this visibility score (see mock_render.display_visibility);
+# compact features (bars) cover fewer pixels, so their threshold is lower
+VISIBLE: dict[str, float] = {"arms": 0.45, "bar": 0.3, "ring": 0.5, "clumps": 0.4}
 C_KMS = 299792.458
+COMPANION_RATE = 0.04  # fields with a projected, non-interacting companion
+LENS_MIN_THETA_E = 1.0  # arcsec: smallest Einstein radius found in ground-based lens searches
 _GOLDEN = 0.6180339887498949
 
 # Stellar populations: selection template, r-band M/L, mass range, Schechter (log M*, alpha).
@@ -92,7 +96,6 @@ class GalaxyDraw:
 class _Ctx:
     rng: np.random.Generator
     bands: tuple[str, ...]
-    band_idx: np.ndarray
     ebv: float
     sigma_r: float  # sky sigma per pixel in r (or the reddest band given), nmgy
     sigma_g: float
@@ -293,23 +296,29 @@ def _disc_galaxy(
     incl = math.acos(rng.random())
     pa = rng.uniform(0.0, math.pi)
     q_disc = _proj_q(incl, q0)
-    re_b = h * rng.uniform(0.2, 0.55)
+    re_b = h * rng.uniform(0.12, 0.35)  # bulge r_e / disc h ~ 0.2 (Graham & Worley 2008)
     n_b = float(np.clip(1.0 + 5.0 * bt + rng.normal(0.0, 0.4), 0.8, 4.5))
     q_b = _proj_q(incl, rng.uniform(0.6, 0.9))
-    av_int = 0.6 * math.log10(1.0 / q_disc) if kind != "lenticular" else 0.2 * math.log10(1 / q_disc)
+    av_int = (
+        0.6 * math.log10(1.0 / q_disc) if kind != "lenticular" else 0.2 * math.log10(1 / q_disc)
+    )
     incl_deg = math.degrees(incl)
-    face_on_enough = incl_deg <= FEATURE_MAX_INCL_DEG
 
     # feature choices -------------------------------------------------------------
     has_arms = kind == "spiral"
     has_bar = features and rng.random() < {"spiral": 0.35, "lenticular": 0.25, "disc": 0.2}[kind]
-    has_ring = features and rng.random() < {"spiral": 0.12, "lenticular": 0.18, "disc": 0.05}[kind]
+    # inner/outer rings: ~30% / ~15% of S4G discs (Comerón et al. 2014), fewer seen in optical
+    has_ring = features and rng.random() < {"spiral": 0.2, "lenticular": 0.3, "disc": 0.08}[kind]
     p_clumpy = {"spiral": 0.3 if late else 0.08, "lenticular": 0.0, "disc": 0.25}[kind]
     has_clumps = features and rng.random() < p_clumpy
-    f_arm = rng.uniform(0.08, 0.35) if has_arms else 0.0
-    f_bar = rng.uniform(0.04, 0.2) if has_bar else 0.0
-    f_ring = rng.uniform(0.04, 0.15) if has_ring else 0.0
-    f_clump = rng.uniform(0.08, 0.3) if has_clumps else 0.0
+    if has_bar:  # barred discs have smaller (pseudo-)bulges
+        bt *= 0.5
+    # arm share of the disc light (m = 2 Fourier amplitudes 0.1-0.5, Kendall et al. 2011;
+    # higher in g, where arms are bluest), bar share of all light (Gadotti 2011: 0.02-0.3)
+    f_arm = rng.uniform(0.2, 0.5) if has_arms else 0.0
+    f_bar = rng.uniform(0.06, 0.3) if has_bar else 0.0
+    f_ring = rng.uniform(0.06, 0.22) if has_ring else 0.0
+    f_clump = rng.uniform(0.06, 0.22) if has_clumps else 0.0
     f_hii = rng.uniform(0.02, 0.06) if has_arms else 0.0
     # light budget (rest-frame r): bulge bt, bar f_bar; the rest is disc light, of which the
     # arms, ring, clumps and HII regions take their fractions.
@@ -344,28 +353,27 @@ def _disc_galaxy(
         )
     )
     disc_r = _r_flux(ctx, _fluxes(ctx, mag(disc_light), z, w_disc, av_int))
+
     plane = {"x0": x0, "y0": y0, "pa": pa, "incl": incl}
-    bar_a = h * rng.uniform(0.6, 1.6) if has_bar else 0.0
+    bar_a = h * rng.uniform(0.8, 1.8) if has_bar else 0.0  # a_bar / h (Erwin 2005)
     if has_bar:
         qb = rng.uniform(0.22, 0.4)
+        bar_angle = rng.uniform(0, math.pi)
         fl = _fluxes(ctx, mag(f_bar), z, _rest_weights(E=0.6, Sbc=0.4))
         comps.append(
             Component(
                 "bar",
-                {**plane, "angle": rng.uniform(0, math.pi), "a": bar_a, "qb": qb},
+                {**plane, "angle": bar_angle, "a": bar_a, "qb": qb},
                 fl,
                 in_disc=True,
                 name=prefix + "bar",
             )
         )
-        sb = _r_flux(ctx, fl) / (math.pi * bar_a * bar_a * qb / 3.0) / math.cos(min(incl, 1.4))
-        v = _vis(_snr_patch(ctx, sb, 2 * bar_a * qb), 4.0)
-        v *= _res(2 * bar_a, 2.0 * ctx.fwhm_r) * _res(bar_a, 1.5 * re_b)
-        v *= 1.0 if face_on_enough else 0.3
-        vis["bar"] = v
         truth.update(bar_length_arcsec=2 * bar_a, bar_flux_fraction=f_bar)
     r_in = bar_a if has_bar else h * rng.uniform(0.3, 0.8)
     if has_arms:
+        # arm multiplicity: two-armed discs dominate (GZ2 arm-number votes, Hart et al. 2016);
+        # pitch angles ~13 deg in Sa-Sb, ~22 deg in Sc-Sd (Kennicutt 1981; Davis et al. 2017)
         m = int(rng.choice([1, 2, 3, 4, 5, 6], p=[0.05, 0.55, 0.15, 0.1, 0.08, 0.07]))
         pitch_deg = float(np.clip(rng.normal(13.0 if not late else 22.0, 5.0), 6.0, 40.0))
         sharp = rng.uniform(1.5, 6.0)
@@ -388,17 +396,12 @@ def _disc_galaxy(
                 name=prefix + "arms",
             )
         )
-        # ridge surface brightness at R = 1.5 h, arm width and spacing there
+        # r-band surface brightness of the arm ridge at R = 1.5 h_arm (truth only)
         R = 1.5 * h_arm
         env = math.exp(-R / h_arm) * (1 - math.exp(-((R / r_in) ** 2)))
         env_tot = 2 * math.pi * h_arm**2  # approx. integral of the envelope
         cs = math.gamma(sharp + 0.5) / (math.sqrt(math.pi) * math.gamma(sharp + 1.0))
         sb = _r_flux(ctx, fl) * env / (env_tot * cs) / max(math.cos(incl), 0.1)
-        spacing = 2 * math.pi * R * math.sin(math.radians(pitch_deg)) / m * max(math.cos(incl), 0.1)
-        width = spacing * cs
-        v = _vis(_snr_patch(ctx, sb, width), 4.0) * _res(spacing, 1.5 * ctx.fwhm_r)
-        v *= float(np.clip((75.0 - incl_deg) / 20.0, 0.0, 1.0))
-        vis["arms"] = v
         truth.update(
             arm_count=m,
             arm_pitch_deg=pitch_deg,
@@ -408,7 +411,7 @@ def _disc_galaxy(
         # HII regions strung along the arms
         n_h = int(rng.integers(25, 70))
         Rh = h_arm * rng.gamma(2.0, 0.8, n_h) + r_in
-        th = np.log(Rh / r_in) / math.tan(math.radians(pitch_deg)) + truth_phase(comps[-1])
+        th = np.log(Rh / r_in) / math.tan(math.radians(pitch_deg)) + _arm_ridge_phase(comps[-1])
         th = th + 2 * math.pi * rng.integers(0, m, n_h) / m + rng.normal(0, 0.12, n_h)
         Xp, Yp = Rh * np.cos(th), Rh * np.sin(th)
         xs, ys = _plane_to_sky(Xp, Yp, x0, y0, pa, incl)
@@ -422,34 +425,38 @@ def _disc_galaxy(
             )
         )
     if has_ring:
-        R = bar_a * rng.uniform(1.0, 1.2) if has_bar and rng.random() < 0.7 else h * rng.uniform(1.2, 3.0)
+        R = (
+            bar_a * rng.uniform(1.0, 1.2)
+            if has_bar and rng.random() < 0.7
+            else h * rng.uniform(1.2, 3.0)
+        )
         w = R * rng.uniform(0.06, 0.14)
         fl = _fluxes(ctx, mag(disc_light * f_ring), z, w_sf, av_int)
         comps.append(
             Component("ring", {**plane, "R": R, "w": w}, fl, in_disc=True, name=prefix + "ring")
         )
-        sb = _r_flux(ctx, fl) / (2 * math.pi * R * math.sqrt(2 * math.pi) * w) / max(math.cos(incl), 0.1)
-        v = _vis(_snr_patch(ctx, sb, 2.355 * w), 4.0) * _res(R, 1.3 * ctx.fwhm_r)
-        v *= 1.0 if face_on_enough else 0.3
-        vis["ring"] = v
+        sb = (
+            _r_flux(ctx, fl)
+            / (2 * math.pi * R * math.sqrt(2 * math.pi) * w)
+            / max(math.cos(incl), 0.1)
+        )
         truth.update(ring_radius_arcsec=R, ring_flux_fraction=disc_light * f_ring)
     if has_clumps:
-        n_c = int(rng.integers(5, 21))
-        Rc = rng.gamma(2.0, h, n_c)
+        n_c = int(rng.integers(8, 31))
+        Rc = rng.gamma(2.0, h * 0.8, n_c)
         th = rng.uniform(0, 2 * math.pi, n_c)
         xs, ys = _plane_to_sky(Rc * np.cos(th), Rc * np.sin(th), x0, y0, pa, incl)
-        wts = rng.pareto(1.2, n_c) + 1.0
+        wts = rng.pareto(2.5, n_c) + 1.0
         fl = _fluxes(ctx, mag(disc_light * f_clump), z, _rest_weights(Im=1.0), av_int * 0.5)
         comps.append(
             Component(
                 "points",
-                {"x": xs, "y": ys, "w": wts, "blur": 0.2},
+                {"x": xs, "y": ys, "w": wts, "blur": 0.3},
                 fl,
                 in_disc=True,
                 name=prefix + "clumps",
             )
         )
-        vis["clumps"] = _clump_vis(ctx, fl, wts, disc_r, f_clump * disc_light)
         truth.update(n_clumps=n_c, clump_flux_fraction=disc_light * f_clump)
 
     dust = None
@@ -465,9 +472,7 @@ def _disc_galaxy(
             width=width,
             length=2.0 * h,
             offset=side * width * 0.6 * (math.cos(incl) / math.cos(math.radians(78.0))),
-            tau_scale=np.array(
-                [550.0 / (ph.BAND_WAVELENGTH_NM[b] / (1.0 + z)) for b in ctx.bands]
-            ),
+            tau_scale=np.array([550.0 / (ph.BAND_WAVELENGTH_NM[b] / (1.0 + z)) for b in ctx.bands]),
         )
         truth.update(dust_lane_tau_v=tau_v)
 
@@ -497,18 +502,9 @@ def _disc_galaxy(
     return comps, truth, vis, dust
 
 
-def truth_phase(comp: Component) -> float:
+def _arm_ridge_phase(comp: Component) -> float:
     """Phase (radians) of a spiral-arm component, for placing HII regions on the ridge."""
     return float(comp.params.get("phase", 0.0)) / max(int(comp.params.get("m", 1)), 1)
-
-
-def _clump_vis(ctx: _Ctx, fl: np.ndarray, wts: np.ndarray, host_r: float, frac: float) -> float:
-    """Visibility of clumps: S/N of the three brightest as point sources, times contrast."""
-    w = np.sort(wts / wts.sum())[::-1][:3]
-    f = _r_flux(ctx, fl) * w
-    snr = float(np.sqrt(np.sum((f / (ctx.sigma_r * math.sqrt(ctx.nea_r) / PIXEL_SCALE)) ** 2)))
-    contrast = (frac / 0.08) ** 2 / (1.0 + (frac / 0.08) ** 2)
-    return _vis(snr, 12.0) * contrast
 
 
 # ------------------------------------------------------------------------- other types
@@ -595,8 +591,9 @@ def _irregular(ctx: _Ctx, logm: float, z: float) -> tuple:
         ys = rng.normal(0, re * 0.8 * q, n_c)
         wts = rng.pareto(1.2, n_c) + 1.0
         fl = _fluxes(ctx, m_abs - 2.5 * math.log10(f_clump), z, _rest_weights(Im=1.0))
-        comps.append(Component("points", {"x": xs, "y": ys, "w": wts, "blur": 0.2}, fl, name="clumps"))
-        vis["clumps"] = _clump_vis(ctx, fl, wts, total_r, f_clump)
+        comps.append(
+            Component("points", {"x": xs, "y": ys, "w": wts, "blur": 0.2}, fl, name="clumps")
+        )
         truth.update(n_clumps=n_c, clump_flux_fraction=f_clump, has_clumps_model=True)
     return comps, truth, vis
 
@@ -663,7 +660,9 @@ def _shells(ctx: _Ctx, z: float, re: float, pa: float, sb_mag: float) -> tuple[C
     fl = _fluxes(ctx, 0.0, z, _rest_weights(E=0.8, Sbc=0.2))
     fl = fl * (sb * area / max(_r_flux(ctx, fl), 1e-30))
     width = float(np.mean(radii)) * 0.12
-    return Component("points", {"x": x, "y": y, "w": np.ones(len(x)), "blur": 0.2}, fl, name="shells"), width
+    return Component(
+        "points", {"x": x, "y": y, "w": np.ones(len(x)), "blur": 0.2}, fl, name="shells"
+    ), width
 
 
 def _merger(ctx: _Ctx) -> tuple:
@@ -680,15 +679,18 @@ def _merger(ctx: _Ctx) -> tuple:
         comps += c
         truth.update(t)
         mu = rng.uniform(24.0, 27.0)
-        shell, width = _shells(ctx, z, t["half_light_radius_arcsec"], math.radians(t["position_angle_deg"]), mu)
+        shell, width = _shells(
+            ctx, z, t["half_light_radius_arcsec"], math.radians(t["position_angle_deg"]), mu
+        )
         comps.append(shell)
-        vis["tails"] = _vis(_snr_patch(ctx, float(ph.mag_to_nmgy(mu)), width), 4.0)
-        truth.update(tail_surface_brightness_r=mu, n_nuclei=1)
+        truth.update(tail_surface_brightness_r=mu, tail_width_arcsec=width, n_nuclei=1)
         if rng.random() < 0.4:  # a small companion being stripped
             m2 = logm - rng.uniform(0.8, 1.5)
             d = t["half_light_radius_arcsec"] * rng.uniform(2.0, 4.0)
             a = rng.uniform(0, 2 * math.pi)
-            c2, _, _ = _elliptical(ctx, m2, z, d * math.cos(a), d * math.sin(a), prefix="companion_")
+            c2, _, _ = _elliptical(
+                ctx, m2, z, d * math.cos(a), d * math.sin(a), prefix="companion_"
+            )
             comps += c2
         return comps, truth, vis, dust, z
 
@@ -724,11 +726,23 @@ def _merger(ctx: _Ctx) -> tuple:
         re = t["half_light_radius_arcsec"]
         d = re * rng.uniform(0.5, 1.5)
         a = rng.uniform(0, 2 * math.pi)
-        plume = _fluxes(ctx, _abs_mag(logm, 1.8, rng, z) + 2.5 * rng.uniform(0.7, 1.3), z, _rest_weights(Sbc=1.0))
+        plume = _fluxes(
+            ctx,
+            _abs_mag(logm, 1.8, rng, z) + 2.5 * rng.uniform(0.7, 1.3),
+            z,
+            _rest_weights(Sbc=1.0),
+        )
         comps.append(
             Component(
                 "sersic",
-                {"x0": d * math.cos(a), "y0": d * math.sin(a), "re": re * 1.2, "n": 1.0, "q": 0.5, "pa": a},
+                {
+                    "x0": d * math.cos(a),
+                    "y0": d * math.sin(a),
+                    "re": re * 1.2,
+                    "n": 1.0,
+                    "q": 0.5,
+                    "pa": a,
+                },
                 plume,
                 name="plume",
             )
@@ -736,25 +750,51 @@ def _merger(ctx: _Ctx) -> tuple:
         truth.update(n_nuclei=1)
         tails_from = [((0.0, 0.0), logm, "")]
     n_tails = 0
+    widths: list[float] = []
     for (px, py), _, pre in tails_from:
         if len(tails_from) > 1 and rng.random() < 0.25:
             continue
         length = rng.uniform(12.0, 45.0) / kpa
-        width = rng.uniform(1.0, 3.5) / kpa
+        width = max(rng.uniform(1.0, 3.5) / kpa, 0.3)
+        widths.append(width)
         direction = rng.uniform(0, 2 * math.pi)
         curl = rng.choice([-1.0, 1.0]) * rng.uniform(0.5, 2.5)
         comps.append(
-            _tail(ctx, z, (px, py), direction, length, max(width, 0.3), mu, _rest_weights(Sbc=0.5, Scd=0.5), curl, pre + "tail")
+            _tail(
+                ctx,
+                z,
+                (px, py),
+                direction,
+                length,
+                width,
+                mu,
+                _rest_weights(Sbc=0.5, Scd=0.5),
+                curl,
+                pre + "tail",
+            )
         )
         n_tails += 1
         if kind == "post" and rng.random() < 0.5:
             comps.append(
-                _tail(ctx, z, (px, py), direction + math.pi + rng.normal(0, 0.4), length * 0.6, max(width, 0.3), mu + 0.5, _rest_weights(Sbc=0.5, Scd=0.5), -curl, "tail2")
+                _tail(
+                    ctx,
+                    z,
+                    (px, py),
+                    direction + math.pi + rng.normal(0, 0.4),
+                    length * 0.6,
+                    width,
+                    mu + 0.5,
+                    _rest_weights(Sbc=0.5, Scd=0.5),
+                    -curl,
+                    "tail2",
+                )
             )
             n_tails += 1
-    width_t = max(2.0 / kpa, 0.3)
-    vis["tails"] = _vis(_snr_patch(ctx, float(ph.mag_to_nmgy(mu)), width_t), 4.0)
-    truth.update(tail_surface_brightness_r=mu, n_tails=n_tails)
+    truth.update(
+        tail_surface_brightness_r=mu,
+        n_tails=n_tails,
+        tail_width_arcsec=float(np.mean(widths)) if widths else math.nan,
+    )
     return comps, truth, vis, dust, z
 
 
@@ -827,7 +867,9 @@ def _lens(ctx: _Ctx) -> tuple:
 
     Draws are kept when they meet the ground-based detectability criteria of Collett (2015):
     ``theta_E^2 > r_src^2 + (FWHM/2)^2`` (arcs resolved), total magnification >= 3 and lensed-
-    source S/N >= 20 in g (matched to the PSF-blurred arcs, deflector light excluded).
+    source S/N >= 20 in g (matched to the PSF-blurred arcs, deflector light excluded), plus
+    ``theta_E >= 1"``, the smallest Einstein radii of the DECaLS/DES lens searches (Jacobs et
+    al. 2019; Huang et al. 2020, 2021).
     """
     from scipy.ndimage import gaussian_filter
 
@@ -838,7 +880,10 @@ def _lens(ctx: _Ctx) -> tuple:
     fl = np.zeros(len(ctx.bands))
     for _ in range(60):
         p = _lens_params(rng)
-        if p["theta_E"] ** 2 <= p["src_re"] ** 2 + (ctx.fwhm_g / 2) ** 2:
+        if (
+            p["theta_E"] < LENS_MIN_THETA_E
+            or p["theta_E"] ** 2 <= p["src_re"] ** 2 + (ctx.fwhm_g / 2) ** 2
+        ):
             continue
         fl = _fluxes(ctx, 0.0, p["z_s"], _rest_weights(Im=1.0))
         fl = fl * (float(ph.mag_to_nmgy(p["m_src_r"])) / max(_r_flux(ctx, fl), 1e-30))
@@ -892,7 +937,16 @@ def _field_sources(ctx: _Ctx, size: int) -> tuple[list[FieldSource], float]:
         zb = float(np.clip(rng.normal(0.25 + 0.13 * (m - 20.0), 0.12), 0.1, 1.3))
         fl = _fluxes(ctx, 0.0, zb, {t: 1.0})
         fl = fl * (float(ph.mag_to_nmgy(m)) / max(_r_flux(ctx, fl), 1e-30))
-        out.append(FieldSource(x, y, fl, size=float(math.exp(rng.uniform(math.log(0.2), math.log(0.9)))), q=rng.uniform(0.3, 1.0), pa=rng.uniform(0, math.pi)))
+        out.append(
+            FieldSource(
+                x,
+                y,
+                fl,
+                size=float(math.exp(rng.uniform(math.log(0.2), math.log(0.9)))),
+                q=rng.uniform(0.3, 1.0),
+                pa=rng.uniform(0, math.pi),
+            )
+        )
     n_star = rng.poisson(3000 / 1.296e7 * area)
     brightest = math.inf
     for _ in range(n_star):
@@ -903,7 +957,10 @@ def _field_sources(ctx: _Ctx, size: int) -> tuple[list[FieldSource], float]:
         gr = rng.uniform(0.25, 1.4)
         colours = {"g": gr, "r": 0.0, "i": -(0.38 * gr - 0.05), "z": -(0.38 * gr - 0.05) * 1.5}
         fl = np.array(
-            [float(ph.mag_to_nmgy(m + colours[b] + ph.EXTINCTION_COEFF[b] * ctx.ebv)) for b in ctx.bands]
+            [
+                float(ph.mag_to_nmgy(m + colours[b] + ph.EXTINCTION_COEFF[b] * ctx.ebv))
+                for b in ctx.bands
+            ]
         )
         out.append(FieldSource(x, y, fl, size=0.0))
         if abs(x) < size / 2 * PIXEL_SCALE and abs(y) < size / 2 * PIXEL_SCALE:
@@ -933,7 +990,6 @@ def draw_galaxy(
     ctx = _Ctx(
         rng=rng,
         bands=bands,
-        band_idx=np.array([ph.SUPPORTED_BANDS.index(b) for b in bands]),
         ebv=ebv,
         sigma_r=float(obs.sigma[ir]),
         sigma_g=float(obs.sigma[ig]),
@@ -958,6 +1014,16 @@ def draw_galaxy(
         comps, truth, vis, dust, z = _merger(ctx)
     else:
         comps, truth, vis, dust, z = _lens(ctx)
+    # a projected companion (no interaction) in a few percent of fields: a merger confuser
+    companion = morph not in ("merger", "lens") and rng.random() < COMPANION_RATE
+    if companion:
+        d = rng.uniform(15.0, 35.0) / float(ph.tables().kpc_per_arcsec(z))
+        d = min(d, 0.4 * size * PIXEL_SCALE)
+        a = rng.uniform(0, 2 * math.pi)
+        logm2 = truth["log_stellar_mass"] - rng.uniform(0.2, 1.2)
+        c2, _, _ = _elliptical(ctx, logm2, z, d * math.cos(a), d * math.sin(a), prefix="companion_")
+        comps += c2
+        truth["companion_separation_arcsec"] = d
     # sub-pixel offset of the galaxy from the stamp centre
     jx, jy = rng.uniform(-0.5, 0.5, 2) * PIXEL_SCALE
     for c in comps:
@@ -980,17 +1046,15 @@ def draw_galaxy(
     truth["is_merger"] = morph == "merger"
     truth["is_irregular"] = morph == "irregular"
     truth["is_edge_on"] = morph in ("spiral", "lenticular", "disc") and incl >= EDGE_ON_DEG
-    seen = morph in ("spiral", "lenticular", "disc") and incl <= FEATURE_MAX_INCL_DEG
-    truth["is_spiral"] = bool(truth.get("has_arms_model")) and seen and vis.get("arms", 0) >= VISIBLE
-    truth["has_bar"] = bool(truth.get("has_bar_model")) and seen and vis.get("bar", 0) >= VISIBLE
-    truth["has_ring"] = bool(truth.get("has_ring_model")) and seen and vis.get("ring", 0) >= VISIBLE
-    truth["is_clumpy"] = bool(truth.get("has_clumps_model")) and vis.get("clumps", 0) >= VISIBLE
     truth["late_type_disc"] = late
     truth["psf_fwhm_r_arcsec"] = ctx.fwhm_r
     truth["sky_sigma_r_nmgy"] = ctx.sigma_r
     close = [
-        s for s in field_sources if s.size > 0 and math.hypot(s.x, s.y) < 5.0 and _r_flux(ctx, s.flux) > 0.5
+        # a background galaxy brighter than r = 20 within 5": volunteers may call it a merger
+        s
+        for s in field_sources
+        if s.size > 0 and math.hypot(s.x, s.y) < 5.0 and _r_flux(ctx, s.flux) > 10.0
     ]
-    vis["neighbour"] = 1.0 if close else 0.0
+    vis["neighbour"] = 1.0 if close or companion else 0.0
     scene = Scene(components=comps, observation=obs, field_sources=field_sources, dust=dust)
     return GalaxyDraw(scene=scene, truth=truth, vis=vis)

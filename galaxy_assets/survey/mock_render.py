@@ -232,7 +232,10 @@ def _radial_integral(fn_r, r_max: float) -> float:
 
 
 def draw_arms(p: dict[str, Any], P: int, scale: float) -> np.ndarray:
-    """Unit-flux logarithmic spiral arms (exponential envelope, inner taper) on the grid."""
+    """Unit-flux logarithmic spiral arms (exponential envelope, inner taper) on the grid.
+
+    With ``p["structure"]`` true, the arms minus their azimuthal mean (same normalisation).
+    """
     X, Y = _grid(P, scale)
     u, v, cos_i = _plane(X, Y, p)
     h = float(p["h"])
@@ -249,8 +252,9 @@ def draw_arms(p: dict[str, Any], P: int, scale: float) -> np.ndarray:
     def env(r):
         return np.exp(-r / h) * (1.0 - np.exp(-((r / r_in) ** 2)))
 
-    img = env(R) * mod
-    total = _radial_integral(env, 12.0 * h + 3.0 * r_in) * _arm_norm(m, sharp)
+    norm = _arm_norm(m, sharp)
+    img = env(R) * (mod - np.float32(norm) if p.get("structure") else mod)
+    total = _radial_integral(env, 12.0 * h + 3.0 * r_in) * norm
     return img * np.float32(scale * scale / (cos_i * total))
 
 
@@ -277,9 +281,13 @@ def draw_ring(p: dict[str, Any], P: int, scale: float) -> np.ndarray:
     R0, w = float(p["R"]), float(p["w"])
     R = np.sqrt(u * u + v * v)
     img = np.exp(np.float32(-0.5 / (w * w)) * (R - np.float32(R0)) ** 2)
-    total = 2.0 * math.pi * (
-        w * w * math.exp(-(R0 * R0) / (2 * w * w))
-        + R0 * w * math.sqrt(math.pi / 2.0) * (1.0 + math.erf(R0 / (math.sqrt(2.0) * w)))
+    total = (
+        2.0
+        * math.pi
+        * (
+            w * w * math.exp(-(R0 * R0) / (2 * w * w))
+            + R0 * w * math.sqrt(math.pi / 2.0) * (1.0 + math.erf(R0 / (math.sqrt(2.0) * w)))
+        )
     )
     return img * np.float32(scale * scale / (cos_i * total))
 
@@ -317,16 +325,21 @@ def draw_points(p: dict[str, Any], P: int, scale: float) -> np.ndarray:
     return img
 
 
+@lru_cache(maxsize=1)
+def _lens_models():
+    """lenstronomy's SIE + shear lens model and elliptical Sérsic light model (built once)."""
+    from lenstronomy.LensModel.lens_model import LensModel
+    from lenstronomy.LightModel.light_model import LightModel
+
+    return LensModel(["SIE", "SHEAR"]), LightModel(["SERSIC_ELLIPSE"])
+
+
 def draw_lensed(p: dict[str, Any], P: int, scale: float) -> np.ndarray:
     """Lensed Sérsic source (SIE + external shear) in units of the unlensed source flux.
 
     Only the central region within ``theta_E + 4 r_src + 2"`` is ray-traced (3x3 supersampled).
     """
-    from lenstronomy.LensModel.lens_model import LensModel
-    from lenstronomy.LightModel.light_model import LightModel
-
-    lens = LensModel(["SIE", "SHEAR"])
-    light = LightModel(["SERSIC_ELLIPSE"])
+    lens, light = _lens_models()
     kw_lens = [
         {
             "theta_E": p["theta_E"],
@@ -444,8 +457,10 @@ def render_scene(
 ) -> Rendered:
     """Draw one cutout of ``size`` x ``size`` pixels in every band of the scene.
 
-    ``parts`` names components whose noiseless PSF-convolved images are returned separately
-    (e.g. the lensed source, to check that arcs rise above the noise).
+    ``parts`` names components whose noiseless PSF-convolved images (B, N, N) are returned
+    separately (the lensed source, to check that arcs rise above the noise; features, to score
+    their visibility). For spiral arms the part is their non-axisymmetric structure: the arms
+    minus their azimuthal mean (positive on the arms, negative between them).
     """
     pad = pad_for(size)
     P = size + 2 * pad
@@ -462,6 +477,8 @@ def render_scene(
         S = np.stack([draw_shape(c, P, scale).ravel() for c in group])  # (C, P*P)
         for c, row in zip(group, S, strict=True):
             if c.name in parts:
+                if c.kind == "arms":  # the arm/inter-arm contrast, not the arms' mean light
+                    row = draw_arms({**c.params, "structure": True}, P, scale).ravel()
                 shapes[c.name] = row
         F = np.stack([np.asarray(c.flux, dtype=np.float32) for c in group], axis=1)  # (B, C)
         part = F @ S
@@ -531,3 +548,62 @@ def _add_field_source(model: np.ndarray, src: FieldSource, P: int, scale: float)
     vals = _sersic_values(Xs, Ys, src.x, src.y, src.size, 1.0, src.q, src.pa, sersic_b(1.0))
     vals *= np.float32(scale * scale / sersic_total(src.size, 1.0, src.q))
     model[:, i_lo:i_hi, j_lo:j_hi] += flux[:, None, None] * vals[None]
+
+
+# ------------------------------------------------------------------------- visibility
+def display_visibility(
+    feature: np.ndarray,
+    model: np.ndarray,
+    sigma: np.ndarray,
+    psf_fwhm: np.ndarray,
+    psf_beta: float,
+    bands: Sequence[str],
+    *,
+    min_contrast: float = 0.015,
+    min_snr: float = 2.0,
+    feature_scale: float | None = None,
+    scale: float = PIXEL_SCALE,
+) -> tuple[float, int]:
+    """How visible a feature is in the colour composite a person (or a VLM) looks at.
+
+    ``feature`` (B, N, N) is the feature's noiseless PSF-convolved light (signed for spiral-arm
+    structure), ``model`` the whole noiseless image, ``sigma`` the per-band sky sigma per pixel
+    (nmgy), ``psf_fwhm`` (arcsec) and ``psf_beta`` the Moffat PSF of each band.
+
+    In each drawn band (g, r, z: the Legacy Survey composite) the feature's change of the
+    displayed Lupton asinh value (the parameters of :mod:`galaxy_assets.survey.rgb`) is
+    band-passed (minus its Gaussian smoothing at 1.5 PSF FWHM: the eye sees edges, not broad
+    gradients). A pixel shows the feature when that band-passed change is at least
+    ``min_contrast`` of full scale *and* at least ``min_snr`` times the display noise in a
+    PSF-sized aperture. For broad, faint features ``feature_scale`` (arcsec, a Gaussian width)
+    widens both the aperture (to ``NEA + 4 pi feature_scale^2``) and the band-pass (to at least
+    twice that width). Returns ``(score, n_pixels)``, ``score = n / (n + 2 NEA)``: 0.5 when
+    the feature shows over two PSF noise-equivalent areas.
+    """
+    from galaxy_assets.survey.rgb import BAND_SCALES, DEFAULT_Q, DEFAULT_STRETCH, choose_rgb_bands
+
+    drawn = {b for b in choose_rgb_bands(list(bands)) if b}
+    mask = np.zeros(feature.shape[1:], dtype=bool)
+    q, st = DEFAULT_Q, DEFAULT_STRETCH
+    nea_r = 0.0
+    for k, b in enumerate(bands):
+        nea_px = moffat_nea(float(psf_fwhm[k]), psf_beta) / scale**2
+        if b == "r" or (nea_r == 0.0 and k == len(bands) - 1):
+            nea_r = nea_px
+        if b not in drawn:
+            continue
+        s = BAND_SCALES.get(b, 1.0) * q / st
+        m = np.clip(model[k], 0.0, None)
+        without = np.clip(model[k] - feature[k], 0.0, None)
+        delta = (np.arcsinh(s * m) - np.arcsinh(s * without)) / q
+        fwhm_px = float(psf_fwhm[k]) / scale
+        bp_sigma = 1.5 * fwhm_px / 2.355
+        aperture = nea_px
+        if feature_scale is not None and feature_scale == feature_scale and feature_scale > 0:
+            bp_sigma = max(bp_sigma, 2.0 * feature_scale / scale)
+            aperture = nea_px + 4.0 * math.pi * (feature_scale / scale) ** 2
+        bp = np.abs(delta - gaussian_filter(delta, bp_sigma, mode="nearest"))
+        noise = s / np.sqrt(1.0 + (s * m) ** 2) / q * float(sigma[k]) / math.sqrt(aperture)
+        mask |= (bp >= min_contrast) & (bp >= min_snr * noise)
+    n = int(mask.sum())
+    return n / (n + 2.0 * nea_r), n

@@ -209,7 +209,9 @@ VOTE_MODELS: dict[str, Callable[[Truth, Vis], dict[str, float]]] = {
 }
 
 
-def answer_probabilities(truth: Truth, vis: Vis, tree: DecisionTree | None = None) -> dict[str, np.ndarray]:
+def answer_probabilities(
+    truth: Truth, vis: Vis, tree: DecisionTree | None = None
+) -> dict[str, np.ndarray]:
     """Noise-free answer probabilities per question (before volunteer error and Dirichlet)."""
     tree = tree or default_tree()
     out: dict[str, np.ndarray] = {}
