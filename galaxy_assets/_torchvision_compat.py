@@ -49,7 +49,7 @@ def _declare_missing_ops() -> None:
         "qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor"
     )
     _LIBRARIES.append(lib)
-    log.info(
+    log.debug(
         "torchvision's compiled ops do not match this torch build (%s); its detection "
         "ops are unavailable, the rest of torchvision works", reason
     )

@@ -1,9 +1,10 @@
 """The ``galaxy-assets`` command.
 
-    galaxy-assets demo [--n N]          simulate a mock survey into the home and run the graph
-    galaxy-assets simulate --out DIR    write a mock survey (MMU HDF5 shards + truth tables)
-    galaxy-assets gallery --out PNG     draw examples of every mock class as RGB
-    galaxy-assets dev                   start `dagster dev` on the home's Dagster instance
+galaxy-assets demo [--n N]          simulate a mock survey into the home and run the graph
+galaxy-assets simulate --out DIR    write a mock survey (MMU HDF5 shards + truth tables)
+galaxy-assets gallery --out PNG     draw examples of every mock class as RGB
+galaxy-assets import-captions FILE  add captions made elsewhere (object_id, caption)
+galaxy-assets dev                   start `dagster dev` on the home's Dagster instance
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ log = logging.getLogger("galaxy_assets.cli")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SIMULATION_MARKER = "SIMULATION.json"
+# Runs started by the CLI log warnings and errors to the terminal; everything is in the UI.
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
 def _dagster_yaml() -> Path:
@@ -86,9 +89,16 @@ def _simulate(out: Path, n: int, size: int, seed: int, nside: int, workers: int)
             out, n, size=size, seed=seed, nside=nside, workers=workers,
             progress=lambda k: bar.update(k),
         )
+    from galaxy_assets.survey.mock import GENERATOR_VERSION
+
     info = {
-        "n": n, "size": size, "seed": seed, "nside": nside,
-        "shards": len(result.shards), "seconds": round(result.seconds, 2),
+        "n": n,
+        "size": size,
+        "seed": seed,
+        "nside": nside,
+        "generator": GENERATOR_VERSION,
+        "shards": len(result.shards),
+        "seconds": round(result.seconds, 2),
     }
     (out / SIMULATION_MARKER).write_text(json.dumps(info, indent=2))
     return info
@@ -107,15 +117,19 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def cmd_gallery(args: argparse.Namespace) -> int:
     from galaxy_assets.survey.mock_gallery import render_class_gallery
 
-    out = render_class_gallery(Path(args.out), per_class=args.per_class, seed=args.seed)
+    out = render_class_gallery(
+        Path(args.out), per_class=args.per_class, seed=args.seed, max_search=args.max_search
+    )
     print(f"wrote {out}")
     return 0
 
 
 def ensure_mock_survey(home: Home, n: int, size: int, seed: int, workers: int) -> dict:
     """Simulate the demo survey unless one with the same settings is already there."""
+    from galaxy_assets.survey.mock import GENERATOR_VERSION
+
     marker = home.mock_survey / SIMULATION_MARKER
-    wanted = {"n": n, "size": size, "seed": seed}
+    wanted = {"n": n, "size": size, "seed": seed, "generator": GENERATOR_VERSION}
     if marker.is_file():
         have = json.loads(marker.read_text())
         if {k: have.get(k) for k in wanted} == wanted:
@@ -137,8 +151,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     import dagster as dg
 
-    from galaxy_assets.defs.partitions import shard_partitions
     from galaxy_assets.definitions import defs
+    from galaxy_assets.defs.partitions import shard_partitions
 
     instance = dg.DagsterInstance.get()
     set_pool_limits(instance)
@@ -157,14 +171,68 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     for key in tqdm(todo, unit="shard", desc="raw_cutouts", file=sys.stderr):
-        result = job.execute_in_process(partition_key=key, instance=instance, raise_on_error=False)
+        result = job.execute_in_process(
+            partition_key=key, instance=instance, run_config=QUIET, raise_on_error=False
+        )
         if not result.success:
             failed.append(key)
     print(f"raw_cutouts: {len(todo) - len(failed)} shard(s) materialized in {time.perf_counter() - t0:.1f} s")
     _print_survey_summary(instance, sorted(found), failed)
-    print("\nNext: `.venv/bin/galaxy-assets dev` opens the Dagster UI on this home "
-          "(http://127.0.0.1:3000).")
-    return 1 if failed else 0
+    ok = _run_captions(defs, instance, args) and not failed
+    print(
+        "\nNext: `.venv/bin/galaxy-assets dev` opens the Dagster UI on this home "
+        "(http://127.0.0.1:3000)."
+    )
+    return 0 if ok else 1
+
+
+def _latest_metadata(instance, asset: str) -> dict:
+    import dagster as dg
+
+    event = instance.get_latest_materialization_event(dg.AssetKey(asset))
+    if event is None or event.asset_materialization is None:
+        return {}
+    return {k: v.value for k, v in event.asset_materialization.metadata.items()}
+
+
+def _run_captions(defs, instance, args: argparse.Namespace) -> bool:
+    n = min(args.captions, args.n)
+    print(f"\ncaptions: describing a random sample of {n} galaxies, embedding the captions")
+    t0 = time.perf_counter()
+    result = defs.resolve_job_def("captions_job").execute_in_process(
+        instance=instance,
+        run_config={**QUIET, "ops": {"caption_sample": {"config": {"n": n, "seed": args.seed}}}},
+        raise_on_error=False,
+    )
+    if not result.success:
+        for event in result.get_step_failure_events():
+            print(f"  FAILED {event.step_key}: {event.event_specific_data.error.message.strip()}")
+        return False
+    meta = _latest_metadata(instance, "vlm_captions")
+    print(
+        f"captions: {meta.get('captions')} ({meta.get('described_now')} new, "
+        f"{meta.get('reused')} reused, {meta.get('failed_now')} failed) by "
+        f"{meta.get('backend')}:{meta.get('model')} in {time.perf_counter() - t0:.1f} s"
+    )
+    if "keyword_rates" in meta:
+        print("\nHow caption words follow the mock survey's truth:\n" + str(meta["keyword_rates"]))
+    emb = _latest_metadata(instance, "caption_embeddings")
+    print(
+        f"\ncaption_embeddings: {emb.get('captions')} vectors of dim {emb.get('dim')} "
+        f"from {emb.get('embedder')}"
+    )
+    return True
+
+
+def cmd_import_captions(args: argparse.Namespace) -> int:
+    from galaxy_assets.captioning.store import CaptionStore
+
+    home = Home.from_env(args.home).ensure()
+    n = CaptionStore(home.root / "captions").import_table(args.table, source=args.source)
+    print(
+        f"imported {n} captions from {args.table}; they appear in vlm_captions for sampled galaxies"
+    )
+    return 0
 
 
 def _print_survey_summary(instance, keys: list[str], failed: list[str]) -> None:
@@ -219,7 +287,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     p.add_argument("--home", default=None, help=f"home folder (default ${HOME_ENV} or ./.galaxy_home)")
     p.add_argument("--force", action="store_true", help="rematerialize shards that already exist")
+    p.add_argument(
+        "--captions", type=int, default=2000, help="galaxies in the caption sample (default 2000)"
+    )
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser(
+        "import-captions",
+        help="import captions made elsewhere (Parquet/CSV with object_id, caption)",
+    )
+    p.add_argument("table")
+    p.add_argument("--source", default=None, help="name recorded as the captions' model")
+    p.add_argument("--home", default=None)
+    p.set_defaults(func=cmd_import_captions)
 
     p = sub.add_parser("simulate", help="write a mock survey in the Multimodal Universe layout")
     p.add_argument("--out", required=True, help="output folder")
@@ -233,7 +313,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("gallery", help="draw a labelled grid of every mock class")
     p.add_argument("--out", default="docs/mock_survey.png")
     p.add_argument("--per-class", type=int, default=6)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument(
+        "--max-search",
+        type=int,
+        default=40000,
+        help="galaxies searched for clear examples of each class",
+    )
     p.set_defaults(func=cmd_gallery)
 
     p = sub.add_parser("dev", help="start the Dagster UI on the home's instance")
@@ -247,9 +333,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:
+        logging.getLogger("galaxy_assets").setLevel(logging.INFO)
     return int(args.func(args) or 0)
 
 

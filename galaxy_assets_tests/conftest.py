@@ -15,6 +15,6 @@ def isolated_home(tmp_path_factory, monkeypatch):
     monkeypatch.delenv("GALAXY_ASSETS_CONFIG", raising=False)
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
     for var in list(os.environ):
-        if var.startswith(("GALAXY_ASSETS_SURVEY_", "GALAXY_ASSETS_COMPUTE_")):
+        if var.startswith("GALAXY_ASSETS_") and var != "GALAXY_ASSETS_HOME":
             monkeypatch.delenv(var, raising=False)
     return home

@@ -78,8 +78,9 @@ def test_settings_errors(tmp_path, monkeypatch):
 
 
 def test_torchvision_guard_lets_timm_import():
-    import galaxy_assets  # noqa: F401  (installs the guard)
     import timm
+
+    import galaxy_assets  # noqa: F401  (installs the guard)
 
     model = timm.create_model("resnet18", in_chans=4, num_classes=0)
     assert model.num_features == 512

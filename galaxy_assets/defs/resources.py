@@ -64,6 +64,74 @@ class SurveyResource(dg.ConfigurableResource):
         return open_shard(path, bands=self.bands, size=self.cutout_size or None)
 
 
+class CaptionerResource(dg.ConfigurableResource):
+    """The configured captioner backend (morphology, transformers, openai).
+
+    ``api_key`` is normally a ``dg.EnvVar``: Dagster shows the variable's name, never its value.
+    """
+
+    backend: str = "morphology"
+    model: str = ""
+    base_url: str = ""
+    api_key: str | None = None
+    prompt: str = "describe_v1"
+    max_new_tokens: int = 300
+    concurrency: int = 4
+    request_budget: int | None = None
+    workers: int = 2
+    batch_size: int = 32
+
+    @property
+    def is_local(self) -> bool:
+        from galaxy_assets.captioning.factory import LOCAL_BACKENDS
+
+        return self.backend in LOCAL_BACKENDS
+
+    def build(self, compute: ComputeResource):
+        from galaxy_assets.captioning.factory import build_captioner
+
+        return build_captioner(
+            self.backend,
+            model=self.model,
+            base_url=self.base_url,
+            api_key=self.api_key,
+            prompt=self.prompt,
+            max_new_tokens=self.max_new_tokens,
+            concurrency=self.concurrency,
+            request_budget=self.request_budget,
+            workers=self.workers,
+            batch_size=self.batch_size,
+            device=compute.device,
+            dtype=compute.dtype,
+        )
+
+
+class TextEmbedderResource(dg.ConfigurableResource):
+    """The configured text embedder (sentence-transformers from disk, or an OpenAI endpoint)."""
+
+    backend: str = "sentence-transformers"
+    model: str = ""
+    base_url: str = ""
+    api_key: str | None = None
+    batch_size: int = 64
+
+    def build(self, compute: ComputeResource):
+        from galaxy_assets.embedding.text import build_text_embedder
+
+        return build_text_embedder(
+            self.backend,
+            model=self.model or None,
+            base_url=self.base_url or None,
+            api_key=self.api_key,
+            batch_size=self.batch_size,
+            device=compute.torch_device(),
+        )
+
+
+def _secret(env_name: str):
+    return dg.EnvVar(env_name) if env_name else None
+
+
 def default_resources() -> dict[str, object]:
     """Resources configured from settings (config file + environment)."""
     from dagster_polars import PolarsParquetIOManager
@@ -75,4 +143,23 @@ def default_resources() -> dict[str, object]:
         "compute": ComputeResource(**settings.compute.model_dump()),
         "survey": SurveyResource(**settings.survey.model_dump()),
         "io_manager": PolarsParquetIOManager(base_dir=str(home.parquet)),
+        "captioner": CaptionerResource(
+            backend=settings.captioner.backend,
+            model=settings.captioner.model,
+            base_url=settings.captioner.base_url,
+            api_key=_secret(settings.captioner.api_key_env),
+            prompt=settings.captioner.prompt,
+            max_new_tokens=settings.captioner.max_new_tokens,
+            concurrency=settings.captioner.concurrency,
+            request_budget=settings.captioner.request_budget,
+            workers=settings.captioner.workers,
+            batch_size=settings.captioner.batch_size,
+        ),
+        "text_embedder": TextEmbedderResource(
+            backend=settings.text_embedder.backend,
+            model=settings.text_embedder.model,
+            base_url=settings.text_embedder.base_url,
+            api_key=_secret(settings.text_embedder.api_key_env),
+            batch_size=settings.text_embedder.batch_size,
+        ),
     }

@@ -1,9 +1,8 @@
 """Survey assets: the shard sensor and the per-shard ``raw_cutouts`` manifest."""
 
-
+import dagster as dg
 import polars as pl
 
-import dagster as dg
 from galaxy_assets.defs.partitions import shard_partitions
 from galaxy_assets.defs.resources import HomeResource, SurveyResource
 from galaxy_assets.survey.checks import (

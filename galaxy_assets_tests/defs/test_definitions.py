@@ -49,10 +49,10 @@ def test_definitions_content():
 
 
 def test_dagster_yaml_pools_and_home(isolated_home):
+    import dagster as dg
+
     from galaxy_assets.cli import prepare_dagster_home, set_pool_limits
     from galaxy_assets.runtime import Home
-
-    import dagster as dg
 
     home = Home.from_env()
     prepare_dagster_home(home)

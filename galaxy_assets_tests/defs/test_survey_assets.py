@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import dagster as dg
 import numpy as np
 import polars as pl
 import pytest
 from dagster_polars import PolarsParquetIOManager
 
-import dagster as dg
 from galaxy_assets.defs.partitions import shard_partitions
 from galaxy_assets.defs.resources import HomeResource, SurveyResource
 from galaxy_assets.defs.survey import raw_cutouts, survey_shards_sensor

@@ -1,0 +1,836 @@
+"""The measured-morphology describer: the offline default captioner (no model weights).
+
+:class:`MorphologyDescriber` writes, for each cutout, what :func:`~galaxy_assets.captioning.
+measure.measure` finds on its pixels, in the form a vision-language model gives when it
+answers ``prompts/describe_v1.txt``: the overall morphology, the notable features that were
+*measured* (and only those), then a one-sentence interpretation; under 120 words.
+
+It receives pixel arrays and band names only (a :class:`~galaxy_assets.captioning.base.
+CaptionRequest`), never a truth table or survey column; the object id only seeds the choice
+of templates and synonyms, so the same pixels always give the same :class:`Reading`
+whatever their id, and reruns give the same words.
+
+How the thresholds below were chosen
+------------------------------------
+On two mock surveys of 4000 galaxies each (seeds 7 and 11, 64 px, g r i z), the truth
+table was used *offline* to look at the distribution of each measurement in each class and
+to set every threshold at a round value between the bulk of the class and the bulk of the
+rest, preferring precision for rare classes (lenses, mergers) where a false mention costs
+more than a missed one; the values were then checked on a third survey (seed 2026) that
+was not used to choose them. Nothing here reads a truth table at caption time; the
+evaluation in :mod:`galaxy_assets.captioning.keywords` does that, separately.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+from collections.abc import Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from galaxy_assets.captioning.base import CaptionerError, CaptionRequest, CaptionResult
+from galaxy_assets.captioning.measure import (
+    DEFAULT_PIXEL_SCALE,
+    DEFAULT_PSF_FWHM_ARCSEC,
+    MeasurementError,
+    Measurements,
+    measure,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "MAX_WORDS",
+    "MorphologyDescriber",
+    "Reading",
+    "interpret",
+    "write_caption",
+]
+
+MAX_WORDS = 120
+
+# ------------------------------------------------------------------------- thresholds
+# Size. r50 in units of the PSF half width (1 = a point source).
+COMPACT_PSF_RATIO = 1.35  # below: "compact, barely resolved"
+LARGE_R50_ARCSEC = 4.0  # above: "large, extended"
+# Colour (observed g - r, AB; Legacy-Survey rendering: red ~ yellow/orange, blue ~ blue).
+RED_GR = 1.0  # above: red (old stars)
+YELLOW_GR = 0.75  # above: yellowish
+BLUE_GR = 0.5  # below: blue (young stars)
+# Inclination of discs (b/a of the outer isophote / PSF-corrected moments).
+EDGE_ON_MAX_Q = 0.36  # truth: inclination >= 80 deg; 78% precision at 48% recall (dev)
+INCLINED_MAX_Q = 0.5  # "highly inclined" (not called edge-on)
+# Spiral arms: handedness S/N of the best winding log-polar mode (chance: < 3).
+SPIRAL_MIN_SNR = 6.5
+SPIRAL_STRONG_SNR = 12.0  # "prominent" / "well-defined"
+SPIRAL_MAX_ASYM = 0.22  # more asymmetric systems are called irregular or disturbed
+# Irregular: blue and asymmetric, without a dominant smooth body.
+IRREGULAR_MAX_GR = 0.45
+IRREGULAR_MIN_ASYM = 0.1
+# Early types: red, concentrated, smooth.
+ELLIPTICAL_MIN_GR = 0.9
+ELLIPTICAL_MIN_C = 2.9
+ELLIPTICAL_MIN_Q = 0.45
+ELLIPTICAL_MAX_SPIRAL = 5.0
+# Lensing arcs: blue excess around a smooth, redder, roundish host.
+LENS_MIN_FRACTION = 0.045  # blue excess in 0.5"-3.1" / the galaxy's g flux
+LENS_MAX_OUTER = 0.15  # excess further out / within (star-forming discs are blue all over)
+LENS_MAX_COLOUR_OFFSET = -0.4  # g - r of the excess minus the centre's
+LENS_MAX_ASYM = 0.15
+LENS_MIN_Q = 0.5
+LENS_STRONG_FRACTION = 0.08  # "clear arcs" rather than "a possible arc"
+# Interaction: a second extended nucleus, or asymmetric light far out (tails, plumes).
+PAIR_MIN_RATIO = 0.25  # companion peak / main peak
+PAIR_MIN_ASYM = 0.1
+TIDAL_MIN_FRACTION = 0.06  # asymmetric light beyond max(r90, 2 r50) / total
+TIDAL_MIN_SNR = 10.0
+TIDAL_STRONG_FRACTION = 0.12
+INTERACTION_MIN_GR = 0.55  # bluer asymmetric systems are described as irregular
+# Foreground star / compact neighbour on the galaxy (a point-like secondary peak).
+STAR_MIN_RATIO = 0.3
+STAR_MAX_EXTENT = 1.3
+# Discs: bar, ring, dust lane, clumps.
+BAR_MIN_STRENGTH = 0.12
+RING_MIN_SNR = 4.0
+RING_MIN_COVERAGE = 0.625
+DUST_MIN_REDDENING = 0.12
+DUST_MIN_SNR = 3.0
+CLUMP_MIN_COUNT = 3
+CLUMP_MIN_FRACTION = 0.03
+
+
+# ---------------------------------------------------------------------------- reading
+@dataclass(frozen=True)
+class Reading:
+    """What the describer concludes from the measurements (no words yet)."""
+
+    morphology: (
+        str  # elliptical | lenticular | spiral | disc | edge_on | irregular | merger | compact
+    )
+    colour: str  # red | yellow | white | blue
+    size: str  # compact | medium | large
+    roundness: str  # round | oval | elongated
+    sersic_n: float
+    axis_ratio: float
+    inclined: bool = False  # highly inclined (not edge-on)
+    arms: int = 0  # arm multiplicity when spiral arms are seen
+    arm_strength: str = ""  # "" | weak | strong
+    arm_pitch: float = math.nan
+    bar: bool = False
+    ring: bool = False
+    dust_lane: bool = False
+    clumpy: bool = False
+    second_nucleus: bool = False
+    tidal: str = ""  # "" | weak | strong
+    lens: str = ""  # "" | candidate | strong
+    star: bool = False
+    neighbours: int = 0
+    features: tuple[str, ...] = field(default=())
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _colour_word(gr: float) -> str:
+    if not np.isfinite(gr):
+        return "white"
+    if gr >= RED_GR:
+        return "red"
+    if gr >= YELLOW_GR:
+        return "yellow"
+    if gr >= BLUE_GR:
+        return "white"
+    return "blue"
+
+
+def interpret(m: Measurements, pixel_scale: float = DEFAULT_PIXEL_SCALE) -> Reading:
+    """Turn measurements into a :class:`Reading` with the thresholds of this module."""
+
+    def ok(x: float) -> bool:
+        return bool(np.isfinite(x))
+
+    gr = m.colour_gr
+    colour = _colour_word(gr)
+    r50_arcsec = m.r50 * pixel_scale if ok(m.r50) else math.nan
+    compact = ok(m.psf_ratio) and m.psf_ratio < COMPACT_PSF_RATIO
+    size = "compact" if compact else ("large" if r50_arcsec > LARGE_R50_ARCSEC else "medium")
+    q = m.axis_ratio if ok(m.axis_ratio) else 1.0
+    roundness = "round" if q >= 0.8 else ("oval" if q >= 0.55 else "elongated")
+    asym = m.asymmetry if ok(m.asymmetry) else 0.0
+    spiral_snr = m.spiral_snr if ok(m.spiral_snr) else 0.0
+    n = m.sersic_n
+
+    # --- interaction
+    pair = (
+        m.n_extended_nuclei >= 2
+        and ok(m.nucleus_flux_ratio)
+        and m.nucleus_flux_ratio >= PAIR_MIN_RATIO
+        and asym >= PAIR_MIN_ASYM
+        and ok(gr)
+        and gr >= INTERACTION_MIN_GR
+    )
+    tidal = ""
+    if (
+        ok(m.tidal_outer_fraction)
+        and m.tidal_outer_fraction >= TIDAL_MIN_FRACTION
+        and m.tidal_outer_snr >= TIDAL_MIN_SNR
+        and ok(gr)
+        and gr >= INTERACTION_MIN_GR
+    ):
+        tidal = "strong" if m.tidal_outer_fraction >= TIDAL_STRONG_FRACTION else "weak"
+    star = (
+        ok(m.nucleus_flux_ratio)
+        and m.nucleus_flux_ratio >= STAR_MIN_RATIO
+        and ok(m.nucleus_extent)
+        and m.nucleus_extent < STAR_MAX_EXTENT
+    )
+
+    # --- lensing
+    lens = ""
+    if (
+        ok(m.arc_flux_fraction)
+        and m.arc_flux_fraction >= LENS_MIN_FRACTION
+        and ok(m.arc_outer_excess)
+        and m.arc_outer_excess <= LENS_MAX_OUTER
+        and ok(m.arc_colour_offset)
+        and m.arc_colour_offset <= LENS_MAX_COLOUR_OFFSET
+        and asym < LENS_MAX_ASYM
+        and q >= LENS_MIN_Q
+        and spiral_snr < ELLIPTICAL_MAX_SPIRAL
+        and not pair
+    ):
+        lens = "strong" if m.arc_flux_fraction >= LENS_STRONG_FRACTION else "candidate"
+
+    # --- discs
+    edge_on = q <= EDGE_ON_MAX_Q and not compact
+    inclined = (not edge_on) and q <= INCLINED_MAX_Q and not compact
+    arms = 0
+    arm_strength = ""
+    if (
+        not edge_on
+        and not compact
+        and spiral_snr >= SPIRAL_MIN_SNR
+        and asym < SPIRAL_MAX_ASYM
+        and not lens
+    ):
+        arms = int(m.spiral_m) if m.spiral_m else 2
+        arm_strength = "strong" if spiral_snr >= SPIRAL_STRONG_SNR else "weak"
+    dust = (
+        edge_on
+        and ok(m.dust_lane_reddening)
+        and m.dust_lane_reddening >= DUST_MIN_REDDENING
+        and ok(m.dust_lane_snr)
+        and m.dust_lane_snr >= DUST_MIN_SNR
+    )
+    bar = bool(
+        not edge_on
+        and not compact
+        and ok(m.bar_strength)
+        and m.bar_strength >= BAR_MIN_STRENGTH
+        and asym < SPIRAL_MAX_ASYM
+    )
+    ring = bool(
+        not edge_on
+        and not compact
+        and ok(m.ring_snr)
+        and m.ring_snr >= RING_MIN_SNR
+        and ok(m.ring_coverage)
+        and m.ring_coverage >= RING_MIN_COVERAGE
+        and not lens
+    )
+    clumpy = bool(
+        m.clump_count >= CLUMP_MIN_COUNT
+        and ok(m.clump_flux_fraction)
+        and m.clump_flux_fraction >= CLUMP_MIN_FRACTION
+        and ok(gr)
+        and gr < YELLOW_GR
+    )
+    irregular = ok(gr) and gr < IRREGULAR_MAX_GR and asym >= IRREGULAR_MIN_ASYM and not arms
+
+    # --- overall class
+    early = (
+        ok(gr)
+        and gr >= ELLIPTICAL_MIN_GR
+        and ok(m.concentration)
+        and m.concentration >= ELLIPTICAL_MIN_C
+        and q >= ELLIPTICAL_MIN_Q
+        and spiral_snr < ELLIPTICAL_MAX_SPIRAL
+    )
+    if pair or (tidal == "strong" and not arms):
+        morph = "merger"
+    elif compact and not lens:
+        morph = "compact"
+    elif edge_on:
+        morph = "edge_on"
+    elif irregular:
+        morph = "irregular"
+    elif arms:
+        morph = "spiral"
+    elif early or lens:
+        morph = "elliptical"
+    elif ok(gr) and gr >= ELLIPTICAL_MIN_GR:
+        morph = "lenticular"
+    else:
+        morph = "disc"
+    feats = [
+        name
+        for name, on in (
+            ("arms", arms > 0),
+            ("bar", bar),
+            ("ring", ring),
+            ("dust_lane", dust),
+            ("clumps", clumpy),
+            ("second_nucleus", pair),
+            ("tidal", bool(tidal)),
+            ("lens", bool(lens)),
+            ("star", star),
+        )
+        if on
+    ]
+    return Reading(
+        morphology=morph,
+        colour=colour,
+        size=size,
+        roundness=roundness,
+        sersic_n=float(n) if ok(n) else math.nan,
+        axis_ratio=float(q),
+        inclined=inclined,
+        arms=arms,
+        arm_strength=arm_strength,
+        arm_pitch=float(m.spiral_pitch) if arms else math.nan,
+        bar=bar,
+        ring=ring,
+        dust_lane=dust,
+        clumpy=clumpy,
+        second_nucleus=pair,
+        tidal=tidal,
+        lens=lens,
+        star=star,
+        neighbours=int(m.n_neighbours),
+        features=tuple(feats),
+    )
+
+
+# ---------------------------------------------------------------------------- wording
+# Every phrase the describer can write. Each slot has variants; one is drawn per caption
+# with a generator seeded by (seed, object_id). The set is hashed into ``prompt_sha``.
+TEMPLATES: dict[str, dict[str, list[str]]] = {
+    "colour": {
+        "red": ["red", "reddish", "orange-red"],
+        "yellow": ["yellowish", "yellow-orange", "golden"],
+        "white": ["whitish", "pale yellow-white", "white"],
+        "blue": ["blue", "bluish", "blue-white"],
+    },
+    "size": {
+        "compact": ["compact", "small"],
+        "medium": ["", "moderately sized", ""],
+        "large": ["large", "extended", "well-resolved"],
+    },
+    "shape": {
+        "round": ["round", "nearly circular"],
+        "oval": ["oval", "slightly flattened"],
+        "elongated": ["elongated", "flattened"],
+    },
+    "open": {
+        "elliptical": [
+            "A smooth, {colour} elliptical galaxy with {a_conc} light profile{sersic}.",
+            "The central object is a {size}{colour} elliptical galaxy: smooth, featureless and "
+            "{shape}{sersic}.",
+            "This is a {shape}, {colour} elliptical galaxy with a bright, concentrated core and "
+            "smooth outer light{sersic}.",
+        ],
+        "lenticular": [
+            "A smooth, {colour} disc galaxy with a bright central bulge and a featureless, "
+            "{shape} disc, most likely a lenticular (S0).",
+            "The image shows a {size}{colour} lenticular galaxy: a prominent bulge inside a "
+            "smooth, {shape} disc{sersic}.",
+            "A {colour}, bulge-dominated disc galaxy with smooth light and no visible "
+            "structure in its disc, typical of an S0.",
+        ],
+        "spiral": [
+            "A {incl}spiral galaxy with {arms_desc} winding out from a {bulge}centre.",
+            "The central galaxy is a {size}{incl}spiral: {arms_desc} wrap around a {bulge}nucleus.",
+            "A {colour} {incl}disc galaxy showing {arms_desc}.",
+        ],
+        "disc": [
+            "A {size}{colour} disc galaxy with smooth, {shape} light and a modest central "
+            "concentration{sersic}.",
+            "The central object is a {colour}, {shape} disc galaxy with a gently declining, "
+            "exponential-like profile{sersic}.",
+            "A {colour} disc galaxy{incl_tail}, with a faint bulge and smooth outer light.",
+        ],
+        "edge_on": [
+            "An edge-on disc galaxy, seen as a thin {colour} streak of light (axis ratio "
+            "about {q}).",
+            "The central object is a {colour} disc galaxy viewed edge-on, strongly "
+            "elongated with an axis ratio near {q}.",
+            "A {size}{colour} edge-on disc, its light drawn into a narrow band (b/a about {q}).",
+        ],
+        "irregular": [
+            "A {colour} irregular galaxy with patchy, asymmetric light and no clear central bulge.",
+            "The central object is a {size}{colour} irregular galaxy, lumpy and lopsided.",
+            "A {colour}, low-concentration irregular galaxy with an uneven, asymmetric shape.",
+        ],
+        "merger": [
+            "A disturbed system of {what} that appear to be merging.",
+            "The image shows {what} in the process of merging, with a strongly asymmetric, "
+            "distorted light distribution.",
+            "An interacting system: {what} with disturbed, asymmetric outer light.",
+        ],
+        "compact": [
+            "A compact, barely resolved {colour} galaxy, only slightly larger than the "
+            "seeing disc.",
+            "A small {colour} galaxy, little more than a point-like blob at this resolution.",
+            "The central source is a compact {colour} galaxy with little resolved structure.",
+        ],
+    },
+    "what": {
+        "pair": ["two galaxies", "a close pair of galaxies", "two overlapping galaxies"],
+        "single": ["galaxies", "stellar components", "galaxies"],
+    },
+    "arms": {
+        "strong": ["{n} well-defined {wind} spiral arms", "{n} prominent {wind} spiral arms"],
+        "weak": ["faint, {wind} spiral arms", "{n} low-contrast spiral arms"],
+        "one": ["a single dominant spiral arm", "one prominent, lopsided spiral arm"],
+    },
+    "wind": {
+        "tight": ["tightly wound", "tightly wrapped"],
+        "medium": ["moderately wound", "smoothly winding"],
+        "open": ["loosely wound", "open"],
+    },
+    "feature": {
+        "bar": [
+            "A bar crosses the centre.",
+            "A central bar is visible.",
+            "The inner disc is elongated into a bar.",
+        ],
+        "ring": [
+            "A ring of light encircles the bulge.",
+            "The disc shows a ring around the centre.",
+            "A faint ring surrounds the inner galaxy.",
+        ],
+        "dust_lane": [
+            "A dark dust lane runs along the mid-plane.",
+            "The mid-plane is cut by a reddened dust lane.",
+            "A dust lane is visible along the disc.",
+        ],
+        "clumps": [
+            "Several bright blue knots of star formation are scattered across it.",
+            "The light is clumpy, with bright star-forming knots.",
+            "Compact blue clumps, likely star-forming regions, dot the disc.",
+        ],
+        "second_nucleus": [
+            "A second nucleus lies about {sep} arcsec from the first, inside a common envelope.",
+            "Two nuclei are visible, about {sep} arcsec apart.",
+        ],
+        "tidal_strong": [
+            "Long tidal tails extend from the system.",
+            "A prominent tidal tail and plume of debris stretch into the outskirts.",
+            "Extended tidal features reach well beyond the main body.",
+        ],
+        "tidal_weak": [
+            "Faint tidal debris is visible in the outskirts.",
+            "There is a faint, asymmetric tidal feature in the outer light.",
+            "A low-surface-brightness tidal plume extends to one side.",
+        ],
+        "lens_strong": [
+            "Blue arcs curve around the galaxy about {r} arcsec from its centre, much bluer "
+            "than its red core.",
+            "Thin blue arcs lie tangentially around the core at a radius of about {r} arcsec.",
+        ],
+        "lens_candidate": [
+            "A faint blue arc-like feature lies about {r} arcsec from the centre.",
+            "There is a possible faint blue arc about {r} arcsec from the core.",
+        ],
+        "star": [
+            "A bright point source overlaps the galaxy, probably a foreground star.",
+            "A foreground star appears superposed on the galaxy.",
+        ],
+        "neighbours": [
+            "{n} other galaxies are visible nearby.",
+            "The field contains {n} nearby neighbours.",
+        ],
+        "neighbour": [
+            "Another galaxy is visible nearby.",
+            "A smaller neighbour lies in the field.",
+        ],
+    },
+    "interpret": {
+        "lens": [
+            "This is probably a massive early-type galaxy acting as a strong gravitational "
+            "lens for a background source.",
+            "Interpretation: a likely galaxy-scale gravitational lens, a massive elliptical "
+            "bending the light of a distant blue galaxy.",
+        ],
+        "lens_candidate": [
+            "This is an early-type galaxy and a possible gravitational lens candidate.",
+            "Likely a massive elliptical; the arc-like feature makes it a candidate lens.",
+        ],
+        "merger": [
+            "This is most likely an ongoing galaxy merger.",
+            "Overall, an interacting system caught in the act of merging.",
+            "The disturbed morphology points to a recent or ongoing merger.",
+        ],
+        "tidal": [
+            "The tidal features suggest a recent interaction.",
+            "It appears to have been disturbed by a recent interaction.",
+        ],
+        "elliptical": [
+            "This is a quiescent early-type galaxy dominated by old stars.",
+            "Overall, a typical passive elliptical galaxy.",
+            "Interpretation: an old, red-sequence elliptical with little or no star formation.",
+        ],
+        "lenticular": [
+            "This is most likely a lenticular (S0) galaxy whose star formation has largely ceased.",
+            "Overall, a passive disc galaxy of type S0.",
+        ],
+        "spiral": [
+            "This is a star-forming spiral galaxy.",
+            "Overall, a typical late-type spiral with ongoing star formation.",
+            "Interpretation: a disc galaxy with active star formation in its spiral arms.",
+        ],
+        "barred_spiral": [
+            "This is a barred spiral galaxy.",
+            "Overall, a star-forming barred spiral.",
+        ],
+        "disc": [
+            "This is a disc galaxy with modest ongoing star formation.",
+            "Overall, a fairly featureless late-type disc galaxy.",
+        ],
+        "edge_on": [
+            "This is a disc galaxy seen edge-on.",
+            "Overall, an edge-on disc galaxy.",
+        ],
+        "edge_on_dust": [
+            "This is a dusty disc galaxy seen edge-on.",
+            "Overall, an edge-on, dusty disc galaxy.",
+        ],
+        "irregular": [
+            "This is a gas-rich, star-forming irregular galaxy.",
+            "Overall, likely a star-forming dwarf irregular.",
+        ],
+        "compact_red": [
+            "Too small to classify in detail; probably a distant passive galaxy.",
+            "Likely a distant, passive galaxy too compact to show structure.",
+        ],
+        "compact_blue": [
+            "Too small to classify in detail; probably a distant star-forming galaxy.",
+            "Likely a compact star-forming galaxy at higher redshift.",
+        ],
+    },
+}
+
+
+def _hash_templates(version: str) -> str:
+    payload = {
+        "version": version,
+        "templates": TEMPLATES,
+        "thresholds": {
+            k: v for k, v in globals().items() if k.isupper() and isinstance(v, float | int)
+        },
+    }
+    blob = json.dumps(payload, sort_keys=True, ensure_ascii=False).encode("utf-8")
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _rng_for(seed: int, object_id: str) -> np.random.Generator:
+    digest = hashlib.sha256(f"{seed}:{object_id}".encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+
+def _pick(rng: np.random.Generator, options: Sequence[str]) -> str:
+    return options[int(rng.integers(len(options)))]
+
+
+def _fmt1(x: float) -> str:
+    return f"{x:.1f}"
+
+
+def write_caption(
+    reading: Reading,
+    m: Measurements,
+    rng: np.random.Generator,
+    pixel_scale: float = DEFAULT_PIXEL_SCALE,
+) -> str:
+    """Words for a reading: morphology, measured features, interpretation (<= MAX_WORDS)."""
+    t = TEMPLATES
+    colour = _pick(rng, t["colour"][reading.colour])
+    size = _pick(rng, t["size"][reading.size])
+    size = f"{size} " if size else ""
+    shape = _pick(rng, t["shape"][reading.roundness])
+    n = reading.sersic_n
+    if np.isfinite(n) and rng.random() < 0.6:
+        sersic = f" (Sérsic index about {n:.1f})"
+    else:
+        sersic = ""
+    a_conc = "a steep, highly concentrated" if (np.isfinite(n) and n >= 3) else "a concentrated"
+    incl = "highly inclined " if reading.inclined else ""
+    if reading.arms:
+        if reading.arms == 1:
+            arms_desc = _pick(rng, t["arms"]["one"])
+        else:
+            wind_key = (
+                "tight"
+                if reading.arm_pitch < 15
+                else ("medium" if reading.arm_pitch < 25 else "open")
+            )
+            wind = _pick(rng, t["wind"][wind_key])
+            num = {2: "two", 3: "three", 4: "four"}.get(reading.arms, "several")
+            arms_desc = _pick(rng, t["arms"][reading.arm_strength]).format(n=num, wind=wind)
+    else:
+        arms_desc = ""
+    bulge = {"red": "red ", "yellow": "yellowish ", "white": "", "blue": "compact "}[
+        _colour_word(m.colour_gr_inner)
+    ]
+    what = _pick(rng, t["what"]["pair" if reading.second_nucleus else "single"])
+    fields_ = {
+        "colour": colour,
+        "size": size,
+        "shape": shape,
+        "sersic": sersic,
+        "a_conc": a_conc,
+        "incl": incl,
+        "incl_tail": ", seen at a high inclination" if reading.inclined else "",
+        "arms_desc": arms_desc,
+        "bulge": bulge,
+        "q": f"{reading.axis_ratio:.2f}",
+        "what": what,
+    }
+    opening = _pick(rng, t["open"][reading.morphology]).format(**fields_)
+    opening = opening[0].upper() + opening[1:]
+
+    # notable features, most important first (dropped from the end if too long)
+    feat: list[str] = []
+    f = t["feature"]
+    if reading.lens:
+        key = "lens_strong" if reading.lens == "strong" else "lens_candidate"
+        r_arc = m.arc_radius * pixel_scale if np.isfinite(m.arc_radius) else 1.5
+        feat.append(_pick(rng, f[key]).format(r=_fmt1(r_arc)))
+    if reading.second_nucleus:
+        sep = m.nucleus_separation * pixel_scale if np.isfinite(m.nucleus_separation) else 2.0
+        feat.append(_pick(rng, f["second_nucleus"]).format(sep=_fmt1(sep)))
+    if reading.tidal:
+        feat.append(_pick(rng, f["tidal_strong" if reading.tidal == "strong" else "tidal_weak"]))
+    if reading.arms and reading.morphology != "spiral":
+        feat.append(f"Spiral arms are visible: {arms_desc}.")
+    if reading.dust_lane:
+        feat.append(_pick(rng, f["dust_lane"]))
+    if reading.bar:
+        feat.append(_pick(rng, f["bar"]))
+    if reading.ring:
+        feat.append(_pick(rng, f["ring"]))
+    if reading.clumpy:
+        feat.append(_pick(rng, f["clumps"]))
+    if reading.star:
+        feat.append(_pick(rng, f["star"]))
+    if reading.neighbours == 1:
+        feat.append(_pick(rng, f["neighbour"]))
+    elif reading.neighbours > 1:
+        num = {2: "Two", 3: "Three"}.get(reading.neighbours, "Several")
+        feat.append(_pick(rng, f["neighbours"]).format(n=num))
+
+    # interpretation
+    it = t["interpret"]
+    morph = reading.morphology
+    if reading.lens == "strong":
+        key = "lens"
+    elif reading.lens:
+        key = "lens_candidate"
+    elif morph == "merger":
+        key = "merger"
+    elif reading.tidal:
+        key = "tidal"
+    elif morph == "spiral":
+        key = "barred_spiral" if reading.bar else "spiral"
+    elif morph == "edge_on":
+        key = "edge_on_dust" if reading.dust_lane else "edge_on"
+    elif morph == "compact":
+        key = "compact_red" if reading.colour in ("red", "yellow") else "compact_blue"
+    else:
+        key = morph
+    closing = _pick(rng, it[key])
+
+    sentences = [opening, *feat, closing]
+    while len(" ".join(sentences).split()) > MAX_WORDS and len(sentences) > 2:
+        sentences.pop(-2)  # drop the least important feature sentence
+    text = " ".join(sentences)
+    text = " ".join(text.split())  # collapse double spaces left by empty slots
+    text = _ARTICLE.sub(lambda mt: mt.group(1) + "n " + mt.group(2), text)  # a orange -> an
+    return text.replace(" ,", ",").replace(" .", ".")
+
+
+_ARTICLE = re.compile(r"\b([Aa]) ([aeioAEIO])")
+
+
+# --------------------------------------------------------------------------- captioner
+def describe(
+    image: np.ndarray,
+    bands: Sequence[str],
+    object_id: str,
+    *,
+    seed: int = 0,
+    pixel_scale: float = DEFAULT_PIXEL_SCALE,
+    psf_fwhm_arcsec: float = DEFAULT_PSF_FWHM_ARCSEC,
+) -> tuple[str, Reading, Measurements]:
+    """Caption one cutout: (caption, reading, measurements). Raises MeasurementError."""
+    m = measure(image, bands, pixel_scale=pixel_scale, psf_fwhm_arcsec=psf_fwhm_arcsec)
+    reading = interpret(m, pixel_scale)
+    text = write_caption(reading, m, _rng_for(seed, object_id), pixel_scale)
+    return text, reading, m
+
+
+def _caption_one(
+    req: CaptionRequest, seed: int, pixel_scale: float, psf_fwhm_arcsec: float
+) -> CaptionResult:
+    try:
+        text, _, _ = describe(
+            req.image,
+            req.bands,
+            req.object_id,
+            seed=seed,
+            pixel_scale=pixel_scale,
+            psf_fwhm_arcsec=psf_fwhm_arcsec,
+        )
+    except MeasurementError as exc:
+        return CaptionResult(req.object_id, None, f"unmeasurable cutout: {exc}")
+    except Exception as exc:  # one bad galaxy never stops the batch
+        log.exception("morphology describer failed on %s", req.object_id)
+        return CaptionResult(req.object_id, None, f"describer failed: {type(exc).__name__}: {exc}")
+    return CaptionResult(req.object_id, text, None)
+
+
+def _caption_chunk(
+    chunk: list[tuple[str, np.ndarray, tuple[str, ...]]],
+    seed: int,
+    pixel_scale: float,
+    psf_fwhm_arcsec: float,
+) -> list[tuple[str, str | None, str | None]]:
+    out = []
+    for oid, image, bands in chunk:
+        r = _caption_one(CaptionRequest(oid, image, bands), seed, pixel_scale, psf_fwhm_arcsec)
+        out.append((r.object_id, r.caption, r.error))
+    return out
+
+
+def _worker_init() -> None:
+    # one thread per worker process: the work is many small arrays
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
+
+
+class MorphologyDescriber:
+    """The offline default captioner: describes what it measures on the pixels.
+
+    ``seed`` seeds the choice of phrasing (per object id, so reruns are identical);
+    ``workers`` > 1 measures in that many processes (spawned once, kept until
+    :meth:`close`); ``version`` names the template set (``model_id`` is
+    ``morphology-describer-{version}``). ``pixel_scale`` (arcsec/px) and
+    ``psf_fwhm_arcsec`` describe the survey (Legacy Survey defaults): the describer is given
+    no PSF per galaxy.
+    """
+
+    backend = "morphology"
+    VERSIONS = ("v1",)
+
+    def __init__(
+        self,
+        seed: int = 0,
+        workers: int = 1,
+        version: str = "v1",
+        *,
+        pixel_scale: float = DEFAULT_PIXEL_SCALE,
+        psf_fwhm_arcsec: float = DEFAULT_PSF_FWHM_ARCSEC,
+        chunk_size: int = 16,
+    ) -> None:
+        if version not in self.VERSIONS:
+            raise CaptionerError(
+                f"morphology describer: unknown version {version!r}; available: "
+                f"{list(self.VERSIONS)}"
+            )
+        if int(workers) < 1:
+            raise CaptionerError(f"morphology describer: workers={workers}; must be >= 1")
+        if not (pixel_scale > 0 and psf_fwhm_arcsec > 0):
+            raise CaptionerError(
+                f"morphology describer: pixel_scale={pixel_scale} and psf_fwhm_arcsec="
+                f"{psf_fwhm_arcsec} must be positive"
+            )
+        self.seed = int(seed)
+        self.workers = int(workers)
+        self.version = version
+        self.pixel_scale = float(pixel_scale)
+        self.psf_fwhm_arcsec = float(psf_fwhm_arcsec)
+        self.chunk_size = max(int(chunk_size), 1)
+        self.model_id = f"morphology-describer-{version}"
+        self.prompt_sha = _hash_templates(version)
+        self._pool: Executor | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"MorphologyDescriber(seed={self.seed}, workers={self.workers}, "
+            f"version={self.version!r})"
+        )
+
+    # -- protocol
+    def caption(self, requests: Sequence[CaptionRequest]) -> list[CaptionResult]:
+        """One result per request, in order; unmeasurable cutouts get ``error`` set."""
+        reqs = list(requests)
+        if not reqs:
+            return []
+        args = (self.seed, self.pixel_scale, self.psf_fwhm_arcsec)
+        if self.workers == 1 or len(reqs) <= self.chunk_size:
+            return [_caption_one(r, *args) for r in reqs]
+        pool = self._executor()
+        chunks = [
+            [
+                (r.object_id, np.asarray(r.image), tuple(r.bands))
+                for r in reqs[i : i + self.chunk_size]
+            ]
+            for i in range(0, len(reqs), self.chunk_size)
+        ]
+        futures = [pool.submit(_caption_chunk, c, *args) for c in chunks]
+        out: list[CaptionResult] = []
+        for chunk, fut in zip(chunks, futures, strict=True):
+            try:
+                rows = fut.result()
+            except Exception as exc:  # a dead worker: record, keep going
+                log.error("morphology describer worker failed: %s", exc)
+                rows = [(oid, None, f"describer worker failed: {exc}") for oid, _, _ in chunk]
+            out.extend(CaptionResult(oid, text, err) for oid, text, err in rows)
+        return out
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def __enter__(self) -> MorphologyDescriber:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- helpers
+    def _executor(self) -> Executor:
+        if self._pool is None:
+            import multiprocessing as mp
+
+            self._pool = ProcessPoolExecutor(
+                max_workers=self.workers,
+                mp_context=mp.get_context("spawn"),
+                initializer=_worker_init,
+            )
+        return self._pool
+
+    def read(self, image: np.ndarray, bands: Sequence[str]) -> Reading:
+        """The reading (features) of one cutout: depends on its pixels only."""
+        m = measure(
+            image, bands, pixel_scale=self.pixel_scale, psf_fwhm_arcsec=self.psf_fwhm_arcsec
+        )
+        return interpret(m, self.pixel_scale)

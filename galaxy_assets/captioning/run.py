@@ -1,0 +1,145 @@
+"""Choosing which galaxies get a caption, and captioning them shard by shard."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import polars as pl
+
+from galaxy_assets.captioning.base import Captioner, CaptionRequest, CaptionResult
+from galaxy_assets.captioning.store import CaptionStore, results_to_frames
+from galaxy_assets.survey.base import CutoutReader
+
+log = logging.getLogger(__name__)
+
+
+def sample_for_captions(manifest: pl.DataFrame, n: int, seed: int = 0) -> pl.DataFrame:
+    """A seeded random sample of ``n`` galaxies across all shards, with no curation.
+
+    Each galaxy's rank is a hash of (seed, object_id), so the sample does not depend on shard
+    order, and adding shards keeps most of an earlier sample (a galaxy leaves it only when a
+    new galaxy ranks lower). Returns object_id, shard, shard_uri, row, ordered by rank.
+    """
+    if n <= 0:
+        raise ValueError(f"caption sample size must be positive, got {n}")
+    keys = np.fromiter(
+        (
+            int.from_bytes(hashlib.blake2b(f"{seed}:{oid}".encode(), digest_size=8).digest(), "big")
+            for oid in manifest["object_id"].to_list()
+        ),
+        dtype=np.uint64,
+        count=manifest.height,
+    )
+    ranked = manifest.select("object_id", "shard", "shard_uri", "row").with_columns(
+        pl.Series("sample_rank", keys)
+    )
+    return ranked.sort("sample_rank").head(n).drop("sample_rank")
+
+
+@dataclass
+class CaptionRun:
+    attempted: int = 0
+    captioned: int = 0
+    failed: int = 0
+    skipped_existing: int = 0
+    failure_reasons: dict[str, int] = field(default_factory=dict)
+
+
+def caption_galaxies(
+    sample: pl.DataFrame,
+    captioner: Captioner,
+    store: CaptionStore,
+    open_reader: Callable[[str], CutoutReader],
+    *,
+    batch_size: int = 32,
+    progress: Callable[[int], None] | None = None,
+) -> CaptionRun:
+    """Caption every sampled galaxy that has no caption for the captioner's (model, prompt).
+
+    Pixels are read shard by shard (``open_reader(shard_uri)``), in batches; results are
+    stored after each batch, so an interrupted run keeps what it finished. A galaxy whose
+    pixels cannot be read or whose caption failed is recorded in the failure table.
+    """
+    run = CaptionRun()
+    todo_ids = set(
+        store.missing(sample["object_id"].to_list(), captioner.model_id, captioner.prompt_sha)
+    )
+    run.skipped_existing = sample.height - len(todo_ids)
+    todo = sample.filter(pl.col("object_id").is_in(list(todo_ids)))
+    for (uri,), group in todo.group_by(["shard_uri"], maintain_order=True):
+        rows = group["row"].to_list()
+        ids = group["object_id"].to_list()
+        try:
+            reader = open_reader(uri)
+        except Exception as exc:  # a bad shard: record its galaxies, go on with the others
+            log.warning("cannot open shard %s: %s", uri, exc)
+            results = [CaptionResult(oid, None, f"shard unreadable: {exc}") for oid in ids]
+            _, failures = results_to_frames(
+                results, captioner.backend, captioner.model_id, captioner.prompt_sha
+            )
+            store.add(_no_captions(), failures)
+            run.attempted += len(ids)
+            run.failed += len(ids)
+            run.failure_reasons["shard unreadable"] = run.failure_reasons.get(
+                "shard unreadable", 0
+            ) + len(ids)
+            if progress:
+                progress(len(ids))
+            continue
+        with reader:
+            for start in range(0, len(rows), batch_size):
+                batch_rows, batch_ids = (
+                    rows[start : start + batch_size],
+                    ids[start : start + batch_size],
+                )
+                results = _caption_batch(reader, captioner, batch_rows, batch_ids)
+                captions, failures = results_to_frames(
+                    results, captioner.backend, captioner.model_id, captioner.prompt_sha
+                )
+                store.add(captions, failures)
+                run.attempted += len(results)
+                run.captioned += captions.height
+                run.failed += failures.height
+                for reason in failures["reason"].to_list():
+                    key = reason.split(":")[0][:80]
+                    run.failure_reasons[key] = run.failure_reasons.get(key, 0) + 1
+                if progress:
+                    progress(len(results))
+    return run
+
+
+def _no_captions() -> pl.DataFrame:
+    from galaxy_assets.captioning.store import CAPTION_SCHEMA
+
+    return pl.DataFrame(schema=CAPTION_SCHEMA)
+
+
+def _caption_batch(
+    reader: CutoutReader, captioner: Captioner, rows: list[int], ids: list[str]
+) -> list[CaptionResult]:
+    try:
+        batch = reader.read_rows(rows)
+    except Exception as exc:  # an unreadable batch: record every galaxy in it
+        log.warning("cannot read rows %s… of %s: %s", rows[:3], reader.uri, exc)
+        return [CaptionResult(oid, None, f"pixels unreadable: {exc}") for oid in ids]
+    by_id = {str(o): i for i, o in enumerate(batch.object_id)}
+    requests = []
+    results: dict[str, CaptionResult] = {}
+    for oid in ids:
+        i = by_id.get(oid)
+        if i is None:
+            results[oid] = CaptionResult(
+                oid, None, f"object_id not found at its row in {reader.uri}"
+            )
+            continue
+        requests.append(CaptionRequest(oid, batch.images[i], tuple(batch.bands)))
+    if requests:
+        for res in captioner.caption(requests):
+            results[res.object_id] = res
+    return [
+        results.get(oid, CaptionResult(oid, None, "captioner returned no result")) for oid in ids
+    ]

@@ -1,0 +1,148 @@
+"""Caption assets: which galaxies get a caption, the captions, and their text vectors."""
+
+import dagster as dg
+import polars as pl
+from dagster_polars import DataFramePartitions
+
+from galaxy_assets.captioning.factory import LOCAL_BACKENDS
+from galaxy_assets.captioning.keywords import keyword_rates
+from galaxy_assets.captioning.run import caption_galaxies, sample_for_captions
+from galaxy_assets.captioning.store import CaptionStore
+from galaxy_assets.defs.resources import (
+    CaptionerResource,
+    ComputeResource,
+    HomeResource,
+    SurveyResource,
+    TextEmbedderResource,
+)
+from galaxy_assets.embedding.caption_vectors import embed_captions
+from galaxy_assets.settings import load_settings
+from galaxy_assets.survey.truth import load_truth
+from galaxy_assets.tables import to_markdown
+
+# A local VLM runs on the GPU: one such step per GPU at a time (the `gpu` pool).
+CAPTION_POOL = "gpu" if load_settings().captioner.backend in LOCAL_BACKENDS else None
+
+
+class CaptionSampleConfig(dg.Config):
+    n: int = load_settings().captioner.sample_size
+    seed: int = load_settings().captioner.sample_seed
+
+
+@dg.asset(
+    group_name="captions",
+    ins={
+        "raw_cutouts": dg.AssetIn(
+            partition_mapping=dg.AllPartitionMapping(),
+            metadata={"allow_missing_partitions": True},
+        )
+    },
+    kinds={"polars"},
+)
+def caption_sample(
+    context: dg.AssetExecutionContext,
+    config: CaptionSampleConfig,
+    raw_cutouts: DataFramePartitions,
+) -> pl.DataFrame:
+    """A seeded random sample of galaxies across all shards that the captioner describes.
+    No curation toward rare classes: the sample has the survey's class rates."""
+    manifest = pl.concat(list(raw_cutouts.values())) if raw_cutouts else None
+    if manifest is None or manifest.height == 0:
+        raise dg.Failure("no raw_cutouts partition is materialized; run the survey first")
+    sample = sample_for_captions(manifest, min(config.n, manifest.height), config.seed)
+    context.add_output_metadata(
+        {
+            "galaxies": sample.height,
+            "survey_galaxies": manifest.height,
+            "shards": len(raw_cutouts),
+            "seed": config.seed,
+        }
+    )
+    return sample
+
+
+def _caption_store(home: HomeResource) -> CaptionStore:
+    return CaptionStore(home.home().root / "captions")
+
+
+@dg.asset(group_name="captions", kinds={"polars"}, pool=CAPTION_POOL)
+def vlm_captions(
+    context: dg.AssetExecutionContext,
+    caption_sample: pl.DataFrame,
+    home: HomeResource,
+    survey: SurveyResource,
+    compute: ComputeResource,
+    captioner: CaptionerResource,
+) -> pl.DataFrame:
+    """Captions of the sample (object_id, caption, backend, model, prompt_sha, source,
+    created_at). Incremental: only galaxies without a caption for the same (model, prompt)
+    are described. Failures go to caption_failures with their reason. Imported captions
+    (`galaxy-assets import-captions`) of sampled galaxies are included with their source."""
+    store = _caption_store(home)
+    model = captioner.build(compute)
+    try:
+        run = caption_galaxies(
+            caption_sample,
+            model,
+            store,
+            lambda uri: survey.open(uri),
+            batch_size=captioner.batch_size,
+        )
+    finally:
+        model.close()
+    ids = caption_sample["object_id"]
+    all_captions = store.captions().filter(pl.col("object_id").is_in(ids.to_list()))
+    current = all_captions.filter(
+        ((pl.col("model") == model.model_id) & (pl.col("prompt_sha") == model.prompt_sha))
+        | (pl.col("backend") == "import")
+    )
+    metadata = {
+        "captions": current.height,
+        "sample": caption_sample.height,
+        "described_now": run.captioned,
+        "failed_now": run.failed,
+        "reused": run.skipped_existing,
+        "backend": model.backend,
+        "model": model.model_id,
+        "prompt_sha": model.prompt_sha,
+        "caption_failures": dg.MetadataValue.path(str(store.failures_path)),
+        "failure_reasons": dg.MetadataValue.json(run.failure_reasons),
+        "examples": dg.MetadataValue.md(to_markdown(current.select("object_id", "caption"), 5)),
+    }
+    truth = load_truth(caption_sample["shard_uri"].unique().to_list())
+    if truth is not None:  # the mock survey: how well do caption words follow the truth?
+        rates = keyword_rates(current.select("object_id", "caption"), truth)
+        metadata["keyword_rates"] = dg.MetadataValue.md(to_markdown(rates, 30))
+        for row in rates.iter_rows(named=True):
+            for measure in ("precision", "recall"):
+                if row[measure] is not None:  # undefined when a class has no galaxy
+                    metadata[f"{measure}_{row['family']}"] = float(row[measure])
+    context.add_output_metadata(metadata)
+    return current
+
+
+@dg.asset(group_name="captions", kinds={"polars", "pytorch"})
+def caption_embeddings(
+    context: dg.AssetExecutionContext,
+    vlm_captions: pl.DataFrame,
+    compute: ComputeResource,
+    text_embedder: TextEmbedderResource,
+) -> pl.DataFrame:
+    """Unit-normalised text vectors of every caption, with the text embedder's id."""
+    embedder = text_embedder.build(compute)
+    vectors = embed_captions(vlm_captions, embedder, batch_size=text_embedder.batch_size)
+    context.add_output_metadata(
+        {
+            "captions": vectors.height,
+            "embedder": embedder.embedder_id,
+            "dim": embedder.dim,
+        }
+    )
+    return vectors
+
+
+captions_job = dg.define_asset_job(
+    "captions_job",
+    selection=[caption_sample, vlm_captions, caption_embeddings],
+    description="Sample galaxies, caption them with the configured backend, embed the captions.",
+)

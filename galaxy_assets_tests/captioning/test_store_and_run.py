@@ -1,0 +1,137 @@
+"""Caption store (incremental, failures, import) and the shard-by-shard caption run."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from galaxy_assets.captioning.base import CaptionerError, CaptionRequest, CaptionResult
+from galaxy_assets.captioning.run import caption_galaxies, sample_for_captions
+from galaxy_assets.captioning.store import CaptionStore
+from galaxy_assets.survey.mmu import write_mmu_shard
+from galaxy_assets.survey.readers import open_shard
+
+
+class BrightnessCaptioner:
+    """Test double: describes total flux; fails on galaxies whose pixels are all zero."""
+
+    backend = "test"
+    prompt_sha = "p1"
+
+    def __init__(self, model_id="bright-v1"):
+        self.model_id = model_id
+        self.calls = 0
+
+    def caption(self, requests):
+        self.calls += len(requests)
+        out = []
+        for r in requests:
+            total = float(np.nansum(r.image))
+            if total == 0:
+                out.append(CaptionResult(r.object_id, None, "empty image: all pixels are zero"))
+            else:
+                out.append(CaptionResult(r.object_id, f"a source of flux {total:.1f}"))
+        return out
+
+    def close(self):
+        pass
+
+
+def _manifest(tmp_path, n_per=6):
+    frames = []
+    for s in range(2):
+        images = np.random.default_rng(s).uniform(1, 2, (n_per, 2, 8, 8)).astype(np.float32)
+        images[0] = 0  # one blank galaxy per shard
+        path = write_mmu_shard(
+            tmp_path / f"healpix={s}" / "001-of-001.hdf5", images=images, bands=["g", "r"],
+            object_id=[f"s{s}-{i}" for i in range(n_per)], ra=np.full(n_per, 10.0),
+            dec=np.full(n_per, 5.0),
+        )
+        frames.append(pl.DataFrame({
+            "object_id": [f"s{s}-{i}" for i in range(n_per)], "shard": [f"k{s}"] * n_per,
+            "shard_uri": [str(path)] * n_per, "row": list(range(n_per)),
+        }))
+    return pl.concat(frames)
+
+
+def test_sample_is_seeded_uncurated_and_stable():
+    manifest = pl.DataFrame({
+        "object_id": [f"g{i}" for i in range(1000)], "shard": ["a"] * 1000,
+        "shard_uri": ["u"] * 1000, "row": list(range(1000)),
+    })
+    a = sample_for_captions(manifest, 100, seed=1)
+    b = sample_for_captions(manifest.reverse(), 100, seed=1)
+    assert a["object_id"].to_list() == b["object_id"].to_list()  # order of shards irrelevant
+    assert a["object_id"].n_unique() == 100
+    c = sample_for_captions(manifest, 100, seed=2)
+    assert set(a["object_id"]) != set(c["object_id"])
+    # adding galaxies keeps most of the sample
+    more = pl.concat([manifest, manifest.with_columns(pl.col("object_id") + "x")])
+    d = sample_for_captions(more, 100, seed=1)
+    assert len(set(a["object_id"]) & set(d["object_id"])) > 30
+    with pytest.raises(ValueError):
+        sample_for_captions(manifest, 0)
+
+
+def test_caption_run_is_incremental_and_records_failures(tmp_path):
+    manifest = _manifest(tmp_path)
+    store = CaptionStore(tmp_path / "captions")
+    cap = BrightnessCaptioner()
+    run = caption_galaxies(manifest, cap, store, lambda u: open_shard(u), batch_size=4)
+    assert run.attempted == 12 and run.captioned == 10 and run.failed == 2
+    captions = store.captions()
+    assert captions.height == 10 and set(captions["source"]) == {"generated"}
+    assert "s0-0" not in captions["object_id"].to_list()
+    failures = store.failures()
+    assert sorted(failures["object_id"]) == ["s0-0", "s1-0"]
+    assert failures["reason"][0].startswith("empty image")
+    # rerun: only the failed galaxies are tried again
+    cap2 = BrightnessCaptioner()
+    run2 = caption_galaxies(manifest, cap2, store, lambda u: open_shard(u))
+    assert cap2.calls == 2 and run2.skipped_existing == 10
+    # a new model recaptions everything
+    cap3 = BrightnessCaptioner("bright-v2")
+    caption_galaxies(manifest, cap3, store, lambda u: open_shard(u))
+    assert cap3.calls == 12
+    assert store.captions().height == 20
+
+
+def test_unreadable_shard_records_every_galaxy(tmp_path):
+    manifest = _manifest(tmp_path)
+    bad_uri = manifest["shard_uri"][0]
+    open(bad_uri, "wb").write(b"garbage")
+    store = CaptionStore(tmp_path / "c")
+
+    def opener(uri):
+        return open_shard(uri)
+
+    run = caption_galaxies(manifest, BrightnessCaptioner(), store, opener)
+    assert run.failed == 7 and run.captioned == 5  # 6 of the bad shard + 1 blank galaxy
+    failures = store.failures().filter(pl.col("object_id").str.starts_with("s0-"))
+    assert failures.height == 6
+    assert all("shard unreadable" in r and "healpix=0" in r for r in failures["reason"])
+
+
+def test_import_captions(tmp_path):
+    store = CaptionStore(tmp_path / "c")
+    table = tmp_path / "aion_search.csv"
+    pl.DataFrame({"object_id": ["a", "b", "c"], "caption": ["spiral", "", "lens"]}).write_csv(table)
+    assert store.import_table(table, source="aion-search-v1") == 2
+    got = store.captions()
+    assert set(got["backend"]) == {"import"} and set(got["model"]) == {"aion-search-v1"}
+    assert set(got["source"]) == {"import:aion_search.csv"}
+    bad = tmp_path / "bad.parquet"
+    pl.DataFrame({"id": ["a"], "text": ["x"]}).write_parquet(bad)
+    with pytest.raises(CaptionerError, match="missing column"):
+        store.import_table(bad)
+    with pytest.raises(CaptionerError, match="does not exist"):
+        store.import_table(tmp_path / "nope.csv")
+    with pytest.raises(CaptionerError, match="unsupported"):
+        (tmp_path / "x.json").write_text("{}")
+        store.import_table(tmp_path / "x.json")
+
+
+def test_request_shape():
+    req = CaptionRequest("a", np.zeros((4, 8, 8), np.float32), ("g", "r", "i", "z"))
+    assert req.image.shape == (4, 8, 8)

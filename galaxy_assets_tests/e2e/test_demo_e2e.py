@@ -1,0 +1,73 @@
+"""End to end: the demo command on a ~200-galaxy mock survey with one corrupt shard.
+
+Runs `galaxy-assets demo` in a subprocess, as a user would, against a temporary home.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import polars as pl
+import pytest
+
+from galaxy_assets.cli import ensure_mock_survey
+from galaxy_assets.runtime import Home
+from galaxy_assets.survey.readers import find_shards, shard_key
+
+pytestmark = pytest.mark.slow
+
+
+def _demo(home: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
+    env["GALAXY_ASSETS_HOME"] = str(home)
+    return subprocess.run(
+        [sys.executable, "-m", "galaxy_assets.cli", "demo", *args],
+        env=env, capture_output=True, text=True, timeout=900,
+    )
+
+
+def test_demo_with_one_corrupt_shard(isolated_home):
+    home = Home.from_env().ensure()
+    ensure_mock_survey(home, n=200, size=48, seed=3, workers=2)
+    shards = find_shards(home.mock_survey)
+    assert len(shards) >= 3
+    truth = {p: pl.read_parquet(p.with_suffix(".truth.parquet")).height for p in shards}
+    # corrupt the largest shard: cut the file in half
+    bad = max(shards, key=lambda p: truth[p])
+    data = bad.read_bytes()
+    bad.write_bytes(data[: len(data) // 2])
+    with pytest.raises(OSError):
+        h5py.File(bad, "r")
+
+    proc = _demo(home.root, "--n", "200", "--size", "48", "--seed", "3", "--captions", "60")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out[-4000:]  # one shard failed
+    bad_key = shard_key(home.mock_survey, bad)
+    assert "reusing 200 galaxies" in out
+    assert f"{bad_key}" in out and "FAILED" in out
+
+    manifests = home.parquet / "raw_cutouts"
+    for shard in shards:
+        key = shard_key(home.mock_survey, shard)
+        path = manifests / f"{key}.parquet"
+        if shard == bad:
+            assert not path.exists()
+            continue
+        frame = pl.read_parquet(path)
+        rejected = pl.read_parquet(home.parquet / "raw_cutouts_rejected" / f"{key}.parquet")
+        assert frame.height + rejected.height == truth[shard], key  # complete
+        assert frame["object_id"].n_unique() == frame.height
+
+    # the runs are in the persistent Dagster instance in the home
+    assert (home.dagster / "dagster.yaml").exists()
+    assert any((home.dagster / "storage").iterdir())
+
+    # rerun: nothing is simulated again, good shards are not rematerialized
+    again = _demo(home.root, "--n", "200", "--size", "48", "--seed", "3", "--captions", "60")
+    out2 = again.stdout + again.stderr
+    assert "reusing 200 galaxies" in out2
+    assert "materializing raw_cutouts for 1" in out2  # only the failed shard is retried
