@@ -77,7 +77,10 @@ class CaptionerSettings(BaseModel):
     base_url: str = Field("", description="openai: the endpoint, e.g. http://127.0.0.1:8000/v1")
     api_key_env: str = Field("", description="name of the environment variable holding the API key")
     prompt: str = "describe_v1"
-    max_new_tokens: int = Field(300, gt=0)
+    max_new_tokens: int = Field(200, gt=0)
+    temperature: float = Field(0.0, ge=0.0, description="0: deterministic decoding")
+    timeout_s: float = Field(60.0, gt=0)
+    image_size: int | None = Field(None, description="resize the RGB image sent to the VLM")
     concurrency: int = Field(4, gt=0)
     request_budget: int | None = Field(None, description="openai: most requests per run")
     workers: int = Field(2, gt=0, description="morphology: processes")

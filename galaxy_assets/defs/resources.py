@@ -75,7 +75,10 @@ class CaptionerResource(dg.ConfigurableResource):
     base_url: str = ""
     api_key: str | None = None
     prompt: str = "describe_v1"
-    max_new_tokens: int = 300
+    max_new_tokens: int = 200
+    temperature: float = 0.0
+    timeout_s: float = 60.0
+    image_size: int | None = None
     concurrency: int = 4
     request_budget: int | None = None
     workers: int = 2

@@ -1,0 +1,108 @@
+"""Caption assets through Dagster: sample -> captions (openai backend on a loopback fake
+server, key from an EnvVar) -> text embeddings; incremental reruns; failures recorded."""
+
+from __future__ import annotations
+
+import json
+
+import dagster as dg
+import numpy as np
+import polars as pl
+import pytest
+from dagster_polars import PolarsParquetIOManager
+
+from galaxy_assets.captioning.base import CaptionerError
+from galaxy_assets.defs.captioning import caption_embeddings, caption_sample, vlm_captions
+from galaxy_assets.defs.partitions import shard_partitions
+from galaxy_assets.defs.resources import (
+    CaptionerResource,
+    ComputeResource,
+    HomeResource,
+    SurveyResource,
+    TextEmbedderResource,
+)
+from galaxy_assets.defs.survey import raw_cutouts
+from galaxy_assets.survey.mmu import write_mmu_shard
+from galaxy_assets_tests.fake_openai import FakeOpenAIServer
+
+KEY = "sk-very-secret-key-123"
+BANDS = ["g", "r", "i", "z"]
+
+
+def _survey(root, n=30):
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:24, :24] - 12
+    blob = np.exp(-(xx**2 + yy**2) / 18.0).astype(np.float32)
+    for s in range(2):
+        images = (blob[None, None] * rng.uniform(1, 5, (n, 4, 1, 1))
+                  + rng.normal(0, 0.02, (n, 4, 24, 24))).astype(np.float32)
+        write_mmu_shard(root / f"healpix={s}" / "001-of-001.hdf5", images=images, bands=BANDS,
+                        object_id=[f"s{s}-{i}" for i in range(n)], ra=np.full(n, 150.0),
+                        dec=np.full(n, 2.0), ivar=np.ones_like(images))
+
+
+@pytest.mark.slow
+def test_caption_assets_with_openai_backend(isolated_home, tmp_path, monkeypatch):
+    root = tmp_path / "survey"
+    _survey(root)
+    monkeypatch.setenv("FAKE_VLM_KEY", KEY)
+    with FakeOpenAIServer(api_key=KEY) as server, dg.instance_for_test() as instance:
+        server.add_fault("refusal", times=1)  # the first galaxy asked gets a refusal
+        resources = {
+            "home": HomeResource(root=str(isolated_home)),
+            "survey": SurveyResource(roots=[str(root)], bands=BANDS, cutout_size=0),
+            "compute": ComputeResource(device="cpu"),
+            "captioner": CaptionerResource(
+                backend="openai", base_url=server.base_url, model="fake-vlm",
+                api_key=dg.EnvVar("FAKE_VLM_KEY"), concurrency=2,
+            ),
+            "text_embedder": TextEmbedderResource(),
+            "io_manager": PolarsParquetIOManager(base_dir=str(isolated_home / "parquet")),
+        }
+        keys = ["healpix=0__001-of-001", "healpix=1__001-of-001"]
+        instance.add_dynamic_partitions(shard_partitions.name, keys)
+        for key in keys:
+            dg.materialize([raw_cutouts], partition_key=key, instance=instance, resources=resources)
+        run_config = {"ops": {"caption_sample": {"config": {"n": 20, "seed": 1}}}}
+        result = dg.materialize(
+            [raw_cutouts, caption_sample, vlm_captions, caption_embeddings],
+            selection=[caption_sample, vlm_captions, caption_embeddings],
+            instance=instance, resources=resources, run_config=run_config,
+        )
+        assert result.success
+        captions = result.output_for_node("vlm_captions")
+        assert captions.height == 19  # one refusal: no caption, no placeholder
+        assert set(captions["backend"]) == {"openai"} and set(captions["model"]) == {"fake-vlm"}
+        failures = pl.read_parquet(isolated_home / "captions" / "caption_failures.parquet")
+        assert failures.height == 1 and failures["reason"][0].startswith("refusal")
+        vectors = result.output_for_node("caption_embeddings")
+        assert vectors.height == 19
+        v = np.stack(vectors["vector"].to_numpy())
+        assert v.shape == (19, 384) and np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-4)
+        # all requests carried the key; neither metadata nor logs show it
+        assert all(r.headers.get("Authorization") == f"Bearer {KEY}" for r in server.requests)
+        mats = [e.step_materialization_data.materialization
+                for e in result.get_asset_materialization_events()]
+        assert KEY not in json.dumps([{k: str(v) for k, v in m.metadata.items()} for m in mats])
+        logs = instance.all_logs(result.run_id)
+        assert not any(KEY in (e.user_message or "") for e in logs)
+        # rerun: only the refused galaxy is asked again
+        n_before = len(server.routed("chat"))
+        again = dg.materialize(
+            [raw_cutouts, caption_sample, vlm_captions],
+            selection=[caption_sample, vlm_captions],
+            instance=instance, resources=resources, run_config=run_config,
+        )
+        assert len(server.routed("chat")) - n_before == 1
+        assert again.output_for_node("vlm_captions").height == 20
+
+
+def test_captioner_resource_errors():
+    with pytest.raises(CaptionerError, match="base_url"):
+        CaptionerResource(backend="openai").build(ComputeResource(device="cpu"))
+    with pytest.raises(CaptionerError, match="captioner.model"):
+        CaptionerResource(backend="transformers").build(ComputeResource(device="cpu"))
+    with pytest.raises(CaptionerError, match="unknown"):
+        CaptionerResource(backend="gpt-vision").build(ComputeResource(device="cpu"))
+    built = CaptionerResource().build(ComputeResource(device="cpu"))
+    assert built.backend == "morphology"
