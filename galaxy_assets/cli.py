@@ -179,6 +179,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"raw_cutouts: {len(todo) - len(failed)} shard(s) materialized in {time.perf_counter() - t0:.1f} s")
     _print_survey_summary(instance, sorted(found), failed)
     ok = _run_captions(defs, instance, args) and not failed
+    if ok:
+        good = sorted(k for k in found if k not in failed)
+        ok = _run_models(defs, instance, good, args)
     print(
         "\nNext: `.venv/bin/galaxy-assets dev` opens the Dagster UI on this home "
         "(http://127.0.0.1:3000)."
@@ -221,6 +224,61 @@ def _run_captions(defs, instance, args: argparse.Namespace) -> bool:
         f"\ncaption_embeddings: {emb.get('captions')} vectors of dim {emb.get('dim')} "
         f"from {emb.get('embedder')}"
     )
+    return True
+
+
+def _run_stage(defs, instance, job_name: str, keys: list[str] | None, run_config=None) -> bool:
+    """Run one job (per partition when ``keys`` is given); print failures; True if all passed."""
+    from tqdm import tqdm
+
+    job = defs.resolve_job_def(job_name)
+    config = {**QUIET, **(run_config or {})}
+    t0 = time.perf_counter()
+    failures = []
+    if keys is None:
+        result = job.execute_in_process(instance=instance, run_config=config, raise_on_error=False)
+        failures = [] if result.success else [("", result)]
+    else:
+        for key in tqdm(keys, unit="shard", desc=job_name, file=sys.stderr):
+            result = job.execute_in_process(partition_key=key, instance=instance,
+                                            run_config=config, raise_on_error=False)
+            if not result.success:
+                failures.append((key, result))
+    for key, result in failures:
+        for event in result.get_step_failure_events():
+            err = event.event_specific_data.error
+            cause = err.cause.message.strip() if err.cause else err.message.strip()
+            print(f"  FAILED {job_name} {key} {event.step_key}: {cause[:500]}")
+    print(f"{job_name}: {'ok' if not failures else f'{len(failures)} failed'} "
+          f"in {time.perf_counter() - t0:.1f} s")
+    return not failures
+
+
+def _run_models(defs, instance, keys: list[str], args: argparse.Namespace) -> bool:
+    """Morphology encoder -> per-shard predictions and embeddings -> aligner -> search vectors."""
+    import dagster as dg
+
+    trained = instance.get_latest_materialization_event(dg.AssetKey("morphology_encoder"))
+    stages = [
+        ("morphology_job", None, args.force or trained is None),
+        ("shard_embeddings_job", keys, True),
+        ("aligner_job", None, True),
+        ("search_vectors_job", keys, True),
+    ]
+    print()
+    for job_name, stage_keys, needed in stages:
+        if not needed:
+            print(f"{job_name}: reusing the registered model (use --force to retrain)")
+            continue
+        if not _run_stage(defs, instance, job_name, stage_keys):
+            return False
+    meta = _latest_metadata(instance, "morphology_encoder")
+    print(f"\nmorphology-encoder: held-out loss {meta.get('val_loss', float('nan')):.3f}, "
+          f"vote-fraction MAE {meta.get('val_vote_mae', float('nan')):.3f}")
+    meta = _latest_metadata(instance, "aligned_model")
+    print(f"search-aligner: {meta.get('aligner_version')}; "
+          + ", ".join(f"{k} {v:.3f}" for k, v in meta.items()
+                      if isinstance(v, float) and "recall" in k))
     return True
 
 

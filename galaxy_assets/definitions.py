@@ -2,18 +2,48 @@
 
 import dagster as dg
 
+from galaxy_assets.defs.alignment import (
+    aligned_model,
+    image_embeddings,
+    search_vectors,
+)
 from galaxy_assets.defs.captioning import (
     caption_embeddings,
     caption_sample,
     captions_job,
     vlm_captions,
 )
+from galaxy_assets.defs.morphology import morphology_encoder, morphology_predictions
+from galaxy_assets.defs.partitions import shard_partitions
 from galaxy_assets.defs.resources import default_resources
 from galaxy_assets.defs.survey import raw_cutouts, survey_job, survey_shards_sensor
 
+morphology_job = dg.define_asset_job(
+    "morphology_job", selection=[morphology_encoder],
+    description="Train the morphology encoder on Galaxy Zoo votes and register it.",
+)
+shard_embeddings_job = dg.define_asset_job(
+    "shard_embeddings_job", selection=[morphology_predictions, image_embeddings],
+    partitions_def=shard_partitions,
+    description="Vote-fraction predictions and image embeddings of one shard.",
+)
+aligner_job = dg.define_asset_job(
+    "aligner_job", selection=[aligned_model],
+    description="Train and register the search aligner (projection heads).",
+)
+search_vectors_job = dg.define_asset_job(
+    "search_vectors_job", selection=[search_vectors], partitions_def=shard_partitions,
+    description="Aligned search vectors of one shard.",
+)
+
 defs = dg.Definitions(
-    assets=[raw_cutouts, caption_sample, vlm_captions, caption_embeddings],
-    jobs=[survey_job, captions_job],
+    assets=[
+        raw_cutouts, caption_sample, vlm_captions, caption_embeddings,
+        morphology_encoder, morphology_predictions,
+        image_embeddings, aligned_model, search_vectors,
+    ],
+    jobs=[survey_job, captions_job, morphology_job, shard_embeddings_job, aligner_job,
+          search_vectors_job],
     sensors=[survey_shards_sensor],
     resources=default_resources(),
 )

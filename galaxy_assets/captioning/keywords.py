@@ -116,10 +116,8 @@ def _compile(patterns: Iterable[str]) -> re.Pattern[str]:
 def _negated(text: str, start: int) -> bool:
     """Is the match at ``start`` inside a negation's scope (same clause, few words after)?"""
     before = text[:start]
-    brk = None
-    for brk in _CLAUSE_BREAK.finditer(before):
-        pass
-    clause = before[brk.end() :] if brk is not None else before
+    breaks = [m.end() for m in _CLAUSE_BREAK.finditer(before)]
+    clause = before[breaks[-1] :] if breaks else before
     cues = list(_NEGATION.finditer(clause))
     if not cues:
         return False

@@ -100,7 +100,8 @@ class Measurements:
     smoothness: float  # S (noise corrected)
     gini: float
     m20: float
-    sersic_n: float  # PSF-aware estimate from C and r50
+    sersic_n: float  # 1-D PSF-convolved Sérsic fit (else from C and r50)
+    sersic_n_concentration: float  # the index that C and r50 alone imply (PSF-aware)
     axis_ratio: float  # b/a: outer isophote (large galaxies) or PSF-corrected moments
     axis_ratio_moments: float  # b/a from flux moments of the segment, PSF-corrected
     axis_ratio_isophote: float  # b/a of the outer isophote
@@ -114,6 +115,7 @@ class Measurements:
     tidal_extent: float  # furthest extent (px) of that light from the centre, / r50
     tidal_outer_fraction: float  # the same beyond max(r90, 2 r50) (tails, shells, plumes)
     tidal_outer_snr: float
+    tidal_outer_ratio: float  # that light / all the light there (tails ~1, discs less)
     n_nuclei: int  # bright peaks within the segment (1 = single nucleus)
     nucleus_separation: float  # px, brightest companion peak
     nucleus_flux_ratio: float  # its peak flux / the main peak's
@@ -265,8 +267,11 @@ def _sersic_table(psf_sigma_px: float) -> tuple[np.ndarray, np.ndarray, np.ndarr
     psf_k = np.fft.rfft2(np.fft.ifftshift(psf / psf.sum()))
     order = np.argsort(R.ravel())
     rs = R.ravel()[order]
+    ib = np.minimum(R.ravel().astype(np.int64), PROFILE_BINS - 1)  # 1-px annuli
+    npx = np.bincount(ib, minlength=PROFILE_BINS)
     r50 = np.empty((n_vals.size, re_vals.size))
     conc = np.empty_like(r50)
+    profiles = np.empty((n_vals.size, re_vals.size, PROFILE_BINS))
     for i, n in enumerate(n_vals):
         b = _sersic_b(n)
         for j, re in enumerate(re_vals):
@@ -277,7 +282,70 @@ def _sersic_table(psf_sigma_px: float) -> tuple[np.ndarray, np.ndarray, np.ndarr
             r20v, r50v, r80v = np.interp([0.2 * tot, 0.5 * tot, 0.8 * tot], cum, rs)
             r50[i, j] = r50v
             conc[i, j] = 5.0 * math.log10(r80v / max(r20v, 1e-3))
+            prof = np.bincount(ib, weights=conv.ravel(), minlength=PROFILE_BINS) / npx
+            profiles[i, j] = prof / prof.max()
+    _SERSIC_PROFILES[round(psf_sigma_px, 2)] = (n_vals, re_vals, profiles)
     return n_vals, r50, conc
+
+
+PROFILE_BINS = 32  # 1-px annuli of the fitted profiles (to 32 px)
+_SERSIC_PROFILES: dict[float, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+
+def _sersic_fit(prof: dict[str, np.ndarray], var: np.ndarray, rr: np.ndarray, keep, psf_sigma_px):
+    """Sérsic index from a quick 1-D fit: the annular profile against a library of
+    PSF-convolved circular Sérsic profiles (n, r_e grid), each with a free amplitude and a
+    free constant (the sky level the border misjudges when the galaxy fills the stamp).
+
+    Extrapolates the light beyond the stamp, which growth-curve concentrations cannot: a
+    large n = 4 galaxy keeps its index. Returns (n, r_e in px, reduced chi2)."""
+    key = round(psf_sigma_px, 2)
+    if key not in _SERSIC_PROFILES:
+        _sersic_table(key)
+    n_vals, re_vals, lib = _SERSIC_PROFILES[key]
+    k = PROFILE_BINS
+    ib = rr[keep].astype(np.int64)
+    ok_b = ib < k
+    ev = np.sqrt(np.bincount(ib[ok_b], weights=var[keep][ok_b], minlength=k)[:k])
+    cnt = np.bincount(ib[ok_b], minlength=k)[:k].astype(float)
+    flux = np.bincount(ib[ok_b], weights=prof["img"][keep][ok_b], minlength=k)[:k]
+    good = cnt >= 3
+    if good.sum() < 8:
+        return math.nan, math.nan, math.nan
+    y = flux[good] / cnt[good]
+    err = ev[good] / cnt[good]
+    err = np.sqrt(err**2 + (SERSIC_FIT_FLOOR * np.abs(y)) ** 2)
+    w = 1.0 / err
+    models = lib[:, :, :k][:, :, good]  # (N, R, B)
+    # weighted linear least squares for (amplitude, constant) of every model at once
+    a11 = ((models * w) ** 2).sum(-1)
+    a12 = (models * w * w).sum(-1)
+    a22 = (w * w).sum()
+    b1 = (models * w * w * y).sum(-1)
+    b2 = (w * w * y).sum()
+    det = a11 * a22 - a12 * a12
+    amp = np.where(det > 0, (b1 * a22 - a12 * b2) / np.where(det > 0, det, 1.0), 0.0)
+    const = np.where(det > 0, (a11 * b2 - a12 * b1) / np.where(det > 0, det, 1.0), 0.0)
+    pred = amp[..., None] * models + const[..., None]
+    chi2 = (((pred - y) * w) ** 2).sum(-1)
+    chi2 = np.where(amp > 0, chi2, np.inf)
+    i, j = np.unravel_index(int(np.argmin(chi2)), chi2.shape)
+    if not np.isfinite(chi2[i, j]):
+        return math.nan, math.nan, math.nan
+    # parabolic refinement of n along the chi2 minimum over r_e
+    best_n = chi2.min(axis=1)
+    n_fit = float(n_vals[i])
+    if 0 < i < n_vals.size - 1 and np.isfinite(best_n[i - 1 : i + 2]).all():
+        c0, c1, c2 = best_n[i - 1], best_n[i], best_n[i + 1]
+        den = c0 - 2 * c1 + c2
+        if den > 0:
+            t = float(np.clip(0.5 * (c0 - c2) / den, -1.0, 1.0))
+            n_fit = float(np.interp(i + t, np.arange(n_vals.size), n_vals))
+    dof = max(int(good.sum()) - 4, 1)
+    return n_fit, float(re_vals[j]), float(chi2[i, j] / dof)
+
+
+SERSIC_FIT_FLOOR = 0.03  # fractional systematic error per annulus (PSF shape, isophote shape)
 
 
 def _sersic_from_c(conc: float, r50: float, psf_sigma_px: float) -> float:
@@ -409,11 +477,13 @@ def _measure(data: np.ndarray, sig: np.ndarray, pixel_scale: float, psf_fwhm_arc
             if lab == main_label or pk < OTHER_PEAK_SNR:
                 continue
             m = labels == lab
-            others |= m
+            # bright sources have wider PSF wings above the noise: grow their mask more
+            grow = 2 + int(min(max(math.log10(pk / OTHER_PEAK_SNR), 0.0) * 4.0, 6.0))
+            others |= ndimage.binary_dilation(m, iterations=grow)
             f = float(white[m].sum())
             cyx = ndimage.center_of_mass(np.clip(white, 0, None) * m)
             neighbours.append((float(cyx[1]), float(cyx[0]), f))
-        others = ndimage.binary_dilation(others, iterations=2) & ~seg
+        others &= ~seg
     keep = ~others
     gc, rc, zc = g * keep, r * keep, z * keep
     wc = white * keep
@@ -436,7 +506,7 @@ def _measure(data: np.ndarray, sig: np.ndarray, pixel_scale: float, psf_fwhm_arc
 
     # secondary peaks (companion nuclei, overlapping stars, bright knots): counted, then
     # left out (keep2) of the measurements of the primary's smooth light
-    nuc = _nuclei(wc, seg, sig_w, px, py, psf_fwhm)
+    nuc = _nuclei(wc, seg, sig_w, psf_fwhm)
     keep2 = keep & ~nuc[3]
     wc2 = white * keep2
     xc2, yc2, _ = _asym_centre(wc2, var_w, xc, yc, r_ap)
@@ -445,6 +515,7 @@ def _measure(data: np.ndarray, sig: np.ndarray, pixel_scale: float, psf_fwhm_arc
 
     # growth curve, Petrosian radius, r20..r90
     prof = _profile(wc2, rr)
+    prof["img"] = wc2
     r_p = _petrosian(prof)
     r_tot = 2.0 * r_p if np.isfinite(r_p) else r_ap
     in_tot = rr < r_tot
@@ -482,7 +553,8 @@ def _measure(data: np.ndarray, sig: np.ndarray, pixel_scale: float, psf_fwhm_arc
     gseg = _gini_segmap(wc, seg, rr, r_p, prof)
     gini = _gini(wc[gseg])
     m20 = _m20(wc, gseg)
-    n_sersic = _sersic_from_c(conc, r50, psf_sig)
+    n_fit, _, _ = _sersic_fit(prof, var_w, rr, keep2, psf_sig)
+    n_sersic = n_fit if np.isfinite(n_fit) else _sersic_from_c(conc, r50, psf_sig)
 
     # disturbance: low-surface-brightness mask, asymmetric outer light, neighbours
     shape_asym, lsb = _shape_asymmetry(white, others, sig_w, xc2, yc2, seg)
@@ -504,7 +576,7 @@ def _measure(data: np.ndarray, sig: np.ndarray, pixel_scale: float, psf_fwhm_arc
     ring = _ring(wc2, var_w, a_ell, u, v / q_use, keep2, r20, r90, psf_fwhm, q_use)
     bar = _bar(wc2, u, v / q_use, keep2, r20, r50, r90, q_use, psf_fwhm)
     dust = _dust_lane(gc, zc, var_b, u, v, keep2, r50, q_use, psf_fwhm)
-    clumps = _clumps(resid, wc, var_w, seg, rr, psf_fwhm, total, sig_w)
+    clumps = _clumps(wc, var_w, seg, rr, psf_fwhm, total)
 
     return Measurements(
         snr=snr,
@@ -528,6 +600,7 @@ def _measure(data: np.ndarray, sig: np.ndarray, pixel_scale: float, psf_fwhm_arc
         gini=gini,
         m20=m20,
         sersic_n=n_sersic,
+        sersic_n_concentration=_sersic_from_c(conc, r50, psf_sig),
         axis_ratio=q_use,
         axis_ratio_moments=q,
         axis_ratio_isophote=q_out,
@@ -540,6 +613,7 @@ def _measure(data: np.ndarray, sig: np.ndarray, pixel_scale: float, psf_fwhm_arc
         tidal_extent=tidal[2] / max(r50, 1.0) if np.isfinite(r50) else math.nan,
         tidal_outer_fraction=tidal_out[0],
         tidal_outer_snr=tidal_out[1],
+        tidal_outer_ratio=tidal_out[3],
         n_nuclei=nuc[0],
         nucleus_separation=nuc[1],
         nucleus_flux_ratio=nuc[2],
@@ -572,18 +646,6 @@ def _measure(data: np.ndarray, sig: np.ndarray, pixel_scale: float, psf_fwhm_arc
 
 
 # ------------------------------------------------------------------ non-parametric morphology
-def _asym_value(img, var, cx2, cy2, ap):
-    rot, valid = _rot180(img, cx2, cy2)
-    vrot, _ = _rot180(var, cx2, cy2)
-    m = ap & valid
-    den = np.abs(img[m]).sum()
-    if den <= 0:
-        return math.nan
-    num = np.abs(img[m] - rot[m]).sum()
-    bg = math.sqrt(2.0 / math.pi) * np.sqrt(var[m] + vrot[m]).sum()
-    return float((num - bg) / den), float(num / den)
-
-
 def _asym_centre(img, var, xc, yc, r_ap):
     """Half-pixel centre (2x, 2y) near (xc, yc) minimising the raw asymmetry (coarse 1-px
     steps, then half-pixel steps), on a crop around the aperture."""
@@ -617,8 +679,17 @@ def _asym_centre(img, var, xc, yc, r_ap):
 
 
 def _asymmetry(img, var, cx2, cy2, ap) -> float:
-    out = _asym_value(img, var, cx2, cy2, ap)
-    return out[0] if isinstance(out, tuple) else math.nan
+    """Rotational asymmetry about (cx2 / 2, cy2 / 2) within ``ap``, less the expected
+    contribution of the noise (pixel pairs with independent errors)."""
+    rot, valid = _rot180(img, cx2, cy2)
+    vrot, _ = _rot180(var, cx2, cy2)
+    m = ap & valid
+    den = float(np.abs(img[m]).sum())
+    if den <= 0:
+        return math.nan
+    num = float(np.abs(img[m] - rot[m]).sum())
+    noise = math.sqrt(2.0 / math.pi) * float(np.sqrt(var[m] + vrot[m]).sum())
+    return (num - noise) / den
 
 
 RBIN = 0.5  # px, radial bin of the growth curve
@@ -787,7 +858,7 @@ def _tidal(img, var, cx2, cy2, rr, r_in, lsb, total, smooth=1.5):
     TIDAL_MIN_AREA px of the ``smooth``-px-smoothed residual above TIDAL_NSIGMA:
     (flux / total, S/N, furthest extent (px))."""
     if not (np.isfinite(r_in) and total > 0):
-        return math.nan, math.nan, math.nan
+        return math.nan, math.nan, math.nan, math.nan
     rot, valid = _rot180(img, cx2, cy2)
     vrot, _ = _rot180(var, cx2, cy2)
     res = np.where(valid, img - rot, 0.0)
@@ -796,24 +867,26 @@ def _tidal(img, var, cx2, cy2, rr, r_in, lsb, total, smooth=1.5):
     region = valid & (rr > max(r_in, 2.0)) & ndimage.binary_dilation(lsb, iterations=2)
     sel = region & (rs > TIDAL_NSIGMA * noise)
     if sel.sum() < TIDAL_MIN_AREA:
-        return 0.0, 0.0, 0.0
+        return 0.0, 0.0, 0.0, 0.0
     lab, nl = ndimage.label(sel)
     sizes = np.bincount(lab.ravel())
     good = np.flatnonzero(sizes >= TIDAL_MIN_AREA)
     good = good[good > 0]
     if good.size == 0:
-        return 0.0, 0.0, 0.0
+        return 0.0, 0.0, 0.0, 0.0
     sel = np.isin(lab, good)
     flux = float(res[sel].sum())
     err = math.sqrt(float((var[sel] + vrot[sel]).sum()))
-    return flux / total, flux / err, float(rr[sel].max())
+    # ... and as a fraction of all the light in the region (tails: most of it)
+    light = float(np.clip(img[region], 0.0, None).sum())
+    return flux / total, flux / err, float(rr[sel].max()), flux / light if light > 0 else 0.0
 
 
 TIDAL_NSIGMA = 2.5
 TIDAL_MIN_AREA = 6  # px: a PSF-sized blob of smoothed noise is smaller
 
 
-def _nuclei(img, seg, sig_w, px, py, psf_fwhm):
+def _nuclei(img, seg, sig_w, psf_fwhm):
     """Bright separate peaks in the smoothed segment.
 
     Returns (count incl. the main one, separation of the brightest other, its peak ratio,
@@ -854,10 +927,13 @@ def _nuclei(img, seg, sig_w, px, py, psf_fwhm):
             if blob.sum() <= 0.5 * seg.sum() and not (
                 ya <= y0 < yb and xa <= x0 < xb and blob[y0 - ya, x0 - xa]
             ):
-                blobs[ya:yb, xa:xb] |= blob
+                # grow bright knots and stars more (PSF wings)
+                grow = 2 + int(min(max(math.log10(prom / (NUCLEUS_PROMINENCE * nf)), 0.0) * 3, 4))
+                full = np.zeros_like(blobs)
+                full[ya:yb, xa:xb] = blob
+                blobs |= ndimage.binary_dilation(full, iterations=grow)
             if v >= NUCLEUS_MIN_RATIO * v0:
                 found.append((d, v / v0, _peak_sigma(img, y, x) / ps_sigma))
-    blobs = ndimage.binary_dilation(blobs, iterations=2)
     if not found:
         return 1, math.nan, math.nan, blobs, math.nan, 0
     d, ratio, ext = max(found, key=lambda t: t[1])
@@ -1196,7 +1272,7 @@ def _dust_lane(g, z, var_b, u, v, keep, r50, q, psf_fwhm):
     return float(depth), float(redden), float(redden / err) if err > 0 else math.nan
 
 
-def _clumps(resid, img, var, seg, rr, psf_fwhm, total, sig_w):
+def _clumps(img, var, seg, rr, psf_fwhm, total):
     """Compact knots in the high-pass image: (count, flux fraction)."""
     if not total > 0:
         return 0, math.nan

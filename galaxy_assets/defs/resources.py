@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import dagster as dg
@@ -131,6 +132,46 @@ class TextEmbedderResource(dg.ConfigurableResource):
         )
 
 
+class MLflowResource(dg.ConfigurableResource):
+    """MLflow tracking + model registry. Empty ``tracking_uri``: the home's sqlite store."""
+
+    tracking_uri: str = ""
+    artifact_root: str = ""
+
+    def tracker(self, home: Home):
+        from galaxy_assets.tracking import Tracker
+
+        if not self.tracking_uri:
+            return Tracker.from_home(home)
+        return Tracker(self.tracking_uri, self.artifact_root or str(home.mlflow_artifacts))
+
+
+class ImageEncoderResource(dg.ConfigurableResource):
+    """The frozen image encoder: ``registry`` (default: morphology-encoder@champion trained by
+    this graph), ``timm`` (any backbone, optional local checkpoint) or ``aion`` (AION-1)."""
+
+    kind: str = "registry"
+    model_name: str = "morphology-encoder"
+    alias: str = "champion"
+    name: str = ""  # timm backbone name
+    checkpoint: str = ""  # timm: local checkpoint file
+    model: str = ""  # aion: weights folder or hub id
+    batch_size: int = 256
+
+    def build(self, compute: ComputeResource, tracker):
+        from galaxy_assets.embedding.image import build_image_encoder
+
+        common = {"device": compute.torch_device(), "dtype": compute.dtype,
+                  "batch_size": self.batch_size}
+        if self.kind == "registry":
+            cfg = {"model_name": self.model_name, "alias": self.alias, "tracker": tracker}
+        elif self.kind == "timm":
+            cfg = {"name": self.name, "checkpoint": self.checkpoint or None}
+        else:
+            cfg = {"model": self.model}
+        return build_image_encoder(self.kind, **cfg, **common)
+
+
 def _secret(env_name: str):
     return dg.EnvVar(env_name) if env_name else None
 
@@ -146,6 +187,8 @@ def default_resources() -> dict[str, object]:
         "compute": ComputeResource(**settings.compute.model_dump()),
         "survey": SurveyResource(**settings.survey.model_dump()),
         "io_manager": PolarsParquetIOManager(base_dir=str(home.parquet)),
+        "mlflow": MLflowResource(tracking_uri=os.environ.get("MLFLOW_TRACKING_URI", "")),
+        "image_encoder": ImageEncoderResource(),
         "captioner": CaptionerResource(
             backend=settings.captioner.backend,
             model=settings.captioner.model,

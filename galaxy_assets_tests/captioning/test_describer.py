@@ -263,13 +263,18 @@ def survey_captions(tmp_path_factory):
             reqs.append(CaptionRequest(gal.object_id, gal.image, ("g", "r", "i", "z")))
             extra_rows.append({**gal.truth, "sample": kind})
     extra = pl.DataFrame(extra_rows, infer_schema_length=None)
-    truth = pl.concat([truth, extra.select([c for c in truth.columns if c in extra.columns])],
-                      how="diagonal_relaxed")
+    truth = pl.concat(
+        [truth, extra.select([c for c in truth.columns if c in extra.columns])],
+        how="diagonal_relaxed",
+    )
     with MorphologyDescriber(workers=2) as d:
         results = d.caption(reqs)
     caps = pl.DataFrame(
-        {"object_id": [r.object_id for r in results], "caption": [r.caption for r in results],
-         "error": [r.error for r in results]}
+        {
+            "object_id": [r.object_id for r in results],
+            "caption": [r.caption for r in results],
+            "error": [r.error for r in results],
+        }
     )
     return caps, truth
 
@@ -326,7 +331,5 @@ def test_keyword_rates_on_the_survey(survey_captions):
     assert row["edge_on"]["precision"] > 0.5
     assert row["elliptical"]["precision"] > 0.5 and row["elliptical"]["recall"] > 0.5
     assert row["spiral"]["lift"] > 2.5
-    assert all(
-        r["support"] + (r["mentions"] - r["tp"]) <= r["n"] for r in row.values()
-    )
+    assert all(r["support"] + (r["mentions"] - r["tp"]) <= r["n"] for r in row.values())
     assert not any(math.isnan(v) for v in rates["rate_in_rest"].drop_nulls().to_list())

@@ -1,0 +1,625 @@
+"""Training the search aligner on cached embeddings, and registering it in MLflow.
+
+:func:`train_aligner` (no MLflow) → :class:`AlignmentResult`; :func:`register_aligner` logs
+that result (all hyper-parameters, per-epoch metrics, lineage tags, a loss plot, the model as
+state dict + config) and registers it as ``search-aligner`` with alias ``candidate``
+(``champion`` moves only after ``search_evaluation`` passes).
+
+The method (AION-Search): symmetric InfoNCE with a learned temperature; AdamW (no weight decay
+on biases, norms and the temperature); linear warm-up then cosine decay to
+``min_lr_ratio × learning_rate``, stepped per batch; gradient clipping; train / validation
+split by a hash of ``object_id``; the checkpoint with the lowest validation loss is kept;
+validation recall@1/5/10 and median rank in both directions every epoch.
+
+Each epoch, a galaxy with several captions contributes one of them, drawn at random (so no
+batch holds two captions of one galaxy, which would be false negatives); validation always
+uses each galaxy's first caption.
+
+Training never touches pixels. Cost and memory:
+
+* CPU, the default heads (256-d image, 384-d text → 512 hidden, 2 blocks → 256): ~10 MFLOP
+  per pair for forward + backward; 4,500 training pairs × 30 epochs run in well under a
+  minute on 2 cores (see ``benchmarks/bench_aligner.py``).
+* GPU, the paper's batch of 8192 with its 1024-wide heads: logits 8192² × 4 B = 256 MiB, ~1 GiB
+  for the loss with its softmax and gradients; activations ~8192 × 1024 × 4 B × ~10 tensors ×
+  2 heads ≈ 0.7 GiB; parameters + AdamW state ~20 MB. Under 3 GiB in all: any GPU fits it
+  (``benchmarks/gpu_embed_align.py`` measures the peak).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from galaxy_assets.alignment.data import (
+    MIN_PAIRS,
+    MIN_VALIDATION,
+    PairedData,
+    prepare_pairs,
+    split_by_object,
+)
+from galaxy_assets.alignment.errors import AlignmentError
+from galaxy_assets.alignment.loss import contrastive_loss
+from galaxy_assets.alignment.metrics import retrieval_metrics
+from galaxy_assets.alignment.model import (
+    CODE_REF,
+    REGISTERED_NAME,
+    AlignedModel,
+    AlignerConfig,
+    build_from_config,
+)
+
+if TYPE_CHECKING:
+    import polars as pl
+
+    from galaxy_assets.tracking import Tracker
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "PAPER_TRAIN_CONFIG",
+    "AlignmentResult",
+    "RegisteredAligner",
+    "TrainConfig",
+    "lineage_of",
+    "register_aligner",
+    "train_aligner",
+    "train_on_pairs",
+]
+
+EXPERIMENT = "search-aligner"
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings (all logged as MLflow parameters).
+
+    ``warmup_fraction`` of all steps warm the learning rate up linearly, then it follows a
+    cosine to ``min_lr_ratio × learning_rate``. ``eval_max`` caps the validation galaxies
+    used for the retrieval metrics (recall depends on the pool size, logged as
+    ``retrieval_pool``). ``patience``: stop after this many epochs without a better validation
+    loss (None: run all epochs). ``dtype`` bfloat16 autocasts the heads on a GPU (the loss
+    stays float32). ``num_threads``: torch CPU threads while training (restored after; None
+    leaves torch's setting). 1 by default: these small heads gain little from a second thread
+    (×1.4 measured on 2 cores), while OpenMP threads spinning against other processes on a
+    shared CPU made single epochs up to 30× slower (a 5k-caption run: 21 s with 1 thread,
+    139 s with 2 on a loaded 2-core machine; see ``benchmarks/bench_aligner.py``).
+    """
+
+    epochs: int = 30
+    batch_size: int = 512
+    learning_rate: float = 5e-4
+    weight_decay: float = 0.05
+    warmup_fraction: float = 0.1
+    min_lr_ratio: float = 0.01
+    grad_clip: float | None = 1.0
+    val_fraction: float = 0.1
+    min_validation: int = MIN_VALIDATION
+    min_pairs: int = MIN_PAIRS
+    split_salt: str = "aligner-v1"
+    seed: int = 0
+    device: str = "cpu"
+    dtype: str = "float32"
+    eval_max: int = 5000
+    patience: int | None = None
+    num_threads: int | None = 1
+
+    def __post_init__(self) -> None:
+        checks = {
+            "epochs": self.epochs >= 1,
+            "batch_size": self.batch_size >= 2,
+            "learning_rate": self.learning_rate > 0,
+            "weight_decay": self.weight_decay >= 0,
+            "warmup_fraction": 0 <= self.warmup_fraction < 1,
+            "min_lr_ratio": 0 <= self.min_lr_ratio <= 1,
+            "grad_clip": self.grad_clip is None or self.grad_clip > 0,
+            "eval_max": self.eval_max >= 2,
+            "patience": self.patience is None or self.patience >= 1,
+            "num_threads": self.num_threads is None or self.num_threads >= 1,
+        }
+        bad = [k for k, ok in checks.items() if not ok]
+        if bad:
+            raise AlignmentError(
+                "aligner training settings out of range: "
+                + ", ".join(f"{k}={getattr(self, k)!r}" for k in bad)
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
+        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise AlignmentError(
+                f"unknown aligner training setting(s) {unknown}; known: "
+                f"{sorted(cls.__dataclass_fields__)}"
+            )
+        return cls(**dict(data))
+
+
+# The AION-Search paper's run (research/configs/baseline_original.yaml): batch 8192, lr 1e-4,
+# weight decay 0.05, 50 epochs of which 10 warm-up, gradient clip 1.0, 80/20 split.
+PAPER_TRAIN_CONFIG: dict[str, Any] = {
+    "epochs": 50,
+    "batch_size": 8192,
+    "learning_rate": 1e-4,
+    "weight_decay": 0.05,
+    "warmup_fraction": 0.2,
+    "min_lr_ratio": 0.005,
+    "grad_clip": 1.0,
+    "val_fraction": 0.2,
+    "device": "cuda",
+    "dtype": "bfloat16",
+}
+
+
+@dataclass
+class AlignmentResult:
+    """What :func:`train_aligner` produced: the best model and everything to log about it."""
+
+    model: AlignedModel
+    model_config: AlignerConfig
+    train_config: TrainConfig
+    history: list[dict[str, float]]
+    best_epoch: int
+    best: dict[str, float]  # validation metrics at the best epoch
+    data: dict[str, Any]  # counts: pairs, galaxies, skipped captions…
+    lineage: dict[str, str]
+    seconds: float
+    train_pairs_per_second: float
+
+    def summary(self) -> dict[str, Any]:
+        """Flat facts for logs and Dagster metadata."""
+        return {
+            "best_epoch": self.best_epoch,
+            **{f"val_{k}": round(v, 4) for k, v in self.best.items()},
+            **{k: v for k, v in self.data.items() if not isinstance(v, list)},
+            "seconds": round(self.seconds, 2),
+            "train_pairs_per_second": round(self.train_pairs_per_second, 1),
+            **self.lineage,
+        }
+
+
+def lineage_of(pairs: PairedData) -> dict[str, str]:
+    """The lineage tags of a training set (caption prompt and model, embedder and encoder)."""
+    from galaxy_assets.embedding.image import encoder_version
+
+    return {
+        "caption_prompt_sha": ",".join(pairs.prompt_shas) or "unknown",
+        "caption_model": ",".join(pairs.caption_models) or "unknown",
+        "text_embedder": pairs.text_embedder,
+        "image_encoder": pairs.image_encoder,
+        "image_encoder_version": encoder_version(pairs.image_encoder),
+        "training_rows": str(pairs.n_captions),
+        "training_objects": str(pairs.n_objects),
+    }
+
+
+def _lr_lambda(total: int, warmup: int, min_ratio: float) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return f
+
+
+def _param_groups(model: AlignedModel, weight_decay: float) -> list[dict[str, Any]]:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (decay if p.ndim >= 2 else no_decay).append(p)  # biases, norms, logit_scale: no decay
+        del name
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int | None) -> Iterator[None]:
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        if n:
+            torch.set_num_threads(before)
+
+
+def _autocast(device: str, dtype: torch.dtype):
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.split(":")[0], dtype=dtype)
+
+
+@torch.no_grad()
+def _validate(
+    model: AlignedModel,
+    image: torch.Tensor,
+    text: torch.Tensor,
+    batch_size: int,
+    dims: list[int] | None,
+    eval_max: int,
+    device: str,
+    dtype: torch.dtype,
+) -> dict[str, float]:
+    model.eval()
+    n = image.shape[0]
+    bs = min(batch_size, n)
+    total, weight = 0.0, 0
+    zi_all, zt_all = [], []
+    for s in range(0, n, bs):
+        xi, xt = image[s : s + bs].to(device), text[s : s + bs].to(device)
+        with _autocast(device, dtype):
+            ri, rt, scale = model(xi, xt)
+        if xi.shape[0] >= 2:
+            loss = contrastive_loss(ri, rt, scale, dims)
+            total += float(loss) * xi.shape[0]
+            weight += xi.shape[0]
+        if s < eval_max:
+            zi_all.append(torch.nn.functional.normalize(ri.float(), dim=-1))
+            zt_all.append(torch.nn.functional.normalize(rt.float(), dim=-1))
+    zi = torch.cat(zi_all)[:eval_max]
+    zt = torch.cat(zt_all)[:eval_max]
+    metrics = retrieval_metrics(zi, zt)
+    metrics["loss"] = total / max(weight, 1)
+    return metrics
+
+
+def train_aligner(
+    image_embeddings: pl.DataFrame | pl.LazyFrame,
+    caption_embeddings: pl.DataFrame | pl.LazyFrame,
+    *,
+    model_config: Mapping[str, Any] | None = None,
+    train_config: TrainConfig | Mapping[str, Any] | None = None,
+    expected_image_encoder: str | None = None,
+    expected_text_embedder: str | None = None,
+    progress: Callable[[dict[str, float]], None] | None = None,
+) -> AlignmentResult:
+    """Train image and text heads on cached vectors; returns the best checkpoint.
+
+    ``image_embeddings`` (every shard; a lazy frame is fine: only captioned galaxies are
+    collected) and ``caption_embeddings`` are joined by :func:`prepare_pairs`, then
+    :func:`train_on_pairs` trains. ``model_config``: :class:`AlignerConfig` settings other than
+    the input widths and ids, which come from the data (e.g. ``{"output_dim": 128,
+    "matryoshka_dims": [32, 64]}``). ``expected_*``: the configured encoder / embedder ids;
+    vectors made by others are an error. ``progress(epoch_metrics)`` is called every epoch.
+
+    Raises :class:`AlignmentError` for too few captions, mixed or changed ids, and a loss that
+    becomes non-finite (naming the epoch and step; nothing is returned, nothing registered).
+    """
+    tc = (
+        train_config
+        if isinstance(train_config, TrainConfig)
+        else TrainConfig.from_dict(train_config or {})
+    )
+    t_start = time.perf_counter()
+    pairs = prepare_pairs(
+        image_embeddings,
+        caption_embeddings,
+        expected_image_encoder=expected_image_encoder,
+        expected_text_embedder=expected_text_embedder,
+        min_pairs=tc.min_pairs,
+    )
+    result = train_on_pairs(pairs, model_config=model_config, train_config=tc, progress=progress)
+    result.seconds = time.perf_counter() - t_start
+    return result
+
+
+def train_on_pairs(
+    pairs: PairedData,
+    *,
+    model_config: Mapping[str, Any] | None = None,
+    train_config: TrainConfig | Mapping[str, Any] | None = None,
+    progress: Callable[[dict[str, float]], None] | None = None,
+) -> AlignmentResult:
+    """The training loop of :func:`train_aligner` on already-joined pairs (no polars needed:
+    build pairs with :meth:`PairedData.from_arrays` for benchmarks)."""
+    from galaxy_assets.runtime import RuntimeConfigError, select_device, select_dtype
+
+    tc = (
+        train_config
+        if isinstance(train_config, TrainConfig)
+        else TrainConfig.from_dict(train_config or {})
+    )
+    try:
+        device = select_device(tc.device)
+        amp_dtype = select_dtype(tc.dtype, device)
+    except RuntimeConfigError as exc:
+        raise AlignmentError(f"aligner training: {exc}") from None
+    if pairs.n_objects < tc.min_pairs:
+        raise AlignmentError(
+            f"only {pairs.n_objects} paired galaxies; training needs at least {tc.min_pairs}"
+        )
+    with _torch_threads(tc.num_threads):
+        t_start = time.perf_counter()
+        overrides = dict(model_config or {})
+        for fixed in ("image_dim", "text_dim", "image_encoder", "text_embedder"):
+            if fixed in overrides:
+                raise AlignmentError(
+                    f"model_config sets {fixed!r}, which comes from the training data; remove it"
+                )
+        mc = AlignerConfig(
+            image_dim=pairs.image_dim,
+            text_dim=pairs.text_dim,
+            image_encoder=pairs.image_encoder,
+            text_embedder=pairs.text_embedder,
+            **overrides,
+        )
+
+        is_val = split_by_object(
+            pairs.object_ids, tc.val_fraction, min_validation=tc.min_validation, salt=tc.split_salt
+        )
+        train_obj = np.flatnonzero(~is_val)
+        val_obj = np.flatnonzero(is_val)
+        n_train, n_val = len(train_obj), len(val_obj)
+        if n_train < 2:
+            raise AlignmentError(f"only {n_train} training galaxies after the split; add captions")
+        batch = min(tc.batch_size, n_train)
+        steps_per_epoch = max(1, n_train // batch)  # drop the last partial batch
+        total_steps = steps_per_epoch * tc.epochs
+        warmup = int(round(tc.warmup_fraction * total_steps))
+
+        on_device = device != "cpu"
+        image_all = torch.from_numpy(pairs.image)
+        text_all = torch.from_numpy(pairs.text)
+        if on_device:
+            image_all, text_all = image_all.to(device), text_all.to(device)
+        val_caption = torch.from_numpy(pairs.caption_start[val_obj])
+        val_image = image_all[torch.from_numpy(val_obj).to(image_all.device)]
+        val_text = text_all[val_caption.to(text_all.device)]
+        starts = torch.from_numpy(pairs.caption_start[train_obj])
+        counts = torch.from_numpy(pairs.caption_count[train_obj])
+        train_obj_t = torch.from_numpy(train_obj)
+
+        gen = torch.Generator().manual_seed(int(tc.seed))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(tc.seed))
+            model = build_from_config(mc).to(device)
+        opt = torch.optim.AdamW(
+            _param_groups(model, tc.weight_decay), lr=tc.learning_rate, betas=(0.9, 0.98), eps=1e-6
+        )
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, _lr_lambda(total_steps, warmup, tc.min_lr_ratio)
+        )
+        dims = mc.matryoshka_dims and mc.widths
+
+        history: list[dict[str, float]] = []
+        best_loss, best_epoch, best_state, best_metrics = math.inf, -1, None, {}
+        train_seconds, seen, stale = 0.0, 0, 0
+        log.info(
+            "training the aligner: %d galaxies (%d captions) → %d train / %d validation, batch %d, "
+            "%d steps, %s on %s",
+            pairs.n_objects,
+            pairs.n_captions,
+            n_train,
+            n_val,
+            batch,
+            total_steps,
+            tc.dtype,
+            device,
+        )
+        for epoch in range(1, tc.epochs + 1):
+            model.train()
+            t0 = time.perf_counter()
+            perm = torch.randperm(n_train, generator=gen)
+            pick = starts + (torch.rand(n_train, generator=gen) * counts).long().clamp_max(
+                counts - 1
+            )
+            loss_sum = 0.0
+            for step in range(steps_per_epoch):
+                idx = perm[step * batch : (step + 1) * batch]
+                xi = image_all[train_obj_t[idx].to(image_all.device)]
+                xt = text_all[pick[idx].to(text_all.device)]
+                with _autocast(device, amp_dtype):
+                    ri, rt, scale = model(xi, xt)
+                loss = contrastive_loss(ri, rt, scale, dims)
+                if not torch.isfinite(loss):
+                    raise AlignmentError(
+                        f"the aligner's loss became {float(loss.detach())} at epoch {epoch}, step {step + 1} "
+                        f"(learning rate {sched.get_last_lr()[0]:.3g}); nothing was registered. "
+                        "Lower train_config.learning_rate, keep grad_clip, or use float32"
+                    )
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if tc.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+                opt.step()
+                sched.step()
+                model.clamp_logit_scale_()
+                loss_sum += float(loss.detach())
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            epoch_seconds = time.perf_counter() - t0
+            train_seconds += epoch_seconds
+            seen += steps_per_epoch * batch
+            val = _validate(model, val_image, val_text, batch, dims, tc.eval_max, device, amp_dtype)
+            if not math.isfinite(val["loss"]):
+                raise AlignmentError(
+                    f"the validation loss is {val['loss']} at epoch {epoch}; nothing was registered. "
+                    "Lower train_config.learning_rate or use float32"
+                )
+            row = {
+                "epoch": float(epoch),
+                "train_loss": loss_sum / steps_per_epoch,
+                "val_loss": val.pop("loss"),
+                **{f"val_{k}": v for k, v in val.items()},
+                "logit_scale": float(model.scale().detach()),
+                "learning_rate": float(sched.get_last_lr()[0]),
+                "epoch_seconds": epoch_seconds,
+                "train_pairs_per_second": steps_per_epoch * batch / max(epoch_seconds, 1e-9),
+            }
+            history.append(row)
+            if progress is not None:
+                progress(row)
+            log.info(
+                "epoch %d/%d: train %.4f, val %.4f, i2t R@5 %.3f, t2i R@5 %.3f, scale %.1f (%.1f s)",
+                epoch,
+                tc.epochs,
+                row["train_loss"],
+                row["val_loss"],
+                row["val_i2t_recall_at_5"],
+                row["val_t2i_recall_at_5"],
+                row["logit_scale"],
+                epoch_seconds,
+            )
+            if row["val_loss"] < best_loss:
+                best_loss, best_epoch, stale = row["val_loss"], epoch, 0
+                best_state = {
+                    k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()
+                }
+                best_metrics = {
+                    k.removeprefix("val_"): v for k, v in row.items() if k.startswith("val_")
+                }
+            else:
+                stale += 1
+                if tc.patience is not None and stale >= tc.patience:
+                    log.info(
+                        "no better validation loss for %d epochs: stopping at epoch %d",
+                        stale,
+                        epoch,
+                    )
+                    break
+
+        assert best_state is not None
+        model.load_state_dict(best_state)
+        model = model.to("cpu").eval()
+        data = {
+            **pairs.report,
+            "n_train_objects": n_train,
+            "n_val_objects": n_val,
+            "batch_size_effective": batch,
+            "steps": steps_per_epoch * len(history),
+            "epochs_run": len(history),
+        }
+        return AlignmentResult(
+            model=model,
+            model_config=mc,
+            train_config=tc,
+            history=history,
+            best_epoch=best_epoch,
+            best=best_metrics,
+            data=data,
+            lineage=lineage_of(pairs),
+            seconds=time.perf_counter() - t_start,
+            train_pairs_per_second=seen / max(train_seconds, 1e-9),
+        )
+
+
+@dataclass
+class RegisteredAligner:
+    """Where :func:`register_aligner` put the model."""
+
+    name: str
+    version: int
+    alias: str
+    run_id: str
+    aligner_version: str  # "search-aligner/v3"
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def _loss_figure(history: list[dict[str, float]]) -> Any:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9, 3.2))
+    ax1, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    epochs = [h["epoch"] for h in history]
+    ax1.plot(epochs, [h["train_loss"] for h in history], label="train")
+    ax1.plot(epochs, [h["val_loss"] for h in history], label="validation")
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("InfoNCE loss")
+    ax1.legend()
+    for key, label in (
+        ("val_i2t_recall_at_5", "image→text R@5"),
+        ("val_t2i_recall_at_5", "text→image R@5"),
+        ("val_i2t_recall_at_1", "image→text R@1"),
+    ):
+        ax2.plot(epochs, [h[key] for h in history], label=label)
+    ax2.set_xlabel("epoch")
+    ax2.set_ylabel(f"recall (pool {int(history[-1]['val_retrieval_pool'])})")
+    ax2.legend()
+    return fig
+
+
+def register_aligner(
+    result: AlignmentResult,
+    tracker: Tracker,
+    *,
+    name: str = REGISTERED_NAME,
+    alias: str = "candidate",
+    experiment: str = EXPERIMENT,
+    run_name: str | None = None,
+    tags: Mapping[str, Any] | None = None,
+    plot: bool = True,
+) -> RegisteredAligner:
+    """Log ``result`` to MLflow and register it as ``name`` with ``alias``.
+
+    Parameters: every model and training setting plus the data counts. Metrics: every epoch's
+    row (step = epoch) and ``best_val_loss`` / ``best_epoch`` / ``best_val_*``. Tags (run and
+    model version): ``lineage.*`` (caption prompt_sha and model, text embedder id, image
+    encoder id and version, training rows) and ``tags``. Sets ``result.model.aligner_version``.
+    """
+    lineage_tags = {f"lineage.{k}": v for k, v in result.lineage.items()}
+    all_tags = {**lineage_tags, **{k: str(v) for k, v in (tags or {}).items()}}
+    with tracker.start_run(experiment, run_name=run_name, tags=all_tags) as run:
+        run.log_params(
+            {
+                "model": result.model_config.to_dict(),
+                "train": result.train_config.to_dict(),
+                "data": {k: v for k, v in result.data.items() if not isinstance(v, list)},
+            }
+        )
+        for row in result.history:
+            step = int(row["epoch"])
+            run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=step)
+        final = {
+            "best_val_loss": result.best.get("loss", float("nan")),
+            "best_epoch": float(result.best_epoch),
+            **{f"best_val_{k}": v for k, v in result.best.items() if k != "loss"},
+            "train_seconds_total": result.seconds,
+            "train_pairs_per_second": result.train_pairs_per_second,
+        }
+        run.log_metrics(final)
+        if result.data.get("captions_without_image_sample"):
+            run.log_dict(
+                {"captions_without_image_sample": result.data["captions_without_image_sample"]},
+                "data/skipped.json",
+            )
+        if plot and result.history:
+            run.log_figure(_loss_figure(result.history), "plots/training.png")
+        path = run.log_torch_model(
+            "model", result.model.state_dict(), result.model_config.to_dict(), CODE_REF
+        )
+    version = tracker.register(
+        run.run_id,
+        path,
+        name,
+        tags=all_tags,
+        description=(
+            f"search aligner on {result.lineage['image_encoder']} × "
+            f"{result.lineage['text_embedder']}, {result.lineage['training_rows']} captions"
+        ),
+    )
+    tracker.set_alias(name, alias, version)
+    aligner_version = f"{name}/v{version}"
+    result.model.aligner_version = aligner_version
+    log.info("registered %s (alias %s, run %s)", aligner_version, alias, run.run_id)
+    return RegisteredAligner(
+        name=name,
+        version=version,
+        alias=alias,
+        run_id=run.run_id,
+        aligner_version=aligner_version,
+        metrics=final,
+    )

@@ -1,0 +1,87 @@
+"""Image embeddings, the aligned search model (AION-Search heads), and search vectors."""
+
+import dagster as dg
+import polars as pl
+from dagster_polars import DataFramePartitions
+
+from galaxy_assets.alignment.model import load_aligner, project_shard
+from galaxy_assets.alignment.train import register_aligner, train_aligner
+from galaxy_assets.defs.metadata import scalar_metadata
+from galaxy_assets.defs.partitions import shard_partitions
+from galaxy_assets.defs.resources import (
+    ComputeResource,
+    HomeResource,
+    ImageEncoderResource,
+    MLflowResource,
+    TextEmbedderResource,
+)
+from galaxy_assets.embedding.image import EmbedStats, embed_shard, open_shard_for
+
+
+@dg.asset(group_name="search", partitions_def=shard_partitions, pool="gpu",
+          deps=["morphology_encoder"], kinds={"pytorch", "polars"})
+def image_embeddings(
+    context: dg.AssetExecutionContext, raw_cutouts: pl.DataFrame, home: HomeResource,
+    compute: ComputeResource, mlflow: MLflowResource, image_encoder: ImageEncoderResource,
+) -> pl.DataFrame:
+    """Unit vectors of the frozen image encoder for every galaxy of the shard (object_id,
+    encoder, vector), streamed in batches."""
+    encoder = image_encoder.build(compute, mlflow.tracker(home.home()))
+    stats = EmbedStats()
+    with open_shard_for(encoder, raw_cutouts["shard_uri"][0]) as reader:
+        vectors = embed_shard(reader, encoder, stats=stats)
+    vectors = vectors.join(raw_cutouts.select("object_id"), on="object_id", how="semi")
+    context.add_output_metadata({"galaxies": vectors.height, "encoder": encoder.encoder_id,
+                                 "dim": encoder.dim, **scalar_metadata(stats.as_metadata())})
+    return vectors
+
+
+class AlignerTrainConfig(dg.Config):
+    output_dim: int = 256
+    epochs: int = 30
+    batch_size: int = 512
+    seed: int = 0
+
+
+@dg.asset(
+    group_name="search", pool="gpu", kinds={"pytorch", "mlflow"},
+    ins={"image_embeddings": dg.AssetIn(partition_mapping=dg.AllPartitionMapping(),
+                                        metadata={"allow_missing_partitions": True})},
+)
+def aligned_model(
+    context: dg.AssetExecutionContext, config: AlignerTrainConfig,
+    image_embeddings: DataFramePartitions, caption_embeddings: pl.DataFrame,
+    home: HomeResource, compute: ComputeResource, mlflow: MLflowResource,
+    text_embedder: TextEmbedderResource,
+) -> pl.DataFrame:
+    """Projection heads that map image and caption embeddings into one space (symmetric
+    InfoNCE, learned temperature), registered as `search-aligner` with alias `candidate`."""
+    images = pl.concat(list(image_embeddings.values()))
+    result = train_aligner(
+        images, caption_embeddings,
+        model_config={"output_dim": config.output_dim},
+        train_config={"epochs": config.epochs, "batch_size": config.batch_size,
+                      "seed": config.seed, "device": compute.torch_device()},
+        expected_text_embedder=caption_embeddings["embedder"][0] if caption_embeddings.height else None,
+        progress=lambda m: context.log.info(f"aligner epoch: {m}"),
+    )
+    reg = register_aligner(result, mlflow.tracker(home.home()))
+    context.add_output_metadata({**scalar_metadata(result.summary()),
+                                 "aligner_version": reg.aligner_version, "run_id": reg.run_id})
+    return pl.DataFrame([{"name": reg.name, "version": reg.version, "alias": reg.alias,
+                          "aligner_version": reg.aligner_version, "run_id": reg.run_id}])
+
+
+@dg.asset(group_name="search", partitions_def=shard_partitions, kinds={"pytorch", "polars"})
+def search_vectors(
+    context: dg.AssetExecutionContext, image_embeddings: pl.DataFrame,
+    aligned_model: pl.DataFrame, home: HomeResource, mlflow: MLflowResource,
+) -> pl.DataFrame:
+    """Aligned image vectors for every galaxy of the shard, from the aligner version named in
+    the metadata (the one `aligned_model` registered)."""
+    version = int(aligned_model["version"][0])
+    aligned = load_aligner(mlflow.tracker(home.home()), "search-aligner", version)
+    vectors = project_shard(image_embeddings, aligned)
+    context.add_output_metadata({"galaxies": vectors.height,
+                                 "aligner_version": aligned.aligner_version})
+    return vectors

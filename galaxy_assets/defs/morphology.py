@@ -1,0 +1,87 @@
+"""Morphology assets: the Galaxy-Zoo-vote-pretrained encoder and its per-shard predictions."""
+
+import dagster as dg
+import polars as pl
+from dagster_polars import DataFramePartitions
+
+from galaxy_assets.defs.metadata import figure_metadata, scalar_metadata
+from galaxy_assets.defs.partitions import shard_partitions
+from galaxy_assets.defs.resources import ComputeResource, HomeResource, MLflowResource
+from galaxy_assets.morphology.data import votes_from_catalogue, votes_from_truth
+from galaxy_assets.morphology.model import DEFAULT_PRESET
+from galaxy_assets.morphology.predict import predict_shard
+from galaxy_assets.morphology.train import TrainConfig, register_encoder, train_morphology
+
+ALL_SHARDS = dg.AssetIn(
+    key="raw_cutouts",
+    partition_mapping=dg.AllPartitionMapping(),
+    metadata={"allow_missing_partitions": True},
+)
+
+
+class MorphologyTrainConfig(dg.Config):
+    preset: str = DEFAULT_PRESET
+    epochs: int = 12
+    batch_size: int = 64
+    time_budget_s: float = 240.0
+    seed: int = 0
+    vote_catalogue: str = ""  # empty: the mock survey's simulated votes
+
+
+@dg.asset(group_name="morphology", ins={"raw_cutouts": ALL_SHARDS}, pool="gpu",
+          kinds={"pytorch", "mlflow"})
+def morphology_encoder(
+    context: dg.AssetExecutionContext, config: MorphologyTrainConfig,
+    raw_cutouts: DataFramePartitions, home: HomeResource, compute: ComputeResource,
+    mlflow: MLflowResource,
+) -> pl.DataFrame:
+    """Trains an encoder on Galaxy Zoo vote counts (Dirichlet-Multinomial loss per question),
+    registers a version of `morphology-encoder`, and moves `champion` only when its held-out
+    loss beats the current champion's on the same galaxies."""
+    h = home.home()
+    manifest = pl.concat(list(raw_cutouts.values()))
+    votes = (votes_from_catalogue(config.vote_catalogue, manifest) if config.vote_catalogue
+             else votes_from_truth(manifest))
+    train_config = TrainConfig(
+        preset=config.preset, epochs=config.epochs, batch_size=config.batch_size,
+        time_budget_s=config.time_budget_s, seed=config.seed,
+        device=compute.torch_device(), dtype=compute.dtype,
+    )
+    result = train_morphology(
+        votes, train_config,
+        callback=lambda info: context.log.info(f"morphology training: {info}"),
+    )
+    reg = register_encoder(mlflow.tracker(h), result, device=compute.torch_device())
+    metadata = {
+        **scalar_metadata(result.metrics), **scalar_metadata(reg.metadata()),
+        **scalar_metadata({f"votes_{k}": v for k, v in votes.summary().items()}),
+        "summary": dg.MetadataValue.md(result.summary_markdown()),
+    }
+    if result.figure is not None:
+        metadata.update(figure_metadata(result.figure, h.reports / f"morphology_v{reg.version}.png"))
+    context.add_output_metadata(metadata)
+    return pl.DataFrame([{"name": "morphology-encoder", "version": reg.version,
+                          "alias": reg.alias if reg.promoted else "", "run_id": reg.run_id,
+                          "val_loss": float(result.metrics["val_loss"])}])
+
+
+@dg.asset(group_name="morphology", partitions_def=shard_partitions, pool="gpu",
+          deps=["morphology_encoder"], kinds={"pytorch", "polars"})
+def morphology_predictions(
+    context: dg.AssetExecutionContext, raw_cutouts: pl.DataFrame, home: HomeResource,
+    compute: ComputeResource, mlflow: MLflowResource,
+) -> pl.DataFrame:
+    """Expected Galaxy Zoo vote fractions (p_smooth, p_featured, p_spiral, p_merger…) for every
+    galaxy of the shard, from `morphology-encoder@champion`."""
+    tracker = mlflow.tracker(home.home())
+    version = tracker.resolve_version("morphology-encoder", "champion")
+    model, _ = tracker.load_torch_model("morphology-encoder", version.version)
+    uri = raw_cutouts["shard_uri"][0]
+    predictions = predict_shard(
+        model, uri, rows=raw_cutouts["row"].to_list(), batch_size=compute.batch_size,
+        device=compute.torch_device(), dtype=compute.dtype,
+    )
+    context.add_output_metadata({
+        "galaxies": predictions.height, "encoder_version": f"morphology-encoder/v{version.version}",
+    })
+    return predictions.with_columns(pl.lit(f"morphology-encoder/v{version.version}").alias("encoder"))

@@ -1,0 +1,597 @@
+"""Scaling laws of the morphology encoder: held-out loss against labelled images and size.
+
+Walmsley et al. (2024) found the held-out vote loss to fall as a power law in the number of
+labelled galaxies, ``L(N) = a · N^(−α) + c``, with larger models helping only for some
+questions. This module measures the same on our data:
+
+* :func:`run_scaling_point` trains one (N labelled, model size) point: the first ``N``
+  training galaxies in a fixed hash order (so smaller sets are nested in larger ones), the
+  same held-out galaxies for every point, shared normalisation. One point per Dagster
+  partition; :func:`run_sweep` loops over a grid in one process.
+* :func:`scaling_report` fits ``L(N)`` per model size (``scipy.optimize.curve_fit``, errors
+  from its covariance and from a bootstrap over held-out galaxies), draws the log-log plot,
+  writes a Markdown table and a verdict: do more parameters help, overall and per question
+  (paired bootstrap of the per-galaxy losses of the largest against the smallest model)?
+
+With fewer than four N values per size the full three-parameter form is not identifiable:
+the fit drops ``c`` (``L = a · N^(−α)``, a straight line in log-log) and says so.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import polars as pl
+
+from galaxy_assets.morphology.data import VoteDataset, VoteTable, hash_unit
+from galaxy_assets.morphology.errors import MorphologyError
+from galaxy_assets.morphology.model import PRESETS, fit_normalization
+from galaxy_assets.morphology.train import TrainConfig, prepare_datasets, train_model
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from galaxy_assets.tracking import Tracker
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "DEFAULT_NS",
+    "DEFAULT_SIZES",
+    "PowerLawFit",
+    "ScalingPoint",
+    "ScalingReport",
+    "fit_power_law",
+    "nested_subset",
+    "run_scaling_point",
+    "run_sweep",
+    "scaling_report",
+]
+
+DEFAULT_NS: tuple[int, ...] = (500, 1000, 2000, 4000, 8000, 16000)
+DEFAULT_SIZES: tuple[str, ...] = tuple(PRESETS)  # tiny, small, base
+SUBSET_SALT = "galaxy-assets/morphology/scaling-order"
+N_REF = 1000.0  # N is scaled by this inside the fit (a is the excess loss at N = 1000)
+
+
+@dataclass
+class ScalingPoint:
+    """One trained (N, size) point. ``per_galaxy`` is the held-out NLL ``(n_val, n_questions)``
+    in the order of ``questions``, kept for paired bootstrap comparisons."""
+
+    n_labelled: int
+    model_size: str
+    n_parameters: int
+    val_loss: float
+    question_loss: dict[str, float]
+    questions: list[str]
+    per_galaxy: np.ndarray
+    val_fingerprint: str
+    seed: int = 0
+    train_seconds: float = 0.0
+    epochs_run: int = 0
+    best_epoch: int = 0
+    vote_mae: float = math.nan
+    run_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["per_galaxy"] = np.asarray(self.per_galaxy, dtype=np.float32).tolist()
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ScalingPoint:
+        d = dict(data)
+        d["per_galaxy"] = np.asarray(d["per_galaxy"], dtype=np.float32)
+        return cls(**d)
+
+
+@dataclass
+class PowerLawFit:
+    """``L(N) = a · (N / 1000)^(−alpha) + c`` for one model size, with 1σ errors.
+
+    ``form`` is ``"a*N^-alpha+c"`` or ``"a*N^-alpha"`` (c fixed at 0, too few points);
+    ``*_err`` come from the fit covariance (NaN when not estimable), ``alpha_boot_err`` from
+    a bootstrap over held-out galaxies.
+    """
+
+    model_size: str
+    n_parameters: int
+    n_points: int
+    form: str
+    a: float
+    alpha: float
+    c: float
+    a_err: float = math.nan
+    alpha_err: float = math.nan
+    c_err: float = math.nan
+    alpha_boot_err: float = math.nan
+    note: str = ""
+
+    def predict(self, n: np.ndarray | float) -> np.ndarray:
+        return self.a * (np.asarray(n, dtype=float) / N_REF) ** (-self.alpha) + self.c
+
+
+@dataclass
+class ScalingReport:
+    """Fits, table, plot and verdict of a sweep; ``metrics`` is flat (Dagster metadata)."""
+
+    fits: dict[str, PowerLawFit]
+    table: pl.DataFrame
+    markdown: str
+    figure: Figure
+    verdict: str
+    questions_helped: list[str] = field(default_factory=list)
+    questions_hurt: list[str] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- running
+def nested_subset(train: VoteDataset, n: int, salt: str = SUBSET_SALT) -> VoteDataset:
+    """The first ``n`` galaxies of ``train`` in hash order of object_id (nested in ``n``)."""
+    if n > len(train):
+        raise MorphologyError(
+            f"asked for N={n} labelled galaxies but the training split has only {len(train)}; "
+            "label more galaxies (a larger mock survey) or drop this N from the sweep"
+        )
+    order = np.argsort(hash_unit(train.object_ids, salt), kind="stable")
+    return train.subset(np.sort(order[:n]))
+
+
+def _size_config(
+    base: TrainConfig, size: str, n_train: int, min_steps: int, seed: int
+) -> TrainConfig:
+    steps_per_epoch = max(1, math.ceil(n_train / base.batch_size))
+    epochs = max(base.epochs, math.ceil(min_steps / steps_per_epoch))
+    return replace(base, preset=size, epochs=epochs, seed=seed)
+
+
+def run_scaling_point(
+    train: VoteDataset,
+    val: VoteDataset,
+    n_labelled: int,
+    model_size: str,
+    base_config: TrainConfig | None = None,
+    *,
+    norm: dict[str, list[float]] | None = None,
+    min_steps: int = 300,
+    seed: int = 0,
+    tracker: Tracker | None = None,
+    experiment: str = "morphology-scaling",
+) -> ScalingPoint:
+    """Train ``model_size`` on ``N = n_labelled`` nested training galaxies; score on ``val``.
+
+    ``min_steps`` raises the epoch count for small N so every point gets a comparable
+    number of optimizer steps (early stopping still applies). ``norm``: normalisation shared
+    by all points (default: fitted on the full ``train``). With ``tracker`` the point is
+    logged as a run of ``experiment`` (its id lands in ``run_id``).
+    """
+    base = base_config or TrainConfig()
+    subset = nested_subset(train, n_labelled)
+    cfg = _size_config(base, model_size, len(subset), min_steps, seed)
+    norm = norm or fit_normalization(train.images[: min(len(train), 512)].numpy())
+    t0 = time.perf_counter()
+    result = train_model(subset, val, cfg, norm=norm)
+    ev = result.evaluation
+    assert ev is not None
+    point = ScalingPoint(
+        n_labelled=int(n_labelled),
+        model_size=model_size,
+        n_parameters=int(result.metrics["n_parameters"]),
+        val_loss=float(ev.loss),
+        question_loss=dict(ev.question_loss),
+        questions=list(subset.tree.question_names),
+        per_galaxy=ev.per_galaxy.astype(np.float32),
+        val_fingerprint=result.val_fingerprint,
+        seed=seed,
+        train_seconds=time.perf_counter() - t0,
+        epochs_run=len(result.history),
+        best_epoch=int(result.metrics["best_epoch"]),
+        vote_mae=float(ev.mean_vote_mae),
+    )
+    log.info(
+        "scaling point N=%d %s: held-out loss %.4f (%d params, %.0f s)",
+        n_labelled,
+        model_size,
+        point.val_loss,
+        point.n_parameters,
+        point.train_seconds,
+    )
+    if tracker is not None:
+        with tracker.start_run(
+            experiment,
+            run_name=f"N{n_labelled}-{model_size}",
+            tags={
+                "n_labelled": n_labelled,
+                "model_size": model_size,
+                "val_fingerprint": point.val_fingerprint,
+            },
+        ) as run:
+            run.log_params(
+                {"n_labelled": n_labelled, "model_size": model_size, "train": cfg.to_dict()}
+            )
+            for rec in result.history:
+                run.log_metrics(
+                    {f"epoch/{k}": v for k, v in rec.items() if k not in ("epoch", "step")},
+                    step=int(rec["epoch"]),
+                )
+            run.log_metrics({**result.metrics, "n_labelled": n_labelled})
+        point.run_id = run.run_id
+    return point
+
+
+def run_sweep(
+    votes: VoteTable,
+    ns: Sequence[int] = DEFAULT_NS,
+    sizes: Sequence[str] = DEFAULT_SIZES,
+    base_config: TrainConfig | None = None,
+    *,
+    min_steps: int = 300,
+    seed: int = 0,
+    tracker: Tracker | None = None,
+    experiment: str = "morphology-scaling",
+) -> list[ScalingPoint]:
+    """Every (N, size) point of the grid, trained in this process (pixels read once)."""
+    base = base_config or TrainConfig()
+    train, val = prepare_datasets(votes, base)
+    too_big = [n for n in ns if n > len(train)]
+    if too_big:
+        raise MorphologyError(
+            f"N values {too_big} exceed the {len(train)} training galaxies; drop them or "
+            "label more galaxies"
+        )
+    norm = fit_normalization(train.images[: min(len(train), 512)].numpy())
+    points = []
+    for size in sizes:
+        for n in sorted(ns):
+            points.append(
+                run_scaling_point(
+                    train,
+                    val,
+                    n,
+                    size,
+                    base,
+                    norm=norm,
+                    min_steps=min_steps,
+                    seed=seed,
+                    tracker=tracker,
+                    experiment=experiment,
+                )
+            )
+    return points
+
+
+# --------------------------------------------------------------------------- fitting
+def _model_full(n: np.ndarray, a: float, alpha: float, c: float) -> np.ndarray:
+    return a * (n / N_REF) ** (-alpha) + c
+
+
+def _model_pure(n: np.ndarray, a: float, alpha: float) -> np.ndarray:
+    return a * (n / N_REF) ** (-alpha)
+
+
+def _fit(n: np.ndarray, loss: np.ndarray) -> tuple[str, np.ndarray, np.ndarray]:
+    """(form, params, 1σ errors); params are (a, alpha, c)."""
+    from scipy.optimize import curve_fit
+
+    nan3 = np.full(3, np.nan)
+    if len(n) >= 4:
+        c0 = 0.9 * float(loss.min())
+        a0 = max(float(loss.max()) - c0, 1e-3)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                p, cov = curve_fit(
+                    _model_full,
+                    n,
+                    loss,
+                    p0=(a0, 0.5, c0),
+                    bounds=([0.0, 0.0, 0.0], [np.inf, 4.0, np.inf]),
+                    maxfev=20000,
+                )
+            err = np.sqrt(np.clip(np.diag(cov), 0, None)) if np.all(np.isfinite(cov)) else nan3
+            return "a*N^-alpha+c", p, err
+        except (RuntimeError, ValueError) as exc:
+            log.warning("full power-law fit failed (%s); fitting a*N^-alpha", exc)
+    # log-log line: log L = log a' - alpha log(N / N_REF)
+    x = np.log(n / N_REF)
+    y = np.log(loss)
+    if len(n) == 2:
+        alpha = -(y[1] - y[0]) / (x[1] - x[0])
+        a = math.exp(y[0] + alpha * x[0])
+        return "a*N^-alpha", np.array([a, alpha, 0.0]), nan3
+    coef, cov = np.polyfit(x, y, 1, cov=True)
+    slope, icpt = coef
+    a = math.exp(icpt)
+    err = np.sqrt(np.clip(np.diag(cov), 0, None))
+    return "a*N^-alpha", np.array([a, -slope, 0.0]), np.array([a * err[1], err[0], np.nan])
+
+
+def fit_power_law(
+    n: Sequence[float],
+    loss: Sequence[float],
+    *,
+    model_size: str = "",
+    n_parameters: int = 0,
+) -> PowerLawFit:
+    """Fit ``L(N)`` to held-out losses at labelled-set sizes ``n`` (at least two distinct N)."""
+    n_arr = np.asarray(n, dtype=float)
+    l_arr = np.asarray(loss, dtype=float)
+    ok = np.isfinite(n_arr) & np.isfinite(l_arr) & (n_arr > 0) & (l_arr > 0)
+    n_arr, l_arr = n_arr[ok], l_arr[ok]
+    if len(np.unique(n_arr)) < 2:
+        raise MorphologyError(
+            f"model size {model_size!r}: a scaling fit needs held-out losses at two or more "
+            f"labelled-set sizes, got N={sorted(set(n_arr.tolist()))}; add N values to the sweep"
+        )
+    order = np.argsort(n_arr)
+    form, p, err = _fit(n_arr[order], l_arr[order])
+    note = (
+        ""
+        if form == "a*N^-alpha+c"
+        else (f"{len(np.unique(n_arr))} N values: c fixed at 0 (four or more needed to fit c)")
+    )
+    return PowerLawFit(
+        model_size,
+        n_parameters,
+        len(n_arr),
+        form,
+        float(p[0]),
+        float(p[1]),
+        float(p[2]),
+        float(err[0]),
+        float(err[1]),
+        float(err[2]),
+        note=note,
+    )
+
+
+def _boot_alpha(points: list[ScalingPoint], n_boot: int, rng: np.random.Generator) -> float:
+    """Std of alpha over bootstrap resamples of the held-out galaxies (same for all N)."""
+    mats = [p.per_galaxy.sum(axis=1) for p in points]
+    if len({len(m) for m in mats}) != 1 or len(points) < 2:
+        return math.nan
+    n_val = len(mats[0])
+    stack = np.stack(mats)  # (points, n_val)
+    ns = np.array([p.n_labelled for p in points], dtype=float)
+    alphas = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, n_val, n_val)
+        losses = stack[:, idx].mean(axis=1)
+        try:
+            _, pb, _ = _fit(ns, losses)
+            alphas.append(pb[1])
+        except Exception:  # a degenerate resample
+            continue
+    return float(np.std(alphas)) if len(alphas) > 2 else math.nan
+
+
+def _paired_diff(
+    big: np.ndarray, small: np.ndarray, n_boot: int, rng: np.random.Generator
+) -> tuple[float, float, float]:
+    """Mean of big - small and its 95% bootstrap interval (paired over galaxies)."""
+    d = big - small
+    means = np.array([d[rng.integers(0, len(d), len(d))].mean() for _ in range(n_boot)])
+    return float(d.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+# --------------------------------------------------------------------------- report
+def scaling_report(
+    points: Sequence[ScalingPoint],
+    *,
+    n_boot: int = 300,
+    seed: int = 0,
+) -> ScalingReport:
+    """Fit, tabulate, plot and judge a sweep (see the module docstring)."""
+    points = list(points)
+    if not points:
+        raise MorphologyError("no scaling points: run the sweep's partitions first")
+    fps = {p.val_fingerprint for p in points}
+    if len(fps) > 1:
+        raise MorphologyError(
+            f"the scaling points were scored on {len(fps)} different held-out sets; rerun the "
+            "sweep's partitions against the same vote table and split"
+        )
+    rng = np.random.default_rng(seed)
+    sizes = sorted(
+        {p.model_size for p in points},
+        key=lambda s: min(q.n_parameters for q in points if q.model_size == s),
+    )
+    fits: dict[str, PowerLawFit] = {}
+    for size in sizes:
+        pts = sorted((p for p in points if p.model_size == size), key=lambda p: p.n_labelled)
+        try:
+            fit = fit_power_law(
+                [p.n_labelled for p in pts],
+                [p.val_loss for p in pts],
+                model_size=size,
+                n_parameters=pts[0].n_parameters,
+            )
+        except MorphologyError as exc:
+            log.warning("%s", exc)
+            continue
+        fit.alpha_boot_err = _boot_alpha(pts, n_boot, rng)
+        fits[size] = fit
+
+    rows = [
+        {
+            "n_labelled": p.n_labelled,
+            "model_size": p.model_size,
+            "n_parameters": p.n_parameters,
+            "val_loss": p.val_loss,
+            "vote_mae": p.vote_mae,
+            "epochs_run": p.epochs_run,
+            "train_seconds": p.train_seconds,
+            "seed": p.seed,
+        }
+        for p in points
+    ]
+    table = pl.DataFrame(rows).sort(["model_size", "n_labelled"])
+
+    # --- do more parameters help?
+    small_name, big_name = sizes[0], sizes[-1]
+    common = sorted(
+        {p.n_labelled for p in points if p.model_size == small_name}
+        & {p.n_labelled for p in points if p.model_size == big_name}
+    )
+    verdict_lines: list[str] = []
+    helped: list[str] = []
+    hurt: list[str] = []
+    metrics: dict[str, float] = {}
+    if len(sizes) < 2 or not common:
+        verdict = "Only one model size (or no shared N): cannot say whether parameters help."
+    else:
+        n_top = common[-1]
+        pb = next(p for p in points if p.model_size == big_name and p.n_labelled == n_top)
+        ps = next(p for p in points if p.model_size == small_name and p.n_labelled == n_top)
+        d, lo, hi = _paired_diff(pb.per_galaxy.sum(1), ps.per_galaxy.sum(1), n_boot, rng)
+        metrics.update(
+            {"loss_diff_big_minus_small": d, "loss_diff_ci_low": lo, "loss_diff_ci_high": hi}
+        )
+        if hi < 0:
+            verdict = (
+                f"More parameters help: at N={n_top}, {big_name} ({pb.n_parameters:,} "
+                f"params) has held-out loss {pb.val_loss:.3f} vs {small_name}'s "
+                f"{ps.val_loss:.3f} (difference {d:+.3f}, 95% CI [{lo:+.3f}, {hi:+.3f}])."
+            )
+        elif lo > 0:
+            verdict = (
+                f"More parameters hurt at this data size: at N={n_top}, {big_name} has "
+                f"held-out loss {pb.val_loss:.3f} vs {small_name}'s {ps.val_loss:.3f} "
+                f"(difference {d:+.3f}, 95% CI [{lo:+.3f}, {hi:+.3f}]); the larger model "
+                "is data-limited (or under-trained)."
+            )
+        else:
+            verdict = (
+                f"No significant effect of parameters at N={n_top}: {big_name} "
+                f"{pb.val_loss:.3f} vs {small_name} {ps.val_loss:.3f} (difference "
+                f"{d:+.3f}, 95% CI [{lo:+.3f}, {hi:+.3f}])."
+            )
+        for j, q in enumerate(pb.questions):
+            dq, loq, hiq = _paired_diff(pb.per_galaxy[:, j], ps.per_galaxy[:, j], n_boot, rng)
+            metrics[f"loss_diff/{q}"] = dq
+            if hiq < 0:
+                helped.append(q)
+            elif loq > 0:
+                hurt.append(q)
+            verdict_lines.append(
+                f"| {q} | {ps.question_loss.get(q, math.nan):.3f} | "
+                f"{pb.question_loss.get(q, math.nan):.3f} | {dq:+.3f} "
+                f"[{loq:+.3f}, {hiq:+.3f}] |"
+            )
+        verdict += (
+            f" Per question, {big_name} is better for: {', '.join(helped) or 'none'}; "
+            f"worse for: {', '.join(hurt) or 'none'}."
+        )
+    for size, fit in fits.items():
+        metrics[f"alpha/{size}"] = fit.alpha
+        metrics[f"alpha_err/{size}"] = fit.alpha_err
+        metrics[f"c/{size}"] = fit.c
+
+    markdown = _markdown(points, sizes, fits, verdict, verdict_lines, small_name, big_name, common)
+    figure = _figure(points, sizes, fits)
+    return ScalingReport(
+        fits=fits,
+        table=table,
+        markdown=markdown,
+        figure=figure,
+        verdict=verdict,
+        questions_helped=helped,
+        questions_hurt=hurt,
+        metrics=metrics,
+    )
+
+
+def _fmt(v: float, err: float) -> str:
+    return f"{v:.3g} ± {err:.2g}" if math.isfinite(err) else f"{v:.3g}"
+
+
+def _markdown(
+    points: list[ScalingPoint],
+    sizes: list[str],
+    fits: dict[str, PowerLawFit],
+    verdict: str,
+    qlines: list[str],
+    small: str,
+    big: str,
+    common: list[int],
+) -> str:
+    params = {s: next(p.n_parameters for p in points if p.model_size == s) for s in sizes}
+    ns = sorted({p.n_labelled for p in points})
+    by = {(p.n_labelled, p.model_size): p for p in points}
+    out = [
+        "## Held-out loss by labelled images and model size",
+        "",
+        "Held-out Dirichlet-Multinomial loss per galaxy (summed over questions); lower is "
+        "better. Same held-out galaxies for every cell.",
+        "",
+        "| N labelled | " + " | ".join(f"{s} ({params[s] / 1e6:.2f} M)" for s in sizes) + " |",
+        "|---:|" + "---:|" * len(sizes),
+    ]
+    for n in ns:
+        cells = [f"{by[(n, s)].val_loss:.3f}" if (n, s) in by else "–" for s in sizes]
+        out.append(f"| {n} | " + " | ".join(cells) + " |")
+    out += [
+        "",
+        "## Power-law fits  L(N) = a·(N/1000)^(−α) + c",
+        "",
+        "| model | params | points | form | α (fit) | α (bootstrap σ) | a | c |",
+        "|---|---:|---:|---|---:|---:|---:|---:|",
+    ]
+    for s, f in fits.items():
+        out.append(
+            f"| {s} | {f.n_parameters:,} | {f.n_points} | {f.form} | "
+            f"{_fmt(f.alpha, f.alpha_err)} | "
+            f"{f.alpha_boot_err:.2g} | {_fmt(f.a, f.a_err)} | {_fmt(f.c, f.c_err)} |"
+        )
+    notes = sorted({f.note for f in fits.values() if f.note})
+    if notes:
+        out += [""] + [f"*{n}*" for n in notes]
+    out += ["", "## Do more parameters help?", "", verdict, ""]
+    if qlines:
+        out += [
+            f"Per question at N={common[-1]} (loss per galaxy; difference {big} − {small}, "
+            "95% paired bootstrap interval):",
+            "",
+            f"| question | {small} | {big} | difference |",
+            "|---|---:|---:|---|",
+            *qlines,
+            "",
+        ]
+    return "\n".join(out)
+
+
+def _figure(points: list[ScalingPoint], sizes: list[str], fits: dict[str, PowerLawFit]) -> Figure:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.0, 4.2), layout="constrained")
+    ax = fig.add_subplot(1, 1, 1)
+    colors = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown"]
+    for k, size in enumerate(sizes):
+        pts = sorted((p for p in points if p.model_size == size), key=lambda p: p.n_labelled)
+        x = np.array([p.n_labelled for p in pts], dtype=float)
+        y = np.array([p.val_loss for p in pts])
+        col = colors[k % len(colors)]
+        label = f"{size} ({pts[0].n_parameters / 1e6:.2f} M)"
+        if size in fits:
+            f = fits[size]
+            grid = np.geomspace(x.min() * 0.8, x.max() * 1.25, 100)
+            ax.plot(grid, f.predict(grid), color=col, lw=1.2, alpha=0.8)
+            err = f"±{f.alpha_err:.2f}" if math.isfinite(f.alpha_err) else ""
+            label += f", α={f.alpha:.2f}{err}"
+        ax.plot(x, y, "o", color=col, label=label)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("labelled galaxies N")
+    ax.set_ylabel("held-out loss per galaxy")
+    ax.set_title("Morphology encoder scaling")
+    ax.legend(fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
+    return fig

@@ -1,0 +1,163 @@
+"""Training end to end on a tiny mock survey: result, MLflow registry, reload, divergence."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from galaxy_assets.morphology.data import votes_from_truth
+from galaxy_assets.morphology.predict import predict_manifest, predict_shard, prediction_columns
+from galaxy_assets.morphology.train import (
+    REGISTERED_NAME,
+    TrainConfig,
+    TrainingDiverged,
+    prepare_datasets,
+    register_encoder,
+    train_model,
+)
+
+TINY = dict(
+    preset="tiny", image_size=32, epochs=2, batch_size=16, max_steps=6, eval_batch_size=64, seed=7
+)
+
+
+@pytest.fixture(scope="module")
+def datasets(tiny_survey):
+    votes = votes_from_truth(tiny_survey.manifest)
+    return prepare_datasets(votes, TrainConfig(**TINY))
+
+
+@pytest.fixture(scope="module")
+def result(datasets):
+    train, val = datasets
+    events: list[dict] = []
+    res = train_model(train, val, TrainConfig(**TINY), callback=events.append)
+    res.events = events  # type: ignore[attr-defined]
+    return res
+
+
+def test_training_returns_a_model_and_metrics(result, datasets):
+    train, val = datasets
+    m = result.metrics
+    assert math.isfinite(m["val_loss"]) and m["n_train"] == len(train) and m["n_val"] == len(val)
+    assert m["steps"] == 6 and len(result.history) == 2 and len(result.events) == 2
+    assert {"val_loss/merging", "val_vote_mae/has-spiral-arms", "train_loss"} <= set(
+        result.history[0]
+    )
+    assert result.figure is not None and len(result.figure.axes) == 6
+    assert "| merging |" in result.summary_markdown()
+    model = result.build_model()
+    assert model.config.norm is not None and model.config.preset == "tiny"
+
+
+def test_training_is_deterministic_for_a_seed(result, datasets):
+    again = train_model(*datasets, TrainConfig(**TINY))
+    assert all(torch.equal(result.state_dict[k], again.state_dict[k]) for k in result.state_dict)
+
+
+def test_diverging_training_stops_with_a_clear_error(datasets, monkeypatch):
+    import galaxy_assets.morphology.train as train_mod
+
+    train, val = datasets
+    cfg = TrainConfig(**{**TINY, "lr": 1e38, "max_steps": 10, "grad_clip": 1e38})
+    with pytest.raises(TrainingDiverged, match=r"diverged at epoch .*Lower lr.*no model"):
+        train_model(train, val, cfg)
+
+    real = train_mod.dirichlet_multinomial_nll
+    calls = {"n": 0}
+
+    def nan_on_third_call(*args, **kwargs):
+        calls["n"] += 1
+        out = real(*args, **kwargs)
+        return out * float("nan") if calls["n"] == 3 else out
+
+    monkeypatch.setattr(train_mod, "dirichlet_multinomial_nll", nan_on_third_call)
+    with pytest.raises(TrainingDiverged, match=r"step 3: the loss is nan.*last finite batch loss"):
+        train_model(train, val, TrainConfig(**TINY))
+
+
+def test_register_promote_and_reload_in_a_fresh_process(result, datasets, tracker, tmp_path):
+    _, val = datasets
+    reg = register_encoder(tracker, result, val_data=val, run_name="tiny")
+    assert reg.version == 1 and reg.promoted and reg.reason.startswith("no champion")
+    mv = tracker.get_alias_version(REGISTERED_NAME, "champion")
+    assert mv is not None and int(mv.version) == 1
+    run = tracker.client.get_run(reg.run_id)
+    assert run.data.metrics["val_loss"] == pytest.approx(result.metrics["val_loss"])
+    assert "val_loss/merging" in run.data.metrics
+    arts = {a.path for a in tracker.client.list_artifacts(reg.run_id)}
+    assert {"model", "plots", "summary.md"} <= arts
+    history = tracker.client.get_metric_history(reg.run_id, "epoch/val_loss")
+    assert [h.step for h in history] == [1, 2]
+
+    # the same model again: not better than the champion, so the alias stays
+    reg2 = register_encoder(tracker, result, val_data=val)
+    assert reg2.version == 2 and not reg2.promoted and "stays" in reg2.reason
+    assert int(tracker.get_alias_version(REGISTERED_NAME, "champion").version) == 1
+
+    expected = tmp_path / "expected.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in result.state_dict.items()}, str(expected))
+    script = textwrap.dedent(f"""
+        import json, sys, torch
+        import galaxy_assets
+        from safetensors.torch import load_file
+        from galaxy_assets.tracking import Tracker
+        t = Tracker({tracker.tracking_uri!r}, {str(tracker.artifact_root)!r})
+        model, config = t.load_torch_model({REGISTERED_NAME!r}, "champion")
+        want = load_file({str(expected)!r})
+        got = model.state_dict()
+        same = set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)
+        x = torch.linspace(0, 1, 2 * 4 * 32 * 32).reshape(2, 4, 32, 32)
+        print(json.dumps({{"same": same, "type": type(model).__name__,
+                          "training": model.training, "preset": config["preset"],
+                          "out": model(x).sum().item()}}))
+    """)
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=240, env=env
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out == {
+        **out,
+        "same": True,
+        "type": "MorphologyModel",
+        "training": False,
+        "preset": "tiny",
+    }
+    local = result.build_model()
+    x = torch.linspace(0, 1, 2 * 4 * 32 * 32).reshape(2, 4, 32, 32)
+    with torch.no_grad():
+        assert out["out"] == pytest.approx(local(x).sum().item(), rel=1e-6)
+
+
+def test_predictions_for_a_shard(result, tiny_survey):
+    model = result.build_model()
+    uri = tiny_survey.manifest["shard_uri"][0]
+    rows = tiny_survey.manifest.filter(pl.col("shard_uri") == uri)["row"].to_list()
+    frame = predict_shard(model, uri, rows=rows, embeddings=True, batch_size=7)
+    assert frame.height == len(rows) and frame["row"].to_list() == sorted(rows)
+    for col in ("p_smooth", "p_featured", "p_edge_on", "p_bar", "p_spiral", "p_merger"):
+        assert frame[col].is_between(0, 1).all()
+    assert set(prediction_columns(model.tree)) <= set(frame.columns)
+    s = (
+        frame["vf_smooth_or_featured_smooth"]
+        + frame["vf_smooth_or_featured_featured_or_disk"]
+        + frame["vf_smooth_or_featured_artifact"]
+    )
+    assert np.allclose(s.to_numpy(), 1.0, atol=1e-5)
+    assert frame["embedding"].dtype == pl.Array(pl.Float32, model.embedding_dim)
+    everything = predict_manifest(model, tiny_survey.manifest)
+    assert everything.height == tiny_survey.manifest.height
+    assert set(everything["object_id"]) == set(tiny_survey.manifest["object_id"])

@@ -1,0 +1,117 @@
+"""The scaling sweep (power-law fits, report) and the transfer report on tiny data."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import polars as pl
+import pytest
+
+from galaxy_assets.morphology import MorphologyError
+from galaxy_assets.morphology.data import votes_from_truth
+from galaxy_assets.morphology.scaling import (
+    ScalingPoint,
+    fit_power_law,
+    run_sweep,
+    scaling_report,
+)
+from galaxy_assets.morphology.train import TrainConfig, train_morphology
+from galaxy_assets.morphology.transfer import (
+    TransferConfig,
+    roc_auc,
+    run_transfer,
+    top_block_parameters,
+)
+
+TINY = dict(image_size=32, epochs=1, batch_size=16, max_steps=3, eval_batch_size=64)
+
+
+def test_power_law_fit_recovers_the_exponent():
+    rng = np.random.default_rng(0)
+    n = np.array([500, 1000, 2000, 4000, 8000, 16000], dtype=float)
+    loss = 30.0 * (n / 1000) ** -0.4 + 20.0
+    fit = fit_power_law(n, loss * (1 + rng.normal(0, 0.002, n.size)))
+    assert fit.form == "a*N^-alpha+c"
+    assert fit.alpha == pytest.approx(0.4, abs=0.06) and fit.c == pytest.approx(20, abs=2)
+    assert math.isfinite(fit.alpha_err) and fit.alpha_err < 0.1
+    two = fit_power_law([1000, 4000], [50.0, 40.0])
+    assert two.form == "a*N^-alpha" and two.alpha == pytest.approx(math.log(50 / 40) / math.log(4))
+    assert "c fixed at 0" in two.note
+    with pytest.raises(MorphologyError, match="two or more"):
+        fit_power_law([1000, 1000], [3.0, 2.0])
+
+
+def test_report_judges_parameters_per_question():
+    rng = np.random.default_rng(1)
+    qs = ["q1", "q2"]
+    pts = []
+    for size, params, gain in (("small", 1000, 0.0), ("big", 9000, 1.0)):
+        for n in (100, 200, 400, 800):
+            base = 10 * (n / 1000) ** -0.3
+            pg = np.stack([base + rng.normal(0, 0.3, 300), base - gain + rng.normal(0, 0.3, 300)], 1)
+            pts.append(ScalingPoint(n, size, params, float(pg.sum(1).mean()),
+                                    dict(zip(qs, pg.mean(0).tolist(), strict=True)), qs,
+                                    pg.astype(np.float32), "fp"))
+    rep = scaling_report(pts, n_boot=100)
+    assert rep.questions_helped == ["q2"] and rep.questions_hurt == []
+    assert rep.verdict.startswith("More parameters help")
+    assert set(rep.fits) == {"small", "big"} and rep.fits["small"].form == "a*N^-alpha+c"
+    assert ScalingPoint.from_dict(pts[0].to_dict()).per_galaxy.shape == (300, 2)
+    with pytest.raises(MorphologyError, match="different held-out sets"):
+        scaling_report([*pts, ScalingPoint(50, "small", 1000, 1.0, {}, qs, pg, "other")])
+
+
+def test_tiny_two_by_two_sweep_reports_a_fitted_exponent(tiny_survey, tracker):
+    votes = votes_from_truth(tiny_survey.manifest)
+    points = run_sweep(votes, ns=(24, 48), sizes=("tiny", "small"),
+                       base_config=TrainConfig(**TINY), min_steps=0, tracker=tracker)
+    assert len(points) == 4 and all(p.run_id for p in points)
+    rep = scaling_report(points, n_boot=50)
+    assert set(rep.fits) == {"tiny", "small"}
+    assert all(math.isfinite(f.alpha) for f in rep.fits.values())
+    assert "α" in rep.markdown and "| 24 |" in rep.markdown and "| 48 |" in rep.markdown
+    assert f"{rep.fits['tiny'].alpha:.3g}" in rep.markdown
+    assert rep.table.height == 4 and len(rep.figure.axes) == 1
+    assert "alpha/tiny" in rep.metrics
+    with pytest.raises(MorphologyError, match="exceed"):
+        run_sweep(votes, ns=(10_000,), sizes=("tiny",), base_config=TrainConfig(**TINY))
+
+
+def test_transfer_on_tiny_data_returns_a_table(tiny_survey):
+    votes = votes_from_truth(tiny_survey.manifest)
+    model = train_morphology(votes, TrainConfig(preset="tiny", **TINY)).build_model()
+    cfg = TransferConfig(label="is_spiral", fractions=(0.2, 1.0), seeds=(0, 1), steps=2,
+                         batch_size=16, min_positives=1)
+    rep = run_transfer(model, tiny_survey.manifest, cfg)
+    # linear probe and finetune for both encoders, scratch for random only
+    assert rep.results.height == 2 * 2 * 5
+    assert set(rep.results["method"]) == {"linear_probe", "finetune_top", "scratch"}
+    assert rep.results["auc"].is_between(0, 1).all()
+    assert rep.summary.height == 2 * 5 and "auc_std" in rep.summary.columns
+    assert "| pretrained | linear_probe |" in rep.markdown and "% labels" in rep.markdown
+    assert rep.n_test_positive > 0 and len(rep.figure.axes) == 1
+    with pytest.raises(MorphologyError, match="no label column 'is_unicorn'"):
+        run_transfer(model, tiny_survey.manifest, TransferConfig(label="is_unicorn"))
+
+
+def test_auc_and_top_blocks():
+    assert roc_auc(np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8])) == 0.75
+    assert math.isnan(roc_auc(np.zeros(3), np.arange(3)))
+    import timm
+
+    net = timm.create_model("resnet10t", num_classes=0, channels=[8, 8, 8, 8], stem_width=8)
+    top = top_block_parameters(net)
+    assert top and all(n.startswith("layer4.") for n in top)
+    conv = timm.create_model("convnext_atto", num_classes=0)
+    names = top_block_parameters(conv)
+    assert names[0].startswith("stages.3.") and any(n.startswith("head.norm") for n in names)
+
+
+def test_transfer_without_positives_is_refused(tiny_survey):
+    from galaxy_assets.morphology.model import build_model, preset_config
+
+    truth = tiny_survey.manifest.select("object_id").with_columns(pl.lit(False).alias("is_lens"))
+    model = build_model(preset_config("tiny", image_size=32))
+    with pytest.raises(MorphologyError, match="positives on both sides"):
+        run_transfer(model, tiny_survey.manifest, TransferConfig(label="is_lens"), truth=truth)
