@@ -425,6 +425,36 @@ class Tracker:
             raise
         self.client.set_terminated(handle.run_id, status="FINISHED")
 
+    def log_report(
+        self,
+        experiment: str,
+        run_name: str,
+        *,
+        markdown: str | None = None,
+        figures: Mapping[str, Any] | None = None,
+        metrics: Mapping[str, float] | None = None,
+        params: Mapping[str, Any] | None = None,
+        tables: Mapping[str, Any] | None = None,
+        tags: Mapping[str, Any] | None = None,
+    ) -> str:
+        """One run holding a report: ``report.md``, ``plots/<name>.png`` per figure, metrics,
+        params and ``tables/<name>.csv`` per polars/pandas frame. Returns the run id."""
+        with self.start_run(experiment, run_name=run_name, tags=tags) as run:
+            if params:
+                run.log_params(params)
+            if metrics:
+                run.log_metrics(metrics)
+            if markdown is not None:
+                run.log_markdown(markdown, "report.md")
+            for name, fig in (figures or {}).items():
+                run.log_figure(fig, f"plots/{name}.png")
+            for name, frame in (tables or {}).items():
+                csv = (
+                    frame.write_csv() if hasattr(frame, "write_csv") else frame.to_csv(index=False)
+                )
+                run.log_text(csv, f"tables/{name}.csv")
+        return run.run_id
+
     def run_metrics(self, run_id: str) -> dict[str, float]:
         """Latest value of every metric of a run."""
         return dict(self.client.get_run(run_id).data.metrics)

@@ -58,6 +58,21 @@ def test_runs_log_params_metrics_figures_and_markdown(tracker, tmp_path):
     assert (art / "plots" / "curve.png").read_bytes()[:4] == b"\x89PNG"
     assert (art / "report.md").read_text() == "# hello\n"
 
+    import polars as pl
+
+    rid = tracker.log_report(
+        "reports",
+        "scaling",
+        markdown="| a |\n",
+        figures={"fit": fig},
+        metrics={"alpha": 0.3},
+        tables={"points": pl.DataFrame({"n": [1]})},
+    )
+    rart = Path(tracker.client.get_run(rid).info.artifact_uri.removeprefix("file://"))
+    assert (rart / "report.md").is_file() and (rart / "plots" / "fit.png").is_file()
+    assert (rart / "tables" / "points.csv").read_text().startswith("n\n1")
+    assert tracker.run_metrics(rid) == {"alpha": 0.3}
+
     with pytest.raises(RuntimeError, match="boom"), tracker.start_run("exp-a") as failing:
         raise RuntimeError("boom")
     assert tracker.client.get_run(failing.run_id).info.status == "FAILED"

@@ -6,7 +6,12 @@ from dagster_polars import DataFramePartitions
 
 from galaxy_assets.defs.metadata import figure_metadata, scalar_metadata
 from galaxy_assets.defs.partitions import shard_partitions
-from galaxy_assets.defs.resources import ComputeResource, HomeResource, MLflowResource
+from galaxy_assets.defs.resources import (
+    ComputeResource,
+    HomeResource,
+    MLflowResource,
+    SurveyResource,
+)
 from galaxy_assets.morphology.data import votes_from_catalogue, votes_from_truth
 from galaxy_assets.morphology.model import DEFAULT_PRESET
 from galaxy_assets.morphology.predict import predict_shard
@@ -33,7 +38,7 @@ class MorphologyTrainConfig(dg.Config):
 def morphology_encoder(
     context: dg.AssetExecutionContext, config: MorphologyTrainConfig,
     raw_cutouts: DataFramePartitions, home: HomeResource, compute: ComputeResource,
-    mlflow: MLflowResource,
+    mlflow: MLflowResource, survey: SurveyResource,
 ) -> pl.DataFrame:
     """Trains an encoder on Galaxy Zoo vote counts (Dirichlet-Multinomial loss per question),
     registers a version of `morphology-encoder`, and moves `champion` only when its held-out
@@ -44,6 +49,8 @@ def morphology_encoder(
              else votes_from_truth(manifest))
     train_config = TrainConfig(
         preset=config.preset, epochs=config.epochs, batch_size=config.batch_size,
+        bands=tuple(survey.bands),
+        image_size=survey.cutout_size or int(manifest["height"].min()),
         time_budget_s=config.time_budget_s, seed=config.seed,
         device=compute.torch_device(), dtype=compute.dtype,
     )

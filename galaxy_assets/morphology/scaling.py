@@ -148,9 +148,19 @@ def nested_subset(train: VoteDataset, n: int, salt: str = SUBSET_SALT) -> VoteDa
 def _size_config(
     base: TrainConfig, size: str, n_train: int, min_steps: int, seed: int
 ) -> TrainConfig:
-    steps_per_epoch = max(1, math.ceil(n_train / base.batch_size))
+    """Epochs raised so small N still get ``min_steps`` steps; patience and the earliest
+    stop scaled alike, so early stopping judges the same amount of training at every N."""
+    steps_per_epoch = max(1, n_train // base.batch_size)
     epochs = max(base.epochs, math.ceil(min_steps / steps_per_epoch))
-    return replace(base, preset=size, epochs=epochs, seed=seed)
+    scale = epochs / max(base.epochs, 1)
+    return replace(
+        base,
+        preset=size,
+        epochs=epochs,
+        seed=seed,
+        patience=max(base.patience, round(base.patience * scale)),
+        min_epochs=max(base.min_epochs, round(base.min_epochs * scale)),
+    )
 
 
 def run_scaling_point(

@@ -97,7 +97,9 @@ class TrainConfig:
     """Settings of one training run (JSON-able with :meth:`to_dict`).
 
     ``preset``: ``tiny`` | ``small`` | ``base`` or any timm name; ``epochs``: the maximum;
-    ``patience``: epochs without held-out improvement before stopping; ``max_steps``: cap
+    ``patience``: epochs without held-out improvement before stopping (never before
+    ``min_epochs``: early held-out losses are noisy while BatchNorm statistics settle);
+    ``max_steps``: cap
     on optimizer steps (tests); ``time_budget_s``: stop after this many seconds of
     training (the best epoch so far is kept); ``device``: ``cpu``, ``cuda``, ``cuda:N``,
     ``mps`` or ``auto``; ``dtype``: ``float32``, ``bfloat16``, ``float16`` (autocast);
@@ -113,6 +115,7 @@ class TrainConfig:
     weight_decay: float = 0.05
     warmup_epochs: float = 0.5
     patience: int = 3
+    min_epochs: int = 4
     min_delta: float = 1e-3
     dropout: float = 0.2
     grad_clip: float = 5.0
@@ -557,7 +560,7 @@ def train_model(
             if step >= total_steps and epoch + 1 < config.epochs:
                 stop_reason, stopped_early = f"reached max_steps={total_steps}", True
                 break
-            if bad_epochs >= config.patience:
+            if bad_epochs >= config.patience and epoch + 1 >= config.min_epochs:
                 stop_reason = f"no held-out improvement for {config.patience} epochs"
                 stopped_early = True
                 break

@@ -43,7 +43,7 @@ def test_demo_with_one_corrupt_shard(isolated_home):
     with pytest.raises(OSError):
         h5py.File(bad, "r")
 
-    proc = _demo(home.root, "--n", "200", "--size", "48", "--seed", "3", "--captions", "60")
+    proc = _demo(home.root, "--n", "200", "--size", "48", "--seed", "3", "--captions", "120")
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1, out[-4000:]  # one shard failed
     bad_key = shard_key(home.mock_survey, bad)
@@ -62,12 +62,22 @@ def test_demo_with_one_corrupt_shard(isolated_home):
         assert frame.height + rejected.height == truth[shard], key  # complete
         assert frame["object_id"].n_unique() == frame.height
 
+    # the rest of the graph ran on the good shards: captions, encoder, aligner, vectors
+    assert "captions: 120 (120 new" in out
+    assert "morphology_job: ok" in out and "aligner_job: ok" in out
+    assert "search_vectors_job: ok" in out
+    vectors = list((home.parquet / "search_vectors").glob("*.parquet"))
+    assert len(vectors) == len(shards) - 1
+    assert (home.mlflow / "mlflow.db").exists()
+
     # the runs are in the persistent Dagster instance in the home
     assert (home.dagster / "dagster.yaml").exists()
     assert any((home.dagster / "storage").iterdir())
 
     # rerun: nothing is simulated again, good shards are not rematerialized
-    again = _demo(home.root, "--n", "200", "--size", "48", "--seed", "3", "--captions", "60")
+    again = _demo(home.root, "--n", "200", "--size", "48", "--seed", "3", "--captions", "120")
     out2 = again.stdout + again.stderr
     assert "reusing 200 galaxies" in out2
     assert "materializing raw_cutouts for 1" in out2  # only the failed shard is retried
+    assert "captions: 120 (0 new, 120 reused" in out2
+    assert "reusing the registered model" in out2
