@@ -14,6 +14,11 @@ from galaxy_assets.defs.captioning import (
     vlm_captions,
 )
 from galaxy_assets.defs.morphology import morphology_encoder, morphology_predictions
+from galaxy_assets.defs.morphology_reports import (
+    morphology_scaling_point,
+    morphology_scaling_report,
+    morphology_transfer_report,
+)
 from galaxy_assets.defs.partitions import shard_partitions
 from galaxy_assets.defs.resources import default_resources
 from galaxy_assets.defs.survey import raw_cutouts, survey_job, survey_shards_sensor
@@ -39,7 +44,8 @@ search_vectors_job = dg.define_asset_job(
 defs = dg.Definitions(
     assets=[
         raw_cutouts, caption_sample, vlm_captions, caption_embeddings,
-        morphology_encoder, morphology_predictions,
+        morphology_encoder, morphology_predictions, morphology_scaling_point,
+        morphology_scaling_report, morphology_transfer_report,
         image_embeddings, aligned_model, search_vectors,
     ],
     jobs=[survey_job, captions_job, morphology_job, shard_embeddings_job, aligner_job,
