@@ -3,10 +3,10 @@ and the rare-class transfer report."""
 
 import json
 
+import dagster as dg
 import polars as pl
 from dagster_polars import DataFramePartitions
 
-import dagster as dg
 from galaxy_assets.defs.metadata import figure_metadata, scalar_metadata
 from galaxy_assets.defs.morphology import ALL_SHARDS
 from galaxy_assets.defs.resources import (

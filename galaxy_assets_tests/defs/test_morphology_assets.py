@@ -3,10 +3,10 @@ registered, predictions are made per shard, two sweep partitions feed a scaling 
 
 from __future__ import annotations
 
+import dagster as dg
 import pytest
 from dagster_polars import PolarsParquetIOManager
 
-import dagster as dg
 from galaxy_assets.defs.morphology import morphology_encoder, morphology_predictions
 from galaxy_assets.defs.morphology_reports import (
     morphology_scaling_point,
