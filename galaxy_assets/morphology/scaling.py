@@ -79,6 +79,7 @@ class ScalingPoint:
     epochs_run: int = 0
     best_epoch: int = 0
     vote_mae: float = math.nan
+    baseline_loss: float = math.nan  # held-out loss of the best constant prediction
     run_id: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -205,6 +206,7 @@ def run_scaling_point(
         epochs_run=len(result.history),
         best_epoch=int(result.metrics["best_epoch"]),
         vote_mae=float(ev.mean_vote_mae),
+        baseline_loss=float(result.metrics.get("baseline_val_loss", math.nan)),
     )
     log.info(
         "scaling point N=%d %s: held-out loss %.4f (%d params, %.0f s)",
@@ -540,7 +542,12 @@ def _markdown(
         "## Held-out loss by labelled images and model size",
         "",
         "Held-out Dirichlet-Multinomial loss per galaxy (summed over questions); lower is "
-        "better. Same held-out galaxies for every cell.",
+        "better. Same held-out galaxies for every cell."
+        + (
+            f" The best constant prediction (no pixels) scores {float(np.median(base)):.3f}."
+            if (base := [p.baseline_loss for p in points if math.isfinite(p.baseline_loss)])
+            else ""
+        ),
         "",
         "| N labelled | " + " | ".join(f"{s} ({params[s] / 1e6:.2f} M)" for s in sizes) + " |",
         "|---:|" + "---:|" * len(sizes),
@@ -597,8 +604,20 @@ def _figure(points: list[ScalingPoint], sizes: list[str], fits: dict[str, PowerL
             err = f"±{f.alpha_err:.2f}" if math.isfinite(f.alpha_err) else ""
             label += f", α={f.alpha:.2f}{err}"
         ax.plot(x, y, "o", color=col, label=label)
+    base = [p.baseline_loss for p in points if math.isfinite(p.baseline_loss)]
+    if base:
+        ax.axhline(
+            float(np.median(base)), color="0.5", ls=":", lw=1, label="best constant prediction"
+        )
     ax.set_xscale("log")
     ax.set_yscale("log")
+    from matplotlib.ticker import FormatStrFormatter
+
+    ax.yaxis.set_major_formatter(FormatStrFormatter("%.1f"))
+    ax.yaxis.set_minor_formatter(FormatStrFormatter("%.1f"))
+    ax.xaxis.set_major_formatter(FormatStrFormatter("%d"))
+    ax.xaxis.set_minor_formatter(FormatStrFormatter("%d"))
+    ax.tick_params(which="minor", labelsize=7)
     ax.set_xlabel("labelled galaxies N")
     ax.set_ylabel("held-out loss per galaxy")
     ax.set_title("Morphology encoder scaling")

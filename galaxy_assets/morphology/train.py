@@ -201,6 +201,7 @@ class TrainResult:
     stopped_early: bool = False
     stop_reason: str = ""
     evaluation: Evaluation | None = None
+    val_data: VoteDataset | None = field(default=None, repr=False)  # held-out set (in memory)
 
     def build_model(self, device: str = "cpu") -> MorphologyModel:
         """The trained model (eval mode) on ``device``."""
@@ -321,19 +322,14 @@ def vote_fraction_figure(evaluation: Evaluation, tree: DecisionTree, title: str 
     return fig
 
 
-def constant_baseline(
-    train: VoteDataset,
-    val: VoteDataset,
-    low: float = 1.0,
-    high: float = 101.0,
-    max_galaxies: int = 2000,
-) -> float:
-    """Held-out loss of the best *constant* prediction: one concentration vector fitted by
-    maximum likelihood (L-BFGS) to the training votes, the same for every galaxy. A model
-    that does not beat it has learned nothing from the pixels."""
-    ranges = train.tree.answer_index_ranges()
-    counts = train.counts[:max_galaxies]
-    theta = torch.zeros(train.tree.n_answers, dtype=torch.float64, requires_grad=True)
+def fit_constant_logits(
+    data: VoteDataset, low: float = 1.0, high: float = 101.0, max_galaxies: int = 2000
+) -> torch.Tensor:
+    """Head logits ``(n_answers,)`` of the best *constant* prediction: one concentration
+    vector fitted by maximum likelihood (L-BFGS) to the votes of ``data``."""
+    ranges = data.tree.answer_index_ranges()
+    counts = data.counts[:max_galaxies].double()
+    theta = torch.zeros(data.tree.n_answers, dtype=torch.float64, requires_grad=True)
     # the optimum often sits at the lower bound (sigmoid saturation): many iterations
     opt = torch.optim.LBFGS(
         [theta],
@@ -347,13 +343,27 @@ def constant_baseline(
     def closure() -> torch.Tensor:
         opt.zero_grad()
         conc = (low + (high - low) * torch.sigmoid(theta)).expand(len(counts), -1)
-        loss = dirichlet_multinomial_nll(counts.double(), conc, ranges).sum(dim=1).mean()
+        loss = dirichlet_multinomial_nll(counts, conc, ranges).sum(dim=1).mean()
         loss.backward()
         return loss
 
     opt.step(closure)
+    return theta.detach().float()
+
+
+def constant_baseline(
+    train: VoteDataset,
+    val: VoteDataset,
+    low: float = 1.0,
+    high: float = 101.0,
+    logits: torch.Tensor | None = None,
+) -> float:
+    """Held-out loss of the best constant prediction fitted on ``train`` (or of ``logits``).
+    A model that does not beat it has learned nothing from the pixels."""
+    theta = logits if logits is not None else fit_constant_logits(train, low, high)
     with torch.no_grad():
         conc = concentrations_from_logits(theta, low, high).expand(len(val), -1)
+        ranges = val.tree.answer_index_ranges()
         return float(dirichlet_multinomial_nll(val.counts, conc, ranges).sum(dim=1).mean())
 
 
@@ -429,6 +439,13 @@ def train_model(
     )
     mcfg.norm = norm or fit_normalization(train.images[: min(len(train), 512)].numpy())
     model = build_model(mcfg, seed=config.seed, checkpoint=config.init_checkpoint, device=device)
+    # Start the head at the best constant prediction (the volunteers' average answer and
+    # spread): otherwise the first hundreds of steps only learn the global concentration scale,
+    # which small labelled sets cannot afford.
+    prior = fit_constant_logits(train, mcfg.min_concentration, mcfg.max_concentration)
+    with torch.no_grad():
+        model.head[1].bias.copy_(prior.clamp(-6.0, 6.0))
+        model.head[1].weight.mul_(0.1)
     n_params = count_parameters(model)
     ranges = model.ranges
     drop_last = len(train) > config.batch_size  # no tiny last batch (BatchNorm noise)
@@ -583,7 +600,9 @@ def train_model(
         "wall_seconds": time.perf_counter() - t_start,
         "train_images_per_s": images_seen / train_seconds if train_seconds > 0 else math.nan,
     }
-    baseline = constant_baseline(train, val, mcfg.min_concentration, mcfg.max_concentration)
+    baseline = constant_baseline(
+        train, val, mcfg.min_concentration, mcfg.max_concentration, logits=prior
+    )
     metrics["baseline_val_loss"] = baseline
     metrics["val_loss_vs_baseline"] = best_loss / baseline if baseline > 0 else math.nan
     title = f"{mcfg.preset or mcfg.backbone}: held-out vote fractions (epoch {best_epoch})"
@@ -600,6 +619,7 @@ def train_model(
         stopped_early=stopped_early,
         stop_reason=stop_reason,
         evaluation=best_eval,
+        val_data=val,
     )
 
 
@@ -637,10 +657,11 @@ def register_encoder(
     """Log ``result`` as an MLflow run, register a version, and maybe move ``alias``.
 
     ``alias`` moves to the new version when there is no holder yet, or when the new model's
-    held-out loss is lower than the holder's. With ``val_data`` (the held-out set just
-    trained against) the holder is re-evaluated on it, so both losses are measured on the same
-    galaxies; without it, the holder's logged ``val_loss`` is compared, which is only fair
-    when its ``val_fingerprint`` tag matches (the reason says when it does not).
+    held-out loss is lower than the holder's. The holder is re-evaluated on ``val_data``
+    (default: the held-out set ``result`` was trained against, ``result.val_data``), so both
+    losses are measured on the same galaxies; when neither is available, the holder's logged
+    ``val_loss`` is compared, which is only fair when its ``val_fingerprint`` tag matches (the
+    reason says when it does not).
     """
     tags = {
         **(tags or {}),
@@ -677,6 +698,7 @@ def register_encoder(
             "val_fingerprint": result.val_fingerprint,
         },
     )
+    val_data = val_data if val_data is not None else result.val_data
     candidate = float(result.metrics["val_loss"])
     current = tracker.get_alias_version(registered_name, alias)
     champ_v = int(current.version) if current is not None else None

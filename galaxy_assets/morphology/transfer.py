@@ -464,7 +464,7 @@ def _report(
             lines.append(
                 f"at {100 * frac:g}% of labels the best pretrained approach reaches AUC "
                 f"{best_pre:.3f} vs {best_rand:.3f} without pretraining "
-                f"({100 * red:+.0f}% change in 1−AUC)"
+                f"(1−AUC {'reduced' if red >= 0 else 'increased'} by {abs(100 * red):.0f}%)"
             )
         lp, ft = get("pretrained", "linear_probe", frac), get("pretrained", "finetune_top", frac)
         if math.isfinite(lp) and math.isfinite(ft):

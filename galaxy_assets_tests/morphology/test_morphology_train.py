@@ -75,10 +75,13 @@ def test_diverging_training_stops_with_a_clear_error(datasets, monkeypatch):
     real = train_mod.dirichlet_multinomial_nll
     calls = {"n": 0}
 
-    def nan_on_third_call(*args, **kwargs):
-        calls["n"] += 1
-        out = real(*args, **kwargs)
-        return out * float("nan") if calls["n"] == 3 else out
+    def nan_on_third_call(counts, conc, ranges):  # NaN in the third training step's loss
+        out = real(counts, conc, ranges)
+        if conc.requires_grad and conc.dtype == torch.float32:  # not the prior fit, not eval
+            calls["n"] += 1
+            if calls["n"] == 3:
+                return out * float("nan")
+        return out
 
     monkeypatch.setattr(train_mod, "dirichlet_multinomial_nll", nan_on_third_call)
     with pytest.raises(TrainingDiverged, match=r"step 3: the loss is nan.*last finite batch loss"):
@@ -100,8 +103,9 @@ def test_register_promote_and_reload_in_a_fresh_process(result, datasets, tracke
     assert [h.step for h in history] == [1, 2]
 
     # the same model again: not better than the champion, so the alias stays
-    reg2 = register_encoder(tracker, result, val_data=val)
+    reg2 = register_encoder(tracker, result)  # held-out set defaults to result.val_data
     assert reg2.version == 2 and not reg2.promoted and "stays" in reg2.reason
+    assert reg2.champion_loss == pytest.approx(reg2.candidate_loss)  # re-scored on same galaxies
     assert int(tracker.get_alias_version(REGISTERED_NAME, "champion").version) == 1
 
     expected = tmp_path / "expected.safetensors"

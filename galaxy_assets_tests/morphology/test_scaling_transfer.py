@@ -49,10 +49,21 @@ def test_report_judges_parameters_per_question():
     for size, params, gain in (("small", 1000, 0.0), ("big", 9000, 1.0)):
         for n in (100, 200, 400, 800):
             base = 10 * (n / 1000) ** -0.3
-            pg = np.stack([base + rng.normal(0, 0.3, 300), base - gain + rng.normal(0, 0.3, 300)], 1)
-            pts.append(ScalingPoint(n, size, params, float(pg.sum(1).mean()),
-                                    dict(zip(qs, pg.mean(0).tolist(), strict=True)), qs,
-                                    pg.astype(np.float32), "fp"))
+            pg = np.stack(
+                [base + rng.normal(0, 0.3, 300), base - gain + rng.normal(0, 0.3, 300)], 1
+            )
+            pts.append(
+                ScalingPoint(
+                    n,
+                    size,
+                    params,
+                    float(pg.sum(1).mean()),
+                    dict(zip(qs, pg.mean(0).tolist(), strict=True)),
+                    qs,
+                    pg.astype(np.float32),
+                    "fp",
+                )
+            )
     rep = scaling_report(pts, n_boot=100)
     assert rep.questions_helped == ["q2"] and rep.questions_hurt == []
     assert rep.verdict.startswith("More parameters help")
@@ -64,8 +75,14 @@ def test_report_judges_parameters_per_question():
 
 def test_tiny_two_by_two_sweep_reports_a_fitted_exponent(tiny_survey, tracker):
     votes = votes_from_truth(tiny_survey.manifest)
-    points = run_sweep(votes, ns=(24, 48), sizes=("tiny", "small"),
-                       base_config=TrainConfig(**TINY), min_steps=0, tracker=tracker)
+    points = run_sweep(
+        votes,
+        ns=(24, 48),
+        sizes=("tiny", "small"),
+        base_config=TrainConfig(**TINY),
+        min_steps=0,
+        tracker=tracker,
+    )
     assert len(points) == 4 and all(p.run_id for p in points)
     rep = scaling_report(points, n_boot=50)
     assert set(rep.fits) == {"tiny", "small"}
@@ -81,8 +98,14 @@ def test_tiny_two_by_two_sweep_reports_a_fitted_exponent(tiny_survey, tracker):
 def test_transfer_on_tiny_data_returns_a_table(tiny_survey):
     votes = votes_from_truth(tiny_survey.manifest)
     model = train_morphology(votes, TrainConfig(preset="tiny", **TINY)).build_model()
-    cfg = TransferConfig(label="is_spiral", fractions=(0.2, 1.0), seeds=(0, 1), steps=2,
-                         batch_size=16, min_positives=1)
+    cfg = TransferConfig(
+        label="is_spiral",
+        fractions=(0.2, 1.0),
+        seeds=(0, 1),
+        steps=2,
+        batch_size=16,
+        min_positives=1,
+    )
     rep = run_transfer(model, tiny_survey.manifest, cfg)
     # linear probe and finetune for both encoders, scratch for random only
     assert rep.results.height == 2 * 2 * 5
