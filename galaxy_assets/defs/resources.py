@@ -82,7 +82,7 @@ class CaptionerResource(dg.ConfigurableResource):
     image_size: int | None = None
     concurrency: int = 4
     request_budget: int | None = None
-    workers: int = 2
+    workers: int = 1
     batch_size: int = 32
 
     @property

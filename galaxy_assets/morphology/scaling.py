@@ -611,12 +611,13 @@ def _figure(points: list[ScalingPoint], sizes: list[str], fits: dict[str, PowerL
         )
     ax.set_xscale("log")
     ax.set_yscale("log")
-    from matplotlib.ticker import FormatStrFormatter
+    from matplotlib.ticker import FormatStrFormatter, NullLocator
 
     ax.yaxis.set_major_formatter(FormatStrFormatter("%.1f"))
     ax.yaxis.set_minor_formatter(FormatStrFormatter("%.1f"))
-    ax.xaxis.set_major_formatter(FormatStrFormatter("%d"))
-    ax.xaxis.set_minor_formatter(FormatStrFormatter("%d"))
+    ns = sorted({p.n_labelled for p in points})
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticks(ns, [str(n) for n in ns])
     ax.tick_params(which="minor", labelsize=7)
     ax.set_xlabel("labelled galaxies N")
     ax.set_ylabel("held-out loss per galaxy")
