@@ -81,7 +81,7 @@ def caption_galaxies(
             _, failures = results_to_frames(
                 results, captioner.backend, captioner.model_id, captioner.prompt_sha
             )
-            store.add(_no_captions(), failures)
+            store.add(None, failures)
             run.attempted += len(ids)
             run.failed += len(ids)
             run.failure_reasons["shard unreadable"] = run.failure_reasons.get(
@@ -110,12 +110,6 @@ def caption_galaxies(
                 if progress:
                     progress(len(results))
     return run
-
-
-def _no_captions() -> pl.DataFrame:
-    from galaxy_assets.captioning.store import CAPTION_SCHEMA
-
-    return pl.DataFrame(schema=CAPTION_SCHEMA)
 
 
 def _caption_batch(

@@ -82,11 +82,13 @@ class CaptionStore:
         done = set(have.to_list())
         return [oid for oid in object_ids if oid not in done]
 
-    def add(self, captions: pl.DataFrame, failures: pl.DataFrame | None = None) -> None:
+    def add(self, captions: pl.DataFrame | None, failures: pl.DataFrame | None = None) -> None:
         """Upsert captions on (object_id, model, prompt_sha); append failures.
 
         A galaxy that now has a caption loses its earlier failure rows for the same key.
         """
+        if captions is None:
+            captions = pl.DataFrame(schema=CAPTION_SCHEMA)
         captions = captions.select(list(CAPTION_SCHEMA)).cast(CAPTION_SCHEMA)
         if captions.height:
             merged = pl.concat([self.captions(), captions]).unique(

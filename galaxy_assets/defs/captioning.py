@@ -20,13 +20,14 @@ from galaxy_assets.settings import load_settings
 from galaxy_assets.survey.truth import load_truth
 from galaxy_assets.tables import to_markdown
 
+_CAPTIONER = load_settings().captioner  # read once, when the definitions load
 # A local VLM runs on the GPU: one such step per GPU at a time (the `gpu` pool).
-CAPTION_POOL = "gpu" if load_settings().captioner.backend in LOCAL_BACKENDS else None
+CAPTION_POOL = "gpu" if _CAPTIONER.backend in LOCAL_BACKENDS else None
 
 
 class CaptionSampleConfig(dg.Config):
-    n: int = load_settings().captioner.sample_size
-    seed: int = load_settings().captioner.sample_seed
+    n: int = _CAPTIONER.sample_size
+    seed: int = _CAPTIONER.sample_seed
 
 
 @dg.asset(

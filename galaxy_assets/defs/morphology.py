@@ -14,7 +14,7 @@ from galaxy_assets.defs.resources import (
 )
 from galaxy_assets.morphology.data import votes_from_catalogue, votes_from_truth
 from galaxy_assets.morphology.model import DEFAULT_PRESET
-from galaxy_assets.morphology.predict import predict_shard
+from galaxy_assets.morphology.predict import load_encoder, predict_shard
 from galaxy_assets.morphology.train import TrainConfig, register_encoder, train_morphology
 
 ALL_SHARDS = dg.AssetIn(
@@ -80,15 +80,13 @@ def morphology_predictions(
 ) -> pl.DataFrame:
     """Expected Galaxy Zoo vote fractions (p_smooth, p_featured, p_spiral, p_merger…) for every
     galaxy of the shard, from `morphology-encoder@champion`."""
-    tracker = mlflow.tracker(home.home())
-    version = tracker.resolve_version("morphology-encoder", "champion")
-    model, _ = tracker.load_torch_model("morphology-encoder", version.version)
+    model, version = load_encoder(mlflow.tracker(home.home()), "champion")
     uri = raw_cutouts["shard_uri"][0]
     predictions = predict_shard(
         model, uri, rows=raw_cutouts["row"].to_list(), batch_size=compute.batch_size,
         device=compute.torch_device(), dtype=compute.dtype,
     )
     context.add_output_metadata({
-        "galaxies": predictions.height, "encoder_version": f"morphology-encoder/v{version.version}",
+        "galaxies": predictions.height, "encoder_version": f"morphology-encoder/v{version}",
     })
-    return predictions.with_columns(pl.lit(f"morphology-encoder/v{version.version}").alias("encoder"))
+    return predictions.with_columns(pl.lit(f"morphology-encoder/v{version}").alias("encoder"))

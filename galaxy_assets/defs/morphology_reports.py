@@ -16,6 +16,7 @@ from galaxy_assets.defs.resources import (
     SurveyResource,
 )
 from galaxy_assets.morphology.data import votes_from_truth
+from galaxy_assets.morphology.predict import load_encoder
 from galaxy_assets.morphology.scaling import (
     DEFAULT_NS,
     DEFAULT_SIZES,
@@ -102,8 +103,7 @@ def morphology_transfer_report(
 ) -> pl.DataFrame:
     """Rare-class transfer with few labels: linear probe, finetuned top blocks and training
     from scratch at 1%, 10% and 100% of the labels, pretrained vs random-init encoders."""
-    tracker = mlflow.tracker(home.home())
-    model, _ = tracker.load_torch_model("morphology-encoder", "champion")
+    model, _ = load_encoder(mlflow.tracker(home.home()), "champion")
     report = run_transfer(model, pl.concat(list(raw_cutouts.values())), TransferConfig(
         label=config.label, steps=config.steps, seeds=tuple(config.seeds),
         device=compute.torch_device(), dtype=compute.dtype))
