@@ -1,6 +1,13 @@
 """The one Definitions object that workspace.yaml (and ``dagster dev``) loads."""
 
-import dagster as dg
+import os
+
+# Run workers import this module before torch loads OpenMP. With the default (active)
+# wait policy, idle OpenMP threads spin and two runs on a small CPU slow each other down
+# several-fold (benchmarks/RESULTS.md, morphology training); a user's setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import dagster as dg  # noqa: E402
 
 from galaxy_assets.defs.alignment import (
     aligned_model,

@@ -383,9 +383,18 @@ class Tracker:
             os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
             from mlflow import MlflowClient
 
-            self._client = MlflowClient(
-                tracking_uri=self.tracking_uri, registry_uri=self.registry_uri
-            )
+            # Opening the stores creates or migrates a SQLite database; two run processes
+            # doing that at once fail ("duplicate column name"), so building the client and
+            # its first touch of the stores are serialised across processes by a lock file
+            # beside the database.
+            other = self.registry_uri if self.registry_uri != self.tracking_uri else ""
+            with _sqlite_init_lock(self.tracking_uri), _sqlite_init_lock(other):
+                client = MlflowClient(
+                    tracking_uri=self.tracking_uri, registry_uri=self.registry_uri
+                )
+                client.search_experiments(max_results=1)
+                client.search_registered_models(max_results=1)
+            self._client = client
         return self._client
 
     def __repr__(self) -> str:
@@ -402,8 +411,17 @@ class Tracker:
                     "(mlflow experiments restore) or use another experiment name"
                 )
             return exp.experiment_id
+        from mlflow.exceptions import MlflowException
+
         location = _file_uri(self.artifact_root / name)
-        return self.client.create_experiment(name, artifact_location=location)
+        try:
+            return self.client.create_experiment(name, artifact_location=location)
+        except MlflowException:
+            # another process created it between the lookup and the create
+            exp = self.client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+            return exp.experiment_id
 
     @contextmanager
     def start_run(
@@ -489,7 +507,10 @@ class Tracker:
         try:
             self.client.get_registered_model(registered_name)
         except MlflowException:
-            self.client.create_registered_model(registered_name)
+            try:
+                self.client.create_registered_model(registered_name)
+            except MlflowException:
+                self.client.get_registered_model(registered_name)  # created by another process
         mv = self.client.create_model_version(
             registered_name,
             source=source,
@@ -680,6 +701,27 @@ class Tracker:
             )
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def _sqlite_init_lock(uri: str) -> Iterator[None]:
+    """An exclusive inter-process lock on ``<db>.lock`` for a ``sqlite:///`` URI (no-op for
+    other stores and where ``fcntl`` is missing)."""
+    path = _sqlite_path(uri)
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks; concurrent first runs may race
+        fcntl = None  # type: ignore[assignment]
+    if path is None or fcntl is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _sqlite_path(uri: str) -> Path | None:

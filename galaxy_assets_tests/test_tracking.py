@@ -147,3 +147,34 @@ def test_errors_name_the_model_and_what_to_do(tracker, tiny_model, tmp_path):
         fh.write(b"\x00\x01\x02\x03")
     with pytest.raises(TrackingError, match="checksum"):
         tracker.load_torch_model("enc", version)
+
+
+_CONCURRENT_FIRST_RUN = """
+import sys
+from galaxy_assets.tracking import Tracker
+t = Tracker(sys.argv[1], sys.argv[2])
+with t.start_run("race", run_name=sys.argv[3]) as run:
+    run.log_metrics({"a": 1.0}, step=0)
+"""
+
+
+def test_concurrent_first_runs_share_a_new_sqlite_store(tmp_path):
+    """Two run processes opening a fresh SQLite store at once both succeed (its creation and
+    migration are serialised by a lock file; unguarded, one fails with 'duplicate column')."""
+    import subprocess
+    import sys
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _CONCURRENT_FIRST_RUN, uri, str(tmp_path / "art"), f"p{i}"],
+            stderr=subprocess.PIPE, text=True,
+        )
+        for i in range(3)
+    ]
+    errors = [p.communicate(timeout=240)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], errors
+    runs = Tracker(uri, tmp_path / "art").client.search_runs(
+        [Tracker(uri, tmp_path / "art").experiment_id("race")]
+    )
+    assert sorted(r.info.run_name for r in runs) == ["p0", "p1", "p2"]

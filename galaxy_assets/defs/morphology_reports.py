@@ -58,7 +58,19 @@ def morphology_scaling_point(
                        image_size=survey.cutout_size or int(manifest["height"].min()),
                        device=compute.torch_device(), dtype=compute.dtype)
     train, val = prepare_datasets(votes_from_truth(manifest), base)
-    point = run_scaling_point(train, val, int(keys["n_labelled"]), keys["model_size"], base,
+    n_labelled = int(keys["n_labelled"])
+    if n_labelled > len(train):
+        # The grid is fixed (partition keys must be), the survey is not: a point the survey
+        # cannot supply is recorded as skipped, and the report says which were.
+        reason = (f"N={n_labelled} exceeds the {len(train)} labelled galaxies of the training "
+                  "split; simulate a larger survey (galaxy-assets simulate --n …) or point "
+                  "the survey at more labelled shards to run this point")
+        context.log.warning(f"scaling point skipped: {reason}")
+        context.add_output_metadata({"skipped": True, "reason": reason})
+        return pl.DataFrame([{"n_labelled": n_labelled, "model_size": keys["model_size"],
+                              "val_loss": None, "point": ""}],
+                            schema_overrides={"val_loss": pl.Float64})
+    point = run_scaling_point(train, val, n_labelled, keys["model_size"], base,
                               min_steps=config.min_steps, seed=config.seed,
                               tracker=mlflow.tracker(home.home()))
     context.add_output_metadata({"val_loss": point.val_loss, "n_parameters": point.n_parameters,
@@ -77,11 +89,13 @@ def morphology_scaling_report(
 ) -> pl.DataFrame:
     """Fits held-out loss = a·N^(−α) + c per model size (with uncertainties) over the sweep's
     points, with a log-log plot, a Markdown table and a verdict on whether size helps."""
-    frames = list(morphology_scaling_point.values())
-    points = [ScalingPoint.from_dict(json.loads(p)) for f in frames for p in f["point"]]
+    rows = pl.concat(list(morphology_scaling_point.values()), how="diagonal_relaxed")
+    points = [ScalingPoint.from_dict(json.loads(p)) for p in rows["point"] if p]
+    skipped = rows.filter(pl.col("point") == "").select("n_labelled", "model_size")
     report = scaling_report(points)
     context.add_output_metadata({
         **scalar_metadata(report.metrics), "verdict": report.verdict,
+        "skipped_points": dg.MetadataValue.md(to_markdown(skipped) if skipped.height else "none"),
         "report": dg.MetadataValue.md(report.markdown),
         **figure_metadata(report.figure, home.home().reports / "morphology_scaling.png"),
     })

@@ -67,11 +67,14 @@ def test_encoder_predictions_and_sweep(isolated_home, tmp_path):
 
         config = {"ops": {"morphology_scaling_point": {"config": {
             "epochs": 1, "min_steps": 1, "max_steps": 3, "batch_size": 32}}}}
-        for n in ("500", "1000"):
+        for n in ("500", "1000", "16000"):  # 16000 > the 1400-galaxy survey: skipped
             pk = dg.MultiPartitionKey({"n_labelled": n, "model_size": "tiny"})
-            dg.materialize([raw_cutouts, morphology_scaling_point],
-                           selection=[morphology_scaling_point], partition_key=pk,
-                           instance=instance, resources=resources, run_config=config)
+            point = dg.materialize([raw_cutouts, morphology_scaling_point],
+                                   selection=[morphology_scaling_point], partition_key=pk,
+                                   instance=instance, resources=resources, run_config=config)
+            point_meta = point.asset_materializations_for_node(
+                "morphology_scaling_point")[0].metadata
+            assert ("skipped" in point_meta) == (n == "16000")
         report = dg.materialize(
             [raw_cutouts, morphology_scaling_point, morphology_scaling_report],
             selection=[morphology_scaling_report], instance=instance, resources=resources,
@@ -80,3 +83,4 @@ def test_encoder_predictions_and_sweep(isolated_home, tmp_path):
         assert table.height >= 2
         meta = report.asset_materializations_for_node("morphology_scaling_report")[0].metadata
         assert "alpha" in meta["report"].value and "plot" in meta
+        assert "16000" in meta["skipped_points"].value
