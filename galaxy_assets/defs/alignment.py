@@ -6,7 +6,7 @@ from dagster_polars import DataFramePartitions
 
 from galaxy_assets.alignment.model import load_aligner, project_shard
 from galaxy_assets.alignment.train import register_aligner, train_aligner
-from galaxy_assets.defs.metadata import scalar_metadata
+from galaxy_assets.defs.metadata import reusable_output, scalar_metadata
 from galaxy_assets.defs.partitions import shard_partitions
 from galaxy_assets.defs.resources import (
     ComputeResource,
@@ -16,23 +16,41 @@ from galaxy_assets.defs.resources import (
     TextEmbedderResource,
 )
 from galaxy_assets.embedding.image import EmbedStats, embed_shard, open_shard_for
+from galaxy_assets.survey.manifest import shard_fingerprint
+
+
+class ImageEmbeddingsConfig(dg.Config):
+    force: bool = False  # re-embed even when the shard and the encoder are unchanged
 
 
 @dg.asset(group_name="search", partitions_def=shard_partitions, pool="gpu",
           deps=["morphology_encoder"], kinds={"pytorch", "polars"})
 def image_embeddings(
-    context: dg.AssetExecutionContext, raw_cutouts: pl.DataFrame, home: HomeResource,
-    compute: ComputeResource, mlflow: MLflowResource, image_encoder: ImageEncoderResource,
+    context: dg.AssetExecutionContext, config: ImageEmbeddingsConfig, raw_cutouts: pl.DataFrame,
+    home: HomeResource, compute: ComputeResource, mlflow: MLflowResource,
+    image_encoder: ImageEncoderResource,
 ) -> pl.DataFrame:
     """Unit vectors of the frozen image encoder for every galaxy of the shard (object_id,
-    encoder, vector), streamed in batches."""
+    encoder, vector), streamed in batches. The previous vectors are reused when neither the
+    shard (its fingerprint) nor the encoder (id and version) changed."""
     encoder = image_encoder.build(compute, mlflow.tracker(home.home()))
+    fingerprint = shard_fingerprint(raw_cutouts)
+    previous = None if config.force else reusable_output(
+        context, home.home().parquet / "image_embeddings" / f"{context.partition_key}.parquet",
+        encoder=encoder.encoder_id, shard_fingerprint=fingerprint)
+    if previous is not None:
+        context.log.info(f"shard and encoder {encoder.encoder_id} unchanged: vectors reused")
+        context.add_output_metadata({"galaxies": previous.height, "encoder": encoder.encoder_id,
+                                     "dim": encoder.dim, "shard_fingerprint": fingerprint,
+                                     "reused": True})
+        return previous
     stats = EmbedStats()
     with open_shard_for(encoder, raw_cutouts["shard_uri"][0]) as reader:
         vectors = embed_shard(reader, encoder, stats=stats)
     vectors = vectors.join(raw_cutouts.select("object_id"), on="object_id", how="semi")
     context.add_output_metadata({"galaxies": vectors.height, "encoder": encoder.encoder_id,
-                                 "dim": encoder.dim, **scalar_metadata(stats.as_metadata())})
+                                 "dim": encoder.dim, "shard_fingerprint": fingerprint,
+                                 "reused": False, **scalar_metadata(stats.as_metadata())})
     return vectors
 
 

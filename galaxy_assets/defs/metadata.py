@@ -7,6 +7,7 @@ import io
 from pathlib import Path
 
 import dagster as dg
+import polars as pl
 
 
 def figure_metadata(figure, path: Path) -> dict[str, dg.MetadataValue]:
@@ -30,3 +31,28 @@ def scalar_metadata(values: dict) -> dict[str, object]:
         if isinstance(value, bool | int | float | str):
             out[str(key).replace("/", "__")] = value
     return out
+
+
+def reusable_output(
+    context: dg.AssetExecutionContext, path: Path, **expected: str
+) -> pl.DataFrame | None:
+    """The asset partition's previous output, read from ``path`` (where the Parquet IO manager
+    wrote it), when its last materialization recorded exactly ``expected`` in its metadata
+    (e.g. the encoder id and the shard fingerprint); None when anything differs or is missing.
+    """
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(
+            asset_key=context.asset_key,
+            asset_partitions=[context.partition_key] if context.has_partition_key else None,
+        ),
+        limit=1,
+    ).records
+    if not records or not path.is_file():
+        return None
+    materialization = records[0].asset_materialization
+    metadata = materialization.metadata if materialization else {}
+    for key, want in expected.items():
+        got = metadata.get(key)
+        if got is None or str(getattr(got, "value", got)) != str(want):
+            return None
+    return pl.read_parquet(path)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,7 +35,14 @@ from galaxy_assets.survey.mmu import healpix_from_path
 
 log = logging.getLogger(__name__)
 
-__all__ = ["HEALPIX_NSIDE", "HEALPIX_ORDER", "ManifestResult", "build_manifest", "healpix_of"]
+__all__ = [
+    "HEALPIX_NSIDE",
+    "HEALPIX_ORDER",
+    "ManifestResult",
+    "build_manifest",
+    "healpix_of",
+    "shard_fingerprint",
+]
 
 # HEALPix grid used when a shard's path names no ``healpix=N`` cell (MMU partitions at 16).
 HEALPIX_NSIDE = 16
@@ -313,3 +321,26 @@ def build_manifest(
         )
     log.info("%s: manifest of %d galaxies", shard, frame.height)
     return result
+
+
+def shard_fingerprint(manifest: pl.DataFrame) -> str:
+    """A short hash that changes when a shard's content may have changed: its manifest rows
+    (object_id, row, shard_uri) and the size and modification time of each shard file.
+
+    Assets that derive per-galaxy outputs from pixels (``image_embeddings``) compare it with
+    the one recorded at their last materialization to skip work that would give the same
+    result. A URI that is not a local file contributes its text only.
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    cols = manifest.select("object_id", "row", "shard_uri").sort("object_id")
+    for uri in sorted(set(cols["shard_uri"].to_list())):
+        digest.update(uri.encode())
+        path = Path(uri.removeprefix("file://"))
+        if path.exists():
+            st = path.stat()
+            digest.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+    for column in ("object_id", "row"):
+        digest.update(cols[column].cast(pl.Utf8).str.join("\x1f").item().encode())
+    return digest.hexdigest()[:16]

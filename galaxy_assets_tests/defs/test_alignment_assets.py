@@ -1,0 +1,62 @@
+"""image_embeddings through Dagster: vectors are reused while the shard and the encoder are
+unchanged, and recomputed when forced or when the shard file changes."""
+
+from __future__ import annotations
+
+import os
+
+import dagster as dg
+import pytest
+from dagster_polars import PolarsParquetIOManager
+
+from galaxy_assets.defs.alignment import image_embeddings
+from galaxy_assets.defs.partitions import shard_partitions
+from galaxy_assets.defs.resources import (
+    ComputeResource,
+    HomeResource,
+    ImageEncoderResource,
+    MLflowResource,
+    SurveyResource,
+)
+from galaxy_assets.defs.survey import raw_cutouts
+from galaxy_assets_tests.defs.test_caption_assets import BANDS, _survey
+
+KEY = "healpix=0__001-of-001"
+
+
+def _embed(instance, resources, force=False):
+    result = dg.materialize(
+        [raw_cutouts, image_embeddings], selection=[image_embeddings], partition_key=KEY,
+        instance=instance, resources=resources,
+        run_config={"ops": {"image_embeddings": {"config": {"force": force}}}},
+    )
+    meta = result.asset_materializations_for_node("image_embeddings")[0].metadata
+    return result.output_for_node("image_embeddings"), meta["reused"].value
+
+
+@pytest.mark.slow
+def test_image_embeddings_are_reused_until_the_shard_or_encoder_changes(isolated_home, tmp_path):
+    root = tmp_path / "survey"
+    _survey(root, n=12)
+    resources = {
+        "home": HomeResource(root=str(isolated_home)),
+        "survey": SurveyResource(roots=[str(root)], bands=BANDS, cutout_size=0),
+        "compute": ComputeResource(device="cpu", batch_size=8),
+        "mlflow": MLflowResource(),
+        "image_encoder": ImageEncoderResource(kind="timm", name="resnet10t", batch_size=8),
+        "io_manager": PolarsParquetIOManager(base_dir=str(isolated_home / "parquet")),
+    }
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(shard_partitions.name, [KEY])
+        dg.materialize([raw_cutouts], partition_key=KEY, instance=instance, resources=resources)
+        first, reused = _embed(instance, resources)
+        assert not reused and first.height == 12
+        second, reused = _embed(instance, resources)
+        assert reused and second.equals(first)
+        _, reused = _embed(instance, resources, force=True)
+        assert not reused
+        shard = root / "healpix=0" / "001-of-001.hdf5"
+        os.utime(shard, ns=(shard.stat().st_atime_ns, shard.stat().st_mtime_ns + 10**9))
+        dg.materialize([raw_cutouts], partition_key=KEY, instance=instance, resources=resources)
+        _, reused = _embed(instance, resources)
+        assert not reused  # the shard file changed: re-embedded
