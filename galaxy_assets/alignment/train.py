@@ -48,7 +48,7 @@ from galaxy_assets.alignment.data import (
 )
 from galaxy_assets.alignment.errors import AlignmentError
 from galaxy_assets.alignment.loss import contrastive_loss
-from galaxy_assets.alignment.metrics import retrieval_metrics
+from galaxy_assets.alignment.metrics import equivalent_caption_recall, retrieval_metrics
 from galaxy_assets.alignment.model import (
     CODE_REF,
     REGISTERED_NAME,
@@ -273,6 +273,7 @@ def _validate(
     zi = torch.cat(zi_all)[:eval_max]
     zt = torch.cat(zt_all)[:eval_max]
     metrics = retrieval_metrics(zi, zt)
+    metrics.update(equivalent_caption_recall(zt, zi, text[: zt.shape[0]]))
     metrics["loss"] = total / max(weight, 1)
     return metrics
 

@@ -16,7 +16,11 @@ from galaxy_assets.alignment.loss import (
     clip_loss,
     contrastive_loss,
 )
-from galaxy_assets.alignment.metrics import ranks_of_partners, retrieval_metrics
+from galaxy_assets.alignment.metrics import (
+    equivalent_caption_recall,
+    ranks_of_partners,
+    retrieval_metrics,
+)
 
 
 def _direct_infonce(u: np.ndarray, v: np.ndarray, scale: float) -> float:
@@ -121,3 +125,22 @@ def test_ranks_are_pessimistic_and_recall_counts_hits():
     assert m["retrieval_pool"] == 4.0
     assert set(m) >= {"i2t_recall_at_5", "t2i_recall_at_10", "i2t_median_rank"}
     assert all(ch.isalnum() or ch in "_" for k in m for ch in k)  # MLflow-safe names
+
+
+def test_equivalent_caption_recall_counts_galaxies_with_the_same_description():
+    # captions 0 and 1 say the same thing (identical vectors), 2 and 3 differ from all
+    captions = np.array([[1, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], np.float32)
+    text_z = np.eye(4, dtype=np.float32)
+    # scores[q, g] = text_z[q] · image_z[g]: query 0 ranks galaxy 1 (its caption twin) first,
+    # then its own; query 1 its own; queries 2 and 3 rank galaxy 0 first, their own second
+    scores = np.array([[0.5, 1, 0, 0], [0, 1, 0, 0], [0.7, 0, 0.6, 0], [0.7, 0, 0, 0.6]],
+                      np.float32)
+    image_z = scores.T.copy()
+    strict = ranks_of_partners(text_z, image_z)
+    assert strict[0] == 2  # own galaxy second: a strict R@1 miss
+    out = equivalent_caption_recall(text_z, image_z, captions, ks=(1, 2))
+    # query 0: top-1 is galaxy 1, whose caption equals its own: a hit at k=1
+    # query 1: top-1 is galaxy 1 itself; queries 2, 3: top-1 galaxy 0 differs, own at rank 2
+    assert out["t2i_equiv_recall_at_1"] == pytest.approx(0.5)
+    assert out["t2i_equiv_recall_at_2"] == pytest.approx(1.0)
+    assert out["caption_twins"] == pytest.approx(0.5)  # two captions with one twin each
