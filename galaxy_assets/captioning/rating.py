@@ -1,0 +1,183 @@
+"""Ratings for VLM re-ranking: the :class:`Rater` protocol, the question, score parsing, and
+the offline describer's rater.
+
+A rater scores how well each galaxy matches a question, 1 (certainly not) to 10 (certainly
+yes). The VLM backends (:class:`~galaxy_assets.captioning.openai_backend.OpenAICaptioner`,
+:class:`~galaxy_assets.captioning.transformers_backend.TransformersCaptioner`) do it with
+the versioned prompt ``prompts/rate_v1.txt`` (its ``{question}`` filled in): each answer
+must hold ``Score: N`` (:func:`parse_score`); the mean over ``n_samples`` answers is the
+score, and a galaxy none of whose answers holds a score gets ``error`` set (``no_score: …``)
+and no score — never a default.
+
+:class:`DescriberRater` is the offline default: the measured-morphology describer writes a
+fresh description of each candidate, and the score is the cosine similarity between the
+description's and the query's text embeddings, mapped linearly from [-1, 1] onto [1, 10]
+(``score = 1 + 4.5 (cos + 1)``), so its order is exactly the cosine order and its scale is
+the VLMs'. It is deterministic: one sample whatever ``n_samples``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from galaxy_assets.captioning.base import CaptionerError, CaptionRequest, load_prompt
+from galaxy_assets.captioning.validation import (
+    GENERATION_FAILED,
+    NO_SCORE,
+    RatingResult,
+    parse_score,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "DEFAULT_RATE_PROMPT",
+    "DescriberRater",
+    "Rater",
+    "RatingResult",
+    "parse_score",
+    "question_for",
+    "rating_prompt",
+    "similarity_to_score",
+]
+
+DEFAULT_RATE_PROMPT = "rate_v1"
+MAX_QUESTION_CHARS = 500
+
+
+@runtime_checkable
+class Rater(Protocol):
+    """Rates galaxies for a question: one :class:`RatingResult` per request, in order;
+    a galaxy that could not be rated has ``score`` None and ``error`` set."""
+
+    def rate(
+        self, requests: Sequence[CaptionRequest], question: str, n_samples: int = 1
+    ) -> list[RatingResult]: ...
+
+
+def question_for(query: str) -> str:
+    """The rating question for a text query: ``"Does this galaxy show <query>?"``.
+
+    A query that already is a question (ends with ``?``) is used as it is.
+    """
+    text = " ".join(str(query).split())
+    if not text:
+        raise CaptionerError("cannot make a rating question from an empty query")
+    if len(text) > MAX_QUESTION_CHARS:
+        raise CaptionerError(
+            f"the query has {len(text)} characters; a rating question holds at most "
+            f"{MAX_QUESTION_CHARS}"
+        )
+    if text.endswith("?"):
+        return text
+    return f"Does this galaxy show {text.rstrip('.!')}?"
+
+
+def rating_prompt(question: str, name: str = DEFAULT_RATE_PROMPT) -> str:
+    """The rating prompt ``name`` with its ``{question}`` filled in."""
+    prompt = load_prompt(name)
+    if "{question}" not in prompt.text:
+        raise CaptionerError(f"prompt {name!r} has no {{question}} placeholder")
+    if not question or not question.strip():
+        raise CaptionerError("the rating question is empty")
+    return prompt.text.replace("{question}", question.strip())
+
+
+def similarity_to_score(cosine: float) -> float:
+    """Cosine similarity in [-1, 1] → a 1–10 score (linear, order-preserving)."""
+    c = float(np.clip(cosine, -1.0, 1.0))
+    return 1.0 + 4.5 * (c + 1.0)
+
+
+class DescriberRater:
+    """Re-ranks offline: describe each candidate afresh with the measured-morphology
+    describer, score = :func:`similarity_to_score` of the cosine between the description's
+    and the question's text embeddings (see the module doc).
+
+    ``text_embedder``: ``.embed(list[str]) -> unit vectors``. ``describer``: a
+    :class:`~galaxy_assets.captioning.describer.MorphologyDescriber` (default: a new one).
+    ``uses_query_text`` tells :func:`galaxy_assets.search.rerank.vlm_rerank` to hand over
+    the plain query text rather than the yes/no question, which a description matches better.
+    """
+
+    backend = "morphology"
+    uses_query_text = True
+
+    def __init__(self, text_embedder: Any, describer: Any | None = None, *, seed: int = 0) -> None:
+        if describer is None:
+            from galaxy_assets.captioning.describer import MorphologyDescriber
+
+            describer = MorphologyDescriber(seed=seed)
+        self.describer = describer
+        self.text_embedder = text_embedder
+        self.model_id = f"{getattr(describer, 'model_id', 'describer')}+" + str(
+            getattr(text_embedder, "embedder_id", type(text_embedder).__name__)
+        )
+
+    def rate(
+        self, requests: Sequence[CaptionRequest], question: str, n_samples: int = 1
+    ) -> list[RatingResult]:
+        if not question or not question.strip():
+            raise CaptionerError("rate: the question is empty")
+        if n_samples < 1:
+            raise CaptionerError(f"rate: n_samples={n_samples}; it must be >= 1")
+        requests = list(requests)
+        if not requests:
+            return []
+        captions = self.describer.caption(requests)
+        ok = [c for c in captions if c.ok]
+        scores: dict[str, float] = {}
+        if ok:
+            try:
+                vectors = np.asarray(
+                    self.text_embedder.embed([question.strip()] + [c.caption for c in ok]),
+                    dtype=np.float64,
+                )
+            except Exception as exc:  # noqa: BLE001 - every candidate fails the same way
+                reason = f"{GENERATION_FAILED}: text embedder failed: {type(exc).__name__}: {exc}"
+                log.warning("describer rating: %s", reason)
+                return [RatingResult(r.object_id, None, (), reason) for r in requests]
+            unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+            cos = unit[1:] @ unit[0]
+            scores = {
+                c.object_id: similarity_to_score(float(x)) for c, x in zip(ok, cos, strict=True)
+            }
+        out = []
+        for request, caption in zip(requests, captions, strict=True):
+            if request.object_id in scores and caption.ok:
+                s = scores[request.object_id]
+                out.append(RatingResult(request.object_id, s, (s,)))
+            else:
+                out.append(
+                    RatingResult(
+                        request.object_id,
+                        None,
+                        (),
+                        caption.error or f"{NO_SCORE}: the describer wrote no description",
+                    )
+                )
+        return out
+
+    def close(self) -> None:
+        close = getattr(self.describer, "close", None)
+        if callable(close):
+            close()
+
+
+def rating_from_reply(object_id: str, replies: Sequence[str | None]) -> RatingResult:
+    """The :class:`RatingResult` of one galaxy from its raw replies (mean of the parsed
+    scores; the first parse error when none parses)."""
+    scores, errors = [], []
+    for text in replies:
+        value, error = parse_score(text)
+        if value is None:
+            errors.append(error or f"{NO_SCORE}: no score")
+        else:
+            scores.append(value)
+    if not scores:
+        return RatingResult(object_id, None, (), errors[0] if errors else f"{NO_SCORE}: no reply")
+    return RatingResult(object_id, float(np.mean(scores)), tuple(scores))
