@@ -1,0 +1,143 @@
+"""Search evaluation the way the AION-Search paper measured it, and the champion gate.
+
+* :mod:`~galaxy_assets.evaluation.labels` — targets (``targets.yaml``) and their graded or
+  binary labels, from the mock survey's truth tables or from user catalogues crossmatched to
+  the survey;
+* :mod:`~galaxy_assets.evaluation.metrics` — nDCG@k (gain 2^r − 1), recall@k, precision@k,
+  targets found, bootstrap uncertainties;
+* :mod:`~galaxy_assets.evaluation.baselines` — image similarity in the raw encoder space,
+  random rankings, and the plumbing of the text methods (``search_fn``, ``rerank_fn``);
+* :mod:`~galaxy_assets.evaluation.report` — :func:`evaluate`, :class:`EvaluationResult` (JSON),
+  :func:`write_report` (Markdown + PNG);
+* :mod:`~galaxy_assets.evaluation.gate` — :func:`compare_to_champion` → :class:`GateDecision`.
+
+Plain Python; knows nothing of Dagster, nor of the search index (search comes in as callables).
+"""
+
+from galaxy_assets.evaluation.baselines import (
+    IMAGE_QUERY_THRESHOLD,
+    ImageSimilarity,
+    QuerySelection,
+    RerankFn,
+    SearchFn,
+    embedding_matrix,
+    image_similarity_rankings,
+    random_rankings,
+    rerank_ranking,
+    run_search,
+    select_query_galaxies,
+)
+from galaxy_assets.evaluation.errors import CatalogueError, EvaluationError, TargetConfigError
+from galaxy_assets.evaluation.gate import (
+    FIRST_CHAMPION,
+    GateDecision,
+    compare_to_champion,
+    decision_from_dict,
+)
+from galaxy_assets.evaluation.labels import (
+    DEFAULT_MATCH_RADIUS_ARCSEC,
+    DEFAULT_MIN_VOTES,
+    CrossmatchReport,
+    EvaluationLabels,
+    Target,
+    TargetLabels,
+    crossmatch,
+    default_targets,
+    labels_from_lens_catalogue,
+    labels_from_truth,
+    labels_from_vote_catalogue,
+    load_targets,
+    load_truth_labels,
+    match_by_id,
+    read_catalogue,
+    targets_from_dict,
+    vote_relevance,
+)
+from galaxy_assets.evaluation.metrics import (
+    TARGET_RELEVANCE,
+    Bootstrap,
+    RankingMetrics,
+    bootstrap_galaxies,
+    bootstrap_mean,
+    dcg,
+    ndcg,
+    ndcg_at_k,
+    precision_at_k,
+    ranked_indices,
+    ranking_metrics,
+    recall_at_k,
+    targets_found,
+)
+from galaxy_assets.evaluation.report import (
+    METHOD_LABELS,
+    METHODS,
+    PAPER_NDCG_AT_10,
+    EvaluationResult,
+    QualityCheck,
+    ReportFiles,
+    Scores,
+    evaluate,
+    example_ids,
+    write_report,
+)
+
+__all__ = [
+    "DEFAULT_MATCH_RADIUS_ARCSEC",
+    "DEFAULT_MIN_VOTES",
+    "FIRST_CHAMPION",
+    "IMAGE_QUERY_THRESHOLD",
+    "METHODS",
+    "METHOD_LABELS",
+    "PAPER_NDCG_AT_10",
+    "TARGET_RELEVANCE",
+    "Bootstrap",
+    "CatalogueError",
+    "CrossmatchReport",
+    "EvaluationError",
+    "EvaluationLabels",
+    "EvaluationResult",
+    "GateDecision",
+    "ImageSimilarity",
+    "QualityCheck",
+    "QuerySelection",
+    "RankingMetrics",
+    "ReportFiles",
+    "RerankFn",
+    "Scores",
+    "SearchFn",
+    "Target",
+    "TargetConfigError",
+    "TargetLabels",
+    "bootstrap_galaxies",
+    "bootstrap_mean",
+    "compare_to_champion",
+    "crossmatch",
+    "dcg",
+    "decision_from_dict",
+    "default_targets",
+    "embedding_matrix",
+    "evaluate",
+    "example_ids",
+    "image_similarity_rankings",
+    "labels_from_lens_catalogue",
+    "labels_from_truth",
+    "labels_from_vote_catalogue",
+    "load_targets",
+    "load_truth_labels",
+    "match_by_id",
+    "ndcg",
+    "ndcg_at_k",
+    "precision_at_k",
+    "random_rankings",
+    "ranked_indices",
+    "ranking_metrics",
+    "read_catalogue",
+    "recall_at_k",
+    "rerank_ranking",
+    "run_search",
+    "select_query_galaxies",
+    "targets_from_dict",
+    "targets_found",
+    "vote_relevance",
+    "write_report",
+]

@@ -1,0 +1,131 @@
+"""The champion gate on constructed cases: first champion, pass, fail, and its guards."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from galaxy_assets.evaluation.errors import EvaluationError
+from galaxy_assets.evaluation.gate import FIRST_CHAMPION, compare_to_champion, decision_from_dict
+from galaxy_assets.evaluation.labels import labels_from_truth
+from galaxy_assets.evaluation.metrics import Bootstrap
+from galaxy_assets.evaluation.report import EvaluationResult, Scores, evaluate
+
+
+def _constructed(
+    values: dict[str, tuple[float, float]], fingerprint: str = "fp"
+) -> EvaluationResult:
+    """A result holding only semantic nDCG@10 = value ± std per target (no rankings)."""
+    scores = [
+        Scores(
+            target=t,
+            method="semantic",
+            query="q",
+            n_queries=1,
+            ndcg={10: Bootstrap(v, v, s, v - s, v + s, 100, "galaxies")},
+            recall={10: math.nan},
+            precision={10: math.nan},
+            found={10: math.nan},
+            curve=[],
+            n_ranked=100,
+            n_targets=10,
+        )
+        for t, (v, s) in values.items()
+    ]
+    targets = {t: {"fingerprint": f"{fingerprint}-{t}"} for t in values}
+    return EvaluationResult(
+        k_list=(10,),
+        curve_k=10,
+        n_boot=100,
+        seed=0,
+        targets=targets,
+        scores=scores,
+        phrasings=[],
+        rankings={},
+    )
+
+
+def test_no_champion_passes_as_first_champion():
+    d = compare_to_champion(_constructed({"spirals": (0.5, 0.1)}), None)
+    assert d.passed is True
+    assert d.reasons == [FIRST_CHAMPION]
+    assert d.per_target.height == 0
+
+
+def test_drop_within_uncertainty_passes_independent_sigma():
+    champ = _constructed({"spirals": (0.80, 0.05), "lenses": (0.30, 0.20)})
+    cand = _constructed({"spirals": (0.77, 0.05), "lenses": (0.45, 0.20)})
+    d = compare_to_champion(cand, champ)
+    assert d.passed is True
+    row = d.per_target.filter(d.per_target["target"] == "spirals").row(0, named=True)
+    assert row["change"] == pytest.approx(-0.03)
+    assert row["sigma"] == pytest.approx(math.hypot(0.05, 0.05))
+    assert row["uncertainty"] == "independent"
+    assert row["passed"] is True
+
+
+def test_drop_beyond_uncertainty_fails_and_says_why():
+    champ = _constructed({"spirals": (0.80, 0.05), "mergers": (0.60, 0.02)})
+    cand = _constructed({"spirals": (0.79, 0.05), "mergers": (0.50, 0.02)})
+    d = compare_to_champion(cand, champ)
+    assert d.passed is False
+    failing = d.per_target.filter(~d.per_target["passed"])["target"].to_list()
+    assert failing == ["mergers"]
+    assert any(r.startswith("mergers:") and "0.600 to 0.500" in r for r in d.reasons)
+    # a looser gate (3 σ = 0.085) still fails a 0.10 drop; 4 σ lets it through
+    assert compare_to_champion(cand, champ, n_sigma=3).passed is False
+    assert compare_to_champion(cand, champ, n_sigma=4).passed is True
+    md = d.to_markdown()
+    assert "**fails**" in md and "mergers" in md
+    back = decision_from_dict(d.to_dict())
+    assert back.passed is False and back.reasons == d.reasons
+
+
+def test_paired_bootstrap_on_evaluated_rankings(world):
+    labels = labels_from_truth(world.truth)
+    kw = dict(n_boot=100, n_random=2, targets=["spirals", "rings", "edge_on_discs"])
+    champion = evaluate(labels, search_fn=world.search_fn(noise=0.1, seed=1), **kw)
+    same = evaluate(labels, search_fn=world.search_fn(noise=0.1, seed=1), **kw)
+    worse = evaluate(labels, search_fn=world.search_fn(noise=3.0, seed=2), **kw)
+    d_same = compare_to_champion(same, champion, labels, n_boot=200)
+    assert d_same.passed is True
+    assert d_same.per_target["uncertainty"].to_list() == ["paired"] * 3
+    assert d_same.per_target["change"].to_list() == [0.0] * 3
+    d_worse = compare_to_champion(worse, champion, labels, n_boot=200)
+    assert d_worse.passed is False
+    assert d_worse.per_target["uncertainty"].to_list() == ["paired"] * 3
+    assert (d_worse.per_target["change"] < 0).all()
+    # the better model replacing the worse one passes
+    assert compare_to_champion(champion, worse, labels, n_boot=200).passed is True
+    # identical rankings: the paired σ is 0, the independent σ of graded spirals is not
+    assert (
+        compare_to_champion(same, champion).per_target["uncertainty"].to_list() == ["paired"] * 3
+    )  # the candidate's own labels serve when none are given
+    same.labels = None
+    d_indep = compare_to_champion(same, champion, None)
+    assert (d_indep.per_target["uncertainty"] == "independent").all()
+    assert d_indep.per_target.filter(d_indep.per_target["target"] == "spirals")["sigma"][0] > 0
+    assert np.allclose(d_same.per_target["sigma"].to_numpy(), 0.0)
+
+
+def test_gate_guards():
+    champ = _constructed({"spirals": (0.8, 0.05), "lenses": (0.3, 0.1)})
+    # evaluated on other labels: not comparable
+    with pytest.raises(EvaluationError, match="different labels"):
+        compare_to_champion(_constructed({"spirals": (0.8, 0.05)}, fingerprint="new"), champ)
+    # a target the champion had but the candidate lacks fails; a new target passes
+    d = compare_to_champion(_constructed({"spirals": (0.8, 0.05), "rings": (0.5, 0.1)}), champ)
+    assert d.passed is False
+    assert any("lenses" in r and "candidate was not" in r for r in d.reasons)
+    assert any("rings: new target" in r for r in d.reasons)
+    # an undefined nDCG (no relevant galaxy) is skipped, not failed
+    d2 = compare_to_champion(
+        _constructed({"spirals": (math.nan, math.nan), "lenses": (0.3, 0.1)}), champ
+    )
+    assert d2.passed is True
+    with pytest.raises(EvaluationError, match="nDCG@100"):
+        compare_to_champion(champ, champ, k=100)
+    with pytest.raises(EvaluationError, match="no 'semantic_rerank' scores"):
+        compare_to_champion(champ, champ, method="semantic_rerank")

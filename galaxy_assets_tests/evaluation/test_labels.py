@@ -1,0 +1,351 @@
+"""Targets files, labels from truth tables and catalogues, and the crossmatch."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from galaxy_assets.evaluation.errors import CatalogueError, EvaluationError, TargetConfigError
+from galaxy_assets.evaluation.labels import (
+    EvaluationLabels,
+    crossmatch,
+    default_targets,
+    labels_from_lens_catalogue,
+    labels_from_truth,
+    labels_from_vote_catalogue,
+    load_targets,
+    load_truth_labels,
+    match_by_id,
+    read_catalogue,
+    vote_relevance,
+)
+
+ARCSEC = 1.0 / 3600.0
+
+
+# --------------------------------------------------------------------------- targets
+def test_default_targets_load():
+    targets = default_targets()
+    assert list(targets) == ["spirals", "mergers", "lenses", "edge_on_discs", "rings", "bars"]
+    assert targets["spirals"].primary_query == "visible spiral arms"
+    assert targets["mergers"].primary_query == "merging"
+    assert targets["lenses"].primary_query == "gravitational lens"
+    for t in targets.values():
+        assert len(t.queries) >= 3
+    assert targets["spirals"].answer_columns == ("has-spiral-arms_yes",)
+    assert targets["mergers"].answer_columns == ("merging_merger", "merging_major-disturbance")
+    assert targets["lenses"].kind == "binary" and targets["lenses"].flag == "is_lens"
+    assert targets["rings"].flag == "has_ring"
+    assert targets["spirals"].min_votes == 3
+    assert (
+        targets["spirals"].min_ndcg_at_10,
+        targets["mergers"].min_ndcg_at_10,
+        targets["lenses"].min_ndcg_at_10,
+    ) == (0.9, 0.6, 0.4)
+
+
+def test_user_targets_file_loads(tmp_path: Path):
+    p = tmp_path / "t.yaml"
+    p.write_text(
+        "targets:\n"
+        "  - name: spirals\n    kind: vote_fraction\n    question: has-spiral-arms\n"
+        "    answers: [yes]\n    min_votes: 5\n    queries: [spiral arms, a spiral]\n"
+        "  - name: lenses\n    kind: binary\n    flag: is_lens\n    queries: lens\n"
+    )
+    targets = load_targets(p)
+    # an unquoted YAML yes reads as True: it is taken as the answer "yes"
+    assert targets["spirals"].answers == ("yes",)
+    assert targets["spirals"].min_votes == 5
+    assert targets["lenses"].queries == ("lens",)
+
+
+@pytest.mark.parametrize(
+    ("body", "match"),
+    [
+        ("targets: [", "not valid YAML"),
+        ("foo: 1\n", "'targets' list"),
+        ("targets: []\n", "non-empty list"),
+        ("targets:\n  - name: x\n    kind: fuzzy\n    queries: [q]\n", "kind 'fuzzy'"),
+        (
+            "targets:\n  - name: Bad Name\n    kind: binary\n    flag: f\n    queries: [q]\n",
+            "lower-case word",
+        ),
+        ("targets:\n  - name: x\n    kind: binary\n    queries: [q]\n", "needs flag"),
+        (
+            "targets:\n  - name: x\n    kind: binary\n    flag: f\n    queries: []\n",
+            "queries must be",
+        ),
+        ("targets:\n  - name: x\n    kind: binary\n    flag: f\n    queries: [a, a]\n", "repeated"),
+        (
+            "targets:\n  - name: x\n    kind: vote_fraction\n    question: has-spiral-arms\n"
+            "    answers: [maybe]\n    queries: [q]\n",
+            r"\['maybe'\] are not answers",
+        ),
+        (
+            "targets:\n  - name: x\n    kind: vote_fraction\n    question: bar\n"
+            "    answers: [strong]\n    min_votes: 0\n    queries: [q]\n",
+            "min_votes=0",
+        ),
+        (
+            "targets:\n  - name: x\n    kind: binary\n    flag: f\n    queries: [q]\n"
+            "    colour: red\n",
+            "unknown keys",
+        ),
+        (
+            "targets:\n  - name: x\n    kind: binary\n    flag: f\n    queries: [q]\n"
+            "  - name: x\n    kind: binary\n    flag: g\n    queries: [q]\n",
+            "appears twice",
+        ),
+        (
+            "targets:\n  - name: x\n    kind: binary\n    flag: f\n    queries: [q]\n"
+            "    min_ndcg_at_10: 1.5\n",
+            "min_ndcg_at_10",
+        ),
+    ],
+)
+def test_bad_targets_file_errors_clearly(tmp_path: Path, body: str, match: str):
+    p = tmp_path / "bad.yaml"
+    p.write_text(body)
+    with pytest.raises(TargetConfigError, match=match) as err:
+        load_targets(p)
+    assert str(p) in str(err.value)  # the message names the file
+
+
+def test_missing_targets_file(tmp_path: Path):
+    with pytest.raises(TargetConfigError, match="does not exist"):
+        load_targets(tmp_path / "nope.yaml")
+
+
+# --------------------------------------------------------------------------- truth labels
+def _truth() -> pl.DataFrame:
+    """Five galaxies with hand-set spiral votes and lens flags."""
+    return pl.DataFrame(
+        {
+            "object_id": ["a", "b", "c", "d", "e"],
+            "is_lens": [True, False, False, None, False],
+            "has-spiral-arms_yes": [9, 1, 2, 0, 3],
+            "has-spiral-arms_no": [1, 1, 0, 0, 0],
+            "has-spiral-arms_total-votes": [10, 2, 2, 0, 3],
+        }
+    )
+
+
+def test_labels_from_truth_min_votes_and_binary():
+    t = default_targets()
+    labels = labels_from_truth(_truth(), [t["spirals"], t["lenses"]])
+    sp = labels["spirals"]
+    # b, c (2 votes) and d (0 votes) have fewer than 3 votes: not candidates
+    assert sp.object_ids.tolist() == ["a", "e"]
+    assert sp.relevance.tolist() == pytest.approx([0.9, 1.0])
+    assert sp.n_excluded == 3
+    assert sp.n_targets == 2
+    lens = labels["lenses"]
+    # d's flag is unknown: left out; every other galaxy is a candidate
+    assert lens.object_ids.tolist() == ["a", "b", "c", "e"]
+    assert lens.relevance.tolist() == [1.0, 0.0, 0.0, 0.0]
+    assert lens.n_excluded == 1
+    # a stricter min_votes
+    from dataclasses import replace
+
+    strict = labels_from_truth(_truth(), [replace(t["spirals"], min_votes=4)])
+    assert strict["spirals"].object_ids.tolist() == ["a"]
+
+
+def test_labels_from_truth_restricted_to_manifest():
+    labels = labels_from_truth(
+        _truth(), [default_targets()["lenses"]], manifest=pl.DataFrame({"object_id": ["a", "c"]})
+    )
+    assert sorted(labels["lenses"].object_ids.tolist()) == ["a", "c"]
+
+
+def test_labels_from_truth_errors():
+    t = default_targets()
+    with pytest.raises(EvaluationError, match="no column 'has_ring'"):
+        labels_from_truth(_truth(), [t["rings"]])
+    with pytest.raises(CatalogueError, match="merging_merger"):
+        labels_from_truth(_truth(), [t["mergers"]])
+    bad = _truth().with_columns(pl.Series("has-spiral-arms_yes", [11, 1, 2, 0, 3]))
+    with pytest.raises(CatalogueError, match="more votes"):
+        labels_from_truth(bad, [t["spirals"]])
+
+
+def test_merger_relevance_counts_merger_and_major_disturbance():
+    frame = pl.DataFrame(
+        {
+            "object_id": ["m"],
+            "merging_merger": [4],
+            "merging_major-disturbance": [3],
+            "merging_minor-disturbance": [2],
+            "merging_none": [1],
+            "merging_total-votes": [10],
+        }
+    )
+    rel, _ = vote_relevance(frame, default_targets()["mergers"])
+    assert rel["relevance"].to_list() == pytest.approx([0.7])
+    # without a total column, the question's answers are added up
+    rel2, _ = vote_relevance(frame.drop("merging_total-votes"), default_targets()["mergers"])
+    assert rel2["relevance"].to_list() == pytest.approx([0.7])
+
+
+def test_labels_from_the_default_world(world):
+    labels = labels_from_truth(world.truth)
+    assert labels.names == list(default_targets())
+    sp = labels["spirals"]
+    # galaxies with < 3 spiral votes are left out
+    totals = dict(
+        zip(
+            world.truth["object_id"].to_list(),
+            world.truth["has-spiral-arms_total-votes"].to_list(),
+            strict=True,
+        )
+    )
+    assert all(totals[o] >= 3 for o in sp.object_ids)
+    assert sp.n_excluded == sum(1 for v in totals.values() if v < 3)
+    assert labels["lenses"].n_candidates == world.truth.height
+    assert labels["spirals"].fingerprint == labels_from_truth(world.truth)["spirals"].fingerprint
+    frame = labels.summary_frame()
+    assert frame["target"].to_list() == labels.names
+
+
+def test_load_truth_labels_reads_mock_truth_files(tmp_path: Path, world):
+    from galaxy_assets.survey.truth import truth_path
+
+    shard = tmp_path / "healpix=1" / "001-of-001.hdf5"
+    shard.parent.mkdir()
+    world.truth.write_parquet(truth_path(shard))
+    labels = load_truth_labels([str(shard)])
+    assert labels["rings"].n_candidates == world.truth.height
+    with pytest.raises(EvaluationError, match="has a truth table"):
+        load_truth_labels([str(tmp_path / "other.hdf5")])
+
+
+# --------------------------------------------------------------------------- crossmatch
+def _manifest() -> pl.DataFrame:
+    return pl.DataFrame(
+        {"object_id": ["A", "B", "C"], "ra": [10.0, 10.1, 200.0], "dec": [0.0, 0.0, -30.0]}
+    )
+
+
+def test_crossmatch_known_offsets():
+    cat = pl.DataFrame(
+        {
+            "name": ["near A", "far from B", "C close", "C closer", "no coords"],
+            "ra": [10.0, 10.1, 200.0, 200.0, None],
+            "dec": [0.5 * ARCSEC, 1.5 * ARCSEC, -30.0 + 0.8 * ARCSEC, -30.0 - 0.3 * ARCSEC, 0.0],
+        }
+    )
+    matched, rep = crossmatch(cat, _manifest(), radius_arcsec=1.0, source="test cat")
+    # 0.5" matches; 1.5" does not; both rows within 1" of C: the nearer (0.3") wins
+    assert matched["name"].to_list() == ["near A", "C closer"]
+    assert matched["object_id"].to_list() == ["A", "C"]
+    assert matched["match_sep_arcsec"].to_list() == pytest.approx([0.5, 0.3], abs=1e-3)
+    assert rep.n_rows == 5
+    assert rep.n_matched == 2
+    assert rep.n_unmatched == 2  # the 1.5" row and the row without coordinates
+    assert rep.n_bad_coordinates == 1
+    assert rep.n_matched_twice == 1
+    assert rep.n_dropped_doubles == 1
+    assert rep.n_matched + rep.n_unmatched + rep.n_dropped_doubles == rep.n_rows
+    text = rep.describe()
+    assert "test cat" in text and "1 survey galaxies matched twice" in text
+    # a wider radius takes the 1.5" row
+    matched2, rep2 = crossmatch(cat, _manifest(), radius_arcsec=2.0)
+    assert "far from B" in matched2["name"].to_list()
+    assert rep2.n_unmatched == 1
+
+
+def test_crossmatch_renames_a_catalogue_object_id():
+    cat = pl.DataFrame({"object_id": ["J1"], "ra": [10.0], "dec": [0.2 * ARCSEC]})
+    matched, _ = crossmatch(cat, _manifest())
+    assert matched["object_id"].to_list() == ["A"]
+    assert matched["catalogue_object_id"].to_list() == ["J1"]
+
+
+def test_crossmatch_errors():
+    with pytest.raises(CatalogueError, match="no column 'ra'"):
+        crossmatch(pl.DataFrame({"x": [1.0]}), _manifest())
+    with pytest.raises(CatalogueError, match="radius"):
+        crossmatch(pl.DataFrame({"ra": [1.0], "dec": [1.0]}), _manifest(), radius_arcsec=0)
+    with pytest.raises(CatalogueError, match="manifest is empty"):
+        crossmatch(pl.DataFrame({"ra": [1.0], "dec": [1.0]}), _manifest().head(0))
+
+
+def test_match_by_id():
+    cat = pl.DataFrame({"object_id": ["A", "A", "Z", "C"], "v": [1, 2, 3, 4]})
+    kept, rep = match_by_id(cat, _manifest())
+    assert kept["v"].to_list() == [1, 4]
+    assert (rep.n_matched, rep.n_unmatched, rep.n_matched_twice, rep.n_dropped_doubles) == (
+        2,
+        1,
+        1,
+        1,
+    )
+
+
+def test_vote_catalogue_by_position(tmp_path: Path):
+    cat = pl.DataFrame(
+        {
+            "ra": [10.0, 10.1, 200.0],
+            "dec": [0.4 * ARCSEC, 5 * ARCSEC, -30.0],
+            "has-spiral-arms_yes": [8, 5, 1],
+            "has-spiral-arms_no": [2, 5, 1],
+            "has-spiral-arms_total-votes": [10, 10, 2],
+        }
+    )
+    path = tmp_path / "gz.csv"
+    cat.write_csv(path)
+    labels = labels_from_vote_catalogue(path, _manifest())
+    assert labels.names == ["spirals"]  # the only question the catalogue has votes for
+    sp = labels["spirals"]
+    # A matched with 10 votes; B's row is 5" away; C matched but has 2 votes (< 3)
+    assert sp.object_ids.tolist() == ["A"]
+    assert sp.relevance.tolist() == pytest.approx([0.8])
+    assert sp.n_excluded == 1
+    assert labels.crossmatch[0].n_unmatched == 1
+    assert labels.crossmatch[0].source == str(path)
+    with pytest.raises(CatalogueError, match="none of the vote-fraction targets"):
+        labels_from_vote_catalogue(cat.select("ra", "dec"), _manifest())
+
+
+def test_lens_catalogue_with_grades(tmp_path: Path):
+    cat = pl.DataFrame(
+        {
+            "ra": [10.0, 10.1, 200.0],
+            "dec": [0.3 * ARCSEC, 0.2 * ARCSEC, -30.0],
+            "grade": ["A", "N", " c "],
+        }
+    )
+    labels = labels_from_lens_catalogue(cat, _manifest())
+    lens = labels["lenses"]
+    assert lens.object_ids.tolist() == ["A", "B", "C"]  # every survey galaxy is a candidate
+    assert lens.relevance.tolist() == [1.0, 0.0, 1.0]  # grade N is not a lens
+    no_grade = labels_from_lens_catalogue(cat.drop("grade"), _manifest())
+    assert no_grade["lenses"].relevance.tolist() == [1.0, 1.0, 1.0]
+    with pytest.raises(EvaluationError, match="binary"):
+        labels_from_lens_catalogue(cat, _manifest(), "spirals")
+
+
+def test_read_catalogue_errors(tmp_path: Path):
+    with pytest.raises(CatalogueError, match="does not exist"):
+        read_catalogue(tmp_path / "none.csv")
+    (tmp_path / "x.txt").write_text("hello")
+    with pytest.raises(CatalogueError, match="unknown format"):
+        read_catalogue(tmp_path / "x.txt")
+
+
+def test_merged_and_restricted_labels(world):
+    truth_labels = labels_from_truth(world.truth)
+    lens_rows = world.manifest.filter(pl.col("object_id") == world.object_ids[5])
+    cat = labels_from_lens_catalogue(lens_rows, world.manifest)
+    merged = truth_labels.merged(cat)
+    assert merged["lenses"].n_targets == 1  # the catalogue replaced the truth's lenses
+    assert merged["spirals"] is truth_labels["spirals"]
+    assert len(merged.crossmatch) == 1
+    sub = merged.restrict(world.object_ids[:10].tolist())
+    assert sub["lenses"].n_candidates == 10
+    assert isinstance(sub, EvaluationLabels)
+    assert math.isfinite(float(np.sum(sub["lenses"].relevance)))
