@@ -5,6 +5,9 @@ galaxy-assets simulate --out DIR    write a mock survey (MMU HDF5 shards + truth
 galaxy-assets gallery --out PNG     draw examples of every mock class as RGB
 galaxy-assets import-captions FILE  add captions made elsewhere (object_id, caption)
 galaxy-assets dev                   start `dagster dev` on the home's Dagster instance
+galaxy-assets search QUERY [--k 10] [--json] [--html FILE] [--filter EXPR] [--rerank]
+                                    search the galaxy_index table
+galaxy-assets evaluate [--json]     the latest search evaluation's figures
 """
 
 from __future__ import annotations
@@ -229,8 +232,37 @@ def _run_captions(defs, instance, args: argparse.Namespace) -> bool:
     return True
 
 
-def _run_stage(defs, instance, job_name: str, keys: list[str] | None, run_config=None) -> bool:
-    """Run one job (per partition when ``keys`` is given); print failures; True if all passed."""
+RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
+DEMO_QUERIES = ("a galaxy with visible spiral arms", "merging galaxies with tidal tails",
+                "gravitational lens with a blue arc")
+
+
+def contiguous_ranges(instance, keys: list[str]) -> list[tuple[str, str]]:
+    """``keys`` as (first, last) runs of consecutive survey_shards partitions: a partition
+    range covers every partition between its ends, so shards left out (a failed one) split
+    the range."""
+    from galaxy_assets.defs.partitions import shard_partitions
+
+    wanted = set(keys)
+    ranges: list[tuple[str, str]] = []
+    start = prev = None
+    for key in instance.get_dynamic_partitions(shard_partitions.name):
+        if key in wanted:
+            start = start or key
+            prev = key
+        elif start is not None:
+            ranges.append((start, prev))
+            start = None
+    if start is not None:
+        ranges.append((start, prev))
+    return ranges
+
+
+def _run_stage(defs, instance, job_name: str, keys: list[str] | None, run_config=None,
+               *, batched: bool = False) -> bool:
+    """Run one job: once (``keys`` None), per partition, or over all ``keys`` in one run
+    (``batched``: assets with a single-run backfill policy load their model once). Prints
+    failures; True if all passed."""
     from tqdm import tqdm
 
     job = defs.resolve_job_def(job_name)
@@ -238,8 +270,16 @@ def _run_stage(defs, instance, job_name: str, keys: list[str] | None, run_config
     t0 = time.perf_counter()
     failures = []
     if keys is None:
-        result = job.execute_in_process(instance=instance, run_config=config, raise_on_error=False)
+        result = job.execute_in_process(instance=instance, run_config=config,
+                                        raise_on_error=False)
         failures = [] if result.success else [("", result)]
+    elif batched:
+        for first, last in contiguous_ranges(instance, keys):
+            result = job.execute_in_process(
+                instance=instance, run_config=config, raise_on_error=False,
+                tags={RANGE_START: first, RANGE_END: last})
+            if not result.success:
+                failures.append((f"{first}..{last}", result))
     else:
         for key in tqdm(keys, unit="shard", desc=job_name, file=sys.stderr):
             result = job.execute_in_process(partition_key=key, instance=instance,
@@ -251,36 +291,82 @@ def _run_stage(defs, instance, job_name: str, keys: list[str] | None, run_config
             err = event.event_specific_data.error
             cause = err.cause.message.strip() if err.cause else err.message.strip()
             print(f"  FAILED {job_name} {key} {event.step_key}: {cause[:500]}")
+        for check in result.get_asset_check_evaluations():
+            if not check.passed:
+                print(f"  CHECK FAILED {check.check_name}: {check.description or ''}"[:600])
     print(f"{job_name}: {'ok' if not failures else f'{len(failures)} failed'} "
           f"in {time.perf_counter() - t0:.1f} s")
     return not failures
 
 
 def _run_models(defs, instance, keys: list[str], args: argparse.Namespace) -> bool:
-    """Morphology encoder -> per-shard predictions and embeddings -> aligner -> search vectors."""
+    """Morphology encoder -> per-shard predictions and embeddings -> aligner -> evaluation and
+    champion gate -> search vectors and galaxy_index (one run over every shard)."""
     import dagster as dg
 
     trained = instance.get_latest_materialization_event(dg.AssetKey("morphology_encoder"))
     stages = [
-        ("morphology_job", None, args.force or trained is None),
-        ("shard_embeddings_job", keys, True),
-        ("aligner_job", None, True),
-        ("search_vectors_job", keys, True),
+        ("morphology_job", None, args.force or trained is None, False),
+        ("shard_embeddings_job", keys, True, False),
+        ("aligner_job", None, True, False),
+        ("evaluation_job", None, True, False),
+        ("index_job", keys, True, True),
     ]
     print()
-    for job_name, stage_keys, needed in stages:
+    ok = True
+    for job_name, stage_keys, needed, batched in stages:
         if not needed:
             print(f"{job_name}: reusing the registered model (use --force to retrain)")
             continue
-        if not _run_stage(defs, instance, job_name, stage_keys):
+        passed = _run_stage(defs, instance, job_name, stage_keys, batched=batched)
+        if not passed and job_name != "evaluation_job":
             return False
+        ok = ok and passed  # a failed gate keeps the champion; the index still serves it
     meta = _latest_metadata(instance, "morphology_encoder")
     print(f"\nmorphology-encoder: held-out loss {meta.get('val_loss', float('nan')):.3f}, "
           f"vote-fraction MAE {meta.get('val_vote_mae', float('nan')):.3f}")
     meta = _latest_metadata(instance, "aligned_model")
     print(f"search-aligner: {meta.get('aligner_version')}; "
           + ", ".join(f"{k} {v:.3f}" for k, v in meta.items()
-                      if isinstance(v, float) and "recall" in k))
+                      if isinstance(v, float) and "recall_at_5" in k))
+    return _print_results(instance, args) and ok
+
+
+def _print_results(instance, args: argparse.Namespace) -> bool:
+    """The evaluation table, the top results of the demo queries with contact sheets, and
+    where the report and the UIs are."""
+    from galaxy_assets.evaluation.report import EvaluationResult
+    from galaxy_assets.settings import load_settings
+
+    home = Home.from_env(args.home)
+    report = latest_report(home)
+    if report is not None:
+        print("\n" + format_evaluation(EvaluationResult.from_json(report)))
+        gate = _latest_metadata(instance, "search_evaluation")
+        print(f"champion gate: {'promoted' if gate.get('promoted') else 'not promoted'} "
+              f"candidate v{gate.get('candidate_version')}")
+    index = _latest_metadata(instance, "galaxy_index")
+    print(f"\ngalaxy_index: {index.get('rows')} rows, table version {index.get('table_version')}"
+          f" at {index.get('table_uri')}")
+    settings = load_settings()
+    sheets = home.reports / "contact_sheets"
+    for query in DEMO_QUERIES:
+        ns = argparse.Namespace(query=[query], image=None, object=None, k=8, filter=[],
+                                nprobes=None, refine_factor=None, rerank=False, k_rerank=100)
+        try:
+            results, _ = run_search(ns, settings, home)
+        except Exception as exc:  # noqa: BLE001 - the demo reports and goes on
+            print(f"\nsearch {query!r} failed: {exc}")
+            return False
+        from galaxy_assets.search.contact import write_contact_sheet
+
+        sheet = write_contact_sheet(results.frame, sheets / f"{query.replace(' ', '_')}.html",
+                                    title=query)
+        print("\n" + format_results(results) + f"\n  contact sheet: {sheet}")
+    print(f"\nevaluation report: {report.with_name('report.md') if report else 'none'}")
+    print("Dagster UI: `.venv/bin/galaxy-assets dev` → http://127.0.0.1:3000")
+    print(f"MLflow UI: `.venv/bin/mlflow ui --backend-store-uri {home.mlflow_tracking_uri}` "
+          "→ http://127.0.0.1:5000 (runs, search-aligner@champion, morphology-encoder@champion)")
     return True
 
 
@@ -334,6 +420,137 @@ def cmd_dev(args: argparse.Namespace) -> int:
     return subprocess.call(cmd, cwd=REPO_ROOT)
 
 
+def cmd_search(args: argparse.Namespace) -> int:
+    from galaxy_assets.search.errors import SearchError
+    from galaxy_assets.settings import load_settings
+
+    settings = load_settings()
+    home = Home.from_env(args.home) if args.home else settings.home_folder()
+    try:
+        results, rerank = run_search(args, settings, home)
+    except (SearchError, ValueError) as exc:
+        print(f"galaxy-assets search: {exc}", file=sys.stderr)
+        return 2
+    if args.html:
+        from galaxy_assets.search.contact import write_contact_sheet
+
+        path = write_contact_sheet(results.frame, args.html,
+                                   title=f"{results.query} (table v{results.table_version})")
+        print(f"contact sheet: {path}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(results.to_json_records(), indent=2))
+        return 0
+    print(format_results(results, rerank))
+    return 0
+
+
+def run_search(args: argparse.Namespace, settings, home: Home):
+    """The query of ``args`` on the configured index: (SearchResults, RerankOutcome | None)."""
+    from galaxy_assets.search.query import parse_term
+    from galaxy_assets.search.service import build_rater, open_search
+
+    terms = list(args.query)
+    if args.image:
+        terms.append(f"image:{args.image}")
+    if args.object:
+        terms.append(f"object:{args.object}")
+    if not terms:
+        raise ValueError("give a query: text, --object ID or --image FILE")
+    search = open_search(home=home, settings=settings, image_queries=bool(args.image))
+    query = terms[0] if len(terms) == 1 else [parse_term(t) for t in terms]
+    fetch = max(args.k, args.k_rerank) if args.rerank else args.k
+    results = search.search(query, fetch, filters=args.filter or None, nprobes=args.nprobes,
+                            refine_factor=args.refine_factor)
+    rerank = None
+    if args.rerank:
+        from galaxy_assets.search.rerank import vlm_rerank
+
+        rater = build_rater(settings, search.text_embedder)
+        rerank = vlm_rerank(results.frame, rater, query=" ".join(args.query) or None,
+                            k_rerank=args.k_rerank, n_samples=settings.search.rerank_samples)
+        results.frame = rerank.frame
+    results.frame = results.frame.head(args.k)
+    return results, rerank
+
+
+def format_results(results, rerank=None) -> str:
+    """A plain-text table of results (rank, score, object_id, position, r mag, caption)."""
+    frame = results.frame
+    lines = [f"{results.query!s} — top {frame.height} of galaxy_index v{results.table_version}"
+             f" ({results.path or 'lance'}, {sum(results.timings_ms.values()):.0f} ms)"]
+    if results.explanation:
+        for term in results.explanation:
+            lines.append("  term: " + ", ".join(f"{k}={v}" for k, v in term.items()))
+    if rerank is not None:
+        lines.append(f"  re-ranked top {rerank.k_rerank} by {rerank.rater}: {rerank.n_rated} "
+                     f"rated, {rerank.n_failed} failed")
+    lines.append(f"{'#':>3} {'score':>6}  {'object_id':<18} {'ra':>9} {'dec':>8} {'mag_r':>6}  caption")
+    for row in frame.iter_rows(named=True):
+        caption = (row.get("caption") or "-").replace("\n", " ")
+        mag = row.get("mag_r")
+        lines.append(
+            f"{row['rank']:>3} {row['score']:>6.3f}  {str(row['object_id']):<18} "
+            f"{row['ra']:>9.4f} {row['dec']:>8.4f} {mag if mag is None else f'{mag:.2f}'!s:>6}  "
+            f"{caption[:110]}"
+        )
+    return "\n".join(lines)
+
+
+def latest_report(home: Home) -> Path | None:
+    """The newest ``evaluation.json`` under ``<home>/reports/search_evaluation/``."""
+    folder = home.reports / "search_evaluation"
+    found = sorted(folder.glob("v*/evaluation.json"), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from galaxy_assets.evaluation.report import EvaluationResult
+
+    home = Home.from_env(args.home)
+    path = latest_report(home)
+    if path is None:
+        print(f"no search evaluation under {home.reports / 'search_evaluation'}: materialize "
+              "search_evaluation first (galaxy-assets demo, or evaluation_job in the UI)",
+              file=sys.stderr)
+        return 2
+    result = EvaluationResult.from_json(path)
+    if args.json:
+        print(json.dumps({**result.summary(), "report": str(path.with_name("report.md"))},
+                         indent=2, default=str))
+        return 0
+    print(format_evaluation(result))
+    print(f"\nreport: {path.with_name('report.md')}")
+    return 0
+
+
+def format_evaluation(result) -> str:
+    """nDCG@10 (± bootstrap σ) per target and method, as a plain-text table."""
+    frame = result.to_frame()
+    methods = [m for m in ("semantic", "semantic_rerank", "image_similarity", "random")
+               if m in set(frame["method"])]
+    width = max(len(m) for m in methods) + 2
+    lines = ["nDCG@10 (± bootstrap σ); versions: "
+             + ", ".join(f"{k} {v}" for k, v in result.versions.items())]
+    lines.append(f"{'target':<15}" + "".join(f"{m:>{width + 6}}" for m in methods))
+    for target in frame["target"].unique(maintain_order=True):
+        cells = []
+        for m in methods:
+            row = frame.filter((pl_col("target") == target) & (pl_col("method") == m))
+            if row.height == 0:
+                cells.append(f"{'-':>{width + 6}}")
+                continue
+            v, sd = row["ndcg@10"][0], row["ndcg@10_std"][0]
+            cells.append(f"{v:>{width}.3f}±{sd:.2f}" if v == v else f"{'n/a':>{width + 6}}")
+        lines.append(f"{target:<15}" + "".join(cells))
+    return "\n".join(lines)
+
+
+def pl_col(name: str):
+    import polars as pl
+
+    return pl.col(name)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="galaxy-assets", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -381,6 +598,33 @@ def build_parser() -> argparse.ArgumentParser:
         help="galaxies searched for clear examples of each class",
     )
     p.set_defaults(func=cmd_gallery)
+
+    p = sub.add_parser("search", help="search galaxy_index by text, example galaxy or image",
+                       description="Terms: free text, object:ID, image:FILE.fits, each with an "
+                       "optional leading + or - and a trailing ^WEIGHT; several terms make a "
+                       "combined query, e.g. 'spiral arms' '-text:bar^0.5'.")
+    p.add_argument("query", nargs="*", help="query text or terms")
+    p.add_argument("--k", type=int, default=10, help="results to return (default 10)")
+    p.add_argument("--json", action="store_true", help="print a JSON list of results")
+    p.add_argument("--html", default=None, help="also write a contact sheet (HTML) here")
+    p.add_argument("--filter", action="append", default=[],
+                   help="column filter, e.g. 'mag_r<19', 'p_spiral>=0.8', 'has_caption=true', "
+                   "'cone=150.1,2.2,30' (repeatable)")
+    p.add_argument("--object", default=None, help="query by an indexed galaxy's object_id")
+    p.add_argument("--image", default=None, help="query by a FITS/PNG cutout file")
+    p.add_argument("--nprobes", type=int, default=None)
+    p.add_argument("--refine-factor", type=int, default=None)
+    p.add_argument("--rerank", action="store_true", help="re-rank the top results with the "
+                   "configured captioner (the describer offline, or a VLM)")
+    p.add_argument("--k-rerank", type=int, default=100, help="results re-ranked (default 100)")
+    p.add_argument("--home", default=None)
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("evaluate", help="print the latest search evaluation")
+    p.add_argument("--json", action="store_true", help="for each target and method: nDCG@10, "
+                   "recall@100 and targets in the top 100, with the versions read")
+    p.add_argument("--home", default=None)
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("dev", help="start the Dagster UI on the home's instance")
     p.add_argument("--home", default=None)

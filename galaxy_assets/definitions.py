@@ -1,4 +1,5 @@
 """The one Definitions object that workspace.yaml (and ``dagster dev``) loads."""
+# ruff: noqa: E402  (the process settings below must precede the imports)
 
 import os
 
@@ -7,7 +8,12 @@ import os
 # several-fold (benchmarks/RESULTS.md, morphology training); a user's setting wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import dagster as dg  # noqa: E402
+import warnings
+
+# Per-shard assets use BackfillPolicy (beta in Dagster 1.13) to batch backfills into one run.
+warnings.filterwarnings("ignore", message="Parameter `backfill_policy`")
+
+import dagster as dg
 
 from galaxy_assets.defs.alignment import (
     aligned_model,
@@ -20,6 +26,7 @@ from galaxy_assets.defs.captioning import (
     captions_job,
     vlm_captions,
 )
+from galaxy_assets.defs.evaluation import evaluation_job, search_evaluation
 from galaxy_assets.defs.morphology import morphology_encoder, morphology_predictions
 from galaxy_assets.defs.morphology_reports import (
     morphology_scaling_point,
@@ -28,7 +35,20 @@ from galaxy_assets.defs.morphology_reports import (
 )
 from galaxy_assets.defs.partitions import shard_partitions
 from galaxy_assets.defs.resources import default_resources
-from galaxy_assets.defs.survey import raw_cutouts, survey_job, survey_shards_sensor
+from galaxy_assets.defs.search import (
+    galaxy_index,
+    index_maintenance,
+    index_maintenance_schedule,
+    reindex_job,
+    search_aligner_champion_sensor,
+)
+from galaxy_assets.defs.survey import (
+    index_maintenance_job,
+    ingest_shard_job,
+    raw_cutouts,
+    survey_job,
+    survey_shards_sensor,
+)
 
 morphology_job = dg.define_asset_job(
     "morphology_job", selection=[morphology_encoder],
@@ -43,9 +63,9 @@ aligner_job = dg.define_asset_job(
     "aligner_job", selection=[aligned_model],
     description="Train and register the search aligner (projection heads).",
 )
-search_vectors_job = dg.define_asset_job(
-    "search_vectors_job", selection=[search_vectors], partitions_def=shard_partitions,
-    description="Aligned search vectors of one shard.",
+index_job = dg.define_asset_job(
+    "index_job", selection=[search_vectors, galaxy_index], partitions_def=shard_partitions,
+    description="Search vectors of one shard (or a range) and their galaxy_index rows.",
 )
 
 defs = dg.Definitions(
@@ -53,10 +73,12 @@ defs = dg.Definitions(
         raw_cutouts, caption_sample, vlm_captions, caption_embeddings,
         morphology_encoder, morphology_predictions, morphology_scaling_point,
         morphology_scaling_report, morphology_transfer_report,
-        image_embeddings, aligned_model, search_vectors,
+        image_embeddings, aligned_model, search_vectors, galaxy_index, index_maintenance,
+        search_evaluation,
     ],
     jobs=[survey_job, captions_job, morphology_job, shard_embeddings_job, aligner_job,
-          search_vectors_job],
-    sensors=[survey_shards_sensor],
+          index_job, reindex_job, ingest_shard_job, index_maintenance_job, evaluation_job],
+    sensors=[survey_shards_sensor, search_aligner_champion_sensor],
+    schedules=[index_maintenance_schedule],
     resources=default_resources(),
 )

@@ -99,6 +99,17 @@ class TextEmbedderSettings(BaseModel):
     batch_size: int = Field(64, gt=0)
 
 
+class SearchSettings(BaseModel):
+    """The searchable index and how queries are served."""
+
+    model_config = ConfigDict(extra="forbid")
+    uri: str = Field("", description="LanceDB URI (folder or s3://…); empty: <home>/lancedb")
+    table: str = "galaxy_index"
+    aligner_alias: str = Field("champion", description="aligner version the index serves")
+    k_rerank: int = Field(100, gt=0, description="top results the VLM re-ranks")
+    rerank_samples: int = Field(1, gt=0, description="ratings averaged per galaxy")
+
+
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -107,6 +118,7 @@ class Settings(BaseModel):
     compute: ComputeSettings = Field(default_factory=ComputeSettings)
     captioner: CaptionerSettings = Field(default_factory=CaptionerSettings)
     text_embedder: TextEmbedderSettings = Field(default_factory=TextEmbedderSettings)
+    search: SearchSettings = Field(default_factory=SearchSettings)
 
     def home_folder(self) -> Home:
         return Home.from_env(self.home or None)
@@ -128,6 +140,7 @@ def _env_overrides(environ: dict[str, str]) -> dict:
         ("compute", ComputeSettings),
         ("captioner", CaptionerSettings),
         ("text_embedder", TextEmbedderSettings),
+        ("search", SearchSettings),
     )
     for section, model in sections:
         for key in model.model_fields:

@@ -13,6 +13,7 @@ from galaxy_assets.defs.resources import (
     HomeResource,
     ImageEncoderResource,
     MLflowResource,
+    SearchIndexResource,
     TextEmbedderResource,
 )
 from galaxy_assets.embedding.image import EmbedStats, embed_shard, open_shard_for
@@ -90,16 +91,26 @@ def aligned_model(
                           "aligner_version": reg.aligner_version, "run_id": reg.run_id}])
 
 
-@dg.asset(group_name="search", partitions_def=shard_partitions, kinds={"pytorch", "polars"})
+@dg.asset(group_name="search", partitions_def=shard_partitions, kinds={"pytorch", "polars"},
+          backfill_policy=dg.BackfillPolicy.single_run(), deps=["search_evaluation"])
 def search_vectors(
-    context: dg.AssetExecutionContext, image_embeddings: pl.DataFrame,
+    context: dg.AssetExecutionContext, image_embeddings: DataFramePartitions,
     aligned_model: pl.DataFrame, home: HomeResource, mlflow: MLflowResource,
-) -> pl.DataFrame:
-    """Aligned image vectors for every galaxy of the shard, from the aligner version named in
-    the metadata (the one `aligned_model` registered)."""
-    version = int(aligned_model["version"][0])
-    aligned = load_aligner(mlflow.tracker(home.home()), "search-aligner", version)
-    vectors = project_shard(image_embeddings, aligned)
-    context.add_output_metadata({"galaxies": vectors.height,
-                                 "aligner_version": aligned.aligner_version})
-    return vectors
+    search_index: SearchIndexResource,
+) -> DataFramePartitions:
+    """Aligned image vectors for every galaxy of the shard(s), from the aligner the index serves
+    (`search-aligner@champion` by default; before any champion exists, the candidate that
+    `aligned_model` registered). A backfill runs all its shards in one run: the aligner is
+    loaded once."""
+    tracker = mlflow.tracker(home.home())
+    alias = search_index.aligner_alias
+    if tracker.get_alias_version("search-aligner", alias) is not None:
+        aligned, source = load_aligner(tracker, "search-aligner", alias), alias
+    else:
+        aligned = load_aligner(tracker, "search-aligner", int(aligned_model["version"][0]))
+        source = f"candidate (no {alias} yet)"
+    out = {key: project_shard(image_embeddings[key], aligned) for key in context.partition_keys}
+    context.add_output_metadata({"galaxies": sum(f.height for f in out.values()),
+                                 "shards": len(out), "aligner_version": aligned.aligner_version,
+                                 "aligner_source": source})
+    return out

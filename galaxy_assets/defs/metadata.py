@@ -24,6 +24,15 @@ def figure_metadata(figure, path: Path) -> dict[str, dg.MetadataValue]:
     }
 
 
+def png_metadata(path: Path, key: str = "plot") -> dict[str, dg.MetadataValue]:
+    """A PNG already on disk, shown inline in the UI."""
+    encoded = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    return {
+        key: dg.MetadataValue.md(f"![{Path(path).stem}](data:image/png;base64,{encoded})"),
+        f"{key}_path": dg.MetadataValue.path(str(path)),
+    }
+
+
 def scalar_metadata(values: dict) -> dict[str, object]:
     """Keep the int/float/str/bool entries of ``values`` (Dagster renders them natively)."""
     out: dict[str, object] = {}

@@ -172,13 +172,24 @@ class ImageEncoderResource(dg.ConfigurableResource):
         return build_image_encoder(self.kind, **cfg, **common)
 
 
+class SearchIndexResource(dg.ConfigurableResource):
+    """The LanceDB ``galaxy_index`` table: where it lives and which aligner it serves."""
+
+    uri: str = Field("", description="LanceDB URI (folder or s3://…); empty: <home>/lancedb")
+    table: str = "galaxy_index"
+    aligner_alias: str = "champion"
+
+    def location(self, home: Home) -> str:
+        return self.uri or str(home.lancedb)
+
+
 def _secret(env_name: str):
     return dg.EnvVar(env_name) if env_name else None
 
 
 def default_resources() -> dict[str, object]:
     """Resources configured from settings (config file + environment)."""
-    from dagster_polars import PolarsParquetIOManager
+    from galaxy_assets.defs.io import ShardParquetIOManager
 
     settings = load_settings()
     home = settings.home_folder()
@@ -186,9 +197,13 @@ def default_resources() -> dict[str, object]:
         "home": HomeResource(root=settings.home),
         "compute": ComputeResource(**settings.compute.model_dump()),
         "survey": SurveyResource(**settings.survey.model_dump()),
-        "io_manager": PolarsParquetIOManager(base_dir=str(home.parquet)),
+        "io_manager": ShardParquetIOManager(base_dir=str(home.parquet)),
         "mlflow": MLflowResource(tracking_uri=os.environ.get("MLFLOW_TRACKING_URI", "")),
         "image_encoder": ImageEncoderResource(),
+        "search_index": SearchIndexResource(
+            uri=settings.search.uri, table=settings.search.table,
+            aligner_alias=settings.search.aligner_alias,
+        ),
         "captioner": CaptionerResource(
             backend=settings.captioner.backend,
             model=settings.captioner.model,

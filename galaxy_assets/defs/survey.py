@@ -82,13 +82,33 @@ def raw_cutouts(
         )
 
 
+survey_job = dg.define_asset_job(
+    "survey_job", selection=[raw_cutouts], partitions_def=shard_partitions,
+    description="Build the raw_cutouts manifest of one shard.",
+)
+ingest_shard_job = dg.define_asset_job(
+    "ingest_shard_job",
+    selection=dg.AssetSelection.assets("raw_cutouts", "morphology_predictions",
+                                       "image_embeddings", "search_vectors", "galaxy_index"),
+    partitions_def=shard_partitions,
+    description="Take a new shard all the way into galaxy_index: manifest, vote fractions, "
+    "image embeddings, search vectors, index rows.",
+)
+index_maintenance_job = dg.define_asset_job(
+    "index_maintenance_job", selection=dg.AssetSelection.assets("index_maintenance"),
+    description="Compact galaxy_index, refresh its indexes, drop the rows of vanished shards.",
+)
+
+
 @dg.sensor(
     name="survey_shards_sensor",
-    asset_selection=[raw_cutouts],
+    jobs=[survey_job, ingest_shard_job, index_maintenance_job],
     minimum_interval_seconds=60,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Adds a survey_shards partition for every new shard file under the survey "
-    "roots and requests its raw_cutouts.",
+    "roots and requests its materialization down to galaxy_index (only raw_cutouts until an "
+    "aligner exists); removes the partitions of shard files that disappeared and requests "
+    "index_maintenance, which deletes their rows.",
 )
 def survey_shards_sensor(
     context: dg.SensorEvaluationContext, home: HomeResource, survey: SurveyResource
@@ -96,16 +116,19 @@ def survey_shards_sensor(
     found = survey.discover(home.home())
     existing = set(context.instance.get_dynamic_partitions(shard_partitions.name))
     new = sorted(set(found) - existing)
-    if not new:
+    roots = survey.root_paths(home.home())
+    # a missing root (an unmounted disk) must not read as "every shard disappeared"
+    gone = sorted(existing - set(found)) if all(r.exists() for r in roots) else []
+    if not new and not gone:
         return dg.SkipReason(f"no new shards ({len(found)} known under {survey.roots or 'the mock survey'})")
-    context.log.info("found %d new shard(s): %s", len(new), new[:10])
-    return dg.SensorResult(
-        run_requests=[dg.RunRequest(partition_key=k, run_key=f"raw_cutouts:{k}") for k in new],
-        dynamic_partitions_requests=[shard_partitions.build_add_request(new)],
-    )
-
-
-survey_job = dg.define_asset_job(
-    "survey_job", selection=[raw_cutouts], partitions_def=shard_partitions,
-    description="Build the raw_cutouts manifest of one shard.",
-)
+    indexed = context.instance.get_latest_materialization_event(dg.AssetKey("aligned_model"))
+    job = ingest_shard_job if indexed is not None else survey_job
+    context.log.info(f"{len(new)} new shard(s) for {job.name}: {new[:10]}; {len(gone)} gone: {gone[:10]}")
+    requests = [dg.RunRequest(partition_key=k, run_key=f"{job.name}:{k}", job_name=job.name)
+                for k in new]
+    partition_requests = [shard_partitions.build_add_request(new)] if new else []
+    if gone:
+        partition_requests.append(shard_partitions.build_delete_request(gone))
+        requests.append(dg.RunRequest(run_key=f"vanished:{','.join(gone)[:200]}",
+                                      job_name=index_maintenance_job.name))
+    return dg.SensorResult(run_requests=requests, dynamic_partitions_requests=partition_requests)

@@ -5,6 +5,7 @@ Runs `galaxy-assets demo` in a subprocess, as a user would, against a temporary 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -65,9 +66,35 @@ def test_demo_with_one_corrupt_shard(isolated_home):
     # the rest of the graph ran on the good shards: captions, encoder, aligner, vectors
     assert "captions: 120 (120 new" in out
     assert "morphology_job: ok" in out and "aligner_job: ok" in out
-    assert "search_vectors_job: ok" in out
+    assert "evaluation_job: ok" in out and "index_job: ok" in out
     vectors = list((home.parquet / "search_vectors").glob("*.parquet"))
     assert len(vectors) == len(shards) - 1
+    # the evaluation report holds numbers for every target and method
+    report = json.loads((home.reports / "search_evaluation" / "v1" / "evaluation.json")
+                        .read_text())
+    methods = {"semantic", "semantic_rerank", "image_similarity", "random"}
+    summary = subprocess.run(
+        [sys.executable, "-m", "galaxy_assets.cli", "evaluate", "--json"],
+        env={**os.environ, "GALAXY_ASSETS_HOME": str(home.root)},
+        capture_output=True, text=True, timeout=300,
+    )
+    figures = json.loads(summary.stdout)["targets"]
+    assert report and set(figures) >= {"spirals", "mergers", "lenses"}
+    for target, per_method in figures.items():
+        # image similarity needs query galaxies (vote fraction ≥ 0.5): a 200-galaxy survey
+        # has them for the common classes only
+        assert set(per_method) >= {"semantic", "semantic_rerank", "random"}, target
+        assert all("ndcg@10" in m for m in per_method.values()), target
+    assert set(figures["spirals"]) == methods
+    assert (home.reports / "search_evaluation" / "v1" / "report.md").exists()
+    # the index holds the good shards' galaxies and the demo printed searches from it
+    from galaxy_assets.search.table import open_table
+
+    manifested = sum(pl.read_parquet(f).height for f in manifests.glob("*.parquet"))
+    assert open_table(home.lancedb).count_rows() == manifested
+    assert f"galaxy_index: {manifested} rows" in out
+    assert "merging galaxies with tidal tails — top 8" in out
+    assert "contact sheet:" in out
     assert (home.mlflow / "mlflow.db").exists()
 
     # the runs are in the persistent Dagster instance in the home

@@ -1,0 +1,101 @@
+"""`search_evaluation`: search quality against labels, the image-similarity and random
+baselines, and the champion gate that decides whether the candidate aligner may serve."""
+
+import dagster as dg
+import polars as pl
+from dagster_polars import DataFramePartitions
+
+from galaxy_assets.defs.metadata import png_metadata
+from galaxy_assets.defs.resources import (
+    ComputeResource,
+    HomeResource,
+    MLflowResource,
+    SearchIndexResource,
+    TextEmbedderResource,
+)
+from galaxy_assets.evaluation.pipeline import EvaluationConfig, run_search_evaluation
+
+ALL = dg.AssetIn(partition_mapping=dg.AllPartitionMapping(),
+                 metadata={"allow_missing_partitions": True})
+GATE = "no_regression_vs_champion"
+
+
+class SearchEvaluationConfig(dg.Config):
+    targets_file: str = ""  # YAML of targets and query phrasings; empty: the defaults
+    vote_catalogue: str = ""  # Galaxy Zoo votes (object_id or ra/dec + counts); empty: truth
+    lens_catalogue: str = ""  # lens catalogue (ra, dec[, grade]); empty: truth
+    match_radius_arcsec: float = 1.0
+    rerank: bool = True  # also score semantic search re-ranked by the configured captioner
+    rerank_depth: int = 50
+    n_boot: int = 500
+    n_sigma: float = 1.0  # a target fails the gate when nDCG@10 drops by more than n_sigma σ
+
+
+@dg.asset(
+    group_name="search", kinds={"mlflow", "polars"},
+    ins={"image_embeddings": ALL, "raw_cutouts": ALL},
+    check_specs=[dg.AssetCheckSpec(GATE, asset="search_evaluation", blocking=True,
+                                   description="The candidate aligner's nDCG@10 drops on no "
+                                   "target by more than its bootstrap uncertainty.")],
+)
+def search_evaluation(
+    context: dg.AssetExecutionContext, config: SearchEvaluationConfig,
+    aligned_model: pl.DataFrame, image_embeddings: DataFramePartitions,
+    raw_cutouts: DataFramePartitions, home: HomeResource, compute: ComputeResource,
+    mlflow: MLflowResource, text_embedder: TextEmbedderResource,
+    search_index: SearchIndexResource,
+):
+    """nDCG@10/100, recall and precision for semantic search (with and without re-ranking),
+    image similarity and random on every target; a Markdown report with plots and example
+    grids, logged to the aligner's MLflow run. The candidate becomes
+    `search-aligner@champion` only when the blocking gate passes."""
+    from galaxy_assets.search.service import build_rater
+
+    run_cfg = EvaluationConfig(**config.model_dump(), alias=search_index.aligner_alias)
+    tracker = mlflow.tracker(home.home())
+    embedder = text_embedder.build(compute)
+    outcome = run_search_evaluation(
+        candidate_version=int(aligned_model["version"][0]),
+        image_embeddings=pl.concat(list(image_embeddings.values())),
+        manifest=pl.concat(list(raw_cutouts.values()), how="diagonal_relaxed"),
+        tracker=tracker, text_embedder=embedder,
+        rater=build_rater(text_embedder=embedder) if config.rerank else None,
+        reports=home.home().reports / "search_evaluation", config=run_cfg,
+        index_version=_index_version(home, search_index), log=context.log.info,
+    )
+    decision = outcome.decision
+    metadata = {
+        "report": dg.MetadataValue.md(outcome.files.text),
+        "report_path": dg.MetadataValue.path(str(outcome.files.markdown)),
+        "summary": dg.MetadataValue.json(outcome.result.summary()),
+        "gate": dg.MetadataValue.md(decision.to_markdown()),
+        "promoted": outcome.promoted, "candidate_version": outcome.candidate_version,
+        "champion_version": outcome.champion_version or 0,
+        **{k.replace("/", "__"): v for k, v in outcome.result.flat_metrics().items()
+           if "ndcg_at_10" in k and not k.endswith("_std")},
+    }
+    for name, path in outcome.files.plots.items():
+        metadata.update(png_metadata(path, key=f"plot_{name}"))
+    yield dg.Output(outcome.result.to_frame(), metadata=metadata)
+    yield dg.AssetCheckResult(
+        check_name=GATE, passed=decision.passed, severity=dg.AssetCheckSeverity.ERROR,
+        description="; ".join(decision.reasons)[:1000],
+        metadata={"promoted": outcome.promoted, "candidate_version": outcome.candidate_version,
+                  "gate": dg.MetadataValue.md(decision.to_markdown())},
+    )
+
+
+def _index_version(home: HomeResource, search_index: SearchIndexResource) -> int | None:
+    from galaxy_assets.search.table import connect, table_exists, table_version
+
+    db = connect(search_index.location(home.home()))
+    if not table_exists(db, search_index.table):
+        return None
+    return table_version(db.open_table(search_index.table))
+
+
+evaluation_job = dg.define_asset_job(
+    "evaluation_job", selection=[search_evaluation],
+    description="Evaluate the candidate aligner against the champion and the baselines; "
+    "promote it when the gate passes.",
+)

@@ -1,0 +1,162 @@
+"""The searchable index: `galaxy_index` (LanceDB, upserted per shard), its upkeep, and the
+automation that keeps it in step with new shards and new champion aligners."""
+
+import dagster as dg
+import polars as pl
+from dagster_polars import DataFramePartitions
+
+from galaxy_assets.defs.metadata import scalar_metadata
+from galaxy_assets.defs.partitions import shard_partitions
+from galaxy_assets.defs.resources import HomeResource, MLflowResource, SearchIndexResource
+from galaxy_assets.search import ann
+from galaxy_assets.search.table import (
+    RowStats,
+    build_shard_rows,
+    ensure_indexes,
+    indexed_shards,
+    open_or_create_table,
+    open_table,
+    remove_shards,
+    table_exists,
+    table_version,
+    upsert_shard,
+)
+
+
+@dg.asset(
+    group_name="search", partitions_def=shard_partitions, pool="lancedb_writer",
+    kinds={"lancedb"}, backfill_policy=dg.BackfillPolicy.single_run(),
+    ins={"morphology_predictions": dg.AssetIn(metadata={"allow_missing_partitions": True})},
+)
+def galaxy_index(
+    context: dg.AssetExecutionContext, raw_cutouts: DataFramePartitions,
+    search_vectors: DataFramePartitions, morphology_predictions: DataFramePartitions,
+    vlm_captions: pl.DataFrame, home: HomeResource, search_index: SearchIndexResource,
+) -> dg.MaterializeResult:
+    """One row per galaxy (position, fluxes and magnitudes, caption, vote fractions, aligner
+    version, search vector), upserted per shard with merge_insert on object_id in one commit
+    per shard: a rerun never duplicates or loses rows, and a failed run leaves the previous
+    version readable. Then the full-text and vector indexes are brought up to date."""
+    uri = search_index.location(home.home())
+    upserts = []
+    table = None
+    for key in context.partition_keys:
+        rows_stats = RowStats()
+        rows = build_shard_rows(key, raw_cutouts[key], search_vectors[key],
+                                (morphology_predictions or {}).get(key), vlm_captions,
+                                stats=rows_stats)
+        if table is None:
+            table = open_or_create_table(uri, rows.schema.field("vector").type.list_size,
+                                         name=search_index.table)
+        stats = upsert_shard(table, key, rows)
+        upserts.append({**stats.as_metadata(), **{
+            k: v for k, v in rows_stats.as_metadata().items() if k.startswith("n_") and k not in (
+                "n_rows",)}})
+        context.log.info(f"{key}: {stats.n_inserted} inserted, {stats.n_updated} updated, "
+                         f"{stats.n_deleted} removed, {stats.n_skipped} skipped → v{stats.version}")
+    indexes = {**ensure_indexes(table), "vector": ann.ensure_vector_index(table)}
+    per_shard = pl.DataFrame(upserts).drop("skipped_object_ids", strict=False)
+    return dg.MaterializeResult(metadata={
+        "table_version": table_version(table), "table_uri": uri, "rows": table.count_rows(),
+        "shards": len(upserts),
+        "inserted": int(per_shard["n_inserted"].sum()), "updated": int(per_shard["n_updated"].sum()),
+        "removed": int(per_shard["n_deleted"].sum()), "skipped": int(per_shard["n_skipped"].sum()),
+        "upserts": dg.MetadataValue.md(_markdown(per_shard)),
+        "without_vector": int(per_shard["n_without_vector"].sum()),
+        "captioned": int(per_shard["n_captioned"].sum()),
+        "indexes": dg.MetadataValue.json(_jsonable(indexes)),
+    })
+
+
+@dg.asset(group_name="search", deps=[galaxy_index], pool="lancedb_writer", kinds={"lancedb"})
+def index_maintenance(
+    context: dg.AssetExecutionContext, home: HomeResource, search_index: SearchIndexResource,
+) -> dg.MaterializeResult:
+    """Removes the rows of shards that are no longer partitions (their files disappeared),
+    compacts the table, folds new rows into the vector and full-text indexes, and prunes
+    versions older than a week."""
+    table = open_table(search_index.location(home.home()), name=search_index.table)
+    known = set(context.instance.get_dynamic_partitions(shard_partitions.name))
+    gone = sorted(set(indexed_shards(table)) - known)
+    removed = remove_shards(table, gone) if gone else {"n_deleted": 0}
+    if gone:
+        context.log.warning(f"removed {removed['n_deleted']} rows of vanished shards {gone[:10]}")
+    upkeep = ann.maintain(table)
+    fts = ensure_indexes(table)
+    return dg.MaterializeResult(metadata={
+        "table_version": table_version(table), "rows": table.count_rows(),
+        "vanished_shards": len(gone), "rows_removed": int(removed["n_deleted"]),
+        "maintenance": dg.MetadataValue.json(_jsonable(upkeep)),
+        "indexes": dg.MetadataValue.json(_jsonable(fts)),
+        **scalar_metadata(upkeep),
+    })
+
+
+index_maintenance_schedule = dg.ScheduleDefinition(
+    name="index_maintenance_nightly", target=index_maintenance, cron_schedule="0 3 * * *",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Nightly upkeep of galaxy_index: compaction, index refresh, version pruning.",
+)
+
+reindex_job = dg.define_asset_job(
+    "reindex_job", selection=dg.AssetSelection.assets("search_vectors", "galaxy_index"),
+    partitions_def=shard_partitions,
+    description="Recompute search vectors with the served aligner and upsert them into "
+    "galaxy_index (a partition range runs in one run: the aligner is loaded once).",
+)
+
+
+@dg.sensor(
+    name="search_aligner_champion_sensor", job=reindex_job, minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Re-indexes every shard (one run over all of them) when the MLflow alias "
+    "search-aligner@<served alias> moves to another version.",
+)
+def search_aligner_champion_sensor(
+    context: dg.SensorEvaluationContext, home: HomeResource, mlflow: MLflowResource,
+    search_index: SearchIndexResource,
+):
+    alias = search_index.aligner_alias
+    mv = mlflow.tracker(home.home()).get_alias_version("search-aligner", alias)
+    if mv is None:
+        return dg.SkipReason(f"search-aligner has no '{alias}' alias yet")
+    version = str(mv.version)
+    if context.cursor == version:
+        return dg.SkipReason(f"search-aligner@{alias} is still version {version}")
+    keys = context.instance.get_dynamic_partitions(shard_partitions.name)
+    served = _served_versions(home, search_index)
+    if not keys or served == {f"search-aligner/v{version}"}:
+        return dg.SensorResult(skip_reason=dg.SkipReason(
+            f"search-aligner@{alias} = v{version}; "
+            + ("no shards yet" if not keys else "the index already serves it")),
+            cursor=version)
+    context.log.info(f"search-aligner@{alias} → v{version}: re-indexing {len(keys)} shard(s)")
+    return dg.SensorResult(
+        run_requests=[dg.RunRequest(
+            run_key=f"reindex:{alias}:v{version}",
+            tags={"dagster/asset_partition_range_start": keys[0],
+                  "dagster/asset_partition_range_end": keys[-1]},
+        )],
+        cursor=version,
+    )
+
+
+def _served_versions(home: HomeResource, search_index: SearchIndexResource) -> set[str]:
+    from galaxy_assets.search.table import column_counts, connect
+
+    db = connect(search_index.location(home.home()))
+    if not table_exists(db, search_index.table):
+        return set()
+    return set(column_counts(db.open_table(search_index.table), "aligner_version"))
+
+
+def _markdown(frame: pl.DataFrame) -> str:
+    from galaxy_assets.tables import to_markdown
+
+    return to_markdown(frame, max_rows=50) if frame.height else "nothing written"
+
+
+def _jsonable(value):
+    import json
+
+    return json.loads(json.dumps(value, default=str))

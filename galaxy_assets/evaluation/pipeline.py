@@ -1,0 +1,203 @@
+"""The whole search evaluation as the graph runs it (``search_evaluation``): labels, the
+candidate and champion aligners searched exactly in memory (:mod:`.semantic`), re-ranking,
+the baselines, the gate, the promotion, the report and its MLflow logging.
+
+Only this evaluation reads the truth tables (through :func:`~.labels.load_truth_labels`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from galaxy_assets.evaluation.errors import EvaluationError
+from galaxy_assets.evaluation.gate import GateDecision, compare_to_champion
+from galaxy_assets.evaluation.labels import (
+    EvaluationLabels,
+    labels_from_lens_catalogue,
+    labels_from_vote_catalogue,
+    load_targets,
+    load_truth_labels,
+)
+from galaxy_assets.evaluation.report import (
+    EvaluationResult,
+    ReportFiles,
+    evaluate,
+    example_ids,
+    write_report,
+)
+from galaxy_assets.evaluation.semantic import ExactSemanticSearch, RerankCallable
+
+log = logging.getLogger(__name__)
+
+__all__ = ["EvaluationConfig", "EvaluationOutcome", "load_labels", "run_search_evaluation"]
+
+ALIGNER = "search-aligner"
+
+
+@dataclass
+class EvaluationConfig:
+    targets_file: str = ""
+    vote_catalogue: str = ""
+    lens_catalogue: str = ""
+    match_radius_arcsec: float = 1.0
+    rerank: bool = True
+    rerank_depth: int = 50
+    n_boot: int = 500
+    n_sigma: float = 1.0
+    alias: str = "champion"
+    seed: int = 0
+
+
+@dataclass
+class EvaluationOutcome:
+    result: EvaluationResult
+    decision: GateDecision
+    files: ReportFiles
+    promoted: bool
+    candidate_version: int
+    champion_version: int | None
+    champion_result: EvaluationResult | None = None
+
+
+def load_labels(manifest: pl.DataFrame, config: EvaluationConfig) -> EvaluationLabels:
+    """Labels from the truth tables beside the shards (mock surveys), replaced target by target
+    by the user's catalogues when given; an error when there is neither."""
+    targets = load_targets(config.targets_file or None)
+    labels: EvaluationLabels | None = None
+    uris = manifest["shard_uri"].unique().to_list()
+    try:
+        labels = load_truth_labels(uris, targets, manifest=manifest)
+    except EvaluationError as exc:
+        if not (config.vote_catalogue or config.lens_catalogue):
+            raise EvaluationError(
+                f"{exc}; for a real survey give search_evaluation a vote_catalogue (Galaxy Zoo "
+                "votes) and/or a lens_catalogue in its config"
+            ) from exc
+        log.info("no truth tables (%s): using the catalogues only", exc)
+    for path, build in ((config.vote_catalogue, labels_from_vote_catalogue),
+                        (config.lens_catalogue, labels_from_lens_catalogue)):
+        if not path:
+            continue
+        if build is labels_from_vote_catalogue:
+            extra = build(path, manifest, targets, radius_arcsec=config.match_radius_arcsec)
+        else:
+            extra = build(path, manifest, radius_arcsec=config.match_radius_arcsec)
+        labels = extra if labels is None else labels.merged(extra)
+    assert labels is not None
+    return labels
+
+
+def _example_grids(result: EvaluationResult, manifest: pl.DataFrame) -> dict[str, list[np.ndarray]]:
+    from galaxy_assets.search.pixels import Cutout, read_cutouts
+    from galaxy_assets.survey.rgb import lupton_rgb
+
+    grids: dict[str, list[np.ndarray]] = {}
+    rows = manifest.select("object_id", "shard_uri", "row")
+    for target in result.targets:
+        try:
+            ids = example_ids(result, target, n=16)
+        except EvaluationError:
+            continue
+        frame = pl.DataFrame({"object_id": ids}).join(rows, on="object_id", how="left",
+                                                      maintain_order="left")
+        cutouts = read_cutouts(frame)
+        pictures = []
+        for oid in ids:
+            cut = cutouts.get(oid)
+            if isinstance(cut, Cutout):
+                pictures.append(lupton_rgb(cut.image, list(cut.bands)))
+            else:
+                pictures.append(np.zeros((8, 8, 3), np.uint8))  # unreadable: a black tile
+        grids[target] = pictures
+    return grids
+
+
+def _log_to_run(tracker: Any, run_id: str, result: EvaluationResult, files: ReportFiles,
+                decision: GateDecision) -> None:
+    from galaxy_assets.tracking import TrackedRun
+
+    info = tracker.client.get_run(run_id).info
+    run = TrackedRun(tracker, run_id, info.experiment_id, info.artifact_uri)
+    metrics = {f"eval/{k}": v for k, v in result.flat_metrics().items()}
+    run.log_metrics({k.replace("@", "_at_"): v for k, v in metrics.items()})
+    run.log_metric("eval/gate_passed", 1.0 if decision.passed else 0.0)
+    for path in [files.markdown, files.json, *files.plots.values(), *files.grids.values()]:
+        run.log_artifact(path, "search_evaluation")
+
+
+def run_search_evaluation(
+    *,
+    candidate_version: int,
+    image_embeddings: pl.DataFrame,
+    manifest: pl.DataFrame,
+    tracker: Any,
+    text_embedder: Any,
+    rater: Any | None,
+    reports: Path,
+    config: EvaluationConfig,
+    index_version: int | None = None,
+    log: Callable[[str], None] = log.info,
+) -> EvaluationOutcome:
+    """Evaluate aligner ``candidate_version`` and, when another version holds ``config.alias``,
+    that champion on the same labels; decide the gate, move the alias on a pass, write the
+    report under ``reports/v<candidate_version>/`` and log it to the candidate's MLflow run.
+    ``index_version``: the galaxy_index version serving queries meanwhile (recorded only: the
+    search is exact and in memory, so that a candidate is judged before it serves)."""
+    from galaxy_assets.alignment.model import load_aligner
+
+    labels = load_labels(manifest, config)
+    candidate = load_aligner(tracker, ALIGNER, candidate_version)
+    cand_search = ExactSemanticSearch(candidate, text_embedder, image_embeddings)
+    champion_mv = tracker.get_alias_version(ALIGNER, config.alias)
+    champion_version = int(champion_mv.version) if champion_mv is not None else None
+    versions = {
+        "aligner": candidate.aligner_version,
+        "champion": f"{ALIGNER}/v{champion_version}" if champion_version else "none",
+        "image_encoder": str(candidate.config.image_encoder),
+        "text_embedder": str(candidate.config.text_embedder),
+        "galaxies": str(len(cand_search)),
+        "galaxy_index": f"v{index_version}" if index_version is not None else "not built",
+    }
+    rerank_fn = RerankCallable(rater, manifest, cand_search) if rater is not None else None
+    log(f"evaluating {candidate.aligner_version} on {len(cand_search)} galaxies"
+        + (f" against champion v{champion_version}" if champion_version else ""))
+    common = {"universe": cand_search.ids.tolist(), "n_boot": config.n_boot, "seed": config.seed}
+    result = evaluate(labels, search_fn=cand_search, rerank_fn=rerank_fn,
+                      image_embeddings=image_embeddings, rerank_depth=config.rerank_depth,
+                      rerank_all_phrasings=False, versions=versions, **common)
+    champion_result = None
+    if champion_version is not None and champion_version != candidate_version:
+        champion = load_aligner(tracker, ALIGNER, champion_version)
+        champion_result = evaluate(labels, search_fn=ExactSemanticSearch(
+            champion, text_embedder, image_embeddings), versions={"aligner": champion.aligner_version},
+            **common)
+    decision = compare_to_champion(result, champion_result, n_sigma=config.n_sigma)
+    promoted = False
+    if decision.passed and champion_version != candidate_version:
+        tracker.set_alias(ALIGNER, config.alias, candidate_version)
+        promoted = True
+    verdict = ("passed: " if decision.passed else "FAILED: ") + "; ".join(decision.reasons)
+    log(f"gate {verdict}" + (f" → {ALIGNER}@{config.alias} = v{candidate_version}" if promoted else ""))
+    if rerank_fn is not None:
+        log(f"re-ranking: {rerank_fn.n_rated} rated, {rerank_fn.n_failed} failed in "
+            f"{rerank_fn.seconds:.1f} s")
+    gate_section = "## Champion gate\n\n" + decision.to_markdown() + (
+        f"\n\n{ALIGNER} v{candidate_version} "
+        + (f"is now `{config.alias}`." if promoted else
+           ("already was the champion." if champion_version == candidate_version else
+            f"stays a candidate; `{config.alias}` remains v{champion_version}.")))
+    files = write_report(result, Path(reports) / f"v{candidate_version}",
+                         _example_grids(result, manifest), extra_sections=[gate_section],
+                         title=f"Search evaluation of {candidate.aligner_version}")
+    run_id = tracker.resolve_version(ALIGNER, candidate_version).run_id
+    if run_id:
+        _log_to_run(tracker, run_id, result, files, decision)
+    return EvaluationOutcome(result, decision, files, promoted, candidate_version,
+                             champion_version, champion_result)

@@ -1,0 +1,152 @@
+"""Ready-to-query objects built from the settings: what the CLI, the evaluation and the web
+page share, so that they all serve the same table with the same models.
+
+:func:`open_search` opens ``galaxy_index`` (``search.uri`` / ``search.table``), loads from the
+MLflow registry the aligner version that made the table's vectors (so query vectors and row
+vectors always come from the same heads), and builds the configured text embedder.
+:func:`build_rater` gives the re-ranking rater of the configured captioner backend.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from typing import Any
+
+from galaxy_assets.runtime import Home
+from galaxy_assets.search.errors import IndexMismatchError, SearchError
+from galaxy_assets.settings import Settings, load_settings
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "aligner_of_table",
+    "build_rater",
+    "build_text_embedder_from",
+    "open_search",
+    "tracker_for",
+]
+
+_VERSION = re.compile(r"^(?P<name>[A-Za-z0-9_.-]+)/v(?P<version>\d+)$")
+
+
+def tracker_for(home: Home):
+    """The MLflow tracker: ``MLFLOW_TRACKING_URI`` when set, else the home's SQLite store."""
+    from galaxy_assets.tracking import Tracker
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    return Tracker(uri, home.mlflow_artifacts) if uri else Tracker.from_home(home)
+
+
+def build_text_embedder_from(settings: Settings, device: str = "cpu"):
+    """The text embedder of ``settings.text_embedder`` (the one the aligner was trained with,
+    unless the settings changed since — :class:`GalaxySearch` then refuses text queries)."""
+    from galaxy_assets.embedding.text import build_text_embedder
+
+    cfg = settings.text_embedder
+    key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
+    return build_text_embedder(
+        cfg.backend,
+        model=cfg.model or None,
+        base_url=cfg.base_url or None,
+        api_key=key,
+        batch_size=cfg.batch_size,
+        device=device,
+    )
+
+
+def aligner_of_table(table: Any) -> tuple[str, int]:
+    """``(registered name, version)`` of the aligner whose vectors fill ``table``."""
+    from galaxy_assets.search.table import column_counts
+
+    versions = sorted(v for v in column_counts(table, "aligner_version") if v)
+    if not versions:
+        raise SearchError(f"{table.name} is empty: materialize galaxy_index for some shards first")
+    if len(versions) > 1:
+        raise IndexMismatchError(
+            f"{table.name} mixes vectors of {versions}: a re-index is under way or failed "
+            "half-way; wait for it, or run reindex_job over every shard"
+        )
+    match = _VERSION.match(versions[0])
+    if match is None:
+        raise SearchError(f"{table.name}: aligner_version {versions[0]!r} is not '<name>/v<N>'")
+    return match["name"], int(match["version"])
+
+
+def open_search(
+    *,
+    home: Home | None = None,
+    settings: Settings | None = None,
+    image_queries: bool = False,
+    serving_index: bool | str = "auto",
+):
+    """A :class:`~galaxy_assets.search.query.GalaxySearch` over the configured table, with the
+    table's own aligner version and the configured text embedder; ``image_queries`` also
+    builds the image encoder the aligner was trained on (for FITS/PNG query files)."""
+    from galaxy_assets.alignment.model import load_aligner
+    from galaxy_assets.search.query import GalaxySearch
+    from galaxy_assets.search.table import open_table
+
+    settings = settings or load_settings()
+    home = home or settings.home_folder()
+    table = open_table(settings.search.uri or str(home.lancedb), name=settings.search.table)
+    name, version = aligner_of_table(table)
+    tracker = tracker_for(home)
+    aligner = load_aligner(tracker, name, version)
+    encoder = None
+    if image_queries:
+        encoder = _image_encoder_for(aligner, tracker)
+    return GalaxySearch(
+        table,
+        text_embedder=build_text_embedder_from(settings),
+        aligner=aligner,
+        image_encoder=encoder,
+        serving_index=serving_index,
+    )
+
+
+def _image_encoder_for(aligner: Any, tracker: Any):
+    """The image encoder named by the aligner's training lineage (registry models only; other
+    encoders are rebuilt from the settings the user gave them)."""
+    from galaxy_assets.embedding.image import build_image_encoder
+
+    encoder_id = str(aligner.config.image_encoder or "")
+    match = re.match(r"^registry:(?P<name>[^/]+)/v(?P<version>\d+)$", encoder_id)
+    if match is None:
+        raise SearchError(
+            f"image-file queries need the image encoder {encoder_id!r} the aligner was trained "
+            "on; only registry encoders are rebuilt automatically: query by object_id instead"
+        )
+    return build_image_encoder(
+        "registry", model_name=match["name"], alias=int(match["version"]), tracker=tracker
+    )
+
+
+def build_rater(settings: Settings | None = None, text_embedder: Any | None = None):
+    """The re-ranking rater of ``settings.captioner``: the describer compares fresh
+    descriptions with the query in text-embedding space; VLM backends answer the rating
+    prompt (``prompts/rate_v1.txt``)."""
+    from galaxy_assets.captioning.factory import build_captioner
+    from galaxy_assets.captioning.rating import DescriberRater
+
+    settings = settings or load_settings()
+    cfg = settings.captioner
+    if cfg.backend == "morphology":
+        return DescriberRater(text_embedder or build_text_embedder_from(settings))
+    key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
+    captioner = build_captioner(
+        cfg.backend,
+        model=cfg.model,
+        base_url=cfg.base_url,
+        api_key=key,
+        max_new_tokens=cfg.max_new_tokens,
+        concurrency=cfg.concurrency,
+        request_budget=cfg.request_budget,
+        batch_size=cfg.batch_size,
+        device=settings.compute.device,
+        dtype=settings.compute.dtype,
+    )
+    if not hasattr(captioner, "rate"):
+        raise SearchError(f"captioner backend {cfg.backend!r} cannot rate galaxies for re-ranking")
+    return captioner
