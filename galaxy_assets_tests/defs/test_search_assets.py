@@ -1,0 +1,172 @@
+"""galaxy_index and its automation through Dagster: idempotent batched upserts, the IO
+manager's shard batches, the new-shard and champion sensors, the maintenance schedule."""
+
+from __future__ import annotations
+
+import dagster as dg
+import polars as pl
+import pytest
+
+from galaxy_assets.alignment.model import CODE_REF
+from galaxy_assets.defs.io import ShardParquetIOManager
+from galaxy_assets.defs.partitions import shard_partitions
+from galaxy_assets.defs.resources import (
+    HomeResource,
+    MLflowResource,
+    SearchIndexResource,
+    SurveyResource,
+)
+from galaxy_assets.defs.search import (
+    galaxy_index,
+    index_maintenance,
+    index_maintenance_schedule,
+    search_aligner_champion_sensor,
+)
+from galaxy_assets.defs.survey import survey_shards_sensor
+from galaxy_assets.search.table import open_table
+from galaxy_assets.tracking import Tracker
+from galaxy_assets_tests.search.conftest import make_aligner, synthetic_shard_frames
+
+KEYS = ["healpix=1__001-of-001", "healpix=2__001-of-001", "healpix=3__001-of-001"]
+RANGE = {"dagster/asset_partition_range_start": KEYS[0],
+         "dagster/asset_partition_range_end": KEYS[-1]}
+
+
+def _write_upstream(base, n=20):
+    """Stored outputs of the assets galaxy_index reads, as the IO manager writes them."""
+    captions = []
+    for i, key in enumerate(KEYS):
+        frames = synthetic_shard_frames(n, key, seed=i, start=100 * i)
+        for asset, frame in (("raw_cutouts", frames["manifest"]),
+                             ("search_vectors", frames["vectors"]),
+                             ("morphology_predictions", frames["predictions"])):
+            (base / asset).mkdir(parents=True, exist_ok=True)
+            frame.write_parquet(base / asset / f"{key}.parquet")
+        captions.append(frames["captions"])
+    pl.concat(captions).write_parquet(base / "vlm_captions.parquet")
+
+
+def _resources(home):
+    from galaxy_assets.defs.resources import default_resources
+
+    return {**default_resources(), "home": HomeResource(root=str(home)),
+            "search_index": SearchIndexResource(),
+            "io_manager": ShardParquetIOManager(base_dir=str(home / "parquet"))}
+
+
+def _assets():
+    from galaxy_assets.definitions import defs
+
+    return list(defs.assets)
+
+
+def test_galaxy_index_upserts_a_shard_range_in_one_run_and_reruns_idempotently(isolated_home):
+    _write_upstream(isolated_home / "parquet")
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(shard_partitions.name, KEYS)
+        first = dg.materialize(_assets(), selection=[galaxy_index], instance=instance,
+                               resources=_resources(isolated_home), tags=RANGE)
+        assert first.success
+        events = first.asset_materializations_for_node("galaxy_index")
+        assert {e.partition for e in events} == set(KEYS)  # one run, three partitions
+        meta = events[0].metadata
+        assert meta["rows"].value == 60 and meta["inserted"].value == 60
+        table = open_table(isolated_home / "lancedb")
+        assert table.count_rows() == 60
+        v1 = meta["table_version"].value
+
+        # a rerun of one shard (single partition: the dict input still arrives as a dict)
+        again = dg.materialize(_assets(), selection=[galaxy_index], instance=instance,
+                               resources=_resources(isolated_home), partition_key=KEYS[1])
+        meta = again.asset_materializations_for_node("galaxy_index")[0].metadata
+        assert meta["inserted"].value == 0 and meta["updated"].value == 20
+        assert meta["table_version"].value > v1
+        table.checkout_latest()
+        assert table.count_rows() == 60
+        assert pl.from_arrow(table.to_arrow().select(["object_id"]))["object_id"].n_unique() == 60
+
+        # a shard whose partition was deleted (its file vanished): maintenance drops its rows
+        instance.delete_dynamic_partition(shard_partitions.name, KEYS[2])
+        upkeep = dg.materialize(_assets(), selection=[index_maintenance], instance=instance,
+                                resources=_resources(isolated_home))
+        meta = upkeep.asset_materializations_for_node("index_maintenance")[0].metadata
+        assert meta["vanished_shards"].value == 1 and meta["rows_removed"].value == 20
+        table.checkout_latest()
+        assert table.count_rows() == 40
+
+
+def test_maintenance_schedule_targets_index_maintenance():
+    context = dg.build_schedule_context()
+    request = index_maintenance_schedule.evaluate_tick(context).run_requests[0]
+    assert index_maintenance_schedule.cron_schedule == "0 3 * * *"
+    assert request.asset_selection in (None, [dg.AssetKey("index_maintenance")])
+
+
+def _fake_shard(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89HDF\r\n\x1a\n")  # found by name; not read by the sensor
+
+
+def test_survey_sensor_adds_new_shards_and_removes_vanished_ones(isolated_home, tmp_path):
+    root = tmp_path / "survey"
+    for key in ("healpix=1", "healpix=2"):
+        _fake_shard(root / key / "001-of-001.hdf5")
+    resources = {"home": HomeResource(root=str(isolated_home)),
+                 "survey": SurveyResource(roots=[str(root)])}
+    with dg.instance_for_test() as instance:
+        ctx = dg.build_sensor_context(instance=instance, resources=resources)
+        result = survey_shards_sensor(ctx)
+        assert sorted(r.partition_key for r in result.run_requests) == KEYS[:2]
+        assert {r.job_name for r in result.run_requests} == {"survey_job"}  # no aligner yet
+        instance.add_dynamic_partitions(shard_partitions.name, KEYS[:2])
+
+        (root / "healpix=2" / "001-of-001.hdf5").unlink()
+        _fake_shard(root / "healpix=3" / "001-of-001.hdf5")
+        result = survey_shards_sensor(dg.build_sensor_context(instance=instance,
+                                                              resources=resources))
+        jobs = sorted(r.job_name for r in result.run_requests)
+        assert jobs == ["index_maintenance_job", "survey_job"]
+        requests = result.dynamic_partitions_requests
+        assert any(isinstance(r, dg.DeleteDynamicPartitionsRequest)
+                   and r.partition_keys == [KEYS[1]] for r in requests)
+        assert any(isinstance(r, dg.AddDynamicPartitionsRequest)
+                   and r.partition_keys == [KEYS[2]] for r in requests)
+
+        # a missing root must not read as "every shard vanished"
+        missing = {**resources, "survey": SurveyResource(roots=[str(tmp_path / "unmounted")])}
+        result = survey_shards_sensor(dg.build_sensor_context(instance=instance,
+                                                              resources=missing))
+        assert isinstance(result, dg.SkipReason)
+
+
+def _register_champion(home) -> int:
+    tracker = Tracker.from_home(type("H", (), {
+        "mlflow_tracking_uri": f"sqlite:///{home}/mlflow/mlflow.db",
+        "mlflow_artifacts": home / "mlflow" / "artifacts"})())
+    model = make_aligner()
+    with tracker.start_run("search-aligner") as run:
+        path = run.log_torch_model("model", model.state_dict(), model.config_dict(), CODE_REF)
+    version = tracker.register(run.run_id, path, "search-aligner")
+    tracker.set_alias("search-aligner", "champion", version)
+    return version
+
+
+@pytest.mark.slow
+def test_champion_sensor_reindexes_every_shard_once_per_new_champion(isolated_home):
+    resources = {"home": HomeResource(root=str(isolated_home)), "mlflow": MLflowResource(),
+                 "search_index": SearchIndexResource()}
+    with dg.instance_for_test() as instance:
+        ctx = dg.build_sensor_context(instance=instance, resources=resources)
+        skip = search_aligner_champion_sensor(ctx)
+        assert isinstance(skip, dg.SkipReason) and "no 'champion'" in skip.skip_message
+        instance.add_dynamic_partitions(shard_partitions.name, KEYS)
+        version = _register_champion(isolated_home)
+        ctx = dg.build_sensor_context(instance=instance, resources=resources)
+        result = search_aligner_champion_sensor(ctx)
+        (request,) = result.run_requests
+        assert request.tags == RANGE  # one run over every shard: the aligner loads once
+        assert result.cursor == str(version)
+        ctx = dg.build_sensor_context(instance=instance, resources=resources,
+                                      cursor=str(version))
+        skip = search_aligner_champion_sensor(ctx)
+        assert isinstance(skip, dg.SkipReason) and "still version" in skip.skip_message
