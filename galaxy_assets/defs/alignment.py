@@ -25,34 +25,40 @@ class ImageEmbeddingsConfig(dg.Config):
 
 
 @dg.asset(group_name="search", partitions_def=shard_partitions, pool="gpu",
-          deps=["morphology_encoder"], kinds={"pytorch", "polars"})
+          deps=["morphology_encoder"], kinds={"pytorch", "polars"},
+          backfill_policy=dg.BackfillPolicy.single_run())
 def image_embeddings(
-    context: dg.AssetExecutionContext, config: ImageEmbeddingsConfig, raw_cutouts: pl.DataFrame,
-    home: HomeResource, compute: ComputeResource, mlflow: MLflowResource,
-    image_encoder: ImageEncoderResource,
-) -> pl.DataFrame:
-    """Unit vectors of the frozen image encoder for every galaxy of the shard (object_id,
-    encoder, vector), streamed in batches. The previous vectors are reused when neither the
-    shard (its fingerprint) nor the encoder (id and version) changed."""
+    context: dg.AssetExecutionContext, config: ImageEmbeddingsConfig,
+    raw_cutouts: DataFramePartitions, home: HomeResource, compute: ComputeResource,
+    mlflow: MLflowResource, image_encoder: ImageEncoderResource,
+) -> DataFramePartitions:
+    """Unit vectors of the frozen image encoder for every galaxy of the shard(s) (object_id,
+    encoder, vector), streamed in batches; a backfill runs its shards in one run with the
+    encoder loaded once. A shard's previous vectors are reused when neither the shard (its
+    fingerprint) nor the encoder (id and version) changed."""
     encoder = image_encoder.build(compute, mlflow.tracker(home.home()))
-    fingerprint = shard_fingerprint(raw_cutouts)
-    previous = None if config.force else reusable_output(
-        context, home.home().parquet / "image_embeddings" / f"{context.partition_key}.parquet",
-        encoder=encoder.encoder_id, shard_fingerprint=fingerprint)
-    if previous is not None:
-        context.log.info(f"shard and encoder {encoder.encoder_id} unchanged: vectors reused")
-        context.add_output_metadata({"galaxies": previous.height, "encoder": encoder.encoder_id,
-                                     "dim": encoder.dim, "shard_fingerprint": fingerprint,
-                                     "reused": True})
-        return previous
-    stats = EmbedStats()
-    with open_shard_for(encoder, raw_cutouts["shard_uri"][0]) as reader:
-        vectors = embed_shard(reader, encoder, stats=stats)
-    vectors = vectors.join(raw_cutouts.select("object_id"), on="object_id", how="semi")
-    context.add_output_metadata({"galaxies": vectors.height, "encoder": encoder.encoder_id,
-                                 "dim": encoder.dim, "shard_fingerprint": fingerprint,
-                                 "reused": False, **scalar_metadata(stats.as_metadata())})
-    return vectors
+    folder = home.home().parquet / "image_embeddings"
+    out: dict[str, pl.DataFrame] = {}
+    for key in context.partition_keys:
+        manifest = raw_cutouts[key]
+        fingerprint = shard_fingerprint(manifest)
+        previous = None if config.force else reusable_output(
+            context, folder / f"{key}.parquet", key,
+            encoder=encoder.encoder_id, shard_fingerprint=fingerprint)
+        meta = {"encoder": encoder.encoder_id, "dim": encoder.dim,
+                "shard_fingerprint": fingerprint, "reused": previous is not None}
+        if previous is not None:
+            context.log.info(f"{key}: shard and encoder {encoder.encoder_id} unchanged: "
+                             "vectors reused")
+            out[key] = previous
+        else:
+            stats = EmbedStats()
+            with open_shard_for(encoder, manifest["shard_uri"][0]) as reader:
+                vectors = embed_shard(reader, encoder, stats=stats)
+            out[key] = vectors.join(manifest.select("object_id"), on="object_id", how="semi")
+            meta.update(scalar_metadata(stats.as_metadata()))
+        context.add_asset_metadata({"galaxies": out[key].height, **meta}, partition_key=key)
+    return out
 
 
 class AlignerTrainConfig(dg.Config):

@@ -43,7 +43,8 @@ def scalar_metadata(values: dict) -> dict[str, object]:
 
 
 def reusable_output(
-    context: dg.AssetExecutionContext, path: Path, **expected: str
+    context: dg.AssetExecutionContext, path: Path, partition_key: str | None = None,
+    **expected: str,
 ) -> pl.DataFrame | None:
     """The asset partition's previous output, read from ``path`` (where the Parquet IO manager
     wrote it), when its last materialization recorded exactly ``expected`` in its metadata
@@ -52,7 +53,7 @@ def reusable_output(
     records = context.instance.fetch_materializations(
         dg.AssetRecordsFilter(
             asset_key=context.asset_key,
-            asset_partitions=[context.partition_key] if context.has_partition_key else None,
+            asset_partitions=[partition_key] if partition_key is not None else None,
         ),
         limit=1,
     ).records

@@ -73,20 +73,25 @@ def morphology_encoder(
 
 
 @dg.asset(group_name="morphology", partitions_def=shard_partitions, pool="gpu",
-          deps=["morphology_encoder"], kinds={"pytorch", "polars"})
+          deps=["morphology_encoder"], kinds={"pytorch", "polars"},
+          backfill_policy=dg.BackfillPolicy.single_run())
 def morphology_predictions(
-    context: dg.AssetExecutionContext, raw_cutouts: pl.DataFrame, home: HomeResource,
+    context: dg.AssetExecutionContext, raw_cutouts: DataFramePartitions, home: HomeResource,
     compute: ComputeResource, mlflow: MLflowResource,
-) -> pl.DataFrame:
+) -> DataFramePartitions:
     """Expected Galaxy Zoo vote fractions (p_smooth, p_featured, p_spiral, p_merger…) for every
-    galaxy of the shard, from `morphology-encoder@champion`."""
+    galaxy of the shard(s), from `morphology-encoder@champion` (loaded once per run)."""
     model, version = load_encoder(mlflow.tracker(home.home()), "champion")
-    uri = raw_cutouts["shard_uri"][0]
-    predictions = predict_shard(
-        model, uri, rows=raw_cutouts["row"].to_list(), batch_size=compute.batch_size,
-        device=compute.torch_device(), dtype=compute.dtype,
-    )
-    context.add_output_metadata({
-        "galaxies": predictions.height, "encoder_version": f"morphology-encoder/v{version}",
-    })
-    return predictions.with_columns(pl.lit(f"morphology-encoder/v{version}").alias("encoder"))
+    out: dict[str, pl.DataFrame] = {}
+    for key in context.partition_keys:
+        manifest = raw_cutouts[key]
+        predictions = predict_shard(
+            model, manifest["shard_uri"][0], rows=manifest["row"].to_list(),
+            batch_size=compute.batch_size, device=compute.torch_device(), dtype=compute.dtype,
+        )
+        out[key] = predictions.with_columns(
+            pl.lit(f"morphology-encoder/v{version}").alias("encoder"))
+        context.add_asset_metadata({"galaxies": predictions.height,
+                                    "encoder_version": f"morphology-encoder/v{version}"},
+                                   partition_key=key)
+    return out

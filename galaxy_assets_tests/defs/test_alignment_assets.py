@@ -7,9 +7,9 @@ import os
 
 import dagster as dg
 import pytest
-from dagster_polars import PolarsParquetIOManager
 
 from galaxy_assets.defs.alignment import image_embeddings
+from galaxy_assets.defs.io import ShardParquetIOManager
 from galaxy_assets.defs.partitions import shard_partitions
 from galaxy_assets.defs.resources import (
     ComputeResource,
@@ -31,7 +31,7 @@ def _embed(instance, resources, force=False):
         run_config={"ops": {"image_embeddings": {"config": {"force": force}}}},
     )
     meta = result.asset_materializations_for_node("image_embeddings")[0].metadata
-    return result.output_for_node("image_embeddings"), meta["reused"].value
+    return result.output_for_node("image_embeddings")[KEY], meta["reused"].value
 
 
 @pytest.mark.slow
@@ -44,7 +44,7 @@ def test_image_embeddings_are_reused_until_the_shard_or_encoder_changes(isolated
         "compute": ComputeResource(device="cpu", batch_size=8),
         "mlflow": MLflowResource(),
         "image_encoder": ImageEncoderResource(kind="timm", name="resnet10t", batch_size=8),
-        "io_manager": PolarsParquetIOManager(base_dir=str(isolated_home / "parquet")),
+        "io_manager": ShardParquetIOManager(base_dir=str(isolated_home / "parquet")),
     }
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(shard_partitions.name, [KEY])

@@ -9,10 +9,10 @@ import dagster as dg
 import numpy as np
 import polars as pl
 import pytest
-from dagster_polars import PolarsParquetIOManager
 
 from galaxy_assets.captioning.base import CaptionerError
 from galaxy_assets.defs.captioning import caption_embeddings, caption_sample, vlm_captions
+from galaxy_assets.defs.io import ShardParquetIOManager
 from galaxy_assets.defs.partitions import shard_partitions
 from galaxy_assets.defs.resources import (
     CaptionerResource,
@@ -57,7 +57,7 @@ def test_caption_assets_with_openai_backend(isolated_home, tmp_path, monkeypatch
                 api_key=dg.EnvVar("FAKE_VLM_KEY"), concurrency=2,
             ),
             "text_embedder": TextEmbedderResource(),
-            "io_manager": PolarsParquetIOManager(base_dir=str(isolated_home / "parquet")),
+            "io_manager": ShardParquetIOManager(base_dir=str(isolated_home / "parquet")),
         }
         keys = ["healpix=0__001-of-001", "healpix=1__001-of-001"]
         instance.add_dynamic_partitions(shard_partitions.name, keys)

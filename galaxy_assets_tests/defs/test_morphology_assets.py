@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import dagster as dg
 import pytest
-from dagster_polars import PolarsParquetIOManager
 
+from galaxy_assets.defs.io import ShardParquetIOManager
 from galaxy_assets.defs.morphology import morphology_encoder, morphology_predictions
 from galaxy_assets.defs.morphology_reports import (
     morphology_scaling_point,
@@ -35,7 +35,7 @@ def test_encoder_predictions_and_sweep(isolated_home, tmp_path):
         "survey": SurveyResource(roots=[str(root)], cutout_size=32),
         "compute": ComputeResource(device="cpu", batch_size=128),
         "mlflow": MLflowResource(),
-        "io_manager": PolarsParquetIOManager(base_dir=str(isolated_home / "parquet")),
+        "io_manager": ShardParquetIOManager(base_dir=str(isolated_home / "parquet")),
     }
     keys = [shard_key(root, p) for p in find_shards(root)]
     with dg.instance_for_test() as instance:
@@ -60,7 +60,7 @@ def test_encoder_predictions_and_sweep(isolated_home, tmp_path):
         preds = dg.materialize([raw_cutouts, morphology_predictions],
                                selection=[morphology_predictions], partition_key=keys[0],
                                instance=instance, resources=resources)
-        frame = preds.output_for_node("morphology_predictions")
+        frame = preds.output_for_node("morphology_predictions")[keys[0]]
         p_cols = [c for c in frame.columns if c.startswith("p_")]
         assert frame.height > 0 and len(p_cols) >= 6
         assert frame.select(p_cols).min().min_horizontal()[0] >= 0

@@ -8,8 +8,8 @@ import dagster as dg
 import numpy as np
 import polars as pl
 import pytest
-from dagster_polars import PolarsParquetIOManager
 
+from galaxy_assets.defs.io import ShardParquetIOManager
 from galaxy_assets.defs.partitions import shard_partitions
 from galaxy_assets.defs.resources import HomeResource, SurveyResource
 from galaxy_assets.defs.survey import raw_cutouts, survey_shards_sensor
@@ -47,7 +47,7 @@ def _resources(home: Path, root: Path) -> dict:
     return {
         "home": HomeResource(root=str(home)),
         "survey": SurveyResource(roots=[str(root)], bands=BANDS, cutout_size=16),
-        "io_manager": PolarsParquetIOManager(base_dir=str(home / "parquet")),
+        "io_manager": ShardParquetIOManager(base_dir=str(home / "parquet")),
     }
 
 
