@@ -12,6 +12,18 @@ collected) and returns :class:`PairedData`. It checks and records:
 * a galaxy embedded twice (two shards): the first vector kept, counted;
 * at least :data:`MIN_PAIRS` captioned galaxies with image vectors, else an error.
 
+Sentence views. A search query names one feature in a few words ("gravitational lens",
+"visible spiral arms"); a caption describes a whole galaxy in four or five sentences. Heads
+trained on whole captions only learn to place long, multi-feature texts, and a short query
+lands where no caption did (on the mock survey, "visible spiral arms" found 0 spirals in the
+top 10 while "a galaxy with visible spiral arms" found 10). :func:`caption_sentences` splits
+each caption into its sentences; embedded like captions and passed to :func:`prepare_pairs`
+beside them with ``view="sentence"`` (whole captions: ``view="caption"`` or no ``view``
+column), each becomes another text of the same galaxy. The training loop then draws one text
+per galaxy per epoch among the caption and its sentences, and validation keeps using the
+whole caption (a galaxy's ``caption`` view always comes first). No label is read: the views
+are the captioner's own words.
+
 :func:`split_by_object` splits galaxies (never single captions) into train and validation by
 a salted BLAKE2b hash of ``object_id``: a galaxy stays on its side as the caption set grows.
 """
@@ -20,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -34,9 +47,12 @@ if TYPE_CHECKING:  # polars is imported where frames are read: the training loop
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "CAPTION_VIEW",
     "MIN_PAIRS",
+    "SENTENCE_VIEW",
     "MIN_VALIDATION",
     "PairedData",
+    "caption_sentences",
     "object_hash",
     "prepare_pairs",
     "split_by_object",
@@ -45,6 +61,45 @@ __all__ = [
 MIN_PAIRS = 64  # captioned galaxies with image vectors needed to train at all
 MIN_VALIDATION = 16  # validation galaxies kept at least (topped up by hash order)
 _SAMPLE = 20
+CAPTION_VIEW = "caption"  # a whole caption (the validation text of its galaxy)
+SENTENCE_VIEW = "sentence"  # one sentence of a caption (an extra training text)
+MIN_SENTENCE_WORDS = 3  # shorter fragments ("S0.") carry no description
+# a sentence ends at . ! ? followed by space and a capital letter ("about 2.4 arcsec" and
+# "Sérsic index about 2.1)" stay inside their sentence)
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\u00C0-\u00DE])")
+
+
+def caption_sentences(
+    captions: pl.DataFrame, *, min_words: int = MIN_SENTENCE_WORDS
+) -> pl.DataFrame:
+    """The sentences of each caption as extra training texts (see the module docstring).
+
+    ``captions`` has ``object_id`` and ``caption`` (the ``vlm_captions`` frame; other columns
+    such as ``model`` and ``prompt_sha`` are carried along). Returns one row per sentence of at
+    least ``min_words`` words, with the caption's columns, ``caption`` replaced by the sentence
+    and ``view`` = ``"sentence"``; a one-sentence caption gives no view (it would repeat the
+    caption). Rows whose caption is null or empty are skipped.
+    """
+    import polars as pl
+
+    _require(captions, ("object_id", "caption"), "captions")
+    if min_words < 1:
+        raise AlignmentError(f"caption_sentences: min_words={min_words}; use 1 or more")
+    rows = captions.filter(
+        pl.col("caption").is_not_null() & (pl.col("caption").str.len_chars() > 0)
+    )
+    out_cols = [c for c in rows.columns if c not in ("caption", "view")]
+    split = [
+        [p for p in (x.strip() for x in _SENTENCE_END.split(c)) if len(p.split()) >= min_words]
+        for c in rows["caption"].to_list()
+    ]
+    split = [parts if len(parts) > 1 else [] for parts in split]
+    frame = rows.select(out_cols).with_columns(pl.Series("caption", split, dtype=pl.List(pl.Utf8)))
+    return (
+        frame.explode("caption")
+        .drop_nulls("caption")
+        .with_columns(pl.lit(SENTENCE_VIEW).alias("view"))
+    )
 
 
 @dataclass
@@ -211,6 +266,32 @@ def prepare_pairs(
     report: dict[str, Any] = {"n_captions_in": captions.height}
 
     captions = captions.with_columns(pl.col("object_id").cast(pl.Utf8))
+    if "view" in captions.columns:
+        # whole captions first: within a galaxy the first text is the validation text
+        bad_views = sorted(
+            str(v)
+            for v in captions["view"].unique().to_list()
+            if v not in (CAPTION_VIEW, SENTENCE_VIEW)
+        )
+        if bad_views:
+            raise AlignmentError(
+                f"caption_embeddings.view holds {bad_views}; use {CAPTION_VIEW!r} for whole "
+                f"captions and {SENTENCE_VIEW!r} for sentence views (caption_sentences)"
+            )
+        captions = (
+            captions.with_row_index("_order")
+            .sort(pl.col("view") != CAPTION_VIEW, "_order")
+            .drop("_order")
+        )
+        report["n_sentence_views"] = int((captions["view"] == SENTENCE_VIEW).sum())
+        whole = captions.filter(pl.col("view") == CAPTION_VIEW)["object_id"].unique()
+        only_views = captions.filter(~pl.col("object_id").is_in(whole.implode()))
+        if only_views.height:
+            raise AlignmentError(
+                f"{only_views['object_id'].n_unique()} galaxies have sentence views but no "
+                f"whole caption (e.g. {only_views['object_id'].head(3).to_list()}); pass the "
+                "captions' own embeddings (view 'caption') beside their sentence views"
+            )
     models = (
         sorted(str(m) for m in captions["model"].unique().to_list())
         if "model" in captions.columns

@@ -13,7 +13,23 @@ validation recall@1/5/10 and median rank in both directions every epoch.
 
 Each epoch, a galaxy with several captions contributes one of them, drawn at random (so no
 batch holds two captions of one galaxy, which would be false negatives); validation always
-uses each galaxy's first caption.
+uses each galaxy's first caption (its whole caption when sentence views are given, see
+:func:`~galaxy_assets.alignment.data.caption_sentences`).
+
+Identical texts of different galaxies in one batch ("A bar crosses the centre.", a
+templated caption repeated word for word) are not negatives of each other: plain InfoNCE would
+ask one text vector to pick each of their images over the others. Texts whose input vectors
+have cosine ≥ ``TrainConfig.duplicate_text_threshold`` share their positives (the target row
+spreads evenly over their images, and symmetrically); a batch without duplicates gets exactly
+the plain loss. This matters most with sentence views, where a common sentence is drawn for
+dozens of galaxies of one epoch.
+
+Off by default (``duplicate_text_threshold=None``): on the demo's mock survey (3,000 galaxies,
+2,000 describer captions, mean nDCG@10 over each target's phrasings, 3 seeds) captions plus
+sentence views with shared positives at 60 epochs × batch 256 raised spirals 0.44 → 0.50,
+mergers 0.16 → 0.25 and bars 0.19 → 0.34 over whole captions at 30 × 512, but lowered edge-on
+discs 0.74 → 0.61 and rings 0.15 → 0.06, and lenses stayed at 0 (one lens caption among 1,800
+training pairs). Whole captions alone at 60 × 256 over-fit the text head.
 
 Training never touches pixels. Cost and memory:
 
@@ -69,8 +85,10 @@ __all__ = [
     "AlignmentResult",
     "RegisteredAligner",
     "TrainConfig",
+    "duplicate_text_mask",
     "lineage_of",
     "register_aligner",
+    "shared_positive_loss",
     "train_aligner",
     "train_on_pairs",
 ]
@@ -92,6 +110,8 @@ class TrainConfig:
     (×1.4 measured on 2 cores), while OpenMP threads spinning against other processes on a
     shared CPU made single epochs up to 30× slower (a 5k-caption run: 21 s with 1 thread,
     139 s with 2 on a loaded 2-core machine; see ``benchmarks/bench_aligner.py``).
+    ``duplicate_text_threshold``: input texts of one batch with at least this cosine are the
+    same text and share their positives (see the module docstring); None: plain InfoNCE.
     """
 
     epochs: int = 30
@@ -111,6 +131,7 @@ class TrainConfig:
     eval_max: int = 5000
     patience: int | None = None
     num_threads: int | None = 1
+    duplicate_text_threshold: float | None = None
 
     def __post_init__(self) -> None:
         checks = {
@@ -124,6 +145,8 @@ class TrainConfig:
             "eval_max": self.eval_max >= 2,
             "patience": self.patience is None or self.patience >= 1,
             "num_threads": self.num_threads is None or self.num_threads >= 1,
+            "duplicate_text_threshold": self.duplicate_text_threshold is None
+            or 0.0 < self.duplicate_text_threshold <= 1.0,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
@@ -212,6 +235,50 @@ def _lr_lambda(total: int, warmup: int, min_ratio: float) -> Callable[[int], flo
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return f
+
+
+def duplicate_text_mask(text: torch.Tensor, threshold: float | None) -> torch.Tensor | None:
+    """(B, B) bool: which input texts of a batch are the same text (cosine ≥ ``threshold``),
+    the diagonal included; None when ``threshold`` is None or no two texts are the same."""
+    if threshold is None or text.shape[0] < 2:
+        return None
+    t = torch.nn.functional.normalize(text.float(), dim=-1)
+    same = (t @ t.T) >= float(threshold)
+    same.fill_diagonal_(True)
+    if int(same.sum()) == same.shape[0]:
+        return None
+    return same
+
+
+def shared_positive_loss(
+    image_raw: torch.Tensor,
+    text_raw: torch.Tensor,
+    scale: torch.Tensor | float,
+    same_text: torch.Tensor | None,
+    dims: list[int] | None = None,
+) -> torch.Tensor:
+    """Symmetric InfoNCE where texts marked equal in ``same_text`` share their positives: the
+    target distribution of row i spreads evenly over the images of every text equal to text i
+    (and the same for the image→text direction). ``same_text=None`` is exactly
+    :func:`~galaxy_assets.alignment.loss.contrastive_loss`. ``dims``: Matryoshka widths."""
+    if same_text is None:
+        return contrastive_loss(image_raw, text_raw, scale, dims)
+    target = same_text.float()
+    target = target / target.sum(dim=1, keepdim=True)
+    full = int(image_raw.shape[-1])
+    losses = []
+    for d in sorted({int(x) for x in dims}) if dims else [full]:
+        zi = torch.nn.functional.normalize(image_raw[:, :d].float(), dim=-1)
+        zt = torch.nn.functional.normalize(text_raw[:, :d].float(), dim=-1)
+        logits = scale * (zi @ zt.T)
+        losses.append(
+            0.5
+            * (
+                torch.nn.functional.cross_entropy(logits, target)
+                + torch.nn.functional.cross_entropy(logits.T, target)
+            )
+        )
+    return torch.stack(losses).mean()
 
 
 def _param_groups(model: AlignedModel, weight_decay: float) -> list[dict[str, Any]]:
@@ -418,14 +485,16 @@ def train_on_pairs(
             pick = starts + (torch.rand(n_train, generator=gen) * counts).long().clamp_max(
                 counts - 1
             )
-            loss_sum = 0.0
+            loss_sum, n_shared = 0.0, 0
             for step in range(steps_per_epoch):
                 idx = perm[step * batch : (step + 1) * batch]
                 xi = image_all[train_obj_t[idx].to(image_all.device)]
                 xt = text_all[pick[idx].to(text_all.device)]
                 with _autocast(device, amp_dtype):
                     ri, rt, scale = model(xi, xt)
-                loss = contrastive_loss(ri, rt, scale, dims)
+                same = duplicate_text_mask(xt, tc.duplicate_text_threshold)
+                n_shared += 0 if same is None else int(same.sum()) - same.shape[0]
+                loss = shared_positive_loss(ri, rt, scale, same, dims)
                 if not torch.isfinite(loss):
                     raise AlignmentError(
                         f"the aligner's loss became {float(loss.detach())} at epoch {epoch}, step {step + 1} "
@@ -460,6 +529,7 @@ def train_on_pairs(
                 "learning_rate": float(sched.get_last_lr()[0]),
                 "epoch_seconds": epoch_seconds,
                 "train_pairs_per_second": steps_per_epoch * batch / max(epoch_seconds, 1e-9),
+                "shared_positive_pairs": float(n_shared),
             }
             history.append(row)
             if progress is not None:
