@@ -457,7 +457,7 @@ def run_search(args: argparse.Namespace, settings, home: Home):
     if not terms:
         raise ValueError("give a query: text, --object ID or --image FILE")
     search = open_search(home=home, settings=settings, image_queries=bool(args.image))
-    query = terms[0] if len(terms) == 1 else [parse_term(t) for t in terms]
+    query = [parse_term(t) for t in terms]  # one text term is a plain text query
     fetch = max(args.k, args.k_rerank) if args.rerank else args.k
     results = search.search(query, fetch, filters=args.filter or None, nprobes=args.nprobes,
                             refine_factor=args.refine_factor)
@@ -635,7 +635,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # negative query terms ("-text:bar^0.5", "-object:ID") look like options to argparse
+        terms = [a for a in extra if args.command == "search" and not a.startswith("--")]
+        if len(terms) != len(extra):
+            parser.error(f"unrecognized arguments: {' '.join(a for a in extra if a not in terms)}")
+        args.query = [*args.query, *terms]
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
