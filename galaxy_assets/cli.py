@@ -8,6 +8,7 @@ galaxy-assets dev                   start `dagster dev` on the home's Dagster in
 galaxy-assets search QUERY [--k 10] [--json] [--html FILE] [--filter EXPR] [--rerank]
                                     search the galaxy_index table
 galaxy-assets evaluate [--json]     the latest search evaluation's figures
+galaxy-assets serve [--port 8000]   the search web page and JSON API on 127.0.0.1
 """
 
 from __future__ import annotations
@@ -631,7 +632,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=3000)
     p.set_defaults(func=cmd_dev)
+
+    p = sub.add_parser("serve", help="serve the search web page and its JSON API",
+                       description="Serve galaxy_index through a web page and an HTTP API "
+                       "(OpenAPI at /docs). Binds to 127.0.0.1 unless --allow-remote.")
+    p.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--allow-remote", action="store_true",
+                   help="allow a non-loopback --host (exposes the server to the network)")
+    p.add_argument("--max-upload-mb", type=float, default=16.0,
+                   help="largest FITS/PNG upload in MiB (default 16)")
+    p.add_argument("--home", default=None)
+    p.set_defaults(func=cmd_serve)
     return parser
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from galaxy_assets.settings import load_settings
+    from galaxy_assets.web.errors import WebError
+    from galaxy_assets.web.server import check_bind_host, serve
+
+    try:
+        check_bind_host(args.host, args.allow_remote)
+    except WebError as exc:
+        print(f"galaxy-assets serve: {exc}", file=sys.stderr)
+        return 2
+    if not args.max_upload_mb > 0:
+        print("galaxy-assets serve: --max-upload-mb must be > 0", file=sys.stderr)
+        return 2
+    settings = load_settings()
+    home = Home.from_env(args.home) if args.home else settings.home_folder()
+    print(f"serving {home.root} on http://{args.host}:{args.port}/ (Ctrl-C stops)",
+          file=sys.stderr)
+    serve(args.host, args.port, allow_remote=args.allow_remote, home=home, settings=settings,
+          max_upload_bytes=int(args.max_upload_mb * 1024 * 1024))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

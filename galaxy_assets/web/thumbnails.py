@@ -1,0 +1,118 @@
+"""Thumbnails of indexed galaxies, rendered from the shard pixels and cached.
+
+A thumbnail is the Lupton RGB picture (:func:`galaxy_assets.survey.rgb.lupton_rgb`) of the
+cutout that the index row points at (``shard_uri`` / ``row``, read by
+:func:`galaxy_assets.search.pixels.read_cutouts`), as PNG bytes at a square size. The web
+layer asks for a thumbnail only after it found the object_id in the table, so no client
+text ever names a file.
+
+:class:`ThumbnailCache` keeps PNG bytes in an in-memory LRU and, when given a folder, in
+files named by a hash of (object_id, table version, size): a new table version renders
+again (its rows may point at other pixels), and a restarted server finds its files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+
+import polars as pl
+
+from galaxy_assets.web.errors import NotFoundError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ThumbnailCache", "render_thumbnail"]
+
+
+def render_thumbnail(row: pl.DataFrame, size: int) -> bytes:
+    """PNG bytes of the galaxy in ``row`` (one row with object_id, shard_uri, row); a
+    :class:`NotFoundError` saying why when its pixels cannot be read."""
+    from galaxy_assets.search.pixels import Cutout, read_cutouts
+    from galaxy_assets.survey.rgb import lupton_rgb, to_png
+
+    oid = str(row["object_id"][0])
+    cut = read_cutouts(row).get(oid)
+    if not isinstance(cut, Cutout):
+        raise NotFoundError(
+            f"no pixels for {oid!r}: {cut or 'the shard holds no such row'}",
+            detail={"object_id": oid},
+        )
+    return to_png(lupton_rgb(cut.image, cut.bands), size=int(size))
+
+
+class ThumbnailCache:
+    """PNG bytes keyed by (object_id, table version, size): an LRU of ``max_items`` in memory,
+    backed by files under ``folder`` when one is given (written atomically)."""
+
+    def __init__(self, folder: str | os.PathLike[str] | None = None, max_items: int = 2048) -> None:
+        self.folder = Path(folder) if folder is not None else None
+        self.max_items = max(1, int(max_items))
+        self._memory: OrderedDict[str, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    @staticmethod
+    def key(object_id: str, version: int, size: int) -> str:
+        raw = f"{object_id}\x00{int(version)}\x00{int(size)}".encode()
+        return hashlib.sha256(raw).hexdigest()[:40]
+
+    def _file(self, key: str) -> Path | None:
+        return None if self.folder is None else self.folder / key[:2] / f"{key}.png"
+
+    def _remember(self, key: str, data: bytes) -> None:
+        with self._lock:
+            self._memory[key] = data
+            self._memory.move_to_end(key)
+            while len(self._memory) > self.max_items:
+                self._memory.popitem(last=False)
+
+    def get(self, object_id: str, version: int, size: int, render: Callable[[], bytes]) -> bytes:
+        """The cached PNG, or ``render()``'s (then cached)."""
+        key = self.key(object_id, version, size)
+        with self._lock:
+            data = self._memory.get(key)
+            if data is not None:
+                self._memory.move_to_end(key)
+                self.hits += 1
+                return data
+        path = self._file(key)
+        if path is not None and path.is_file():
+            try:
+                data = path.read_bytes()
+            except OSError as exc:  # unreadable cache file: render again
+                log.warning("thumbnail cache file %s unreadable (%s)", path, exc)
+                data = None
+            if data:
+                self._remember(key, data)
+                with self._lock:
+                    self.hits += 1
+                return data
+        with self._lock:
+            self.misses += 1
+        data = render()
+        self._remember(key, data)
+        if path is not None:
+            tmp = None
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=path.parent)
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(data)
+                os.replace(tmp, path)
+            except OSError as exc:  # a read-only cache folder only costs re-rendering
+                log.warning("cannot write thumbnail cache file %s (%s)", path, exc)
+                if tmp is not None:
+                    Path(tmp).unlink(missing_ok=True)
+        return data
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._memory)

@@ -1,0 +1,477 @@
+"""The HTTP API on tiny indexes: text, object, combined, filters, paging, uploads,
+thumbnails, detail, re-ranking and the JSON errors."""
+
+from __future__ import annotations
+
+import io
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from galaxy_assets.search.pixels import Cutout, read_cutouts
+from galaxy_assets.web.app import MAX_K, create_app, is_loopback
+from galaxy_assets.web.server import check_bind_host
+from galaxy_assets_tests.search.conftest import CAPTIONS
+
+
+def _error(response, status: int) -> dict:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error", "detail"}
+    assert isinstance(body["error"], str) and body["error"]
+    assert "Traceback" not in response.text
+    return body
+
+
+# ---------------------------------------------------------------------------- search
+def test_text_search_returns_the_captions_galaxies(text_app, text_index):
+    r = text_app.get("/api/search", params={"q": "merging pair with long tidal tails", "k": 5})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["n"] == 5 and len(body["results"]) == 5
+    assert body["table_version"] == text_index.table().version
+    assert body["n_indexed"] == 60
+    assert body["terms"] == [
+        {"kind": "text", "value": "merging pair with long tidal tails", "weight": 1.0,
+         "negative": False}
+    ]
+    first = body["results"][0]
+    assert first["caption"] == CAPTIONS[2]
+    assert [r["rank"] for r in body["results"]] == [1, 2, 3, 4, 5]
+    scores = [r["score"] for r in body["results"]]
+    assert scores == sorted(scores, reverse=True)
+    assert first["thumbnail_url"] == f"/api/galaxy/{first['object_id']}/thumbnail"
+    assert first["viewer_url"].startswith("https://www.legacysurvey.org/viewer?ra=")
+    assert "vector" not in first
+    assert body["has_more"] is True
+
+
+def test_the_api_agrees_with_the_query_api(text_app, text_engine):
+    body = text_app.get("/api/search", params={"q": "edge-on disc dust lane", "k": 12}).json()
+    direct = text_engine.search_text("edge-on disc dust lane", 12).frame
+    assert [r["object_id"] for r in body["results"]] == direct["object_id"].to_list()
+    assert [r["score"] for r in body["results"]] == pytest.approx(direct["score"].to_list())
+
+
+def test_paging_gives_the_next_results_without_overlap(text_app, text_engine):
+    direct = text_engine.search_text("spiral arms", 60).frame["object_id"].to_list()
+    pages, offset = [], 0
+    while True:
+        body = text_app.get(
+            "/api/search", params={"q": "spiral arms", "k": 25, "offset": offset}
+        ).json()
+        pages.append([r["object_id"] for r in body["results"]])
+        assert [r["rank"] for r in body["results"]] == list(
+            range(offset + 1, offset + 1 + body["n"])
+        )
+        if not body["has_more"]:
+            break
+        offset += 25
+    assert [len(p) for p in pages] == [25, 25, 10]
+    assert sum(pages, []) == direct
+    past = text_app.get("/api/search", params={"q": "spiral arms", "offset": 200}).json()
+    assert past["results"] == [] and past["has_more"] is False
+
+
+def test_object_search_is_more_like_this(text_app, text_engine):
+    oid = "gal0003"
+    body = text_app.get("/api/search", params={"object": oid, "k": 5}).json()
+    ids = [r["object_id"] for r in body["results"]]
+    assert oid not in ids
+    assert ids == text_engine.search_object(oid, 5).frame["object_id"].to_list()
+    assert body["query"] == f"object:{oid}"
+
+
+def test_combined_query_get_and_post_agree(text_app, text_engine):
+    params = {"q": "spiral arms", "term": ["-text:bar^0.5", "object:gal0000^0.3"], "k": 8}
+    got = text_app.get("/api/search", params=params).json()
+    posted = text_app.post(
+        "/api/search",
+        json={
+            "q": "spiral arms",
+            "terms": [
+                {"kind": "text", "value": "bar", "weight": 0.5, "negative": True},
+                {"kind": "object", "value": "gal0000", "weight": 0.3},
+            ],
+            "k": 8,
+        },
+    ).json()
+    direct = text_engine.search_combined(
+        ["spiral arms", "-text:bar^0.5", "object:gal0000^0.3"], 8
+    )
+    expected = direct.frame["object_id"].to_list()
+    assert [r["object_id"] for r in got["results"]] == expected
+    assert [r["object_id"] for r in posted["results"]] == expected
+    assert [e["term"] for e in got["explanation"]] == [e["term"] for e in direct.explanation]
+    assert got["explanation"][1]["sign"] == "-"
+    assert "term_1_cosine" in got["results"][0]
+
+
+def test_filters_are_applied_and_reported(text_app):
+    body = text_app.get(
+        "/api/search",
+        params={"q": "spiral arms", "k": 50, "filter": ["p_spiral>=0.5", "healpix=1701"]},
+    ).json()
+    assert body["n"] > 0
+    assert all(r["p_spiral"] >= 0.5 and r["healpix"] == 1701 for r in body["results"])
+    assert body["filter_exprs"] == ["p_spiral>=0.5", "healpix=1701"]
+    assert body["has_more"] is False  # fewer matches than asked for
+    cone = text_app.get(
+        "/api/search", params={"q": "galaxy", "k": 20, "filter": "cone=0,0,400"}
+    ).json()
+    assert cone["n"] == 10
+    assert all(r["distance_arcsec"] <= 400 for r in cone["results"])
+
+
+@pytest.mark.parametrize(
+    "expr", ["nope<3", "mag_r<'1' OR 1=1", "p_spiral>=abc", "cone=1,2", "mag_r<1; drop table"]
+)
+def test_bad_filters_are_400_with_the_reason(text_app, expr):
+    body = _error(text_app.get("/api/search", params={"q": "spiral", "filter": expr}), 400)
+    assert body["detail"] == {"kind": "filter"}
+
+
+def test_query_errors_are_400(text_app):
+    assert "empty" in _error(text_app.get("/api/search"), 400)["error"]
+    assert "empty" in _error(text_app.get("/api/search", params={"q": "   "}), 400)["error"]
+    missing = _error(text_app.get("/api/search", params={"object": "no-such-galaxy"}), 400)
+    assert "no-such-galaxy" in missing["error"]
+    image = _error(text_app.get("/api/search", params={"term": "image:/etc/passwd"}), 400)
+    assert "upload" in image["error"]
+    bad_term = _error(text_app.get("/api/search", params={"term": "text:x^0"}), 400)
+    assert "weight" in bad_term["error"]
+    cancel = text_app.get("/api/search", params={"term": ["-text:bar"]})
+    assert "negative" in _error(cancel, 400)["error"]
+
+
+def test_request_limits(text_app):
+    long = "spiral " * 400
+    assert _error(text_app.get("/api/search", params={"q": long}), 422)["detail"][0]["loc"] == [
+        "query",
+        "q",
+    ]
+    _error(text_app.get("/api/search", params={"q": "spiral", "k": MAX_K + 1}), 422)
+    _error(text_app.get("/api/search", params={"q": "spiral", "k": 0}), 422)
+    over = text_app.get("/api/search", params={"q": "spiral", "k": 600, "offset": 500})
+    assert "over 1000" in _error(over, 400)["error"]
+    many = text_app.get("/api/search", params={"q": "a", "filter": ["mag_r<20"] * 40})
+    _error(many, 422)
+    # k above the table size is clamped to it (paging past the end is not an error)
+    body = text_app.get("/api/search", params={"q": "spiral", "k": 1000}).json()
+    assert body["n"] == 60 and body["has_more"] is False
+    big = text_app.post("/api/search", content=b"{" + b" " * 300_000 + b"}",
+                        headers={"content-type": "application/json"})
+    assert "at most" in _error(big, 413)["detail"]
+    extra = text_app.post("/api/search", json={"q": "spiral", "sql": "drop"})
+    _error(extra, 422)
+
+
+def test_chunked_bodies_over_the_limit_are_refused(text_app):
+    def chunks():
+        for _ in range(40):
+            yield b" " * 10_000
+
+    r = text_app.post("/api/search", content=chunks(), headers={"content-type": "application/json"})
+    _error(r, 413)
+
+    def small():
+        yield b'{"q": "spiral arms",'
+        yield b' "k": 3}'
+
+    ok = text_app.post("/api/search", content=small(), headers={"content-type": "application/json"})
+    assert ok.status_code == 200 and ok.json()["n"] == 3
+
+
+def test_unknown_routes_and_methods_are_json(text_app):
+    assert "no such page" in _error(text_app.get("/api/nothing"), 404)["error"]
+    _error(text_app.delete("/api/search"), 405)
+
+
+# ---------------------------------------------------------------------------- detail
+def test_detail_has_every_column_caption_lineage_and_viewer(text_app, text_index):
+    body = text_app.get("/api/galaxy/gal0002").json()
+    assert body["object_id"] == "gal0002"
+    cols = set(text_index.table().schema.names) - {"vector"}
+    assert set(body["columns"]) == cols
+    assert body["caption"]["text"] == CAPTIONS[2]
+    assert body["caption"]["backend"] == "morphology"
+    assert body["caption"]["model"] == "morphology-describer-v1"
+    assert body["caption"]["prompt"]["name"] == "describe_v1"
+    assert "astronomer" in body["caption"]["prompt"]["text"]
+    assert body["morphology"]["p_merger"] == pytest.approx(0.7)
+    lineage = body["lineage"]
+    assert lineage["shard"] == "s-a" and lineage["row"] == 2
+    assert lineage["aligner_version"] == "search-aligner/v1"
+    assert lineage["image_encoder"] == "fake:pixel-stats@1"
+    assert lineage["text_embedder"] == "fake:bag-of-words@1"
+    assert lineage["table_version"] == text_index.table().version
+    assert body["viewer_url"].startswith("https://www.legacysurvey.org/viewer?ra=")
+    assert body["posteriors"] == {}
+
+
+def test_detail_and_thumbnail_of_unknown_ids_are_404(text_app):
+    for oid in ("gal9999", "x' OR '1'='1", "..%2F..%2Fetc%2Fpasswd"):
+        _error(text_app.get(f"/api/galaxy/{oid}"), 404)
+        _error(text_app.get(f"/api/galaxy/{oid}/thumbnail"), 404)
+
+
+def test_thumbnail_without_pixels_is_404_with_the_reason(text_app):
+    body = _error(text_app.get("/api/galaxy/gal0001/thumbnail"), 404)
+    assert "no pixels" in body["error"] and "nonexistent" in body["error"]
+
+
+# ---------------------------------------------------------------------------- survey
+def _one_cutout(survey_index, k: int = 4) -> tuple[str, Cutout]:
+    _, survey = survey_index
+    manifest = survey.manifests[survey.shards[0]]
+    oid = manifest["object_id"][k]
+    cut = read_cutouts(manifest.filter(manifest["object_id"] == oid))[oid]
+    assert isinstance(cut, Cutout)
+    return oid, cut
+
+
+def test_thumbnails_are_rendered_from_pixels_and_cached(survey_app, survey_index, tmp_path):
+    oid, _ = _one_cutout(survey_index)
+    r = survey_app.get(f"/api/galaxy/{oid}/thumbnail", params={"size": 96})
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    with Image.open(io.BytesIO(r.content)) as im:
+        assert im.size == (96, 96)
+        assert np.asarray(im).std() > 0  # a picture, not a blank square
+    files = list((tmp_path / "thumbs").rglob("*.png"))
+    assert len(files) == 1
+    cache = survey_app.app.state.thumbnails
+    assert (cache.hits, cache.misses) == (0, 1)
+    again = survey_app.get(f"/api/galaxy/{oid}/thumbnail", params={"size": 96})
+    assert again.content == r.content and (cache.hits, cache.misses) == (1, 1)
+    # a fresh app (empty memory) reads the file instead of rendering
+    fresh = create_app(survey_app.app.state.engine.get(), thumbnail_dir=tmp_path / "thumbs")
+    with TestClient(fresh) as client:
+        assert client.get(f"/api/galaxy/{oid}/thumbnail", params={"size": 96}).content == r.content
+        assert fresh.state.thumbnails.misses == 0
+    other = survey_app.get(f"/api/galaxy/{oid}/thumbnail", params={"size": 128})
+    with Image.open(io.BytesIO(other.content)) as im:
+        assert im.size == (128, 128)
+    _error(survey_app.get(f"/api/galaxy/{oid}/thumbnail", params={"size": 5000}), 422)
+
+
+def _fits_bytes(cut: Cutout) -> bytes:
+    hdu = fits.PrimaryHDU(cut.image)
+    hdu.header["BANDS"] = ",".join(cut.bands)
+    buf = io.BytesIO()
+    hdu.writeto(buf)
+    return buf.getvalue()
+
+
+def test_fits_upload_finds_its_galaxy_and_leaves_no_file(survey_app, survey_index, tmp_path):
+    oid, cut = _one_cutout(survey_index)
+    data = _fits_bytes(cut)
+    r = survey_app.post(
+        "/api/search/image",
+        files={"file": ("my cutout.fits", data, "application/fits")},
+        data={"k": "3"},
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["results"][0]["object_id"] == oid
+    assert body["results"][0]["score"] == pytest.approx(1.0, abs=1e-4)
+    assert body["query"] == "image:upload:my_cutout.fits"
+    assert str(tmp_path) not in r.text  # no server path leaks
+    assert list((tmp_path / "uploads").iterdir()) == []  # the temporary folder is gone
+    combined = survey_app.post(
+        "/api/search/image",
+        files={"file": ("q.fits", data, "application/fits")},
+        data={"k": "4", "term": ["-text:spiral arms^0.2"], "weight": "2"},
+    ).json()
+    assert combined["n"] == 4 and len(combined["explanation"]) == 2
+    assert combined["explanation"][0]["term"].startswith("+image:upload:q.fits^2")
+    filtered = survey_app.post(
+        "/api/search/image",
+        files={"file": ("q.fits", data, "application/fits")},
+        data={"k": "5", "filter": ["mag_r<0"]},
+    ).json()
+    assert filtered["n"] == 0
+
+
+@pytest.mark.parametrize(
+    ("payload", "status", "message"),
+    [
+        (b"hello world, not a cutout" * 10, 415, "neither a FITS"),
+        (b"\x1f\x8b\x08\x00" + b"\x00" * 100, 415, "gzip"),
+        (b"SIMPLE  =                    T" + b" " * 50 + b"garbage", 400, "FITS"),
+        (b"", 415, "neither a FITS"),
+    ],
+)
+def test_bad_uploads_are_refused_clearly(survey_app, tmp_path, payload, status, message):
+    r = survey_app.post("/api/search/image", files={"file": ("x.fits", payload)})
+    body = _error(r, status)
+    assert message in body["error"]
+    assert str(tmp_path) not in r.text
+    assert list((tmp_path / "uploads").iterdir()) == []
+
+
+def test_png_upload_is_refused_for_a_flux_encoder_and_huge_png_header(survey_app):
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(buf, format="PNG")
+    body = _error(
+        survey_app.post("/api/search/image", files={"file": ("a.png", buf.getvalue())}), 400
+    )
+    assert "RGB picture without flux calibration" in body["error"]
+    header = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\x0dIHDR" + (100_000).to_bytes(4, "big") * 2
+    _error(survey_app.post("/api/search/image", files={"file": ("b.png", header)}), 413)
+
+
+def test_tile_compressed_fits_is_refused(survey_app, survey_index, tmp_path):
+    _, cut = _one_cutout(survey_index)
+    path = tmp_path / "c.fits"
+    fits.HDUList([fits.PrimaryHDU(), fits.CompImageHDU(cut.image)]).writeto(path)
+    r = survey_app.post("/api/search/image", files={"file": ("c.fits", path.read_bytes())})
+    assert "tile-compressed" in _error(r, 415)["error"]
+
+
+def test_oversized_upload_is_413(survey_app, tmp_path):
+    big = b"SIMPLE  =                    T" + b" " * 400_000
+    _error(survey_app.post("/api/search/image", files={"file": ("big.fits", big)}), 413)
+    # just under the body limit but over the file limit: refused while copying
+    medium = b"SIMPLE  =                    T" + b" " * 230_000
+    r = survey_app.post("/api/search/image", files={"file": ("m.fits", medium)})
+    assert "over 200000 bytes" in _error(r, 413)["error"]
+    assert list((tmp_path / "uploads").iterdir()) == []
+
+
+def test_uploads_need_an_image_encoder(text_app):
+    r = text_app.post("/api/search/image", files={"file": ("a.fits", _fits_bytes(
+        Cutout("x", np.ones((4, 8, 8), np.float32), ("g", "r", "i", "z"))))})
+    assert "image encoder" in _error(r, 400)["error"]
+
+
+# ---------------------------------------------------------------------------- rerank
+def test_rerank_reorders_by_rating_and_pages_consistently(survey_app, rater):
+    params = {"q": "spiral arms", "k": 6, "rerank": "true", "k_rerank": 12}
+    body = survey_app.get("/api/search", params=params).json()
+    assert body["rerank"]["k_rerank"] == 12 and body["rerank"]["n_rated"] == 12
+    ratings = [r["rating"] for r in body["results"]]
+    assert ratings == sorted(ratings, reverse=True) and ratings[0] == 10.0
+    assert rater.asked == [(12, "spiral arms")]
+    second = survey_app.get("/api/search", params={**params, "offset": 6}).json()
+    assert rater.asked == [(12, "spiral arms")]  # the page came from the cached re-ranking
+    ids = [r["object_id"] for r in body["results"] + second["results"]]
+    assert len(set(ids)) == 12
+    assert [r["rank"] for r in second["results"]] == list(range(7, 13))
+    objects = survey_app.get(
+        "/api/search", params={"object": body["results"][0]["object_id"], "rerank": "true"}
+    )
+    assert "query text" in _error(objects, 400)["error"]
+
+
+def test_rerank_without_a_rater_is_refused(text_app):
+    r = text_app.get("/api/search", params={"q": "spiral", "rerank": "true"})
+    assert "not configured" in _error(r, 400)["error"]
+
+
+# ---------------------------------------------------------------------------- the rest
+def test_info_page_and_openapi(text_app):
+    info = text_app.get("/api/info").json()
+    assert info["n_indexed"] == 60 and info["aligner_version"] == "search-aligner/v1"
+    assert info["capabilities"] == {
+        "text": True, "object": True, "image_upload": False, "rerank": False
+    }
+    assert "p_spiral" in info["filterable_columns"] and "cone" in info["filterable_columns"]
+    assert info["limits"]["max_k"] == MAX_K and info["examples"]
+    page = text_app.get("/")
+    assert page.status_code == 200 and "<title>" in page.text
+    for asset in ("app.js", "style.css"):
+        assert text_app.get(f"/static/{asset}").status_code == 200
+    _error(text_app.get("/static/../app.py"), 404)
+    schema = text_app.get("/openapi.json").json()
+    assert {"/api/search", "/api/search/image", "/api/galaxy/{object_id}",
+            "/api/galaxy/{object_id}/thumbnail", "/api/info"} <= set(schema["paths"])
+
+
+def test_a_missing_index_is_503_then_served_once_built(tmp_path, text_embedder, aligner):
+    from galaxy_assets.search.query import GalaxySearch
+
+    uri = tmp_path / "later"
+    calls = []
+
+    def factory():
+        calls.append(1)
+        return GalaxySearch(uri, text_embedder=text_embedder, aligner=aligner)
+
+    app = create_app(factory, refresh_seconds=None)
+    with TestClient(app) as client:
+        body = _error(client.get("/api/search", params={"q": "spiral"}), 503)
+        assert "galaxy_index" in body["error"]
+        assert client.get("/api/health").json() == {"status": "ok"}
+    assert len(calls) == 1
+
+
+def test_the_server_sees_new_table_versions(text_index, text_embedder, aligner):
+    from galaxy_assets.search.query import GalaxySearch
+    from galaxy_assets.search.table import build_shard_rows, upsert_shard
+    from galaxy_assets_tests.search.conftest import synthetic_shard_frames
+
+    engine = GalaxySearch(text_index.uri, text_embedder=text_embedder, aligner=aligner)
+    app = create_app(engine, refresh_seconds=0)
+    with TestClient(app) as client:
+        before = client.get("/api/info").json()
+        f = synthetic_shard_frames(5, "s-c", seed=7, start=100, aligner=aligner)
+        rows = build_shard_rows("s-c", f["manifest"], f["vectors"], f["predictions"],
+                                f["captions"])
+        upsert_shard(text_index.uri, "s-c", rows)
+        after = client.get("/api/info").json()
+    assert after["n_indexed"] == before["n_indexed"] + 5
+    assert after["table_version"] > before["table_version"]
+
+
+def test_unexpected_errors_are_a_generic_500(text_engine, monkeypatch, caplog):
+    app = create_app(text_engine, refresh_seconds=None)
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("secret internals at /srv/x.py line 3")
+
+    monkeypatch.setattr(text_engine, "search", boom)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        r = client.get("/api/search", params={"q": "spiral"})
+    body = _error(r, 500)
+    assert "secret" not in r.text and body["detail"]["ref"]
+    assert any("secret internals" in str(rec.exc_info) for rec in caplog.records if rec.exc_info)
+
+
+def test_loopback_rule():
+    for host in ("127.0.0.1", "localhost", "::1", "[::1]", "127.0.0.2"):
+        assert is_loopback(host)
+        check_bind_host(host, allow_remote=False)
+    for host in ("0.0.0.0", "192.168.1.4", "example.org", "::"):
+        assert not is_loopback(host)
+        with pytest.raises(Exception, match="--allow-remote"):
+            check_bind_host(host, allow_remote=False)
+        check_bind_host(host, allow_remote=True)
+
+
+def test_cli_serve_refuses_a_public_host_without_allow_remote(capsys):
+    from galaxy_assets.cli import main
+
+    assert main(["serve", "--host", "0.0.0.0"]) == 2
+    assert "--allow-remote" in capsys.readouterr().err
+
+
+def test_temporary_upload_folder_is_under_the_given_dir(survey_app, survey_index, tmp_path,
+                                                         monkeypatch):
+    seen: list[Path] = []
+    real = tempfile.TemporaryDirectory
+
+    def spy(*args, **kwargs):
+        tmp = real(*args, **kwargs)
+        seen.append(Path(tmp.name))
+        return tmp
+
+    monkeypatch.setattr(tempfile, "TemporaryDirectory", spy)
+    _, cut = _one_cutout(survey_index, 2)
+    r = survey_app.post("/api/search/image", files={"file": ("q.fits", _fits_bytes(cut))})
+    assert r.status_code == 200
+    assert seen and all(p.parent == tmp_path / "uploads" and not p.exists() for p in seen)
