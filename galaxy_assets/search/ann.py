@@ -12,7 +12,7 @@ The LanceDB table is the system of record. This module
 * keeps a :class:`ServingIndex`: a FAISS IVF-PQ index with an exact re-scoring ("refine") step
   over an in-memory copy of the table's vectors at one table version. LanceDB's query path costs
   a few milliseconds per call before any vector is compared; the serving index answers a query in
-  about a millisecond. It answers only while its version is the table's latest
+  about a millisecond. It answers only while the table handle is at the version it holds
   (:meth:`ServingIndex.is_current`), and :meth:`ServingIndex.refresh` brings it up to date by
   applying the rows that changed (or rebuilding when most of them did).
 
@@ -62,22 +62,29 @@ ID_COLUMN = "object_id"
 DISTANCE_COLUMN = "_distance"
 ROW_ADDRESS = "_rowaddr"
 
-# Below this many rows a flat LanceDB search (every vector compared) is faster than an IVF-PQ
-# search at the recall the parameters below reach, so no index is built. Measured by
-# benchmarks/bench_index.py (2 vCPUs, 256-d, RESULTS.md "The searchable index"): the flat search
-# costs about 3 ms of fixed per-call work plus ~1.7 ms per 10,000 rows, while an IVF-PQ search with
-# refine costs 4-6 ms whatever the size; the two meet between 10,000 and 20,000 rows.
-BRUTE_FORCE_MAX_ROWS = 16_384
+# Below this many rows no vector index is built. Measured by benchmarks/bench_index.py on
+# clustered 256-d vectors (2 vCPUs; RESULTS.md, "The searchable index"): a flat LanceDB search
+# took 4.8 ms at 5k rows, 11-15 ms at 10k-30k and 35-44 ms at 50k; an IVF-PQ search with the
+# parameters below 5-8 ms at every size. The index is faster from about 7k rows, but its
+# recall@10 reaches 0.95 only from 25k rows (0.85 at 10k, 0.93 at 20k, 0.954 at 25k, 0.98 at
+# 30k), so below 25k the exact flat search is kept.
+BRUTE_FORCE_MAX_ROWS = 25_000
 
-# Dimensions per PQ sub-vector: 8 keeps LanceDB on its SIMD path (it prefers 8 or 16) and,
-# with the exact refine step, reaches recall@10 >= 0.95 (bench_index.py).
+# Dimensions per PQ sub-vector. 8 keeps LanceDB on its SIMD path (it prefers 8 or 16): at 1M x
+# 256 it built 32 sub-vectors in 95 s against 150 s for 64, and with the exact refine step
+# recall@10 at 1M rows was 0.999 (LanceDB) and 0.973 (FAISS).
 SUB_VECTOR_WIDTH = 8
 MIN_PARTITIONS = 16
 MAX_PARTITIONS = 4096
-# Probe this share of the IVF lists (at least MIN_NPROBES): recall@10 >= 0.95 on clustered
-# 256-d vectors from 20k to 1M rows in bench_index.py.
+# Probe this share of the IVF lists, and at least MIN_NPROBES. At 1M rows (1,024 lists) recall
+# was the same with 16, 32 or 64 probes (the PQ candidates limit it; refine 20 instead of 10
+# lifts FAISS from 0.973 to 0.995 for +0.1 ms); 25k-50k-row tables need the larger share.
 NPROBE_FRACTION = 1 / 32
-MIN_NPROBES = 8
+MIN_NPROBES = 16
+# LanceDB k-means iterations (IVF and PQ). Its default, 50, spends most of the build in PQ
+# training; at 100k x 256 rows 10 iterations built in 29 s instead of 135 s with recall@10
+# 0.997 instead of 0.991 (nprobes 8, refine 10); 1M rows build in 60-145 s (machine load 3-9).
+DEFAULT_MAX_ITERATIONS = 10
 DEFAULT_REFINE_FACTOR = 10
 # FAISS k-means for the serving index trains on at most this many rows per list.
 TRAIN_ROWS_PER_LIST = 64
@@ -108,7 +115,7 @@ class IndexParams:
     num_sub_vectors: int
     nprobes: int
     refine_factor: int
-    max_iterations: int = 50
+    max_iterations: int = DEFAULT_MAX_ITERATIONS
     sample_rate: int = 256
 
     def __post_init__(self) -> None:
@@ -148,7 +155,7 @@ def index_params(
 
     ``num_partitions``: the power of two nearest ``sqrt(n_rows)`` (16 … 4096, and at most
     ``n_rows / 64`` so k-means has rows to train on); ``num_sub_vectors``: ``dim / 8`` or the
-    divisor of ``dim`` nearest that width; ``nprobes``: 1/32 of the lists, at least 8;
+    divisor of ``dim`` nearest that width; ``nprobes``: 1/32 of the lists, at least 16;
     ``refine_factor`` 10.
     """
     if isinstance(n_rows, bool) or int(n_rows) < 0:
@@ -230,9 +237,11 @@ def vector_index_stats(table: Any) -> dict[str, Any] | None:
     }
 
 
-def _build_lance_index(table: Any, params: IndexParams, dim: int) -> None:
+def _build_lance_index(table: Any, params: IndexParams | None, dim: int) -> None:
     from lancedb.index import IvfPq
 
+    if params is None:  # callers check index_params(..., brute_force_max_rows=0) first
+        raise VectorIndexError(f"no IVF-PQ parameters for {_table_name(table)!r}")
     if dim % params.num_sub_vectors:
         raise VectorIndexError(
             f"num_sub_vectors={params.num_sub_vectors} does not divide the vector width {dim}"
@@ -260,6 +269,7 @@ def ensure_vector_index(
     force: bool = False,
     params: IndexParams | None = None,
     rebuild_growth: float = 1.0,
+    fold: bool | None = None,
 ) -> dict[str, Any]:
     """Bring the table's cosine IVF-PQ index on ``vector`` up to date and say what was done.
 
@@ -268,9 +278,19 @@ def ensure_vector_index(
     * no index, ``force``, an index of another metric, or more unindexed rows than
       ``rebuild_growth`` x indexed ones (the table grew past what the centroids were trained on):
       train and build it, ``action="built"``;
-    * an index with unindexed rows (rows written since): fold them in with ``table.optimize()``,
-      which assigns them to the existing partitions and PQ codes without retraining (it also
-      compacts small files and prunes versions older than 7 days), ``action="folded"``;
+    * an index with unindexed rows (rows written since the build):
+
+      - fewer than :data:`BRUTE_FORCE_MAX_ROWS` of them (and ``fold`` not True): leave them,
+        ``action="deferred"``. LanceDB searches unindexed rows exactly, by a flat scan merged
+        with the index results, so answers stay complete; :func:`maintain` folds them in.
+      - otherwise (or ``fold=True``): fold them in with ``table.optimize()``,
+        ``action="folded"``. That assigns them to the trained partitions and PQ codebooks
+        without retraining, but lancedb 0.40 offers no index-only optimize: it also compacts
+        small files, prunes versions older than 7 days, and merges the new rows into the one
+        index segment, rewriting it: at 1M rows that costs 30-80% of a full build
+        (bench_index.py), which is why small batches are deferred.
+
+      ``fold=False`` never folds.
     * otherwise ``action="current"``.
 
     ``params`` overrides the derived parameters (and builds even below the brute-force size).
@@ -292,10 +312,11 @@ def ensure_vector_index(
             f"{n_rows} rows: below {BRUTE_FORCE_MAX_ROWS} rows a flat search is faster than an "
             "index (benchmarks/bench_index.py)"
         )
+    elif chosen is None and index_params(n_rows, dim, brute_force_max_rows=0) is None:
+        action = "skipped"
+        reason = f"{n_rows} rows are too few to train IVF partitions; pass params to force one"
     elif force or before is None or before.get("distance_type") not in (None, "cosine"):
-        if chosen is None:
-            chosen = index_params(n_rows, dim, brute_force_max_rows=0)
-        assert chosen is not None
+        chosen = chosen or index_params(n_rows, dim, brute_force_max_rows=0)
         action = "built"
         reason = (
             "forced"
@@ -306,15 +327,21 @@ def ensure_vector_index(
         )
         _build_lance_index(table, chosen, dim)
     elif unindexed_before > rebuild_growth * max(int(before["rows_indexed"]), 1):
-        if chosen is None:
-            chosen = index_params(n_rows, dim, brute_force_max_rows=0)
-        assert chosen is not None
+        chosen = chosen or index_params(n_rows, dim, brute_force_max_rows=0)
         action = "built"
         reason = (
             f"{unindexed_before} unindexed rows against {before['rows_indexed']} indexed: the "
             "partitions were trained on too small a table, so they are retrained"
         )
         _build_lance_index(table, chosen, dim)
+    elif unindexed_before > 0 and (
+        fold is False or (fold is None and unindexed_before < BRUTE_FORCE_MAX_ROWS)
+    ):
+        action = "deferred"
+        reason = (
+            f"{unindexed_before} rows written since the last index build are searched exactly "
+            "(flat) until maintenance folds them in"
+        )
     elif unindexed_before > 0:
         action = "folded"
         reason = f"{unindexed_before} rows written since the last index build"
@@ -358,7 +385,7 @@ def _snapshot(table: Any) -> dict[str, Any]:
     index = vector_index_stats(table)
     return {
         "version": int(table.version),
-        "versions": len(table.list_versions()),
+        "versions": [int(v["version"]) for v in table.list_versions()],
         "rows": int(get(stats, "num_rows")),
         "bytes": int(get(stats, "total_bytes")),
         "fragments": int(get(frag, "num_fragments")),
@@ -377,8 +404,9 @@ def maintain(
 ) -> dict[str, Any]:
     """Scheduled upkeep of the table: compact small files, fold new rows into the vector (and
     full-text) indices, and prune versions older than ``older_than`` (LanceDB
-    ``table.optimize``). When the table has no vector index yet but has grown past the
-    brute-force size, ``build_index`` builds it first (:func:`ensure_vector_index`).
+    ``table.optimize``). With ``build_index``, :func:`ensure_vector_index` runs first: it
+    builds a missing index once the table is past the brute-force size, and retrains one the
+    table has outgrown. The handle is moved to the latest version first.
 
     Returns, for asset metadata: the table version before and after, the number of stored
     versions, fragments, bytes and unindexed rows before and after, versions pruned, what
@@ -390,9 +418,9 @@ def maintain(
     t0 = time.perf_counter()
     table.checkout_latest()
     before = _snapshot(table)
-    index_action = None
-    if build_index and before["rows_unindexed"] is None:
-        index_action = ensure_vector_index(table)["action"]
+    # build a missing index, or retrain one the table outgrew; small batches of new rows are
+    # left to the optimize below, which folds them in
+    index_action = ensure_vector_index(table, fold=False)["action"] if build_index else None
     try:
         table.optimize(cleanup_older_than=older_than, delete_unverified=delete_unverified)
     except Exception as exc:
@@ -401,9 +429,11 @@ def maintain(
             f"older than {older_than}) failed: {exc}"
         ) from exc
     after = _snapshot(table)
+    pruned = sorted(set(before["versions"]) - set(after["versions"]))
+    before["versions"], after["versions"] = len(before["versions"]), len(after["versions"])
     out: dict[str, Any] = {f"{k}_before": v for k, v in before.items()}
     out.update({f"{k}_after": v for k, v in after.items()})
-    out["versions_pruned"] = max(0, before["versions"] + 1 - after["versions"])
+    out["versions_pruned"] = len(pruned)
     out["index_action"] = index_action
     out["seconds"] = time.perf_counter() - t0
     log.info(
@@ -451,24 +481,26 @@ def _check_k(k: Any, where: str) -> int:
     return int(k)
 
 
-_INFO: weakref.WeakKeyDictionary[Any, tuple[int, tuple[int, list[str], int]]] = (
+_INFO: weakref.WeakKeyDictionary[Any, tuple[float, tuple[int, list[str], int]]] = (
     weakref.WeakKeyDictionary()
 )
+INFO_TTL_S = 5.0
 
 
 def _table_info(table: Any) -> tuple[int, list[str], int]:
-    """(vector width, column names, row count) of the handle's version, cached per version:
-    each LanceDB call from the sync API is a round trip to its event-loop thread."""
-    version = int(table.version)
+    """(vector width, column names, row count) of a table handle, re-read at most every
+    INFO_TTL_S seconds: each call of LanceDB's sync API is a round trip to its event-loop
+    thread (0.1-0.5 ms), and the row count only picks default nprobes / refine."""
+    now = time.monotonic()
     try:
         hit = _INFO.get(table)
     except TypeError:  # not weak-referenceable
         hit = None
-    if hit is not None and hit[0] == version:
+    if hit is not None and now - hit[0] < INFO_TTL_S:
         return hit[1]
     info = (vector_dim(table), list(table.schema.names), int(table.count_rows()))
     try:
-        _INFO[table] = (version, info)
+        _INFO[table] = (now, info)
     except TypeError:
         pass
     return info
@@ -579,9 +611,79 @@ def _read_rows(table: Any, where: str | None = None) -> tuple[np.ndarray, np.nda
     return ids, vectors, addr
 
 
+def _sorted(a: np.ndarray) -> np.ndarray:
+    """``a`` sorted (scans return row addresses in order, so usually a check, not a sort)."""
+    return a if a.size < 2 or bool((a[1:] >= a[:-1]).all()) else np.sort(a)
+
+
+def _member(a: np.ndarray, sorted_b: np.ndarray) -> np.ndarray:
+    """Mask of the elements of ``a`` present in the sorted array ``sorted_b``."""
+    if not sorted_b.size:
+        return np.zeros(a.shape, dtype=bool)
+    pos = np.minimum(np.searchsorted(sorted_b, a), sorted_b.size - 1)
+    return sorted_b[pos] == a
+
+
 def _read_addresses(table: Any) -> np.ndarray:
     data = table.search().select([ROW_ADDRESS]).limit(None).to_arrow()
     return data.column(ROW_ADDRESS).to_numpy().astype(np.int64, copy=False)
+
+
+class _RowStore:
+    """Object ids and float32 vectors by slot: the rows of the last full build in one block,
+    rows appended since in a second block that grows geometrically (so an append never copies
+    the big block)."""
+
+    def __init__(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        self.dim = int(vectors.shape[1])
+        self.base_n = int(vectors.shape[0])
+        self._base_vec = vectors
+        self._base_ids = ids
+        self._extra_vec = np.empty((0, self.dim), np.float32)
+        self._extra_ids = np.empty(0, dtype=object)
+        self.extra_n = 0
+
+    @property
+    def size(self) -> int:
+        return self.base_n + self.extra_n
+
+    @property
+    def nbytes(self) -> int:
+        return int(self._base_vec.nbytes + self._extra_vec.nbytes)
+
+    def append(self, ids: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+        n = int(vectors.shape[0])
+        need = self.extra_n + n
+        if need > self._extra_vec.shape[0]:
+            cap = max(need, 2 * self._extra_vec.shape[0], 1024)
+            grown = np.empty((cap, self.dim), np.float32)
+            grown[: self.extra_n] = self._extra_vec[: self.extra_n]
+            grown_ids = np.empty(cap, dtype=object)
+            grown_ids[: self.extra_n] = self._extra_ids[: self.extra_n]
+            self._extra_vec, self._extra_ids = grown, grown_ids
+        self._extra_vec[self.extra_n : need] = vectors
+        self._extra_ids[self.extra_n : need] = ids
+        slots = np.arange(self.size, self.size + n, dtype=np.int64)
+        self.extra_n = need
+        return slots
+
+    def vectors(self, slots: np.ndarray) -> np.ndarray:
+        if not self.extra_n:
+            return self._base_vec[slots]
+        out = np.empty((*slots.shape, self.dim), np.float32)
+        base = slots < self.base_n
+        out[base] = self._base_vec[slots[base]]
+        out[~base] = self._extra_vec[slots[~base] - self.base_n]
+        return out
+
+    def ids(self, slots: np.ndarray) -> np.ndarray:
+        if not self.extra_n:
+            return self._base_ids[slots]
+        out = np.empty(slots.shape, dtype=object)
+        base = slots < self.base_n
+        out[base] = self._base_ids[slots[base]]
+        out[~base] = self._extra_ids[slots[~base] - self.base_n]
+        return out
 
 
 class ServingIndex:
@@ -593,9 +695,9 @@ class ServingIndex:
     ``n x dim x 4`` bytes of vectors plus ``n x num_sub_vectors`` bytes of codes.
 
     The index answers only for its ``version``: :meth:`search` checks (at most every
-    ``max_staleness_s`` seconds, 0 = every call) that the table it was built from has no newer
-    version, and raises :class:`StaleIndexError` if it has, unless ``auto_refresh``, in which
-    case it applies the changes first (:meth:`refresh`).
+    ``max_staleness_s`` seconds, 0 = every call) that the table handle it was built from is
+    still at that version (:meth:`is_current`), and raises :class:`StaleIndexError` if not,
+    unless ``auto_refresh``, in which case it applies the changes first (:meth:`refresh`).
     """
 
     def __init__(
@@ -624,10 +726,8 @@ class ServingIndex:
         self.build_seconds = 0.0
         self._checked_at = -math.inf
         self._index: Any = None
-        self._vectors = np.empty((0, self.dim), np.float32)
-        self._ids = np.empty(0, dtype=object)
-        self._addr = np.empty(0, dtype=np.int64)  # -1: slot deleted
-        self._size = 0  # slots used in the arrays above
+        self._rows = _RowStore(np.empty(0, dtype=object), np.empty((0, self.dim), np.float32))
+        self._addr = np.empty(0, dtype=np.int64)  # LanceDB row address by slot; -1: deleted
         self._live = 0
 
     # -- construction ----------------------------------------------------------------------------
@@ -680,10 +780,9 @@ class ServingIndex:
             index.add_with_ids(vectors, np.arange(n, dtype=np.int64))
         self.params = params
         self._index = index
-        self._vectors = vectors
-        self._ids = ids
+        self._rows = _RowStore(ids, vectors)
         self._addr = addr.copy()
-        self._size = self._live = n
+        self._live = n
         self.version = version
         self._checked_at = time.monotonic()
         self.build_seconds = time.perf_counter() - t0
@@ -797,11 +896,11 @@ class ServingIndex:
                     "rows": self._live,
                     "seconds": time.perf_counter() - t0,
                 }
-            live_slots = np.flatnonzero(self._addr[: self._size] >= 0)
+            live_slots = np.flatnonzero(self._addr >= 0)
             old_addr = self._addr[live_slots]
-            addresses = np.sort(addresses)
-            fresh = addresses[~np.isin(addresses, old_addr, assume_unique=True)]
-            gone_slots = live_slots[~np.isin(old_addr, addresses, assume_unique=True)]
+            addresses = _sorted(addresses)
+            fresh = addresses[~_member(addresses, _sorted(old_addr))]
+            gone_slots = live_slots[~_member(old_addr, addresses)]
             if not fresh.size:
                 new_ids = np.empty(0, dtype=object)
                 new_vec = np.empty((0, self.dim), np.float32)
@@ -814,7 +913,7 @@ class ServingIndex:
                 table, lambda t, w=where: _read_rows(t, where=w)
             )
             if read_version == version:
-                pick = np.isin(new_addr, fresh, assume_unique=True)
+                pick = _member(new_addr, fresh)
                 new_ids, new_vec, new_addr = new_ids[pick], new_vec[pick], new_addr[pick]
                 break
         else:
@@ -877,9 +976,9 @@ class ServingIndex:
         out = np.full(new_ids.size, -1, dtype=np.int64)
         if not gone_slots.size or not new_ids.size:
             return out
-        gone = pl.DataFrame({"oid": self._ids[gone_slots].astype(str), "slot": gone_slots}).unique(
-            "oid", keep="first"
-        )
+        gone = pl.DataFrame(
+            {"oid": self._rows.ids(gone_slots).astype(str), "slot": gone_slots}
+        ).unique("oid", keep="first")
         new = pl.DataFrame(
             {"oid": new_ids.astype(str), "i": np.arange(new_ids.size, dtype=np.int64)}
         ).unique("oid", keep="first")
@@ -888,31 +987,16 @@ class ServingIndex:
         step = 65_536
         for s in range(0, idx.size, step):
             i, sl = idx[s : s + step], slots[s : s + step]
-            same = (self._vectors[sl] == new_vec[i]).all(axis=1)
+            same = (self._rows.vectors(sl) == new_vec[i]).all(axis=1)
             out[i[same]] = sl[same]
         return out
 
     def _append(self, ids: np.ndarray, vectors: np.ndarray, addr: np.ndarray) -> None:
-        n = int(vectors.shape[0])
-        need = self._size + n
-        if need > self._vectors.shape[0]:
-            cap = max(need, int(self._vectors.shape[0] * 1.25) + 1024)
-            grown = np.empty((cap, self.dim), np.float32)
-            grown[: self._size] = self._vectors[: self._size]
-            self._vectors = grown
-            ids_grown = np.empty(cap, dtype=object)
-            ids_grown[: self._size] = self._ids[: self._size]
-            self._ids = ids_grown
-            addr_grown = np.full(cap, -1, dtype=np.int64)
-            addr_grown[: self._size] = self._addr[: self._size]
-            self._addr = addr_grown
-        slots = np.arange(self._size, need, dtype=np.int64)
-        self._vectors[slots] = vectors
-        self._ids[slots] = ids
-        self._addr[slots] = addr
-        self._index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), slots)
-        self._size = need
-        self._live += n
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        slots = self._rows.append(ids, vectors)
+        self._addr = np.concatenate([self._addr, addr.astype(np.int64)])
+        self._index.add_with_ids(vectors, slots)
+        self._live += int(slots.size)
 
     # -- search ---------------------------------------------------------------------------------
     def search(
@@ -959,7 +1043,7 @@ class ServingIndex:
         step = max(1, 4_000_000 // max(n_cand * self.dim, 1))
         for s in range(0, q.shape[0], step):
             c = cand[s : s + step]
-            exact = np.einsum("qkd,qd->qk", self._vectors[np.maximum(c, 0)], q[s : s + step])
+            exact = np.einsum("qkd,qd->qk", self._rows.vectors(np.maximum(c, 0)), q[s : s + step])
             exact[c < 0] = -np.inf
             top = np.argpartition(-exact, k - 1, axis=1)[:, :k] if n_cand > k else None
             if top is None:
@@ -971,11 +1055,11 @@ class ServingIndex:
         return scores, self._lookup(slots)
 
     def _lookup(self, slots: np.ndarray) -> list[list[str]]:
-        return [[str(x) for x in row] for row in self._ids[slots]]
+        return [[str(x) for x in row] for row in self._rows.ids(slots)]
 
     def stats(self) -> dict[str, Any]:
         """Rows, version, parameters, build seconds and memory, for metadata."""
-        vec_bytes = int(self._vectors.nbytes)
+        vec_bytes = self._rows.nbytes
         code_bytes = self._live * (
             self.dim * 4 if self.params is None else self.params.num_sub_vectors
         )

@@ -64,7 +64,7 @@ def test_index_params_none_below_the_measured_threshold():
 
 
 @pytest.mark.parametrize("dim", [256, 384, 1024, 100, 33, 8])
-@pytest.mark.parametrize("n", [20_000, 100_000, 1_000_000, 50_000_000])
+@pytest.mark.parametrize("n", [ann.BRUTE_FORCE_MAX_ROWS, 100_000, 1_000_000, 50_000_000])
 def test_index_params_large_tables_are_sensible(n, dim):
     p = ann.index_params(n, dim)
     assert p is not None
@@ -79,7 +79,7 @@ def test_index_params_known_sizes_and_growth():
     p = ann.index_params(1_000_000, 256)
     assert (p.num_partitions, p.num_sub_vectors) == (1024, 32)
     assert p.nprobes == 32
-    sizes = [ann.index_params(n, 256).num_partitions for n in (20_000, 100_000, 1_000_000, 10**8)]
+    sizes = [ann.index_params(n, 256).num_partitions for n in (30_000, 100_000, 1_000_000, 10**8)]
     assert sizes == sorted(sizes) and sizes[0] < sizes[-1] == 4096
     # 8 dimensions per sub-vector where the width allows it; the nearest divisor otherwise
     assert ann.index_params(100_000, 384).num_sub_vectors == 48
@@ -107,6 +107,8 @@ def test_ensure_vector_index_skips_small_tables(db):
     assert out["rows"] == 300 and out["rows_unindexed"] == 300
     assert ann.vector_index_stats(table) is None
     assert list(table.list_indices()) == []
+    # force rebuilds an index, but never builds one where brute force is faster
+    assert ann.ensure_vector_index(table, force=True)["action"] == "skipped"
 
 
 def test_ensure_vector_index_builds_folds_and_retrains(db):
@@ -120,11 +122,18 @@ def test_ensure_vector_index_builds_folds_and_retrains(db):
 
     assert ann.ensure_vector_index(table, params=SMALL)["action"] == "current"
 
-    table.add(rows(unit_vectors(200, 2), start=4000))
-    folded = ann.ensure_vector_index(table, params=SMALL)
+    new = unit_vectors(200, 2)
+    table.add(rows(new, start=4000))
+    # a small batch stays unindexed: LanceDB searches it exactly until maintenance folds it in
+    deferred = ann.ensure_vector_index(table, params=SMALL)
+    assert deferred["action"] == "deferred" and deferred["rows_unindexed"] == 200
+    (hit,) = ann.lance_search(table, new[7], 1)
+    assert hit["object_id"].to_list() == ["g004007"]
+    folded = ann.ensure_vector_index(table, params=SMALL, fold=True)
     assert folded["action"] == "folded"
     assert folded["rows_unindexed_before"] == 200 and folded["rows_unindexed"] == 0
     assert ann.vector_index_stats(table)["rows_indexed"] == 4200
+    assert ann.ensure_vector_index(table, params=SMALL)["action"] == "current"
 
     # more new rows than indexed ones: the partitions are retrained, not just extended
     table.add(rows(unit_vectors(4300, 3), start=4200))
@@ -323,5 +332,17 @@ def test_maintain_compacts_and_prunes_versions(db):
     kept = ann.maintain(table)
     assert kept["versions_pruned"] == 0 and kept["versions_after"] >= 2
 
+    with pytest.raises(ann.VectorIndexError, match="older_than"):
+        ann.maintain(table, older_than=timedelta(days=-1))
+
+
+def test_maintain_folds_deferred_rows_into_the_index(db):
+    table = db.create_table("galaxy_index", rows(unit_vectors(4000, 42)))
+    ann.ensure_vector_index(table, params=SMALL)
+    table.add(rows(unit_vectors(100, 43), start=4000))
+    assert ann.ensure_vector_index(table, params=SMALL)["action"] == "deferred"
+    out = ann.maintain(table)
+    assert out["rows_unindexed_before"] == 100 and out["rows_unindexed_after"] == 0
+    assert out["index_action"] == "deferred"  # left to optimize, which folded the rows in
     with pytest.raises(ann.VectorIndexError, match="older_than"):
         ann.maintain(table, older_than=timedelta(days=-1))
