@@ -24,12 +24,18 @@ spreads evenly over their images, and symmetrically); a batch without duplicates
 the plain loss. This matters most with sentence views, where a common sentence is drawn for
 dozens of galaxies of one epoch.
 
-Off by default (``duplicate_text_threshold=None``): on the demo's mock survey (3,000 galaxies,
-2,000 describer captions, mean nDCG@10 over each target's phrasings, 3 seeds) captions plus
-sentence views with shared positives at 60 epochs × batch 256 raised spirals 0.44 → 0.50,
-mergers 0.16 → 0.25 and bars 0.19 → 0.34 over whole captions at 30 × 512, but lowered edge-on
-discs 0.74 → 0.61 and rings 0.15 → 0.06, and lenses stayed at 0 (one lens caption among 1,800
-training pairs). Whole captions alone at 60 × 256 over-fit the text head.
+The defaults (sentence views from ``caption_embeddings``, shared positives at cosine 0.999, 60
+epochs × batch 256, a temperature learning at 0.05, the last epoch kept) were chosen on the
+demo's mock survey (3,000 galaxies, 2,000 describer captions + 4,411 sentence views; nDCG@10 of
+the primary phrasing through the search evaluation, mean of 3 seeds; ``benchmarks/RESULTS.md``,
+issue-5 section): against whole captions at 30 × 512 with the best-validation-loss checkpoint,
+spirals 0.17 → 0.58, mergers 0.11 → 0.33, bars 0.19 → 0.46, rings 0.05 → 0.07, but edge-on
+discs 0.76 → 0.68; lenses stay at 0 (one lens caption among 1,800 training galaxies). Why not
+the best validation loss: the whole-caption validation loss is lowest after ~15-20 epochs (the
+text head then over-fits the captions), long before short queries work (spirals 0.09 at that
+checkpoint, 0.58 at the last epoch); choosing by caption + sentence loss (``"view_loss"``) stops
+as early and found mergers 0.11. Sentence views are what makes short queries work: whole
+captions alone with the same schedule left spirals at 0.08.
 
 Training never touches pixels. Cost and memory:
 
@@ -94,6 +100,9 @@ __all__ = [
 ]
 
 EXPERIMENT = "search-aligner"
+# how the kept checkpoint is chosen (TrainConfig.select_by)
+SELECT_BY = ("caption_loss", "view_loss", "last")
+VIEW_DUPLICATE_THRESHOLD = 0.999  # validation views with this cosine are the same text
 
 
 @dataclass
@@ -112,10 +121,19 @@ class TrainConfig:
     139 s with 2 on a loaded 2-core machine; see ``benchmarks/bench_aligner.py``).
     ``duplicate_text_threshold``: input texts of one batch with at least this cosine are the
     same text and share their positives (see the module docstring); None: plain InfoNCE.
+    ``temperature_learning_rate``: the learning rate of the log logit scale (no weight decay,
+    same schedule); None: ``learning_rate``. Adam moves a parameter by about its learning rate
+    per step, so at 5e-4 a few hundred steps cannot move ``log(1/0.07)`` measurably (the demo's
+    scale stayed at 14.3); at 0.05 it settles (~30 on the demo). ``select_by``: the kept
+    checkpoint: ``"caption_loss"`` (lowest validation loss on whole captions), ``"view_loss"``
+    (lowest mean of that and the text→image loss of the validation galaxies' sentence views) or
+    ``"last"`` (the last epoch of the fixed schedule; ``patience`` then never stops early).
+    ``caption_probability``: each epoch draws a galaxy's whole caption with this probability and
+    one of its other texts otherwise; None: uniformly among all its texts.
     """
 
-    epochs: int = 30
-    batch_size: int = 512
+    epochs: int = 60
+    batch_size: int = 256
     learning_rate: float = 5e-4
     weight_decay: float = 0.05
     warmup_fraction: float = 0.1
@@ -131,7 +149,10 @@ class TrainConfig:
     eval_max: int = 5000
     patience: int | None = None
     num_threads: int | None = 1
-    duplicate_text_threshold: float | None = None
+    duplicate_text_threshold: float | None = 0.999
+    temperature_learning_rate: float | None = 0.05
+    select_by: str = "last"
+    caption_probability: float | None = None
 
     def __post_init__(self) -> None:
         checks = {
@@ -147,6 +168,11 @@ class TrainConfig:
             "num_threads": self.num_threads is None or self.num_threads >= 1,
             "duplicate_text_threshold": self.duplicate_text_threshold is None
             or 0.0 < self.duplicate_text_threshold <= 1.0,
+            "temperature_learning_rate": self.temperature_learning_rate is None
+            or self.temperature_learning_rate > 0,
+            "select_by": self.select_by in SELECT_BY,
+            "caption_probability": self.caption_probability is None
+            or 0.0 <= self.caption_probability <= 1.0,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
@@ -182,6 +208,11 @@ PAPER_TRAIN_CONFIG: dict[str, Any] = {
     "val_fraction": 0.2,
     "device": "cuda",
     "dtype": "bfloat16",
+    # the paper's temperature shares the learning rate, its checkpoint is the best validation
+    # loss, and a batch's texts are all negatives of each other
+    "temperature_learning_rate": None,
+    "select_by": "caption_loss",
+    "duplicate_text_threshold": None,
 }
 
 
@@ -281,15 +312,23 @@ def shared_positive_loss(
     return torch.stack(losses).mean()
 
 
-def _param_groups(model: AlignedModel, weight_decay: float) -> list[dict[str, Any]]:
+def _param_groups(
+    model: AlignedModel, weight_decay: float, temperature_lr: float | None = None
+) -> list[dict[str, Any]]:
+    """Weights with decay; biases and norms without; the logit scale without decay and, when
+    ``temperature_lr`` is given, at that learning rate (the schedule scales it like the rest)."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
+        if name == "logit_scale" and temperature_lr is not None:
+            continue
         (decay if p.ndim >= 2 else no_decay).append(p)  # biases, norms, logit_scale: no decay
-        del name
-    return [
+    groups = [
         {"params": decay, "weight_decay": weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
+    if temperature_lr is not None:
+        groups.append({"params": [model.logit_scale], "weight_decay": 0.0, "lr": temperature_lr})
+    return groups
 
 
 @contextlib.contextmanager
@@ -343,6 +382,77 @@ def _validate(
     metrics.update(equivalent_caption_recall(zt, zi, text[: zt.shape[0]]))
     metrics["loss"] = total / max(weight, 1)
     return metrics
+
+
+def _draw_texts(
+    starts: torch.Tensor, counts: torch.Tensor, caption_probability: float | None,
+    gen: torch.Generator,
+) -> torch.Tensor:
+    """One text row per galaxy: uniform over its texts, or (``caption_probability`` given) its
+    first, whole caption with that probability and otherwise one of its other texts."""
+    u = torch.rand(starts.shape[0], generator=gen)
+    if caption_probability is None:
+        return starts + (u * counts).long().clamp_max(counts - 1)
+    others = (counts - 1).clamp_min(1)
+    other = 1 + (torch.rand(starts.shape[0], generator=gen) * others).long().clamp_max(others - 1)
+    use_caption = (u < caption_probability) | (counts == 1)
+    return starts + torch.where(use_caption, torch.zeros_like(other), other)
+
+
+def _criterion(row: Mapping[str, float], select_by: str) -> float:
+    """The number the kept checkpoint minimises (see ``TrainConfig.select_by``)."""
+    if select_by == "last":
+        return -row["epoch"]
+    if select_by == "view_loss" and "val_view_loss" in row:
+        return 0.5 * (row["val_loss"] + row["val_view_loss"])
+    return row["val_loss"]
+
+
+@torch.no_grad()
+def _validate_views(
+    model: AlignedModel,
+    image: torch.Tensor,
+    views: torch.Tensor,
+    target: torch.Tensor,
+    device: str,
+    dtype: torch.dtype,
+) -> dict[str, float]:
+    """Text→image loss and recall@5 of the validation galaxies' extra texts (sentence views)
+    against the validation galaxies' images; ``target`` (n_views, n_images) marks every galaxy
+    that has the same text (a generic sentence fits many galaxies), spread evenly."""
+    model.eval()
+    with _autocast(device, dtype):
+        ri, rv, scale = model(image.to(device), views.to(device))
+    zi = torch.nn.functional.normalize(ri.float(), dim=-1)
+    zv = torch.nn.functional.normalize(rv.float(), dim=-1)
+    logits = scale.float() * (zv @ zi.T)
+    tgt = target.to(logits.device)
+    loss = -(tgt / tgt.sum(dim=1, keepdim=True) * logits.log_softmax(dim=1)).sum(dim=1).mean()
+    top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+    hit = torch.gather(tgt > 0, 1, top).any(dim=1).float().mean()
+    return {"view_loss": float(loss), "view_t2i_recall_at_5": float(hit)}
+
+
+def _view_targets(
+    pairs: PairedData, val_obj: np.ndarray, threshold: float = VIEW_DUPLICATE_THRESHOLD
+) -> tuple[np.ndarray, torch.Tensor]:
+    """The rows of the validation galaxies' texts other than their first (whole) caption, and
+    for each the validation galaxies holding the same text ((n_views, n_val) float 0/1)."""
+    counts = pairs.caption_count[val_obj]
+    extra = np.maximum(counts - 1, 0)
+    starts = pairs.caption_start[val_obj]
+    rows = np.concatenate(
+        [np.arange(s + 1, s + c, dtype=np.int64) for s, c in zip(starts, counts, strict=True)]
+        or [np.zeros(0, np.int64)]
+    )
+    owner = np.repeat(np.arange(len(val_obj)), extra)
+    if rows.size == 0:
+        return rows, torch.zeros((0, len(val_obj)))
+    v = torch.nn.functional.normalize(torch.from_numpy(pairs.text[rows]).float(), dim=-1)
+    same = (v @ v.T) >= threshold
+    onehot = torch.zeros((len(rows), len(val_obj)))
+    onehot[torch.arange(len(rows)), torch.from_numpy(owner)] = 1.0
+    return rows, ((same.float() @ onehot) > 0).float()
 
 
 def train_aligner(
@@ -450,13 +560,18 @@ def train_on_pairs(
         starts = torch.from_numpy(pairs.caption_start[train_obj])
         counts = torch.from_numpy(pairs.caption_count[train_obj])
         train_obj_t = torch.from_numpy(train_obj)
+        view_rows, view_target = _view_targets(pairs, val_obj)
+        val_views = text_all[torch.from_numpy(view_rows).to(text_all.device)]
 
         gen = torch.Generator().manual_seed(int(tc.seed))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(tc.seed))
             model = build_from_config(mc).to(device)
         opt = torch.optim.AdamW(
-            _param_groups(model, tc.weight_decay), lr=tc.learning_rate, betas=(0.9, 0.98), eps=1e-6
+            _param_groups(model, tc.weight_decay, tc.temperature_learning_rate),
+            lr=tc.learning_rate,
+            betas=(0.9, 0.98),
+            eps=1e-6,
         )
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, _lr_lambda(total_steps, warmup, tc.min_lr_ratio)
@@ -482,9 +597,7 @@ def train_on_pairs(
             model.train()
             t0 = time.perf_counter()
             perm = torch.randperm(n_train, generator=gen)
-            pick = starts + (torch.rand(n_train, generator=gen) * counts).long().clamp_max(
-                counts - 1
-            )
+            pick = _draw_texts(starts, counts, tc.caption_probability, gen)
             loss_sum, n_shared = 0.0, 0
             for step in range(steps_per_epoch):
                 idx = perm[step * batch : (step + 1) * batch]
@@ -515,6 +628,10 @@ def train_on_pairs(
             train_seconds += epoch_seconds
             seen += steps_per_epoch * batch
             val = _validate(model, val_image, val_text, batch, dims, tc.eval_max, device, amp_dtype)
+            if len(view_rows):
+                val.update(
+                    _validate_views(model, val_image, val_views, view_target, device, amp_dtype)
+                )
             if not math.isfinite(val["loss"]):
                 raise AlignmentError(
                     f"the validation loss is {val['loss']} at epoch {epoch}; nothing was registered. "
@@ -545,8 +662,9 @@ def train_on_pairs(
                 row["logit_scale"],
                 epoch_seconds,
             )
-            if row["val_loss"] < best_loss:
-                best_loss, best_epoch, stale = row["val_loss"], epoch, 0
+            criterion = _criterion(row, tc.select_by)
+            if criterion < best_loss:
+                best_loss, best_epoch, stale = criterion, epoch, 0
                 best_state = {
                     k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()
                 }
@@ -557,7 +675,8 @@ def train_on_pairs(
                 stale += 1
                 if tc.patience is not None and stale >= tc.patience:
                     log.info(
-                        "no better validation loss for %d epochs: stopping at epoch %d",
+                        "no better validation %s for %d epochs: stopping at epoch %d",
+                        tc.select_by,
                         stale,
                         epoch,
                     )

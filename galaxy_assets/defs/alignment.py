@@ -5,7 +5,7 @@ import polars as pl
 from dagster_polars import DataFramePartitions
 
 from galaxy_assets.alignment.model import load_aligner, project_shard
-from galaxy_assets.alignment.train import register_aligner, train_aligner
+from galaxy_assets.alignment.train import TrainConfig, register_aligner, train_aligner
 from galaxy_assets.defs.metadata import reusable_output, scalar_metadata
 from galaxy_assets.defs.partitions import shard_partitions
 from galaxy_assets.defs.resources import (
@@ -62,9 +62,14 @@ def image_embeddings(
 
 
 class AlignerTrainConfig(dg.Config):
+    # defaults: TrainConfig's (one source of truth, measured in galaxy_assets/alignment/train.py)
     output_dim: int = 256
-    epochs: int = 30
-    batch_size: int = 512
+    epochs: int = TrainConfig.epochs
+    batch_size: int = TrainConfig.batch_size
+    learning_rate: float = TrainConfig.learning_rate
+    temperature_learning_rate: float | None = TrainConfig.temperature_learning_rate
+    duplicate_text_threshold: float | None = TrainConfig.duplicate_text_threshold
+    select_by: str = TrainConfig.select_by  # caption_loss | view_loss | last
     seed: int = 0
 
 
@@ -85,8 +90,8 @@ def aligned_model(
     result = train_aligner(
         images, caption_embeddings,
         model_config={"output_dim": config.output_dim},
-        train_config={"epochs": config.epochs, "batch_size": config.batch_size,
-                      "seed": config.seed, "device": compute.torch_device()},
+        train_config={**config.model_dump(exclude={"output_dim"}),
+                      "device": compute.torch_device()},
         expected_text_embedder=caption_embeddings["embedder"][0] if caption_embeddings.height else None,
         progress=lambda m: context.log.info(f"aligner epoch: {m}"),
     )

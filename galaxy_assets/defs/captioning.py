@@ -4,6 +4,7 @@ import dagster as dg
 import polars as pl
 from dagster_polars import DataFramePartitions
 
+from galaxy_assets.alignment.data import CAPTION_VIEW, SENTENCE_VIEW, caption_sentences
 from galaxy_assets.captioning.factory import LOCAL_BACKENDS
 from galaxy_assets.captioning.keywords import keyword_rates
 from galaxy_assets.captioning.run import caption_galaxies, sample_for_captions
@@ -122,19 +123,34 @@ def vlm_captions(
     return current
 
 
+class CaptionEmbeddingsConfig(dg.Config):
+    # also embed each caption's sentences (view "sentence"): the aligner trains on them so
+    # that short queries land where captions did
+    sentence_views: bool = True
+
+
 @dg.asset(group_name="captions", kinds={"polars", "pytorch"})
 def caption_embeddings(
     context: dg.AssetExecutionContext,
+    config: CaptionEmbeddingsConfig,
     vlm_captions: pl.DataFrame,
     compute: ComputeResource,
     text_embedder: TextEmbedderResource,
 ) -> pl.DataFrame:
-    """Unit-normalised text vectors of every caption, with the text embedder's id."""
+    """Unit-normalised text vectors of every caption (view "caption") and of each caption's
+    sentences (view "sentence", the aligner's extra training texts), with the embedder's id."""
     embedder = text_embedder.build(compute)
-    vectors = embed_captions(vlm_captions, embedder, batch_size=text_embedder.batch_size)
+    texts = vlm_captions.with_columns(pl.lit(CAPTION_VIEW).alias("view"))
+    if config.sentence_views:
+        sentences = caption_sentences(vlm_captions).select(texts.columns)
+        texts = pl.concat([texts, sentences])
+    vectors = embed_captions(texts, embedder, batch_size=text_embedder.batch_size)
+    n_sentences = int((vectors["view"] == SENTENCE_VIEW).sum())
     context.add_output_metadata(
         {
-            "captions": vectors.height,
+            "captions": vectors.height - n_sentences,
+            "sentence_views": n_sentences,
+            "distinct_texts": texts["caption"].n_unique(),
             "embedder": embedder.embedder_id,
             "dim": embedder.dim,
         }

@@ -17,7 +17,13 @@ from galaxy_assets.alignment import (
 from galaxy_assets.alignment.synthetic import synthetic_pairs
 
 SMALL_MODEL = {"output_dim": 16, "hidden_dim": 48, "n_blocks": 1, "dropout": 0.0}
-FAST = {"epochs": 12, "batch_size": 64, "learning_rate": 3e-3, "warmup_fraction": 0.05}
+FAST = {
+    "epochs": 12,
+    "batch_size": 64,
+    "learning_rate": 3e-3,
+    "warmup_fraction": 0.05,
+    "select_by": "caption_loss",  # the best-validation-loss checkpoint (asserted below)
+}
 
 
 @pytest.fixture(scope="module")

@@ -134,3 +134,96 @@ def test_training_with_views_and_shared_positives_runs_and_reports():
     assert result.data["n_sentence_views"] == 480
     assert sum(h["shared_positive_pairs"] for h in result.history) > 0
     assert result.best["t2i_recall_at_10"] > 0.2  # whole captions validate (pool 24+)
+
+
+def _tiny_views_run(**train):
+    images, captions = synthetic_pairs(200, image_dim=12, text_dim=16, noise=0.5, seed=4)
+    frame = _with_views(images, captions)
+    return train_aligner(
+        images,
+        frame,
+        model_config={"output_dim": 16, "hidden_dim": 32, "n_blocks": 1, "dropout": 0.0},
+        train_config={"epochs": 8, "batch_size": 64, "learning_rate": 3e-3, **train},
+    )
+
+
+def test_view_validation_and_checkpoint_choice():
+    by_view = _tiny_views_run(select_by="view_loss")
+    rows = by_view.history
+    assert all("val_view_loss" in h and 0 <= h["val_view_t2i_recall_at_5"] <= 1 for h in rows)
+    combined = [0.5 * (h["val_loss"] + h["val_view_loss"]) for h in rows]
+    assert by_view.best_epoch == int(np.argmin(combined)) + 1
+    assert by_view.best["view_loss"] == pytest.approx(rows[by_view.best_epoch - 1]["val_view_loss"])
+    last = _tiny_views_run(select_by="last", patience=1)
+    assert last.best_epoch == 8 == len(last.history)  # patience never stops "last"
+    assert last.best["loss"] == last.history[-1]["val_loss"]
+    with pytest.raises(AlignmentError, match="select_by='best'"):
+        _tiny_views_run(select_by="best")
+
+
+def test_view_targets_mark_every_galaxy_with_the_same_sentence():
+    from galaxy_assets.alignment.data import PairedData
+    from galaxy_assets.alignment.train import _view_targets
+
+    rng = np.random.default_rng(0)
+    text = rng.standard_normal((7, 5)).astype(np.float32)
+    text[4] = text[2]  # galaxy 0's sentence is also galaxy 1's
+    # galaxy 0: caption 0, sentences 1, 2; galaxy 1: caption 3, sentence 4; galaxy 2: caption 5, 6
+    pairs = PairedData(
+        object_ids=np.array(["a", "b", "c"]),
+        image=np.zeros((3, 2), np.float32),
+        text=text,
+        pair_object=np.array([0, 0, 0, 1, 1, 2, 2]),
+        caption_start=np.array([0, 3, 5]),
+        caption_count=np.array([3, 2, 2]),
+        image_encoder="e",
+        text_embedder="t",
+        caption_models=[],
+        prompt_shas=[],
+    )
+    rows, target = _view_targets(pairs, np.array([0, 1, 2]))
+    assert rows.tolist() == [1, 2, 4, 6]
+    assert target.tolist() == [[1, 0, 0], [1, 1, 0], [1, 1, 0], [0, 0, 1]]
+    rows, target = _view_targets(pairs, np.array([2]))
+    assert rows.tolist() == [6] and target.tolist() == [[1]]
+
+
+def test_the_temperature_learns_at_its_own_rate():
+    from galaxy_assets.alignment.loss import INIT_LOGIT_SCALE
+    from galaxy_assets.alignment.model import AlignerConfig, build_from_config
+    from galaxy_assets.alignment.train import _param_groups
+
+    model = build_from_config(AlignerConfig(image_dim=4, text_dim=4, hidden_dim=8))
+    groups = _param_groups(model, 0.05, 0.02)
+    assert groups[-1]["params"] == [model.logit_scale] and groups[-1]["lr"] == 0.02
+    assert groups[-1]["weight_decay"] == 0.0
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    assert all(p is not model.logit_scale for g in groups[:-1] for p in g["params"])
+    shared = _param_groups(model, 0.05)
+    assert len(shared) == 2 and any(p is model.logit_scale for p in shared[1]["params"])
+
+    start = float(np.exp(INIT_LOGIT_SCALE))
+    slow = _tiny_views_run(select_by="last", temperature_learning_rate=None, learning_rate=3e-4)
+    fast = _tiny_views_run(select_by="last", temperature_learning_rate=0.05, learning_rate=3e-4)
+    moved_slow = abs(slow.history[-1]["logit_scale"] - start)
+    moved_fast = abs(fast.history[-1]["logit_scale"] - start)
+    assert moved_slow < 0.5 and moved_fast > 5 * max(moved_slow, 0.1)
+
+
+def test_text_draws_uniform_or_caption_first():
+    from galaxy_assets.alignment.train import _draw_texts
+
+    starts = torch.tensor([0, 3, 5])
+    counts = torch.tensor([3, 2, 1])
+    gen = torch.Generator().manual_seed(0)
+    uniform = torch.stack([_draw_texts(starts, counts, None, gen) for _ in range(3000)])
+    assert set(uniform[:, 0].tolist()) == {0, 1, 2} and set(uniform[:, 2].tolist()) == {5}
+    assert abs(float((uniform[:, 0] == 0).float().mean()) - 1 / 3) < 0.05
+    half = torch.stack([_draw_texts(starts, counts, 0.5, gen) for _ in range(3000)])
+    assert abs(float((half[:, 0] == 0).float().mean()) - 0.5) < 0.05
+    assert abs(float((half[:, 0] == 1).float().mean()) - 0.25) < 0.05
+    assert set(half[:, 1].tolist()) == {3, 4} and set(half[:, 2].tolist()) == {5}
+    only = _draw_texts(starts, counts, 1.0, gen)
+    assert only.tolist() == [0, 3, 5]
+    never = torch.stack([_draw_texts(starts, counts, 0.0, gen) for _ in range(200)])
+    assert 0 not in never[:, 0].tolist() and 3 not in never[:, 1].tolist()

@@ -10,6 +10,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from galaxy_assets.alignment.data import caption_sentences
 from galaxy_assets.captioning.base import CaptionerError
 from galaxy_assets.defs.captioning import caption_embeddings, caption_sample, vlm_captions
 from galaxy_assets.defs.io import ShardParquetIOManager
@@ -76,9 +77,18 @@ def test_caption_assets_with_openai_backend(isolated_home, tmp_path, monkeypatch
         failures = pl.read_parquet(isolated_home / "captions" / "caption_failures.parquet")
         assert failures.height == 1 and failures["reason"][0].startswith("refusal")
         vectors = result.output_for_node("caption_embeddings")
-        assert vectors.height == 19
+        whole = vectors.filter(pl.col("view") == "caption")
+        assert whole["object_id"].sort().to_list() == captions["object_id"].sort().to_list()
+        # each caption's sentences are embedded too (view "sentence"), for the aligner
+        sentences = caption_sentences(captions)
+        assert sentences.height > 0
+        assert vectors.filter(pl.col("view") == "sentence").height == sentences.height
+        assert vectors.height == 19 + sentences.height
         v = np.stack(vectors["vector"].to_numpy())
-        assert v.shape == (19, 384) and np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-4)
+        assert v.shape == (vectors.height, 384)
+        assert np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-4)
+        mat = result.asset_materializations_for_node("caption_embeddings")[0].metadata
+        assert mat["captions"].value == 19 and mat["sentence_views"].value == sentences.height
         # all requests carried the key; neither metadata nor logs show it
         assert all(r.headers.get("Authorization") == f"Bearer {KEY}" for r in server.requests)
         mats = [e.step_materialization_data.materialization
