@@ -227,8 +227,9 @@ def _run_captions(defs, instance, args: argparse.Namespace) -> bool:
         print("\nHow caption words follow the mock survey's truth:\n" + str(meta["keyword_rates"]))
     emb = _latest_metadata(instance, "caption_embeddings")
     print(
-        f"\ncaption_embeddings: {emb.get('captions')} vectors of dim {emb.get('dim')} "
-        f"from {emb.get('embedder')}"
+        f"\ncaption_embeddings: {emb.get('captions')} captions + {emb.get('sentence_views', 0)} "
+        f"sentence views ({emb.get('distinct_texts', '?')} distinct texts embedded), dim "
+        f"{emb.get('dim')}, from {emb.get('embedder')}"
     )
     return True
 
