@@ -21,9 +21,13 @@ non-parametric numbers against. Definitions follow the field:
   PSF-convolved circular Sérsic profiles measured the same way (Graham & Driver 2005 give
   the unconvolved relation C(n)).
 * Arcs: the colour-difference image of lens searches (Gavazzi et al. 2014; Ruff et al. 2011):
-  the z image (PSF-matched by a small Gaussian) scaled to the centre's g/z ratio is
-  subtracted from g, so a smooth red host vanishes and blue lensed light remains; arcs are
-  the blue residual in an annulus, measured in polar coordinates for tangential extent.
+  the r image (PSF-matched by a small Gaussian) scaled to the host's g/r ratio is subtracted
+  from g, so a smooth red host vanishes and blue lensed light remains. The PSF match is
+  judged by its residual less the noise it should hold (blurring also smooths noise), and the
+  ratio is refitted without the pixels that stay blue (lensed light inside the fitting
+  radius). What follows the isophotes is removed (a low quantile of each elliptical annulus,
+  corrected for the quantile's noise offset); arcs are the blue residual in an annulus,
+  measured in polar coordinates for tangential extent, and as a fraction of the g light.
 * Spiral arms: two-dimensional Fourier (log-polar) analysis of the deprojected residual
   (Puerari & Dottori 1992; Davis et al. 2012): a matched-filter S/N of the modes
   exp(i (m theta + p ln r)), m = 1..3, whose winding |p| excludes bars and projection errors.
@@ -131,6 +135,7 @@ class Measurements:
     arc_ring_snr: float  # S/N of all blue excess in the annulus (arcs and complete rings)
     arc_flux_fraction: float  # that excess / the galaxy's g flux
     arc_outer_excess: float  # blue excess beyond the annulus / within it (discs: high)
+    arc_fraction: float  # the arcs' excess (what does not follow the isophotes) / g flux
     # --- discs
     spiral_snr: float  # matched-filter S/N of the best winding mode
     spiral_m: int  # its multiplicity (arms)
@@ -628,6 +633,7 @@ def _measure(data: np.ndarray, sig: np.ndarray, pixel_scale: float, psf_fwhm_arc
         arc_ring_snr=arc[5],
         arc_flux_fraction=arc[6],
         arc_outer_excess=arc[7],
+        arc_fraction=arc[8],
         spiral_snr=spiral[0],
         spiral_m=spiral[1],
         spiral_pitch=spiral[2],
@@ -1008,9 +1014,23 @@ def _ellipse_median_model(
 
 ARC_RMIN = 2.0  # px: arcs are searched between these radii (0.5"-3.1" at 0.262"/px) ...
 ARC_RMAX = 12.0
-ARC_NSIGMA = 3.0  # ... in pixels of the smoothed colour-difference image above this S/N
+ARC_NSIGMA = 2.5  # ... in pixels of the smoothed colour-difference image above this S/N
 ARC_BLUR_GRID = (-1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0)  # px: PSF matching (< 0 blurs g)
 ARC_BASE_QUANTILE = 0.3  # of the colour-difference image in elliptical annuli
+ARC_BASE_OFFSET = 0.524  # -(that quantile of a unit normal)
+ARC_FIT_ITER = 3  # kappa fits, each without the pixels bluer than ARC_CLIP_NSIGMA
+ARC_CLIP_NSIGMA = 2.5
+
+
+@lru_cache(maxsize=32)
+def _blur_noise_factor(s: float) -> float:
+    """Variance of unit white noise after ndimage's Gaussian filter of ``s`` px (1 if s <= 0)."""
+    if s <= 0:
+        return 1.0
+    k = int(4 * s + 0.5)
+    delta = np.zeros((2 * k + 1, 2 * k + 1))
+    delta[k, k] = 1.0
+    return float((ndimage.gaussian_filter(delta, s, mode="constant") ** 2).sum())
 
 
 def _arcs(g, r, var_b, xc, yc, rr, keep, psf_sig, a_ell):
@@ -1021,31 +1041,58 @@ def _arcs(g, r, var_b, xc, yc, rr, keep, psf_sig, a_ell):
     wings leaves is smooth and follows the isophotes, so the ARC_BASE_QUANTILE of the
     colour-difference image in elliptical annuli is subtracted before arcs are looked for.
 
+    The match is judged by the residual *less the noise it is expected to hold*: blurring a
+    band also smooths its noise, and a raw chi-square would always prefer the widest blur of g
+    (which smears faint arcs away). Kappa is refitted without the pixels that stay bluer than
+    ARC_CLIP_NSIGMA, so lensed light inside the fitting radius (small Einstein radii) does not
+    pull the host's colour towards its own.
+
     Returns (S/N, radius, tangential/radial extent, azimuthal coverage, g - r offset of the
-    excess from the centre, excess beyond the annulus / within it)."""
-    nan6 = (math.nan,) * 8
+    excess from the centre, S/N of all blue excess in the annulus, its flux / the g flux,
+    excess beyond the annulus / within it, and the flux of the arcs (isophote-subtracted
+    excess) / the g flux)."""
+    nan9 = (math.nan,) * 9
     core = rr < max(1.5, 0.8 * psf_sig)
     fitr = (rr < 3.0 * psf_sig) & keep
-    wfit = 1.0 / var_b[0][fitr]
+    if float(r[core].sum()) <= 0:
+        return nan9
+    vg, vr = var_b[0][fitr], var_b[1][fitr]
+    wfit = 1.0 / vg
     best = None
     for s in ARC_BLUR_GRID:
         gg = ndimage.gaussian_filter(g, -s, mode="nearest") if s < 0 else g
         rb = ndimage.gaussian_filter(r, s, mode="nearest") if s > 0 else r
         x, y = rb[fitr], gg[fitr]
-        den = float((wfit * x * x).sum())
-        if den <= 0 or float(r[core].sum()) <= 0:
-            return nan6
-        kappa = float((wfit * x * y).sum() / den)
-        d = gg - kappa * rb
-        cost = float((wfit * d[fitr] ** 2).sum())
+        fg, fr = _blur_noise_factor(-s), _blur_noise_factor(s)
+        use = np.ones(x.size, dtype=bool)
+        kappa = math.nan
+        for _ in range(ARC_FIT_ITER):
+            den = float((wfit[use] * x[use] * x[use]).sum())
+            if den <= 0:
+                return nan9
+            kappa = float((wfit[use] * x[use] * y[use]).sum() / den)
+            res = y - kappa * x
+            nv = vg * fg + kappa * kappa * vr * fr
+            use = res < ARC_CLIP_NSIGMA * np.sqrt(nv)
+            if use.sum() < 10:
+                use[:] = True
+                break
+        res = y - kappa * x
+        nv = vg * fg + kappa * kappa * vr * fr
+        cost = float((wfit[use] * (res[use] ** 2 - nv[use])).sum())
         if best is None or cost < best[0]:
-            best = (cost, d, kappa)
-    _, d, kappa = best
+            best = (cost, gg - kappa * rb, kappa, s)
+    _, d, kappa, s = best
     if not kappa > 0:
-        return nan6
+        return nan9
     d = d * keep
+    # sums of pixels: the unblurred variances (blurring moves noise between pixels, it does
+    # not remove it from a region); single pixels of the 1-px-smoothed image: what is left
     var_d = var_b[0] + kappa * kappa * var_b[1]
-    nd = np.sqrt(var_d) * _gauss_noise_factor(1.0)
+    sg, sr = math.hypot(min(s, 0.0), 1.0), math.hypot(max(s, 0.0), 1.0)
+    nd = np.sqrt(
+        var_b[0] * _blur_noise_factor(sg) + kappa * kappa * var_b[1] * _blur_noise_factor(sr)
+    )
     ann = (rr >= ARC_RMIN) & (rr <= ARC_RMAX) & keep
     g_tot = float(g[(rr < 2.5 * ARC_RMAX) & keep].sum())
 
@@ -1056,11 +1103,17 @@ def _arcs(g, r, var_b, xc, yc, rr, keep, psf_sig, a_ell):
     far = (rr > ARC_RMAX) & (rr < 2.5 * ARC_RMAX) & keep
     _, flux_far, _ = _excess(d, var_d, nd, far)
     outer = flux_far / flux_all if flux_all > 0 else math.nan
-    # 2. what does not follow the isophotes: arcs
-    d = (d - _ellipse_median_model(d, a_ell, keep, ARC_BASE_QUANTILE)) * keep
+    # 2. what does not follow the isophotes: arcs. The ARC_BASE_QUANTILE of pure noise lies
+    # ARC_BASE_OFFSET of its sigma below zero; adding that back keeps noise from passing for
+    # an excess (most of all where the noise is the host's own photon noise)
+    sig_pix = np.sqrt(
+        var_b[0] * _blur_noise_factor(-s) + kappa * kappa * var_b[1] * _blur_noise_factor(s)
+    )
+    base = _ellipse_median_model(d, a_ell, keep, ARC_BASE_QUANTILE) + ARC_BASE_OFFSET * sig_pix
+    d = (d - base) * keep
     sel, flux, snr = _excess(d, var_d, nd, ann)
     if not sel.any():
-        return 0.0, math.nan, math.nan, 0.0, math.nan, snr_all, frac_all, outer
+        return 0.0, math.nan, math.nan, 0.0, math.nan, snr_all, frac_all, outer, 0.0
     # geometry of the brightest arc
     lab, _ = ndimage.label(sel)
     ids = np.arange(1, lab.max() + 1)
@@ -1080,7 +1133,8 @@ def _arcs(g, r, var_b, xc, yc, rr, keep, psf_sig, a_ell):
     gcore, rcore = float(g[core].sum()), float(r[core].sum())
     gex, rex = float(g[sel].sum()), float(r[sel].sum())
     off = _colour(gex, rex) - _colour(gcore, rcore)
-    return snr, r_mean, tang_ratio, cover, off, snr_all, frac_all, outer
+    arc_frac = flux / g_tot if g_tot > 0 else math.nan
+    return snr, r_mean, tang_ratio, cover, off, snr_all, frac_all, outer, arc_frac
 
 
 def _excess(d, var_d, nd, region):

@@ -217,10 +217,41 @@ def test_blue_arc_around_red_host():
     plain = measure(observe([host], [RED], seed=4), BANDS)
     lensed = measure(observe([host, arc_plane(6.0)], [RED, (4.0, 4.5, 4.5)], seed=4), BANDS)
     assert lensed.arc_flux_fraction > 0.06 > plain.arc_flux_fraction
+    assert lensed.arc_fraction > 0.06 > 0.01 > plain.arc_fraction
     assert lensed.arc_snr > 8
     assert lensed.arc_radius == pytest.approx(6.0, abs=1.5)
-    assert lensed.arc_colour_offset < -0.4
+    # the arc pixels' colour, diluted by the host light under them (arc g - r 0.13, host 1.0)
+    assert lensed.arc_colour_offset < -0.3
     assert lensed.arc_tangential > 1.5
+
+
+def test_faint_arc_inside_the_psf_matching_radius():
+    """A small Einstein radius (4 px ~ 1"), inside the 3-sigma radius where the colour of the
+    host is fitted, and a faint arc: the kappa fit without blue outliers and the noise-debiased
+    PSF match keep it, while the host alone stays below the describer's lens thresholds
+    (arc fraction 0.03, S/N 6): its noise is not an arc."""
+    host = sersic_plane(5.0, 4.0, 0.85, 10.0)
+    faint = (2.0, 2.0, 2.0)  # g ~ 21.7, a fifth of the host's g light
+    hits = 0
+    for seed in range(4):
+        plain = measure(observe([host], [RED], seed=seed), BANDS)
+        lensed = measure(
+            observe([host, arc_plane(4.0, 0.8, 120.0)], [RED, faint], seed=seed), BANDS
+        )
+        assert plain.arc_fraction < 0.02 and plain.arc_snr < 6, (plain.arc_fraction, plain.arc_snr)
+        hits += lensed.arc_fraction > 0.03 and lensed.arc_snr > 6 and lensed.arc_tangential > 1.5
+        assert lensed.arc_colour_offset < -0.2
+    assert hits >= 3
+
+
+@pytest.mark.parametrize("s", [0.5, 1.0, 1.5, 2.2])
+def test_blur_noise_factor_matches_filtered_white_noise(s):
+    from galaxy_assets.captioning.measure import _blur_noise_factor
+
+    noise = np.random.default_rng(3).normal(0.0, 1.0, (256, 256))
+    var = ndimage.gaussian_filter(noise, s, mode="nearest")[16:-16, 16:-16].var()
+    assert _blur_noise_factor(s) == pytest.approx(var, rel=0.08)
+    assert _blur_noise_factor(0.0) == 1.0
 
 
 def test_edge_on_disc_is_flat():
