@@ -188,7 +188,7 @@ def run_search_evaluation(
     if rerank_fn is not None:
         log(f"re-ranking: {rerank_fn.n_rated} rated, {rerank_fn.n_failed} failed in "
             f"{rerank_fn.seconds:.1f} s")
-    gate_section = "## Champion gate\n\n" + decision.to_markdown() + (
+    gate_section = decision.to_markdown() + (
         f"\n\n{ALIGNER} v{candidate_version} "
         + (f"is now `{config.alias}`." if promoted else
            ("already was the champion." if champion_version == candidate_version else
