@@ -306,24 +306,42 @@ def _run_models(defs, instance, keys: list[str], args: argparse.Namespace) -> bo
     champion gate -> search vectors and galaxy_index (one run over every shard)."""
     import dagster as dg
 
-    trained = instance.get_latest_materialization_event(dg.AssetKey("morphology_encoder"))
+    def missing(asset: str) -> list[str]:
+        done = instance.get_materialized_partitions(dg.AssetKey(asset))
+        return [k for k in keys if args.force or k not in done]
+
+    def absent(asset: str) -> bool:
+        return instance.get_latest_materialization_event(dg.AssetKey(asset)) is None
+
+    # A rerun reuses what exists: each stage runs when it is missing or its inputs changed.
+    retrain = args.force or absent("morphology_encoder")
+    shards = keys if retrain else sorted(set(missing("image_embeddings"))
+                                         | set(missing("morphology_predictions")))
+    new_captions = bool(_latest_metadata(instance, "vlm_captions").get("described_now"))
+    realign = bool(retrain or shards or new_captions or absent("aligned_model"))
     stages = [
-        ("morphology_job", None, args.force or trained is None, False),
-        ("shard_embeddings_job", keys, True, False),
-        ("aligner_job", None, True, False),
-        ("evaluation_job", None, True, False),
-        ("index_job", keys, True, True),
+        ("morphology_job", None, retrain, False, "reusing the registered model (--force retrains)"),
+        ("shard_embeddings_job", shards, bool(shards), False, "every shard is embedded"),
+        ("aligner_job", None, realign, False, "captions and embeddings unchanged: aligner reused"),
+        ("evaluation_job", None, realign or absent("search_evaluation"), False,
+         "aligner unchanged: evaluation reused"),
     ]
     print()
     ok = True
-    for job_name, stage_keys, needed, batched in stages:
+    for job_name, stage_keys, needed, batched, why in stages:
         if not needed:
-            print(f"{job_name}: reusing the registered model (use --force to retrain)")
+            print(f"{job_name}: {why}")
             continue
         passed = _run_stage(defs, instance, job_name, stage_keys, batched=batched)
         if not passed and job_name != "evaluation_job":
             return False
         ok = ok and passed  # a failed gate keeps the champion; the index still serves it
+    index_keys = keys if realign else missing("galaxy_index")
+    if index_keys:
+        if not _run_stage(defs, instance, "index_job", index_keys, batched=True):
+            return False
+    else:
+        print("index_job: every shard is indexed with the current aligner")
     meta = _latest_metadata(instance, "morphology_encoder")
     print(f"\nmorphology-encoder: held-out loss {meta.get('val_loss', float('nan')):.3f}, "
           f"vote-fraction MAE {meta.get('val_vote_mae', float('nan')):.3f}")

@@ -9,6 +9,7 @@ from galaxy_assets.captioning.factory import LOCAL_BACKENDS
 from galaxy_assets.captioning.keywords import keyword_rates
 from galaxy_assets.captioning.run import caption_galaxies, sample_for_captions
 from galaxy_assets.captioning.store import CaptionStore
+from galaxy_assets.defs.metadata import reusable_output
 from galaxy_assets.defs.resources import (
     CaptionerResource,
     ComputeResource,
@@ -134,6 +135,7 @@ def caption_embeddings(
     context: dg.AssetExecutionContext,
     config: CaptionEmbeddingsConfig,
     vlm_captions: pl.DataFrame,
+    home: HomeResource,
     compute: ComputeResource,
     text_embedder: TextEmbedderResource,
 ) -> pl.DataFrame:
@@ -144,7 +146,15 @@ def caption_embeddings(
     if config.sentence_views:
         sentences = caption_sentences(vlm_captions).select(texts.columns)
         texts = pl.concat([texts, sentences])
-    vectors = embed_captions(texts, embedder, batch_size=text_embedder.batch_size)
+    fingerprint = _texts_fingerprint(texts)
+    vectors = reusable_output(
+        context, home.home().parquet / "caption_embeddings.parquet", None,
+        embedder=embedder.embedder_id, texts_fingerprint=fingerprint)
+    reused = vectors is not None
+    if vectors is None:
+        vectors = embed_captions(texts, embedder, batch_size=text_embedder.batch_size)
+    else:
+        context.log.info("captions and text embedder unchanged: vectors reused")
     n_sentences = int((vectors["view"] == SENTENCE_VIEW).sum())
     context.add_output_metadata(
         {
@@ -153,9 +163,22 @@ def caption_embeddings(
             "distinct_texts": texts["caption"].n_unique(),
             "embedder": embedder.embedder_id,
             "dim": embedder.dim,
+            "texts_fingerprint": fingerprint,
+            "reused": reused,
         }
     )
     return vectors
+
+
+def _texts_fingerprint(texts: pl.DataFrame) -> str:
+    """A short hash of every (object_id, view, text) to embed: equal hashes, equal inputs."""
+    import hashlib
+
+    rows = texts.select("object_id", "view", "caption").sort("object_id", "view", "caption")
+    digest = hashlib.sha256()
+    for column in rows.columns:
+        digest.update(rows[column].cast(pl.Utf8).fill_null("").str.join("\x1f").item().encode())
+    return digest.hexdigest()[:16]
 
 
 captions_job = dg.define_asset_job(
