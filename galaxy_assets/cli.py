@@ -368,18 +368,21 @@ def _print_results(instance, args: argparse.Namespace) -> bool:
     index = _latest_metadata(instance, "galaxy_index")
     print(f"\ngalaxy_index: {index.get('rows')} rows, table version {index.get('table_version')}"
           f" at {index.get('table_uri')}")
-    settings = load_settings()
+    from galaxy_assets.search.contact import write_contact_sheet
+    from galaxy_assets.search.service import open_search
+
     sheets = home.reports / "contact_sheets"
+    try:  # one engine (text embedder, aligner) for every demo query
+        search = open_search(home=home, settings=load_settings())
+    except Exception as exc:  # noqa: BLE001 - the demo reports and goes on
+        print(f"\ncannot open the index for the demo searches: {exc}")
+        return False
     for query in DEMO_QUERIES:
-        ns = argparse.Namespace(query=[query], image=None, object=None, k=8, filter=[],
-                                nprobes=None, refine_factor=None, rerank=False, k_rerank=100)
         try:
-            results, _ = run_search(ns, settings, home)
+            results = search.search(query, 8)
         except Exception as exc:  # noqa: BLE001 - the demo reports and goes on
             print(f"\nsearch {query!r} failed: {exc}")
             return False
-        from galaxy_assets.search.contact import write_contact_sheet
-
         sheet = write_contact_sheet(results.frame, sheets / f"{query.replace(' ', '_')}.html",
                                     title=query)
         print("\n" + format_results(results) + f"\n  contact sheet: {sheet}")
@@ -545,6 +548,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def format_evaluation(result) -> str:
     """nDCG@10 (± bootstrap σ) per target and method, as a plain-text table."""
+    import polars as pl
+
     frame = result.to_frame()
     methods = [m for m in ("semantic", "semantic_rerank", "image_similarity", "random")
                if m in set(frame["method"])]
@@ -555,7 +560,7 @@ def format_evaluation(result) -> str:
     for target in frame["target"].unique(maintain_order=True):
         cells = []
         for m in methods:
-            row = frame.filter((pl_col("target") == target) & (pl_col("method") == m))
+            row = frame.filter((pl.col("target") == target) & (pl.col("method") == m))
             if row.height == 0:
                 cells.append(f"{'-':>{width + 6}}")
                 continue
@@ -563,12 +568,6 @@ def format_evaluation(result) -> str:
             cells.append(f"{v:>{width}.3f}±{sd:.2f}" if v == v else f"{'n/a':>{width + 6}}")
         lines.append(f"{target:<15}" + "".join(cells))
     return "\n".join(lines)
-
-
-def pl_col(name: str):
-    import polars as pl
-
-    return pl.col(name)
 
 
 def build_parser() -> argparse.ArgumentParser:

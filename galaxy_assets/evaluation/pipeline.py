@@ -81,14 +81,15 @@ def load_labels(manifest: pl.DataFrame, config: EvaluationConfig) -> EvaluationL
                 "votes) and/or a lens_catalogue in its config"
             ) from exc
         log.info("no truth tables (%s): using the catalogues only", exc)
-    for path, build in ((config.vote_catalogue, labels_from_vote_catalogue),
-                        (config.lens_catalogue, labels_from_lens_catalogue)):
-        if not path:
-            continue
-        if build is labels_from_vote_catalogue:
-            extra = build(path, manifest, targets, radius_arcsec=config.match_radius_arcsec)
-        else:
-            extra = build(path, manifest, radius_arcsec=config.match_radius_arcsec)
+    radius = config.match_radius_arcsec
+    catalogues = []
+    if config.vote_catalogue:
+        catalogues.append(labels_from_vote_catalogue(config.vote_catalogue, manifest, targets,
+                                                     radius_arcsec=radius))
+    if config.lens_catalogue:
+        catalogues.append(labels_from_lens_catalogue(config.lens_catalogue, manifest,
+                                                     radius_arcsec=radius))
+    for extra in catalogues:  # a catalogue's target replaces the truth's
         labels = extra if labels is None else labels.merged(extra)
     assert labels is not None
     return labels
