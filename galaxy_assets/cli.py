@@ -237,6 +237,9 @@ def _run_captions(defs, instance, args: argparse.Namespace) -> bool:
 RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
 DEMO_QUERIES = ("a galaxy with visible spiral arms", "merging galaxies with tidal tails",
                 "gravitational lens with a blue arc")
+# A semantic query with a posterior filter: spirals whose photometric redshift is below 0.05
+# at 84% confidence (the emulator's post_* columns in galaxy_index).
+DEMO_FILTERED = ("a galaxy with visible spiral arms", "post_redshift_p84 < 0.05")
 
 
 def contiguous_ranges(instance, keys: list[str]) -> list[tuple[str, str]]:
@@ -301,6 +304,10 @@ def _run_stage(defs, instance, job_name: str, keys: list[str] | None, run_config
     return not failures
 
 
+# The demo trains the emulator on a short budget (the asset's default is 300 s).
+EMULATOR_DEMO_CONFIG = {"ops": {"property_emulator": {"config": {"time_budget_s": 150.0}}}}
+
+
 def _run_models(defs, instance, keys: list[str], args: argparse.Namespace) -> bool:
     """Morphology encoder -> per-shard predictions and embeddings -> aligner -> evaluation and
     champion gate -> search vectors and galaxy_index (one run over every shard)."""
@@ -319,9 +326,14 @@ def _run_models(defs, instance, keys: list[str], args: argparse.Namespace) -> bo
                                          | set(missing("morphology_predictions")))
     new_captions = bool(_latest_metadata(instance, "vlm_captions").get("described_now"))
     realign = bool(retrain or shards or new_captions or absent("aligned_model"))
+    reemulate = bool(retrain or shards or absent("property_emulator"))
+    posterior_keys = keys if reemulate else missing("property_posteriors")
     stages = [
         ("morphology_job", None, retrain, False, "reusing the registered model (--force retrains)"),
         ("shard_embeddings_job", shards, bool(shards), False, "every shard is embedded"),
+        ("emulator_job", None, reemulate, False, "inputs unchanged: property emulator reused"),
+        ("posteriors_job", posterior_keys, bool(posterior_keys), True,
+         "every shard has posteriors"),
         ("aligner_job", None, realign, False, "captions and embeddings unchanged: aligner reused"),
         ("evaluation_job", None, realign or absent("search_evaluation"), False,
          "aligner unchanged: evaluation reused"),
@@ -332,11 +344,12 @@ def _run_models(defs, instance, keys: list[str], args: argparse.Namespace) -> bo
         if not needed:
             print(f"{job_name}: {why}")
             continue
-        passed = _run_stage(defs, instance, job_name, stage_keys, batched=batched)
+        run_config = EMULATOR_DEMO_CONFIG if job_name == "emulator_job" else None
+        passed = _run_stage(defs, instance, job_name, stage_keys, run_config, batched=batched)
         if not passed and job_name != "evaluation_job":
             return False
         ok = ok and passed  # a failed gate keeps the champion; the index still serves it
-    index_keys = keys if realign else missing("galaxy_index")
+    index_keys = keys if realign else sorted(set(missing("galaxy_index")) | set(posterior_keys))
     if index_keys:
         if not _run_stage(defs, instance, "index_job", index_keys, batched=True):
             return False
@@ -349,6 +362,13 @@ def _run_models(defs, instance, keys: list[str], args: argparse.Namespace) -> bo
     print(f"search-aligner: {meta.get('aligner_version')}; "
           + ", ".join(f"{k} {v:.3f}" for k, v in meta.items()
                       if isinstance(v, float) and "recall_at_5" in k))
+    meta = _latest_metadata(instance, "property_emulator")
+    if meta:
+        print(f"property-emulator v{meta.get('version')}: "
+              + ", ".join(f"{lab} NMAD {meta.get(f'{lab}_diffusion_nmad', float('nan')):.3f} "
+                          f"68% coverage {meta.get(f'{lab}_diffusion_coverage_68', float('nan')):.2f}"
+                          for lab in ("redshift", "log_stellar_mass"))
+              + f"; {'champion' if meta.get('promoted') else 'not promoted'}: {meta.get('gate')}")
     return _print_results(instance, args) and ok
 
 
@@ -377,15 +397,19 @@ def _print_results(instance, args: argparse.Namespace) -> bool:
     except Exception as exc:  # noqa: BLE001 - the demo reports and goes on
         print(f"\ncannot open the index for the demo searches: {exc}")
         return False
-    for query in DEMO_QUERIES:
+    queries = [(q, None) for q in DEMO_QUERIES]
+    if "post_redshift_p84" in search.table.schema.names:
+        queries.append(DEMO_FILTERED)
+    for query, flt in queries:
         try:
-            results = search.search(query, 8)
+            results = search.search(query, 8, filters=flt)
         except Exception as exc:  # noqa: BLE001 - the demo reports and goes on
             print(f"\nsearch {query!r} failed: {exc}")
             return False
-        sheet = write_contact_sheet(results.frame, sheets / f"{query.replace(' ', '_')}.html",
-                                    title=query)
-        print("\n" + format_results(results) + f"\n  contact sheet: {sheet}")
+        name = query.replace(" ", "_") + ("_filtered" if flt else "")
+        sheet = write_contact_sheet(results.frame, sheets / f"{name}.html", title=query)
+        print("\n" + (f"filter: {flt}\n" if flt else "") + format_results(results)
+              + f"\n  contact sheet: {sheet}")
     print(f"\nevaluation report: {report.with_name('report.md') if report else 'none'}")
     print("Dagster UI: `.venv/bin/galaxy-assets dev` → http://127.0.0.1:3000")
     print(f"MLflow UI: `.venv/bin/mlflow ui --backend-store-uri {home.mlflow_tracking_uri}` "
@@ -507,14 +531,21 @@ def format_results(results, rerank=None) -> str:
     if rerank is not None:
         lines.append(f"  re-ranked top {rerank.k_rerank} by {rerank.rater}: {rerank.n_rated} "
                      f"rated, {rerank.n_failed} failed")
-    lines.append(f"{'#':>3} {'score':>6}  {'object_id':<18} {'ra':>9} {'dec':>8} {'mag_r':>6}  caption")
+    z = "post_redshift_median" in frame.columns  # the emulator's photometric redshift
+    lines.append(f"{'#':>3} {'score':>6}  {'object_id':<18} {'ra':>9} {'dec':>8} {'mag_r':>6}  "
+                 + ("z (p16-p84)        " if z else "") + "caption")
     for row in frame.iter_rows(named=True):
         caption = (row.get("caption") or "-").replace("\n", " ")
         mag = row.get("mag_r")
+        zcol = ""
+        if z:
+            med, lo, hi = (row.get(f"post_redshift_{q}") for q in ("median", "p16", "p84"))
+            zcol = (f"{med:.3f} ({lo:.3f}-{hi:.3f})  " if None not in (med, lo, hi)
+                    else f"{'-':<19}")
         lines.append(
             f"{row['rank']:>3} {row['score']:>6.3f}  {str(row['object_id']):<18} "
             f"{row['ra']:>9.4f} {row['dec']:>8.4f} {mag if mag is None else f'{mag:.2f}'!s:>6}  "
-            f"{caption[:110]}"
+            f"{zcol}{caption[:110 - len(zcol)]}"
         )
     return "\n".join(lines)
 
@@ -662,6 +693,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="largest FITS/PNG upload in MiB (default 16)")
     p.add_argument("--home", default=None)
     p.set_defaults(func=cmd_serve)
+
     return parser
 
 

@@ -26,6 +26,7 @@ from galaxy_assets.defs.captioning import (
     captions_job,
     vlm_captions,
 )
+from galaxy_assets.defs.emulator import property_emulator, property_posteriors
 from galaxy_assets.defs.evaluation import evaluation_job, search_evaluation
 from galaxy_assets.defs.morphology import morphology_encoder, morphology_predictions
 from galaxy_assets.defs.morphology_reports import (
@@ -63,6 +64,14 @@ aligner_job = dg.define_asset_job(
     "aligner_job", selection=[aligned_model],
     description="Train and register the search aligner (projection heads).",
 )
+emulator_job = dg.define_asset_job(
+    "emulator_job", selection=[property_emulator],
+    description="Train the property emulator, evaluate its calibration, register it.",
+)
+posteriors_job = dg.define_asset_job(
+    "posteriors_job", selection=[property_posteriors], partitions_def=shard_partitions,
+    description="Posterior summaries of physical properties for one shard (or a range).",
+)
 index_job = dg.define_asset_job(
     "index_job", selection=[search_vectors, galaxy_index], partitions_def=shard_partitions,
     description="Search vectors of one shard (or a range) and their galaxy_index rows.",
@@ -74,10 +83,11 @@ defs = dg.Definitions(
         morphology_encoder, morphology_predictions, morphology_scaling_point,
         morphology_scaling_report, morphology_transfer_report,
         image_embeddings, aligned_model, search_vectors, galaxy_index, index_maintenance,
-        search_evaluation,
+        search_evaluation, property_emulator, property_posteriors,
     ],
     jobs=[survey_job, captions_job, morphology_job, shard_embeddings_job, aligner_job,
-          index_job, reindex_job, ingest_shard_job, index_maintenance_job, evaluation_job],
+          emulator_job, posteriors_job, index_job, reindex_job, ingest_shard_job,
+          index_maintenance_job, evaluation_job],
     sensors=[survey_shards_sensor, search_aligner_champion_sensor],
     schedules=[index_maintenance_schedule],
     resources=default_resources(),

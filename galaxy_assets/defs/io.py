@@ -7,7 +7,8 @@ Two gaps of ``PolarsParquetIOManager`` (dagster-polars 0.27) matter for per-shar
 * an output cannot cover several partitions, so an asset could not run a whole backfill in
   one run (``BackfillPolicy.single_run()``) and load its model once.
 
-Here a dict-typed input is always a dict, and an output given as a dict ``{partition_key:
+Here a dict-typed input is always a dict (empty when ``allow_missing_partitions`` finds none
+of them), and an output given as a dict ``{partition_key:
 frame}`` writes one file per partition, to the same paths single-partition runs use.
 """
 
@@ -25,6 +26,8 @@ class ShardParquetIOManager(PolarsParquetIOManager):
 
     def load_input(self, context: dg.InputContext) -> Any:
         obj = super().load_input(context)
+        if obj is None and is_dict_type(context.dagster_type.typing_type):
+            return {}  # allow_missing_partitions and none of them exists yet
         if (
             obj is not None
             and not isinstance(obj, dict)

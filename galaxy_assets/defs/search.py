@@ -26,17 +26,20 @@ from galaxy_assets.search.table import (
 @dg.asset(
     group_name="search", partitions_def=shard_partitions, pool="lancedb_writer",
     kinds={"lancedb"}, backfill_policy=dg.BackfillPolicy.single_run(),
-    ins={"morphology_predictions": dg.AssetIn(metadata={"allow_missing_partitions": True})},
+    ins={"morphology_predictions": dg.AssetIn(metadata={"allow_missing_partitions": True}),
+         "property_posteriors": dg.AssetIn(metadata={"allow_missing_partitions": True})},
 )
 def galaxy_index(
     context: dg.AssetExecutionContext, raw_cutouts: DataFramePartitions,
     search_vectors: DataFramePartitions, morphology_predictions: DataFramePartitions,
-    vlm_captions: pl.DataFrame, home: HomeResource, search_index: SearchIndexResource,
+    property_posteriors: DataFramePartitions, vlm_captions: pl.DataFrame, home: HomeResource,
+    search_index: SearchIndexResource,
 ) -> dg.MaterializeResult:
-    """One row per galaxy (position, fluxes and magnitudes, caption, vote fractions, aligner
-    version, search vector), upserted per shard with merge_insert on object_id in one commit
-    per shard: a rerun never duplicates or loses rows, and a failed run leaves the previous
-    version readable. Then the full-text and vector indexes are brought up to date."""
+    """One row per galaxy (position, fluxes and magnitudes, caption, vote fractions, posterior
+    summaries of physical properties as post_* columns, aligner version, search vector),
+    upserted per shard with merge_insert on object_id in one commit per shard: a rerun never
+    duplicates or loses rows, and a failed run leaves the previous version readable. Then the
+    full-text and vector indexes are brought up to date."""
     uri = search_index.location(home.home())
     upserts = []
     table = None
@@ -44,7 +47,7 @@ def galaxy_index(
         rows_stats = RowStats()
         rows = build_shard_rows(key, raw_cutouts[key], search_vectors[key],
                                 (morphology_predictions or {}).get(key), vlm_captions,
-                                stats=rows_stats)
+                                (property_posteriors or {}).get(key), stats=rows_stats)
         if table is None:
             table = open_or_create_table(uri, rows.schema.field("vector").type.list_size,
                                          name=search_index.table)

@@ -89,10 +89,11 @@ survey_job = dg.define_asset_job(
 ingest_shard_job = dg.define_asset_job(
     "ingest_shard_job",
     selection=dg.AssetSelection.assets("raw_cutouts", "morphology_predictions",
-                                       "image_embeddings", "search_vectors", "galaxy_index"),
+                                       "image_embeddings", "property_posteriors",
+                                       "search_vectors", "galaxy_index"),
     partitions_def=shard_partitions,
     description="Take a new shard all the way into galaxy_index: manifest, vote fractions, "
-    "image embeddings, search vectors, index rows.",
+    "image embeddings, property posteriors, search vectors, index rows.",
 )
 index_maintenance_job = dg.define_asset_job(
     "index_maintenance_job", selection=dg.AssetSelection.assets("index_maintenance"),

@@ -394,7 +394,10 @@ def _posteriors(posteriors: pl.DataFrame) -> tuple[pl.DataFrame, list[str]]:
     if "object_id" not in posteriors.columns:
         raise RowsError(f"posterior frame has no object_id column (columns {posteriors.columns})")
     numeric = [
-        c for c in posteriors.columns if c != "object_id" and posteriors.schema[c].is_numeric()
+        c
+        for c in posteriors.columns
+        if c != "object_id"
+        and (posteriors.schema[c].is_numeric() or posteriors.schema[c] == pl.Boolean)
     ]
     ignored = [c for c in posteriors.columns if c != "object_id" and c not in numeric]
     if ignored:
