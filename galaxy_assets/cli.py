@@ -9,6 +9,8 @@ galaxy-assets search QUERY [--k 10] [--json] [--html FILE] [--filter EXPR] [--re
                                     search the galaxy_index table
 galaxy-assets evaluate [--json]     the latest search evaluation's figures
 galaxy-assets serve [--port 8000]   the search web page and JSON API on 127.0.0.1
+galaxy-assets profile show|render-instance [--out FILE]
+                                    the deployment profile; the cluster's dagster.yaml
 """
 
 from __future__ import annotations
@@ -694,7 +696,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--home", default=None)
     p.set_defaults(func=cmd_serve)
 
+    p = sub.add_parser("profile", help="show the deployment profile (GALAXY_ASSETS_PROFILE) or "
+                       "write the cluster profile's Dagster instance yaml",
+                       description="show: the profile, its executor and where the graph "
+                       "writes. render-instance: the dagster.yaml of the cluster profile "
+                       "(Postgres storage, run queue, pools, run retries; docs/cluster.md).")
+    p.add_argument("action", choices=["show", "render-instance"])
+    p.add_argument("--out", default=None, help="render-instance: write here (default stdout)")
+    p.set_defaults(func=cmd_profile)
     return parser
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from galaxy_assets.defs.execution import profile_summary, render_cluster_instance
+    from galaxy_assets.settings import SettingsError, load_settings
+
+    try:
+        settings = load_settings()
+        if args.action == "show":
+            print(json.dumps(profile_summary(settings), indent=2))
+            return 0
+        if not settings.is_cluster:
+            print("galaxy-assets profile render-instance: the profile is 'local' (its instance "
+                  "is the repository's dagster.yaml); set GALAXY_ASSETS_PROFILE=cluster",
+                  file=sys.stderr)
+            return 2
+        text = render_cluster_instance(settings)
+    except SettingsError as exc:
+        print(f"galaxy-assets profile: {exc}", file=sys.stderr)
+        return 2
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text)
+        print(f"wrote {args.out}", file=sys.stderr)
+    else:
+        print(text, end="")
+    return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -28,6 +28,7 @@ from galaxy_assets.defs.captioning import (
 )
 from galaxy_assets.defs.emulator import property_emulator, property_posteriors
 from galaxy_assets.defs.evaluation import evaluation_job, search_evaluation
+from galaxy_assets.defs.execution import default_executor
 from galaxy_assets.defs.morphology import morphology_encoder, morphology_predictions
 from galaxy_assets.defs.morphology_reports import (
     morphology_scaling_point,
@@ -91,4 +92,5 @@ defs = dg.Definitions(
     sensors=[survey_shards_sensor, search_aligner_champion_sensor],
     schedules=[index_maintenance_schedule],
     resources=default_resources(),
+    executor=default_executor(),
 )

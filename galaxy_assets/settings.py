@@ -5,6 +5,11 @@ Settings come from (lowest to highest priority) the defaults below, a YAML file 
 variables ``GALAXY_ASSETS_<SECTION>_<KEY>`` (for example ``GALAXY_ASSETS_SURVEY_ROOTS``,
 ``os.pathsep``-separated). Pointing the graph at real Legacy Survey shards is a settings
 change: ``survey.roots: [/data/mmu/legacysurvey/dr10_south_21]``.
+
+One setting picks the deployment profile: ``GALAXY_ASSETS_PROFILE=local`` (the default: an
+embedded instance, everything in the home folder) or ``cluster`` (the ``cluster`` section:
+MLflow tracking server, LanceDB on object storage, IO manager on shared storage, a distributed
+executor; see docs/cluster.md). ``Settings.cluster_settings()`` checks what ``cluster`` needs.
 """
 
 from __future__ import annotations
@@ -110,15 +115,90 @@ class SearchSettings(BaseModel):
     rerank_samples: int = Field(1, gt=0, description="ratings averaged per galaxy")
 
 
+PROFILES = ("local", "cluster")
+EXECUTORS = ("dask", "k8s", "multiprocess")
+
+
+class ClusterSettings(BaseModel):
+    """What the ``cluster`` profile runs on (docs/cluster.md). Only read when profile=cluster."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    executor: str = Field("dask", description="dask | k8s | multiprocess")
+    dask_address: str = Field("", description="dask: scheduler address, tcp://host:8786")
+    k8s_namespace: str = Field("", description="k8s: namespace of the step jobs")
+    k8s_image: str = Field("", description="k8s: image of the step pods (empty: the run's image)")
+    k8s_service_account: str = Field("", description="k8s: service account of the step pods")
+    k8s_env_secrets: list[str] = Field(
+        default_factory=list, description="k8s: Secrets mounted as env vars in every step pod")
+    gpu_node_selector: dict[str, str] = Field(
+        default_factory=dict,
+        description="k8s: node labels GPU steps must run on, e.g. nvidia.com/gpu.present: 'true'")
+    gpu_tolerations: list[dict] = Field(
+        default_factory=lambda: [{"key": "nvidia.com/gpu", "operator": "Exists",
+                                  "effect": "NoSchedule"}],
+        description="k8s: tolerations of GPU steps (GPU nodes are usually tainted)")
+    gpu_cpu: str = Field("4", description="k8s: CPU request of a GPU step")
+    gpu_memory: str = Field("16Gi", description="k8s: memory request of a GPU step")
+    max_concurrent: int = Field(0, ge=0, description="steps at once per run (0: executor default)")
+    postgres_url_env: str = Field(
+        "DAGSTER_PG_URL", description="env var holding the Dagster Postgres URL (instance yaml)")
+    mlflow_tracking_uri: str = Field("", description="MLflow tracking server, http://mlflow:5000")
+    mlflow_artifact_root: str = Field("", description="artifact store, s3://bucket/mlflow")
+    lancedb_uri: str = Field("", description="LanceDB URI on object storage, s3://bucket/lancedb")
+    io_base_dir: str = Field(
+        "", description="IO manager base dir on shared/object storage, s3://bucket/parquet")
+    run_retries: int = Field(2, ge=0, description="automatic re-executions of a failed run")
+
+    @field_validator("executor")
+    @classmethod
+    def _executor(cls, value: str) -> str:
+        if value not in EXECUTORS:
+            raise ValueError(f"executor must be one of {EXECUTORS}, got {value!r}")
+        return value
+
+
+_CLUSTER_REQUIRED = ("mlflow_tracking_uri", "lancedb_uri", "io_base_dir")
+
+
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    profile: str = Field("local", description="local | cluster (GALAXY_ASSETS_PROFILE)")
     home: str = ""
     survey: SurveySettings = Field(default_factory=SurveySettings)
     compute: ComputeSettings = Field(default_factory=ComputeSettings)
     captioner: CaptionerSettings = Field(default_factory=CaptionerSettings)
     text_embedder: TextEmbedderSettings = Field(default_factory=TextEmbedderSettings)
     search: SearchSettings = Field(default_factory=SearchSettings)
+    cluster: ClusterSettings = Field(default_factory=ClusterSettings)
+
+    @field_validator("profile")
+    @classmethod
+    def _profile(cls, value: str) -> str:
+        if value not in PROFILES:
+            raise ValueError(f"profile must be one of {PROFILES} (GALAXY_ASSETS_PROFILE), "
+                             f"got {value!r}")
+        return value
+
+    @property
+    def is_cluster(self) -> bool:
+        return self.profile == "cluster"
+
+    def cluster_settings(self) -> ClusterSettings:
+        """The cluster section, checked for what the ``cluster`` profile needs."""
+        c = self.cluster
+        needed = list(_CLUSTER_REQUIRED)
+        if c.executor == "dask":
+            needed.append("dask_address")
+        missing = [k for k in needed if not getattr(c, k)]
+        if missing:
+            names = ", ".join(f"GALAXY_ASSETS_CLUSTER_{k.upper()} (cluster.{k})" for k in missing)
+            raise SettingsError(
+                f"profile 'cluster' with executor '{c.executor}' needs {names}: set them in the "
+                f"environment or the settings file, or use GALAXY_ASSETS_PROFILE=local "
+                "(see docs/cluster.md)")
+        return c
 
     def home_folder(self) -> Home:
         return Home.from_env(self.home or None)
@@ -130,7 +210,9 @@ class Settings(BaseModel):
         return [self.home_folder().mock_survey]
 
 
-_LIST_KEYS = {("survey", "roots"), ("survey", "bands")}
+_LIST_KEYS = {("survey", "roots"), ("survey", "bands"), ("cluster", "k8s_env_secrets")}
+# YAML-valued variables: GALAXY_ASSETS_CLUSTER_GPU_NODE_SELECTOR='{cloud.google.com/gke-accelerator: nvidia-h100-80gb}'
+_YAML_KEYS = {("cluster", "gpu_node_selector"), ("cluster", "gpu_tolerations")}
 
 
 def _env_overrides(environ: dict[str, str]) -> dict:
@@ -141,7 +223,10 @@ def _env_overrides(environ: dict[str, str]) -> dict:
         ("captioner", CaptionerSettings),
         ("text_embedder", TextEmbedderSettings),
         ("search", SearchSettings),
+        ("cluster", ClusterSettings),
     )
+    if environ.get("GALAXY_ASSETS_PROFILE"):
+        out["profile"] = environ["GALAXY_ASSETS_PROFILE"]
     for section, model in sections:
         for key in model.model_fields:
             var = f"GALAXY_ASSETS_{section.upper()}_{key.upper()}"
@@ -150,6 +235,11 @@ def _env_overrides(environ: dict[str, str]) -> dict:
                 if (section, key) in _LIST_KEYS:
                     sep = os.pathsep if key == "roots" else ","
                     value = [v for v in str(value).split(sep) if v]
+                elif (section, key) in _YAML_KEYS:
+                    try:
+                        value = yaml.safe_load(str(value))
+                    except yaml.YAMLError as exc:
+                        raise SettingsError(f"{var}: not valid YAML ({exc})") from exc
                 out.setdefault(section, {})[key] = value
     return out
 
@@ -179,7 +269,7 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
         except yaml.YAMLError as exc:
             raise SettingsError(f"{path}: not valid YAML ({exc})") from exc
         if not isinstance(data, dict):
-            raise SettingsError(f"{path}: expected a mapping with sections survey/compute")
+            raise SettingsError(f"{path}: expected a mapping with sections survey/compute/…")
     data = _merge(data, _env_overrides(env))
     if "GALAXY_ASSETS_HOME" in env:
         data["home"] = env["GALAXY_ASSETS_HOME"]

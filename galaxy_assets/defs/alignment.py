@@ -6,6 +6,7 @@ from dagster_polars import DataFramePartitions
 
 from galaxy_assets.alignment.model import load_aligner, project_shard
 from galaxy_assets.alignment.train import TrainConfig, register_aligner, train_aligner
+from galaxy_assets.defs.execution import gpu_step
 from galaxy_assets.defs.metadata import reusable_output, scalar_metadata
 from galaxy_assets.defs.partitions import shard_partitions
 from galaxy_assets.defs.resources import (
@@ -24,7 +25,7 @@ class ImageEmbeddingsConfig(dg.Config):
     force: bool = False  # re-embed even when the shard and the encoder are unchanged
 
 
-@dg.asset(group_name="search", partitions_def=shard_partitions, pool="gpu",
+@dg.asset(group_name="search", partitions_def=shard_partitions, **gpu_step(),
           deps=["morphology_encoder"], kinds={"pytorch", "polars"},
           backfill_policy=dg.BackfillPolicy.single_run())
 def image_embeddings(
@@ -74,7 +75,7 @@ class AlignerTrainConfig(dg.Config):
 
 
 @dg.asset(
-    group_name="search", pool="gpu", kinds={"pytorch", "mlflow"},
+    group_name="search", **gpu_step(), kinds={"pytorch", "mlflow"},
     ins={"image_embeddings": dg.AssetIn(partition_mapping=dg.AllPartitionMapping(),
                                         metadata={"allow_missing_partitions": True})},
 )

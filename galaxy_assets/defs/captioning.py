@@ -9,6 +9,7 @@ from galaxy_assets.captioning.factory import LOCAL_BACKENDS
 from galaxy_assets.captioning.keywords import keyword_rates
 from galaxy_assets.captioning.run import caption_galaxies, sample_for_captions
 from galaxy_assets.captioning.store import CaptionStore
+from galaxy_assets.defs.execution import gpu_step
 from galaxy_assets.defs.metadata import reusable_output
 from galaxy_assets.defs.resources import (
     CaptionerResource,
@@ -68,7 +69,7 @@ def _caption_store(home: HomeResource) -> CaptionStore:
     return CaptionStore(home.home().root / "captions")
 
 
-@dg.asset(group_name="captions", kinds={"polars"}, pool=CAPTION_POOL)
+@dg.asset(group_name="captions", kinds={"polars"}, **gpu_step(enabled=CAPTION_POOL is not None))
 def vlm_captions(
     context: dg.AssetExecutionContext,
     caption_sample: pl.DataFrame,
@@ -130,7 +131,7 @@ class CaptionEmbeddingsConfig(dg.Config):
     sentence_views: bool = True
 
 
-@dg.asset(group_name="captions", kinds={"polars", "pytorch"})
+@dg.asset(group_name="captions", kinds={"polars", "pytorch"}, **gpu_step())
 def caption_embeddings(
     context: dg.AssetExecutionContext,
     config: CaptionEmbeddingsConfig,

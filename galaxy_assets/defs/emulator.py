@@ -6,6 +6,7 @@ import dagster as dg
 import polars as pl
 from dagster_polars import DataFramePartitions
 
+from galaxy_assets.defs.execution import gpu_step
 from galaxy_assets.defs.metadata import png_metadata, scalar_metadata
 from galaxy_assets.defs.partitions import shard_partitions
 from galaxy_assets.defs.resources import ComputeResource, HomeResource, MLflowResource
@@ -43,7 +44,7 @@ class PropertyEmulatorConfig(dg.Config):
     seed: int = 0
 
 
-@dg.asset(group_name="emulator", pool="gpu", kinds={"pytorch", "mlflow"},
+@dg.asset(group_name="emulator", **gpu_step(), kinds={"pytorch", "mlflow"},
           ins={"raw_cutouts": ALL, "morphology_predictions": ALL, "image_embeddings": ALL})
 def property_emulator(
     context: dg.AssetExecutionContext, config: PropertyEmulatorConfig,
@@ -88,7 +89,7 @@ class PropertyPosteriorsConfig(dg.Config):
     seed: int = 0
 
 
-@dg.asset(group_name="emulator", partitions_def=shard_partitions, pool="gpu",
+@dg.asset(group_name="emulator", partitions_def=shard_partitions, **gpu_step(),
           deps=["property_emulator"], kinds={"pytorch", "polars"},
           backfill_policy=dg.BackfillPolicy.single_run(),
           ins={"morphology_predictions": SAME_SHARD, "image_embeddings": SAME_SHARD})

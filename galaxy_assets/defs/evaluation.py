@@ -5,6 +5,7 @@ import dagster as dg
 import polars as pl
 from dagster_polars import DataFramePartitions
 
+from galaxy_assets.defs.execution import gpu_step
 from galaxy_assets.defs.metadata import png_metadata
 from galaxy_assets.defs.resources import (
     ComputeResource,
@@ -32,7 +33,7 @@ class SearchEvaluationConfig(dg.Config):
 
 
 @dg.asset(
-    group_name="search", kinds={"mlflow", "polars"},
+    group_name="search", kinds={"mlflow", "polars"}, **gpu_step(),
     ins={"image_embeddings": ALL, "raw_cutouts": ALL},
     check_specs=[dg.AssetCheckSpec(GATE, asset="search_evaluation", blocking=True,
                                    description="The candidate aligner's nDCG@10 drops on no "

@@ -4,6 +4,7 @@ import dagster as dg
 import polars as pl
 from dagster_polars import DataFramePartitions
 
+from galaxy_assets.defs.execution import gpu_step
 from galaxy_assets.defs.metadata import figure_metadata, scalar_metadata
 from galaxy_assets.defs.partitions import shard_partitions
 from galaxy_assets.defs.resources import (
@@ -33,7 +34,7 @@ class MorphologyTrainConfig(dg.Config):
     vote_catalogue: str = ""  # empty: the mock survey's simulated votes
 
 
-@dg.asset(group_name="morphology", ins={"raw_cutouts": ALL_SHARDS}, pool="gpu",
+@dg.asset(group_name="morphology", ins={"raw_cutouts": ALL_SHARDS}, **gpu_step(),
           kinds={"pytorch", "mlflow"})
 def morphology_encoder(
     context: dg.AssetExecutionContext, config: MorphologyTrainConfig,
@@ -72,7 +73,7 @@ def morphology_encoder(
                           "val_loss": float(result.metrics["val_loss"])}])
 
 
-@dg.asset(group_name="morphology", partitions_def=shard_partitions, pool="gpu",
+@dg.asset(group_name="morphology", partitions_def=shard_partitions, **gpu_step(),
           deps=["morphology_encoder"], kinds={"pytorch", "polars"},
           backfill_policy=dg.BackfillPolicy.single_run())
 def morphology_predictions(

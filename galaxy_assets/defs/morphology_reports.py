@@ -7,6 +7,7 @@ import dagster as dg
 import polars as pl
 from dagster_polars import DataFramePartitions
 
+from galaxy_assets.defs.execution import gpu_step
 from galaxy_assets.defs.metadata import figure_metadata, scalar_metadata
 from galaxy_assets.defs.morphology import ALL_SHARDS
 from galaxy_assets.defs.resources import (
@@ -43,7 +44,7 @@ class ScalingPointConfig(dg.Config):
 
 
 @dg.asset(group_name="morphology", partitions_def=scaling_partitions,
-          ins={"raw_cutouts": ALL_SHARDS}, pool="gpu", kinds={"pytorch", "mlflow"})
+          ins={"raw_cutouts": ALL_SHARDS}, **gpu_step(), kinds={"pytorch", "mlflow"})
 def morphology_scaling_point(
     context: dg.AssetExecutionContext, config: ScalingPointConfig,
     raw_cutouts: DataFramePartitions, home: HomeResource, compute: ComputeResource,
@@ -109,7 +110,7 @@ class TransferReportConfig(dg.Config):
 
 
 @dg.asset(group_name="morphology", ins={"raw_cutouts": ALL_SHARDS}, deps=["morphology_encoder"],
-          pool="gpu", kinds={"pytorch"})
+          **gpu_step(), kinds={"pytorch"})
 def morphology_transfer_report(
     context: dg.AssetExecutionContext, config: TransferReportConfig,
     raw_cutouts: DataFramePartitions, home: HomeResource, compute: ComputeResource,

@@ -1,7 +1,12 @@
-"""Dagster resources: the home folder, the compute device, the survey roots."""
+"""Dagster resources: the home folder, the compute device, the survey roots.
+
+``default_resources()`` builds them from the settings; with ``GALAXY_ASSETS_PROFILE=cluster``
+the IO manager, MLflow and LanceDB point at the ``cluster`` section's shared locations.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -11,6 +16,8 @@ from pydantic import Field
 from galaxy_assets.runtime import Home, select_device, select_dtype
 from galaxy_assets.settings import load_settings
 from galaxy_assets.survey.readers import find_shards, open_shard, resolve_shard, shard_key
+
+log = logging.getLogger(__name__)
 
 
 class HomeResource(dg.ConfigurableResource):
@@ -30,6 +37,13 @@ class ComputeResource(dg.ConfigurableResource):
     batch_size: int = 256
 
     def torch_device(self) -> str:
+        """The torch device. Before CUDA is first touched, a process that may use any GPU is
+        pinned to one GPU it alone holds (``CUDA_VISIBLE_DEVICES``; see defs/execution.py):
+        with Dagster's multiprocess executor and on dask workers nothing else does it."""
+        if self.device in ("auto", "cuda"):
+            from galaxy_assets.defs.execution import pin_gpus
+
+            pin_gpus()
         return select_device(self.device)
 
     def torch_dtype(self):
@@ -105,7 +119,7 @@ class CaptionerResource(dg.ConfigurableResource):
             request_budget=self.request_budget,
             workers=self.workers,
             batch_size=self.batch_size,
-            device=compute.device,
+            device=compute.torch_device() if self.is_local else compute.device,
             dtype=compute.dtype,
         )
 
@@ -193,15 +207,29 @@ def default_resources() -> dict[str, object]:
 
     settings = load_settings()
     home = settings.home_folder()
+    io_base_dir = str(home.parquet)
+    mlflow = MLflowResource(tracking_uri=os.environ.get("MLFLOW_TRACKING_URI", ""))
+    lancedb_uri = settings.search.uri
+    if settings.is_cluster:
+        cluster = settings.cluster_settings()
+        io_base_dir = cluster.io_base_dir or io_base_dir
+        mlflow = MLflowResource(tracking_uri=cluster.mlflow_tracking_uri,
+                                artifact_root=cluster.mlflow_artifact_root)
+        lancedb_uri = cluster.lancedb_uri
+        if io_base_dir != str(home.parquet):
+            log.warning(
+                "cluster.io_base_dir=%s is not <home>/parquet (%s): raw_cutouts' cross-shard "
+                "object_id check and image_embeddings' reuse read <home>/parquet and will find "
+                "nothing there (docs/cluster.md)", io_base_dir, home.parquet)
     return {
         "home": HomeResource(root=settings.home),
         "compute": ComputeResource(**settings.compute.model_dump()),
         "survey": SurveyResource(**settings.survey.model_dump()),
-        "io_manager": ShardParquetIOManager(base_dir=str(home.parquet)),
-        "mlflow": MLflowResource(tracking_uri=os.environ.get("MLFLOW_TRACKING_URI", "")),
+        "io_manager": ShardParquetIOManager(base_dir=io_base_dir),
+        "mlflow": mlflow,
         "image_encoder": ImageEncoderResource(),
         "search_index": SearchIndexResource(
-            uri=settings.search.uri, table=settings.search.table,
+            uri=lancedb_uri, table=settings.search.table,
             aligner_alias=settings.search.aligner_alias,
         ),
         "captioner": CaptionerResource(
