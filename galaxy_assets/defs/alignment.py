@@ -38,7 +38,7 @@ def image_embeddings(
     encoder loaded once. A shard's previous vectors are reused when neither the shard (its
     fingerprint) nor the encoder (id and version) changed."""
     encoder = image_encoder.build(compute, mlflow.tracker(home.home()))
-    folder = home.home().parquet / "image_embeddings"
+    folder = home.outputs_dir() / "image_embeddings"
     out: dict[str, pl.DataFrame] = {}
     for key in context.partition_keys:
         manifest = raw_cutouts[key]

@@ -149,7 +149,7 @@ def caption_embeddings(
         texts = pl.concat([texts, sentences])
     fingerprint = _texts_fingerprint(texts)
     vectors = reusable_output(
-        context, home.home().parquet / "caption_embeddings.parquet", None,
+        context, home.outputs_dir() / "caption_embeddings.parquet", None,
         embedder=embedder.embedder_id, texts_fingerprint=fingerprint)
     reused = vectors is not None
     if vectors is None:

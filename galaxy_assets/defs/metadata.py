@@ -43,12 +43,13 @@ def scalar_metadata(values: dict) -> dict[str, object]:
 
 
 def reusable_output(
-    context: dg.AssetExecutionContext, path: Path, partition_key: str | None = None,
+    context: dg.AssetExecutionContext, path, partition_key: str | None = None,
     **expected: str,
 ) -> pl.DataFrame | None:
-    """The asset partition's previous output, read from ``path`` (where the Parquet IO manager
-    wrote it), when its last materialization recorded exactly ``expected`` in its metadata
-    (e.g. the encoder id and the shard fingerprint); None when anything differs or is missing.
+    """The asset partition's previous output, read from ``path`` (a ``Path`` or ``UPath``, where
+    the Parquet IO manager wrote it), when its last materialization recorded exactly
+    ``expected`` in its metadata (e.g. the encoder id and the shard fingerprint); None when
+    anything differs or is missing.
     """
     records = context.instance.fetch_materializations(
         dg.AssetRecordsFilter(
@@ -65,4 +66,4 @@ def reusable_output(
         got = metadata.get(key)
         if got is None or str(getattr(got, "value", got)) != str(want):
             return None
-    return pl.read_parquet(path)
+    return pl.read_parquet(str(path))

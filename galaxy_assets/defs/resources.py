@@ -24,9 +24,19 @@ class HomeResource(dg.ConfigurableResource):
     """The folder that holds everything the graph writes (``GALAXY_ASSETS_HOME``)."""
 
     root: str = Field("", description="Empty: $GALAXY_ASSETS_HOME, else ./.galaxy_home")
+    outputs: str = Field(
+        "", description="Where the IO manager stores asset outputs (a folder or an object-store "
+        "URI such as s3://bucket/outputs); empty: <home>/parquet")
 
     def home(self) -> Home:
         return Home.from_env(self.root or None).ensure()
+
+    def outputs_dir(self):
+        """The IO manager's base folder (a ``UPath``): assets that look at stored outputs
+        (earlier vectors to reuse, other shards' manifests) read them here."""
+        from upath import UPath
+
+        return UPath(self.outputs) if self.outputs else UPath(self.home().parquet)
 
 
 class ComputeResource(dg.ConfigurableResource):
@@ -216,13 +226,9 @@ def default_resources() -> dict[str, object]:
         mlflow = MLflowResource(tracking_uri=cluster.mlflow_tracking_uri,
                                 artifact_root=cluster.mlflow_artifact_root)
         lancedb_uri = cluster.lancedb_uri
-        if io_base_dir != str(home.parquet):
-            log.warning(
-                "cluster.io_base_dir=%s is not <home>/parquet (%s): raw_cutouts' cross-shard "
-                "object_id check and image_embeddings' reuse read <home>/parquet and will find "
-                "nothing there (docs/cluster.md)", io_base_dir, home.parquet)
+    outputs = "" if io_base_dir == str(home.parquet) else io_base_dir
     return {
-        "home": HomeResource(root=settings.home),
+        "home": HomeResource(root=settings.home, outputs=outputs),
         "compute": ComputeResource(**settings.compute.model_dump()),
         "survey": SurveyResource(**settings.survey.model_dump()),
         "io_manager": ShardParquetIOManager(base_dir=io_base_dir),

@@ -49,9 +49,8 @@ def raw_cutouts(
         result.rejected, schema={"object_id": pl.Utf8, "row": pl.Int64, "reason": pl.Utf8}
     )
     rejects.write_parquet(rejects_path)
-    others = [
-        p for p in (h.parquet / "raw_cutouts").glob("*.parquet") if p.stem != key
-    ] if (h.parquet / "raw_cutouts").exists() else []
+    stored = home.outputs_dir() / "raw_cutouts"  # where the IO manager keeps manifests
+    others = [str(p) for p in stored.glob("*.parquet") if p.stem != key] if stored.exists() else []
     outcomes = [
         check_schema(frame),
         check_finite(frame),

@@ -86,7 +86,7 @@ def check_consistency(frame: pl.DataFrame, expected_bands: Iterable[str]) -> Che
 
 
 def check_unique_across_shards(
-    frame: pl.DataFrame, shard: str, other_manifests: Iterable[Path]
+    frame: pl.DataFrame, shard: str, other_manifests: Iterable[Path | str]
 ) -> CheckOutcome:
     """No object_id of this shard appears in the stored manifest of any other shard."""
     ids = frame.select("object_id")

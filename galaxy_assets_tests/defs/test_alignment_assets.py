@@ -38,13 +38,14 @@ def _embed(instance, resources, force=False):
 def test_image_embeddings_are_reused_until_the_shard_or_encoder_changes(isolated_home, tmp_path):
     root = tmp_path / "survey"
     _survey(root, n=12)
+    outputs = tmp_path / "shared_outputs"  # outside the home, as on a cluster (IO_BASE_DIR)
     resources = {
-        "home": HomeResource(root=str(isolated_home)),
+        "home": HomeResource(root=str(isolated_home), outputs=str(outputs)),
         "survey": SurveyResource(roots=[str(root)], bands=BANDS, cutout_size=0),
         "compute": ComputeResource(device="cpu", batch_size=8),
         "mlflow": MLflowResource(),
         "image_encoder": ImageEncoderResource(kind="timm", name="resnet10t", batch_size=8),
-        "io_manager": ShardParquetIOManager(base_dir=str(isolated_home / "parquet")),
+        "io_manager": ShardParquetIOManager(base_dir=str(outputs)),
     }
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(shard_partitions.name, [KEY])
