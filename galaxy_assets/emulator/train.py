@@ -18,7 +18,9 @@ row, which is cheap next to the encoder) plus ``baseline_weight`` times the Gaus
 NLL. After each epoch the held-out rows are scored with the same kind of tasks drawn from a
 fixed seed, so the held-out loss is comparable from epoch to epoch; the best weights are
 kept, and training stops after ``patience`` epochs without improvement, or at
-``time_budget_s``. A non-finite loss, gradient or held-out loss raises
+``time_budget_s``. The learning rate follows a cosine decay over the epochs that fit: under a
+time budget the horizon is estimated from the first epochs' durations, so a budgeted run
+still anneals instead of stopping at full rate. A non-finite loss, gradient or held-out loss raises
 :class:`TrainingDivergedError`: nothing is returned, so nothing can be registered.
 
 :func:`register_emulator` logs a result (and optionally its calibration report and plots)
@@ -333,7 +335,13 @@ def train_emulator(
     z_train, z_val = z[train_rows], z[val_rows]
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(train_rows) / cfg.batch_size)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps_per_epoch)
+    # Cosine decay over the epochs that will run. Under a time budget that is fewer than
+    # cfg.epochs: after the first epoch the horizon shrinks to what the budget allows, so
+    # the rate still anneals (stopping at a high rate leaves posteriors off-centre).
+    horizon = [cfg.epochs * steps_per_epoch]
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step / horizon[0], 1.0)))
+    )
     history: list[dict[str, float]] = []
     best_val, best_epoch, best_state = math.inf, 0, _state_copy(ema)
     stop_reason = f"ran all {cfg.epochs} epochs"
@@ -404,7 +412,14 @@ def train_emulator(
         elif epoch - best_epoch >= cfg.patience:
             stop_reason = f"no held-out improvement for {cfg.patience} epochs"
             break
-        if cfg.time_budget_s is not None and time.perf_counter() - t_start > cfg.time_budget_s:
+        elapsed = time.perf_counter() - t_start
+        if cfg.time_budget_s is not None and epoch <= 3:  # re-estimated over 3 epochs
+            fits = max(int((cfg.time_budget_s - elapsed) / (elapsed / epoch)), 0)
+            horizon[0] = min(cfg.epochs, epoch + fits) * steps_per_epoch
+        if epoch * steps_per_epoch >= horizon[0] and epoch < cfg.epochs:
+            stop_reason = f"learning rate annealed within the {cfg.time_budget_s:.0f} s budget"
+            break
+        if cfg.time_budget_s is not None and elapsed > cfg.time_budget_s:
             stop_reason = f"time budget of {cfg.time_budget_s:.0f} s reached"
             break
     model = ema

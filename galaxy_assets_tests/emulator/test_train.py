@@ -77,6 +77,31 @@ def test_patience_stops_training_and_keeps_the_best_epoch(monkeypatch):
         torch.testing.assert_close(value, snapshots[1][key], rtol=0, atol=0)
 
 
+def test_time_budget_anneals_the_learning_rate_within_the_budget(monkeypatch):
+    """Each epoch 'takes' 1 s on a fake clock: a 10 s budget fits 10 of the 1,000 epochs, and
+    the cosine rate reaches zero at the 10th instead of stopping at full rate."""
+    import galaxy_assets.emulator.train as train_module
+
+    clock = {"t": 0.0}
+    monkeypatch.setattr(train_module.time, "perf_counter", lambda: clock["t"])
+    real_score = train_module._score
+
+    def timed_score(*args, **kwargs):
+        clock["t"] += 1.0
+        return real_score(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "_score", timed_score)
+    table = make_table(gaussian_frame(200, seed=4), ["x"], ["y"])
+    cfg = TrainConfig(epochs=1000, patience=1000, lr=1e-3, time_budget_s=10.0, seed=0,
+                      model=TINY_MODEL)
+    res = train_emulator(table, cfg)
+    assert len(res.history) == 10
+    assert "annealed" in res.stop_reason
+    lrs = [h["lr"] for h in res.history]
+    assert lrs[0] > 0.9e-3 and lrs[-1] < 1e-9  # full rate first, zero at the end
+    assert all(a >= b for a, b in zip(lrs, lrs[1:], strict=False))
+
+
 def test_nan_loss_stops_training_with_a_clear_error(monkeypatch):
     table = make_table(gaussian_frame(200, seed=4), ["x"], ["y"])
     calls = {"n": 0}
