@@ -8,7 +8,11 @@ AdamW and a cosine learning-rate decay. Every epoch, every training row gets a f
 * a **target** drawn uniformly among the row's known values of the target columns;
 * a **context**: a random subset of the row's *other* known values, of a random length
   drawn uniformly between ``min_context`` and all of them (with probability
-  ``full_context_fraction`` the context is all of them, the usual case at inference);
+  ``full_context_fraction`` the context is all of them); for ``label_free_fraction`` of
+  the rows the other target columns are left out of the context first, since the usual
+  question at inference is a label from the observed inputs alone (with them always in
+  reach, the model met "all inputs, no labels" almost never and its redshift posteriors
+  from inputs alone were over-confident: 68% intervals covered 50-62% of held-out galaxies);
 * the target's own value is **never** part of the inputs: its ``known`` flag is cleared and
   its value zeroed here, and :meth:`PropertyEmulator.condition` removes it again, so the
   reference code's leak (a label that is also an input of its own query) cannot happen.
@@ -92,6 +96,7 @@ class TrainConfig:
     patience: int = 30
     min_context: int = 1
     full_context_fraction: float = 0.25
+    label_free_fraction: float = 0.5
     diffusion_repeats: int = 4
     baseline_weight: float = 1.0
     grad_clip: float = 1.0
@@ -112,6 +117,10 @@ class TrainConfig:
             raise EmulatorConfigError(f"lr={self.lr}; it must be > 0")
         if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
             raise EmulatorConfigError(f"ema_decay={self.ema_decay}; use a value in [0, 1) or None")
+        if not 0.0 <= self.label_free_fraction <= 1.0:
+            raise EmulatorConfigError(
+                f"label_free_fraction={self.label_free_fraction}; use a value in [0, 1]"
+            )
         if not 0.0 <= self.full_context_fraction <= 1.0:
             raise EmulatorConfigError(
                 f"full_context_fraction={self.full_context_fraction}; use a value in [0, 1]"
@@ -191,8 +200,14 @@ def training_batch(
     *,
     min_context: int = 1,
     full_context_fraction: float = 0.25,
+    label_free_fraction: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """One task per row of standardised values ``z`` ``(B, C)`` (NaN = missing).
+
+    The context is a random subset (random length, or all with ``full_context_fraction``)
+    of the row's other known values. For ``label_free_fraction`` of the rows the other
+    target columns are first taken out of the context, so the model also learns the
+    question it is asked most: a label from the observed inputs alone.
 
     Returns ``values`` ``(B, C)`` float32 (0 where not an input), ``known`` ``(B, C)`` bool
     (the inputs), ``target`` ``(B,)`` column ids and ``x0`` ``(B,)`` the target values. Every
@@ -209,6 +224,10 @@ def training_batch(
     x0 = z[rows, target]
     context = known.copy()
     context[rows, target] = False
+    if label_free_fraction > 0 and (~target_mask).any():
+        free = context & ~target_mask[None, :]
+        use = (rng.random(b) < label_free_fraction) & free.any(axis=1)
+        context = np.where(use[:, None], free, context)
     available = context.sum(axis=1)
     low = np.minimum(min_context, available)
     length = rng.integers(low, available + 1)
@@ -274,6 +293,7 @@ def _score(
                 rng,
                 min_context=cfg.min_context,
                 full_context_fraction=cfg.full_context_fraction,
+                label_free_fraction=cfg.label_free_fraction,
             )
             losses = model.losses(
                 torch.from_numpy(values).to(device),
@@ -367,6 +387,7 @@ def train_emulator(
                 rng,
                 min_context=cfg.min_context,
                 full_context_fraction=cfg.full_context_fraction,
+                label_free_fraction=cfg.label_free_fraction,
             )
             losses = model.losses(
                 torch.from_numpy(values).to(device),

@@ -79,6 +79,20 @@ def test_context_lengths_vary_and_sometimes_are_full():
     assert 0.25 < np.mean(lengths == 7) < 0.4  # 25% forced full + 1/7 of the rest
 
 
+def test_label_free_tasks_keep_other_labels_out_of_the_context():
+    rng = np.random.default_rng(2)
+    z = rng.normal(size=(4000, 6))
+    targets = np.array([False, False, False, True, True, True])
+    _, known, target, _ = training_batch(z, targets, rng, label_free_fraction=1.0,
+                                         full_context_fraction=1.0)
+    assert not known[:, targets].any()  # no label in any context
+    assert known[:, ~targets].all()  # full context: every input
+    _, known, _, _ = training_batch(z, targets, rng, label_free_fraction=0.5,
+                                    full_context_fraction=1.0)
+    with_labels = known[:, targets].any(axis=1)
+    assert 0.4 < with_labels.mean() < 0.6  # half the rows see the other labels
+
+
 def test_posterior_ignores_the_label_column_of_the_frame(gaussian_model):
     """Asking for y with y in the frame (any value, or none) gives the same draws."""
     model = gaussian_model.model
