@@ -149,6 +149,9 @@ class ClusterSettings(BaseModel):
     io_base_dir: str = Field(
         "", description="IO manager base dir on shared/object storage, s3://bucket/parquet")
     run_retries: int = Field(2, ge=0, description="automatic re-executions of a failed run")
+    shards_per_run: int = Field(
+        0, ge=0, description="per-shard model stages: a backfill is split into runs of at most "
+        "this many shards, which run in parallel (each loads its model once); 0: one run")
 
     @field_validator("executor")
     @classmethod

@@ -6,7 +6,7 @@ from dagster_polars import DataFramePartitions
 
 from galaxy_assets.alignment.model import load_aligner, project_shard
 from galaxy_assets.alignment.train import TrainConfig, register_aligner, train_aligner
-from galaxy_assets.defs.execution import gpu_step
+from galaxy_assets.defs.execution import gpu_step, shard_backfill_policy
 from galaxy_assets.defs.metadata import reusable_output, scalar_metadata
 from galaxy_assets.defs.partitions import shard_partitions
 from galaxy_assets.defs.resources import (
@@ -27,7 +27,7 @@ class ImageEmbeddingsConfig(dg.Config):
 
 @dg.asset(group_name="search", partitions_def=shard_partitions, **gpu_step(),
           deps=["morphology_encoder"], kinds={"pytorch", "polars"},
-          backfill_policy=dg.BackfillPolicy.single_run())
+          backfill_policy=shard_backfill_policy())
 def image_embeddings(
     context: dg.AssetExecutionContext, config: ImageEmbeddingsConfig,
     raw_cutouts: DataFramePartitions, home: HomeResource, compute: ComputeResource,
@@ -104,7 +104,7 @@ def aligned_model(
 
 
 @dg.asset(group_name="search", partitions_def=shard_partitions, kinds={"pytorch", "polars"},
-          backfill_policy=dg.BackfillPolicy.single_run(), deps=["search_evaluation"])
+          backfill_policy=shard_backfill_policy(), deps=["search_evaluation"])
 def search_vectors(
     context: dg.AssetExecutionContext, image_embeddings: DataFramePartitions,
     aligned_model: pl.DataFrame, home: HomeResource, mlflow: MLflowResource,

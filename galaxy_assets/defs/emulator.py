@@ -6,7 +6,7 @@ import dagster as dg
 import polars as pl
 from dagster_polars import DataFramePartitions
 
-from galaxy_assets.defs.execution import gpu_step
+from galaxy_assets.defs.execution import gpu_step, shard_backfill_policy
 from galaxy_assets.defs.metadata import png_metadata, scalar_metadata
 from galaxy_assets.defs.partitions import shard_partitions
 from galaxy_assets.defs.resources import ComputeResource, HomeResource, MLflowResource
@@ -91,7 +91,7 @@ class PropertyPosteriorsConfig(dg.Config):
 
 @dg.asset(group_name="emulator", partitions_def=shard_partitions, **gpu_step(),
           deps=["property_emulator"], kinds={"pytorch", "polars"},
-          backfill_policy=dg.BackfillPolicy.single_run(),
+          backfill_policy=shard_backfill_policy(),
           ins={"morphology_predictions": SAME_SHARD, "image_embeddings": SAME_SHARD})
 def property_posteriors(
     context: dg.AssetExecutionContext, config: PropertyPosteriorsConfig,

@@ -107,6 +107,18 @@ def _settings_or_default() -> Settings:
         return Settings()
 
 
+def shard_backfill_policy() -> dg.BackfillPolicy:
+    """The backfill policy of the per-shard model stages (image embeddings, vote fractions,
+    posteriors, search vectors). ``local``: one run for the whole backfill, so the model loads
+    once. ``cluster`` with ``shards_per_run`` N > 0: runs of at most N shards, which the run
+    queue starts side by side and the executor spreads over workers (each run still loads its
+    model once), so these stages scale with workers. ``galaxy_index`` keeps one run: its
+    writes are serialised anyway (pool ``lancedb_writer``)."""
+    settings = _settings_or_default()
+    n = settings.cluster.shards_per_run if settings.is_cluster else 0
+    return dg.BackfillPolicy.multi_run(n) if n > 0 else dg.BackfillPolicy.single_run()
+
+
 # --- executors per profile ------------------------------------------------------------------
 
 

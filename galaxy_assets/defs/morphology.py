@@ -4,7 +4,7 @@ import dagster as dg
 import polars as pl
 from dagster_polars import DataFramePartitions
 
-from galaxy_assets.defs.execution import gpu_step
+from galaxy_assets.defs.execution import gpu_step, shard_backfill_policy
 from galaxy_assets.defs.metadata import figure_metadata, scalar_metadata
 from galaxy_assets.defs.partitions import shard_partitions
 from galaxy_assets.defs.resources import (
@@ -75,7 +75,7 @@ def morphology_encoder(
 
 @dg.asset(group_name="morphology", partitions_def=shard_partitions, **gpu_step(),
           deps=["morphology_encoder"], kinds={"pytorch", "polars"},
-          backfill_policy=dg.BackfillPolicy.single_run())
+          backfill_policy=shard_backfill_policy())
 def morphology_predictions(
     context: dg.AssetExecutionContext, raw_cutouts: DataFramePartitions, home: HomeResource,
     compute: ComputeResource, mlflow: MLflowResource,

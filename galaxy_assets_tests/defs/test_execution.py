@@ -10,6 +10,8 @@ import hashlib
 import json
 import multiprocessing
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -219,6 +221,27 @@ def test_kubernetes_job_of_a_gpu_asset_has_the_gpu_limit_and_node_selector():
     resources = pod.containers[0].resources
     assert resources.limits == {"nvidia.com/gpu": "1"}
     assert resources.requests == {"cpu": "4", "memory": "40Gi"}
+
+
+def test_shard_stages_split_backfills_into_parallel_runs_on_a_cluster(monkeypatch, tmp_path):
+    from galaxy_assets.defs.execution import shard_backfill_policy
+
+    local = shard_backfill_policy()
+    assert local.max_partitions_per_run is None  # one run: the model loads once
+    _cluster_env(monkeypatch, tmp_path, GALAXY_ASSETS_CLUSTER_SHARDS_PER_RUN="8")
+    assert shard_backfill_policy().max_partitions_per_run == 8
+    # the graph's per-shard model stages take it when the definitions load
+    probe = subprocess.run(
+        [sys.executable, "-c", "from galaxy_assets.definitions import defs; "
+         "print({a.key.to_user_string(): a.backfill_policy.max_partitions_per_run "
+         "for a in defs.assets if a.backfill_policy})"],
+        capture_output=True, text=True, timeout=300, env=dict(os.environ))
+    assert probe.returncode == 0, probe.stderr[-2000:]
+    policies = eval(probe.stdout.strip().splitlines()[-1])  # noqa: S307 - our own dict repr
+    for asset in ("image_embeddings", "morphology_predictions", "property_posteriors",
+                  "search_vectors"):
+        assert policies[asset] == 8, asset
+    assert policies["galaxy_index"] is None  # one writer: one run
 
 
 def test_node_selector_from_the_environment(monkeypatch):
