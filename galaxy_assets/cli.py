@@ -239,9 +239,9 @@ def _run_captions(defs, instance, args: argparse.Namespace) -> bool:
 RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
 DEMO_QUERIES = ("a galaxy with visible spiral arms", "merging galaxies with tidal tails",
                 "gravitational lens with a blue arc")
-# A semantic query with a posterior filter: spirals whose photometric redshift is below 0.05
+# A semantic query with a posterior filter: spirals whose photometric redshift is below 0.07
 # at 84% confidence (the emulator's post_* columns in galaxy_index).
-DEMO_FILTERED = ("a galaxy with visible spiral arms", "post_redshift_p84 < 0.05")
+DEMO_FILTERED = ("spiral galaxies", "post_redshift_p84 < 0.07")
 
 
 def contiguous_ranges(instance, keys: list[str]) -> list[tuple[str, str]]:
