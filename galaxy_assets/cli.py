@@ -661,7 +661,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--html", default=None, help="also write a contact sheet (HTML) here")
     p.add_argument("--filter", action="append", default=[],
                    help="column filter, e.g. 'mag_r<19', 'p_spiral>=0.8', 'has_caption=true', "
-                   "'cone=150.1,2.2,30' (repeatable)")
+                   "'post_redshift_p84<0.07' (the emulator's posteriors), 'cone=150.1,2.2,30' "
+                   "(repeatable)")
     p.add_argument("--object", default=None, help="query by an indexed galaxy's object_id")
     p.add_argument("--image", default=None, help="query by a FITS/PNG cutout file")
     p.add_argument("--nprobes", type=int, default=None)
