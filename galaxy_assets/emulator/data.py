@@ -68,6 +68,7 @@ import polars as pl
 
 from galaxy_assets.emulator.errors import EmulatorConfigError, EmulatorDataError
 from galaxy_assets.emulator.tokenizer import column_array, column_problems
+from galaxy_assets.morphology.columns import SUMMARY_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -94,15 +95,7 @@ SURVEY_LABELS: tuple[str, ...] = (
     "half_light_radius_arcsec",
     "sersic_n",
 )
-MORPHOLOGY_COLUMNS: tuple[str, ...] = (
-    "p_smooth",
-    "p_featured",
-    "p_artifact",
-    "p_edge_on",
-    "p_spiral",
-    "p_bar",
-    "p_merger",
-)
+MORPHOLOGY_COLUMNS: tuple[str, ...] = SUMMARY_COLUMNS  # the encoder's vote fractions
 LN10_2_5 = 2.5 / math.log(10.0)
 AB_ZP_NMGY = 22.5
 PSF_BETA = 3.0

@@ -49,6 +49,7 @@ __all__ = [
     "VectorIndexError",
     "ensure_vector_index",
     "index_params",
+    "ivf_pq_config",
     "lance_search",
     "latest_version",
     "maintain",
@@ -237,22 +238,27 @@ def vector_index_stats(table: Any) -> dict[str, Any] | None:
     }
 
 
-def _build_lance_index(table: Any, params: IndexParams | None, dim: int) -> None:
+def ivf_pq_config(params: IndexParams) -> Any:
+    """LanceDB's cosine ``IvfPq`` index config for ``params``."""
     from lancedb.index import IvfPq
 
-    if params is None:  # callers check index_params(..., brute_force_max_rows=0) first
-        raise VectorIndexError(f"no IVF-PQ parameters for {_table_name(table)!r}")
-    if dim % params.num_sub_vectors:
-        raise VectorIndexError(
-            f"num_sub_vectors={params.num_sub_vectors} does not divide the vector width {dim}"
-        )
-    config = IvfPq(
+    return IvfPq(
         distance_type="cosine",
         num_partitions=params.num_partitions,
         num_sub_vectors=params.num_sub_vectors,
         max_iterations=params.max_iterations,
         sample_rate=params.sample_rate,
     )
+
+
+def _build_lance_index(table: Any, params: IndexParams | None, dim: int) -> None:
+    if params is None:  # callers check index_params(..., brute_force_max_rows=0) first
+        raise VectorIndexError(f"no IVF-PQ parameters for {_table_name(table)!r}")
+    if dim % params.num_sub_vectors:
+        raise VectorIndexError(
+            f"num_sub_vectors={params.num_sub_vectors} does not divide the vector width {dim}"
+        )
+    config = ivf_pq_config(params)
     try:
         table.create_index(VECTOR_COLUMN, config=config, replace=True)
     except Exception as exc:  # lancedb raises RuntimeError/ValueError from Rust

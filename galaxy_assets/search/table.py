@@ -41,6 +41,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from galaxy_assets.morphology.columns import SUMMARY_COLUMNS
 from galaxy_assets.search.errors import IndexMismatchError, IndexMissingError, RowsError
 
 if TYPE_CHECKING:
@@ -65,7 +66,6 @@ __all__ = [
     "ensure_indexes",
     "ensure_scalar_indexes",
     "indexed_shards",
-    "maintain_table",
     "magnitude",
     "open_or_create_table",
     "open_table",
@@ -80,17 +80,7 @@ __all__ = [
 
 TABLE_NAME = "galaxy_index"
 BANDS: tuple[str, ...] = ("g", "r", "i", "z")
-# The summary columns of morphology_predictions (galaxy_assets.morphology.predict.SUMMARY_ANSWERS,
-# not imported here: that module pulls in torch); a test keeps the two in step.
-P_COLUMNS: tuple[str, ...] = (
-    "p_smooth",
-    "p_featured",
-    "p_artifact",
-    "p_edge_on",
-    "p_spiral",
-    "p_bar",
-    "p_merger",
-)
+P_COLUMNS: tuple[str, ...] = SUMMARY_COLUMNS  # morphology_predictions' vote fractions
 POSTERIOR_PREFIX = "post_"
 ZERO_POINT = 22.5  # nanomaggies → AB magnitudes
 UPSERT_BATCH_ROWS = 8192
@@ -809,7 +799,8 @@ def _index_counts(table: Table, index: Any) -> dict[str, int]:
 def ensure_fts_index(table: Table, *, replace: bool = False) -> dict[str, Any]:
     """The native (Lance) full-text index on ``caption``: created when missing, rebuilt when
     ``replace``. Rows added since the index was built are still searched (unindexed rows are
-    scanned) until :func:`maintain_table` folds them in."""
+    scanned) until ``index_maintenance`` (:func:`galaxy_assets.search.ann.maintain`) folds
+    them in."""
     from lancedb.index import FTS
 
     existing = _index_on(table, "caption", "FTS")
@@ -851,36 +842,3 @@ def ensure_indexes(table: Table) -> dict[str, Any]:
     return {"scalar": ensure_scalar_indexes(table), "fts": ensure_fts_index(table)}
 
 
-def maintain_table(
-    table: Table, *, prune_older_than: timedelta | None = timedelta(days=7)
-) -> dict[str, Any]:
-    """Compact small fragments, fold new rows into every index, and prune versions older
-    than ``prune_older_than`` (None: keep them) — LanceDB's ``optimize``."""
-    started = time.perf_counter()
-    before = table.stats()
-    v0 = table_version(table)
-    table.optimize(cleanup_older_than=prune_older_than)
-    after = table.stats()
-
-    def fragments(st: Any) -> int:
-        fs = (
-            st.get("fragment_stats", {})
-            if isinstance(st, dict)
-            else getattr(st, "fragment_stats", {})
-        )
-        return int(
-            fs.get("num_fragments", 0) if isinstance(fs, dict) else getattr(fs, "num_fragments", 0)
-        )
-
-    unindexed = {
-        idx.name: _index_counts(table, idx).get("unindexed_rows") for idx in _indices(table)
-    }
-    return {
-        "version_before": v0,
-        "version": table_version(table),
-        "fragments_before": fragments(before),
-        "fragments": fragments(after),
-        "versions_kept": len(table.list_versions()),
-        "unindexed_rows": unindexed,
-        "seconds": round(time.perf_counter() - started, 3),
-    }
