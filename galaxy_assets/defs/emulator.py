@@ -10,6 +10,7 @@ from galaxy_assets.defs.execution import gpu_step, shard_backfill_policy
 from galaxy_assets.defs.metadata import png_metadata, scalar_metadata
 from galaxy_assets.defs.partitions import shard_partitions
 from galaxy_assets.defs.resources import ComputeResource, HomeResource, MLflowResource
+from galaxy_assets.emulator.data import SURVEY_LABELS
 from galaxy_assets.emulator.pipeline import (
     EmulatorRunConfig,
     serving_emulator,
@@ -30,6 +31,9 @@ GATE_LABELS = ["redshift", "log_stellar_mass", "half_light_radius_arcsec"]
 class PropertyEmulatorConfig(dg.Config):
     table: str = ""  # a user Parquet to train on instead of the survey catalogue
     table_config: str = ""  # its column roles (YAML path, or a shipped example name)
+    labels_table: str = ""  # survey labels from a catalogue (object_id or ra/dec), not truth
+    labels: list[str] = list(SURVEY_LABELS)
+    match_radius_arcsec: float = 1.0
     n_components: int = 8  # image-embedding principal components used as inputs
     epochs: int = 200
     batch_size: int = 256
@@ -54,14 +58,15 @@ def property_emulator(
 ) -> pl.DataFrame:
     """Trains the property emulator (transformer over catalogue tokens, DDPM head, Gaussian
     baseline head) on photometry, vote fractions and image-embedding PCs with the mock truth
-    table's redshift, stellar mass, size and Sérsic index as labels (or on a user table);
+    table's redshift, stellar mass, size and Sérsic index as labels (a real survey: labels
+    from `labels_table`, or train on a user table);
     scores both heads on held-out rows for four input subsets; registers
     `property-emulator` and moves `champion` only when the diffusion head is calibrated."""
     h = home.home()
     run_cfg = EmulatorRunConfig(
         **config.model_dump(exclude={"d_model", "n_layers", "gate_labels"}),
         model={"d_model": config.d_model, "n_layers": config.n_layers},
-        gate_labels=config.gate_labels or None,
+        gate_labels=[lab for lab in config.gate_labels if lab in config.labels] or None,
     )
     table = training_table(run_cfg, list(raw_cutouts.values()),
                            predictions=list((morphology_predictions or {}).values()),

@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "EmulatorOutcome",
     "EmulatorRunConfig",
+    "catalogue_labels",
     "ServingEmulator",
     "serving_emulator",
     "shard_flux_errors",
@@ -68,11 +69,16 @@ __all__ = [
 class EmulatorRunConfig:
     """What ``property_emulator`` does. ``table`` + ``table_config``: train on a user Parquet
     (column roles in YAML, or the name of a shipped example such as ``gaia_xp_apogee``)
-    instead of the survey catalogue; ``gate_labels``: the labels the champion gate checks
-    (None: every evaluated label)."""
+    instead of the survey catalogue; ``labels_table``: the survey catalogue's labels from a
+    user Parquet instead of the mock's truth tables (a real survey: e.g. spectroscopic
+    redshifts), joined on ``object_id`` or, without one, matched by ``ra``/``dec`` within
+    ``match_radius_arcsec``; ``gate_labels``: the labels the champion gate checks (None:
+    every evaluated label)."""
 
     table: str = ""
     table_config: str = ""
+    labels_table: str = ""
+    match_radius_arcsec: float = 1.0
     labels: Sequence[str] = SURVEY_LABELS
     n_components: int = 8
     flux_errors: bool = True
@@ -109,9 +115,7 @@ def shard_flux_errors(manifest: pl.DataFrame) -> pl.DataFrame:
     if not frames:
         return pl.DataFrame(schema={"object_id": pl.Utf8})
     out = pl.concat(frames, how="diagonal_relaxed")
-    return out.join(
-        manifest.select(pl.col("object_id").cast(pl.Utf8)), on="object_id", how="semi"
-    )
+    return out.join(manifest.select(pl.col("object_id").cast(pl.Utf8)), on="object_id", how="semi")
 
 
 def _concat(frames: Sequence[pl.DataFrame] | pl.DataFrame | None) -> pl.DataFrame | None:
@@ -157,12 +161,17 @@ def training_table(
             "no galaxies to train the property emulator on: raw_cutouts is empty; "
             "materialize the survey first"
         )
-    truth = load_truth(manifest["shard_uri"].unique().to_list())
+    if config.labels_table:
+        truth = catalogue_labels(config, manifest)
+    else:
+        truth = load_truth(manifest["shard_uri"].unique().to_list())
     if truth is None:
         raise EmulatorDataError(
             f"none of the {manifest['shard_uri'].n_unique()} shards has a truth table, so the "
             "survey catalogue has no labels to train on (a real survey): set the emulator's "
-            "`table` and `table_config` to a catalogue of objects with known properties"
+            "`labels_table` to a catalogue of known properties for some of its galaxies "
+            "(object_id or ra/dec + label columns), or train on a table of your own with "
+            "`table` and `table_config`"
         )
     errors = shard_flux_errors(manifest) if config.flux_errors else None
     return build_survey_table(
@@ -174,6 +183,47 @@ def training_table(
         labels=config.labels,
         n_components=config.n_components,
     )
+
+
+def catalogue_labels(config: EmulatorRunConfig, manifest: pl.DataFrame) -> pl.DataFrame:
+    """``object_id`` + the label columns of ``config.labels_table`` for the manifest's
+    galaxies: joined on ``object_id`` when the catalogue has one, else matched by position
+    (nearest survey galaxy within ``match_radius_arcsec``; see
+    :func:`galaxy_assets.evaluation.labels.crossmatch`)."""
+    path = Path(config.labels_table)
+    if not path.is_file():
+        raise EmulatorDataError(f"labels_table {path} does not exist")
+    catalogue = pl.read_parquet(path)
+    missing = [c for c in config.labels if c not in catalogue.columns]
+    if missing:
+        raise EmulatorConfigError(
+            f"labels_table {path} lacks the label column(s) {missing} (it has "
+            f"{catalogue.columns[:20]}); set the emulator's `labels` to columns it holds"
+        )
+    if "object_id" in catalogue.columns:
+        matched = catalogue.with_columns(pl.col("object_id").cast(pl.Utf8)).join(
+            manifest.select(pl.col("object_id").cast(pl.Utf8)), on="object_id", how="semi"
+        )
+        how = "by object_id"
+    else:
+        from galaxy_assets.evaluation.labels import crossmatch
+
+        matched, report = crossmatch(
+            catalogue, manifest, radius_arcsec=config.match_radius_arcsec, source=str(path)
+        )
+        how = (
+            f'by position within {config.match_radius_arcsec}" ({report.n_unmatched} '
+            f"unmatched, {report.n_matched_twice} survey galaxies claimed twice)"
+        )
+    log.info(
+        "labels_table %s: %d of %d rows matched %s", path, matched.height, catalogue.height, how
+    )
+    if matched.height == 0:
+        raise EmulatorDataError(
+            f"no row of labels_table {path} matches a survey galaxy ({how}); check its "
+            "object_id or ra/dec columns and match_radius_arcsec"
+        )
+    return matched.select("object_id", *config.labels)
 
 
 # --------------------------------------------------------------------------- training

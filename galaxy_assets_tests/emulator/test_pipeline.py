@@ -70,3 +70,44 @@ def test_serving_falls_back_to_the_newest_version_and_user_models_refuse_shards(
     # trained on a user table (x → y): it cannot read survey shards
     with pytest.raises(EmulatorConfigError, match="user table"):
         shard_posteriors(serving, tiny_survey.manifest)
+
+
+@pytest.mark.parametrize("by", ["object_id", "position"])
+def test_labels_from_a_user_catalogue_instead_of_truth_tables(tiny_survey, tmp_path, by):
+    """A real survey's labels: a catalogue joined on object_id, or matched by ra/dec (0.3"
+    offsets, 1" radius); only its galaxies get labels, the truth tables are not read."""
+    import numpy as np
+
+    labelled = tiny_survey.truth.sort("object_id").head(25)
+    cat = labelled.select("object_id", "redshift", "log_stellar_mass")
+    if by == "position":
+        pos = tiny_survey.manifest.select("object_id", "ra", "dec")
+        cat = cat.join(pos, on="object_id").with_columns(
+            (pl.col("dec") + 0.3 / 3600).alias("dec")).drop("object_id")
+    path = tmp_path / "specz.parquet"
+    cat.write_parquet(path)
+    cfg = EmulatorRunConfig(labels_table=str(path), labels=["redshift", "log_stellar_mass"])
+    table = training_table(cfg, tiny_survey.manifest)
+    assert table.labels == ("redshift", "log_stellar_mass")
+    assert len(table) == tiny_survey.manifest.height  # every galaxy, labelled or not
+    z = dict(zip(table.object_ids, table.values(["redshift"])[:, 0], strict=True))
+    known = {k for k, v in z.items() if np.isfinite(v)}
+    assert known == set(labelled["object_id"])
+    for oid, zt in zip(labelled["object_id"], labelled["redshift"], strict=True):
+        assert z[oid] == pytest.approx(zt)
+
+
+def test_labels_table_errors_name_the_problem(tiny_survey, tmp_path):
+    path = tmp_path / "specz.parquet"
+    tiny_survey.truth.select("object_id", "redshift").write_parquet(path)
+    with pytest.raises(EmulatorConfigError, match="lacks the label column.*log_stellar_mass"):
+        training_table(EmulatorRunConfig(labels_table=str(path)), tiny_survey.manifest)
+    far = tiny_survey.manifest.select("ra", "dec", pl.lit(0.1).alias("redshift")).with_columns(
+        pl.col("dec") + 1.0)  # a degree away from every galaxy
+    far.write_parquet(path)
+    with pytest.raises(EmulatorDataError, match="no row of labels_table"):
+        training_table(EmulatorRunConfig(labels_table=str(path), labels=["redshift"]),
+                       tiny_survey.manifest)
+    with pytest.raises(EmulatorDataError, match="does not exist"):
+        training_table(EmulatorRunConfig(labels_table=str(tmp_path / "nope.parquet")),
+                       tiny_survey.manifest)
