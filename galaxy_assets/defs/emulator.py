@@ -44,7 +44,7 @@ class PropertyEmulatorConfig(dg.Config):
     eval_samples: int = 500
     eval_rows: int = 1500
     tolerance: float = 0.03  # champion: coverage within this of nominal (or ≥ the baseline)
-    gate_labels: list[str] = GATE_LABELS  # empty: every evaluated label
+    gate_labels: list[str] = GATE_LABELS  # those the table has; none of them: every label
     seed: int = 0
 
 
@@ -66,7 +66,7 @@ def property_emulator(
     run_cfg = EmulatorRunConfig(
         **config.model_dump(exclude={"d_model", "n_layers", "gate_labels"}),
         model={"d_model": config.d_model, "n_layers": config.n_layers},
-        gate_labels=[lab for lab in config.gate_labels if lab in config.labels] or None,
+        gate_labels=config.gate_labels or None,
     )
     table = training_table(run_cfg, list(raw_cutouts.values()),
                            predictions=list((morphology_predictions or {}).values()),

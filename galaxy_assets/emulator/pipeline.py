@@ -302,15 +302,17 @@ def train_evaluate_register(
                 gaussian=kept.gaussians[key],
                 title=f"{label}: held-out posteriors (all inputs)",
             )
+    # the gate checks the configured labels this table has (a user table has its own)
+    gate_labels = [lab for lab in (config.gate_labels or ()) if lab in table.labels] or None
     registration = register_emulator(
         tracker,
         result,
         report=report,
         figures=figures,
         tolerance=config.tolerance,
-        gate_labels=config.gate_labels,
+        gate_labels=gate_labels,
         tags=tags,
-        extra_params={"table": table.source, "gate_labels": ",".join(config.gate_labels or [])},
+        extra_params={"table": table.source, "gate_labels": ",".join(gate_labels or table.labels)},
     )
     paths: dict[str, Path] = {}
     if figure_dir is not None:

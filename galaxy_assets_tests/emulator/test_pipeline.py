@@ -111,3 +111,22 @@ def test_labels_table_errors_name_the_problem(tiny_survey, tmp_path):
     with pytest.raises(EmulatorDataError, match="does not exist"):
         training_table(EmulatorRunConfig(labels_table=str(tmp_path / "nope.parquet")),
                        tiny_survey.manifest)
+
+
+def test_gate_on_a_user_table_checks_its_own_labels(tracker):
+    """The asset's default gate names survey labels; on a user table (x -> y) the gate checks
+    y instead of failing on labels the table does not have."""
+    from galaxy_assets.emulator import make_table
+    from galaxy_assets.emulator.pipeline import train_evaluate_register
+    from galaxy_assets_tests.emulator.conftest import TINY_MODEL
+
+    table = make_table(gaussian_frame(300, seed=5), ["x"], ["y"])
+    cfg = EmulatorRunConfig(epochs=3, time_budget_s=None, batch_size=64, model=TINY_MODEL,
+                            eval_samples=32, eval_rows=100,
+                            gate_labels=["redshift", "log_stellar_mass"])
+    out = train_evaluate_register(tracker, table, cfg)
+    assert out.registration.version == 1
+    assert "redshift" not in out.registration.reason
+    assert "not evaluated" not in out.registration.reason
+    assert " y" in out.registration.reason  # the gate looked at y
+    assert out.report.labels == ["y"] and set(out.figures) == set()
