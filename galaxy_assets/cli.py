@@ -306,8 +306,9 @@ def _run_stage(defs, instance, job_name: str, keys: list[str] | None, run_config
     return not failures
 
 
-# The demo trains the emulator on a short budget (the asset's default is 300 s).
-EMULATOR_DEMO_CONFIG = {"ops": {"property_emulator": {"config": {"time_budget_s": 150.0}}}}
+def _emulator_config(budget_s: float) -> dict:
+    """The demo trains the emulator on a short budget (the asset's default is 300 s)."""
+    return {"ops": {"property_emulator": {"config": {"time_budget_s": float(budget_s)}}}}
 
 
 def _run_models(defs, instance, keys: list[str], args: argparse.Namespace) -> bool:
@@ -346,7 +347,7 @@ def _run_models(defs, instance, keys: list[str], args: argparse.Namespace) -> bo
         if not needed:
             print(f"{job_name}: {why}")
             continue
-        run_config = EMULATOR_DEMO_CONFIG if job_name == "emulator_job" else None
+        run_config = _emulator_config(args.emulator_budget) if job_name == "emulator_job" else None
         passed = _run_stage(defs, instance, job_name, stage_keys, run_config, batched=batched)
         if not passed and job_name != "evaluation_job":
             return False
@@ -619,6 +620,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--captions", type=int, default=2000, help="galaxies in the caption sample (default 2000)"
     )
+    p.add_argument("--emulator-budget", type=float, default=150.0,
+                   help="seconds of property-emulator training (default 150)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser(

@@ -44,7 +44,8 @@ def test_demo_with_one_corrupt_shard(isolated_home):
     with pytest.raises(OSError):
         h5py.File(bad, "r")
 
-    proc = _demo(home.root, "--n", "200", "--size", "48", "--seed", "3", "--captions", "120")
+    proc = _demo(home.root, "--n", "200", "--size", "48", "--seed", "3", "--captions", "120",
+                 "--emulator-budget", "20")
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1, out[-4000:]  # one shard failed
     bad_key = shard_key(home.mock_survey, bad)
@@ -67,6 +68,8 @@ def test_demo_with_one_corrupt_shard(isolated_home):
     assert "captions: 120 (120 new" in out
     assert "morphology_job: ok" in out and "aligner_job: ok" in out
     assert "evaluation_job: ok" in out and "index_job: ok" in out
+    assert "emulator_job: ok" in out and "posteriors_job: ok" in out
+    assert "property-emulator v1:" in out  # its calibration line
     vectors = list((home.parquet / "search_vectors").glob("*.parquet"))
     assert len(vectors) == len(shards) - 1
     # the evaluation report holds numbers for every target and method
@@ -102,9 +105,12 @@ def test_demo_with_one_corrupt_shard(isolated_home):
     assert any((home.dagster / "storage").iterdir())
 
     # rerun: nothing is simulated again, good shards are not rematerialized
-    again = _demo(home.root, "--n", "200", "--size", "48", "--seed", "3", "--captions", "120")
+    again = _demo(home.root, "--n", "200", "--size", "48", "--seed", "3", "--captions", "120",
+                 "--emulator-budget", "20")
     out2 = again.stdout + again.stderr
     assert "reusing 200 galaxies" in out2
     assert "materializing raw_cutouts for 1" in out2  # only the failed shard is retried
     assert "captions: 120 (0 new, 120 reused" in out2
     assert "reusing the registered model" in out2
+    assert "inputs unchanged: property emulator reused" in out2
+    assert "every shard has posteriors" in out2

@@ -45,7 +45,7 @@ def test_gravitational_lens_top10_beats_random(isolated_home, monkeypatch):
     ensure_mock_survey(home, n=N, size=SIZE, seed=SEED, workers=1)
 
     demo = _cli(home.root, "demo", "--n", str(N), "--size", str(SIZE), "--seed", str(SEED),
-                "--captions", "400")
+                "--captions", "400", "--emulator-budget", "20")
     out = demo.stdout + demo.stderr
     assert f"reusing {N} galaxies" in out, out[-3000:]
     assert "index_job: ok" in out, out[-4000:]
