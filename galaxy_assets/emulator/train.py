@@ -271,6 +271,35 @@ def _finite_or_raise(value: float, what: str, epoch: int) -> None:
         )
 
 
+def _task_losses(
+    model: PropertyEmulator,
+    z: np.ndarray,
+    target_mask: np.ndarray,
+    rng: np.random.Generator,
+    cfg: TrainConfig,
+    device: str,
+    gen: torch.Generator,
+    repeats: int,
+) -> dict[str, torch.Tensor]:
+    """Draw one task per row of ``z`` (:func:`training_batch`) and return the model's losses."""
+    values, known, target, x0 = training_batch(
+        z,
+        target_mask,
+        rng,
+        min_context=cfg.min_context,
+        full_context_fraction=cfg.full_context_fraction,
+        label_free_fraction=cfg.label_free_fraction,
+    )
+    return model.losses(
+        torch.from_numpy(values).to(device),
+        torch.from_numpy(known).to(device),
+        torch.from_numpy(target).to(device),
+        torch.from_numpy(x0).to(device),
+        repeats=repeats,
+        generator=gen,
+    )
+
+
 def _score(
     model: PropertyEmulator,
     z: np.ndarray,
@@ -287,21 +316,8 @@ def _score(
     with torch.no_grad():
         for start in range(0, len(z), cfg.batch_size):
             chunk = z[start : start + cfg.batch_size]
-            values, known, target, x0 = training_batch(
-                chunk,
-                target_mask,
-                rng,
-                min_context=cfg.min_context,
-                full_context_fraction=cfg.full_context_fraction,
-                label_free_fraction=cfg.label_free_fraction,
-            )
-            losses = model.losses(
-                torch.from_numpy(values).to(device),
-                torch.from_numpy(known).to(device),
-                torch.from_numpy(target).to(device),
-                torch.from_numpy(x0).to(device),
-                repeats=max(cfg.diffusion_repeats, 8),
-                generator=gen,
+            losses = _task_losses(
+                model, chunk, target_mask, rng, cfg, device, gen, max(cfg.diffusion_repeats, 8)
             )
             for k in totals:
                 totals[k] += float(losses[k]) * len(chunk)
@@ -381,21 +397,8 @@ def train_emulator(
         sums = {"diffusion": 0.0, "gaussian": 0.0}
         for start in range(0, len(perm), cfg.batch_size):
             idx = perm[start : start + cfg.batch_size]
-            values, known, target, x0 = training_batch(
-                z_train[idx],
-                tmask,
-                rng,
-                min_context=cfg.min_context,
-                full_context_fraction=cfg.full_context_fraction,
-                label_free_fraction=cfg.label_free_fraction,
-            )
-            losses = model.losses(
-                torch.from_numpy(values).to(device),
-                torch.from_numpy(known).to(device),
-                torch.from_numpy(target).to(device),
-                torch.from_numpy(x0).to(device),
-                repeats=cfg.diffusion_repeats,
-                generator=gen,
+            losses = _task_losses(
+                model, z_train[idx], tmask, rng, cfg, device, gen, cfg.diffusion_repeats
             )
             loss = losses["diffusion"] + cfg.baseline_weight * losses["gaussian"]
             _finite_or_raise(loss.item(), "the training loss", epoch)
