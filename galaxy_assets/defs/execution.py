@@ -137,17 +137,20 @@ def executor_for(settings: Settings) -> dg.ExecutorDefinition | None:
     return dg.multiprocess_executor.configured(config, name="multiprocess")
 
 
+def _k8s_job_fields(c: ClusterSettings) -> dict[str, Any]:
+    """The step/run job fields the k8s executor and the K8sRunLauncher share (set ones only)."""
+    fields = {
+        "job_namespace": c.k8s_namespace,
+        "job_image": c.k8s_image,
+        "service_account_name": c.k8s_service_account,
+        "env_secrets": list(c.k8s_env_secrets),
+    }
+    return {k: v for k, v in fields.items() if v}
+
+
 def k8s_executor_config(c: ClusterSettings) -> dict[str, Any]:
     """``k8s_job_executor`` config: namespace, image, service account, env secrets, retries."""
-    config: dict[str, Any] = {"retries": {"enabled": {}}}
-    if c.k8s_namespace:
-        config["job_namespace"] = c.k8s_namespace
-    if c.k8s_image:
-        config["job_image"] = c.k8s_image
-    if c.k8s_service_account:
-        config["service_account_name"] = c.k8s_service_account
-    if c.k8s_env_secrets:
-        config["env_secrets"] = list(c.k8s_env_secrets)
+    config: dict[str, Any] = {"retries": {"enabled": {}}, **_k8s_job_fields(c)}
     if c.max_concurrent:
         config["max_concurrent"] = c.max_concurrent
     return config
@@ -186,15 +189,8 @@ def cluster_instance_config(settings: Settings) -> dict[str, Any]:
             "instance_config_map": "dagster-instance",
             "dagster_home": "/opt/dagster/dagster_home",
             "postgres_password_secret": "dagster-postgresql-secret",
+            **_k8s_job_fields(c),
         }
-        if c.k8s_namespace:
-            launcher["job_namespace"] = c.k8s_namespace
-        if c.k8s_image:
-            launcher["job_image"] = c.k8s_image
-        if c.k8s_service_account:
-            launcher["service_account_name"] = c.k8s_service_account
-        if c.k8s_env_secrets:
-            launcher["env_secrets"] = list(c.k8s_env_secrets)
         config["run_launcher"] = {
             "module": "dagster_k8s",
             "class": "K8sRunLauncher",
