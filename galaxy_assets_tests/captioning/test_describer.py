@@ -13,6 +13,7 @@ import polars as pl
 import pytest
 
 import galaxy_assets.captioning.describer as describer_mod
+import galaxy_assets.captioning.feature_scores as feature_scores_mod
 import galaxy_assets.captioning.keywords as keywords_mod
 import galaxy_assets.captioning.measure as measure_mod
 from galaxy_assets.captioning.base import Captioner, CaptionerError, CaptionRequest
@@ -40,7 +41,9 @@ def requests_of(images, prefix="obj", bands=BANDS):
 def few_images():
     return [
         elliptical(seed=1),
-        observe([spiral_plane(6.0, 2, 18.0)], [BRIGHT_BLUE], seed=2),
+        # arms at full contrast: the describer calls arms from a score calibrated on mock-survey
+        # galaxies, on which this bulgeless toy disc at 0.8 contrast sits just below the line
+        observe([spiral_plane(6.0, 2, 18.0, amp=1.0)], [BRIGHT_BLUE], seed=2),
         observe([sersic_plane(10.0, 1.0, 0.18, 40.0)], [RED], seed=3),
         observe([sersic_plane(6.0, 1.0), sersic_plane(5.0, 1.0, x0=12.0)], [RED, RED], seed=4),
         observe([sersic_plane(5.0, 0.7, 0.7, 10.0)], [BLUE], seed=5),
@@ -165,7 +168,19 @@ def test_describer_imports_nothing_that_reads_truth():
         "scipy.special",
         "galaxy_assets.captioning.base",
         "galaxy_assets.captioning.measure",
+        "galaxy_assets.captioning.feature_scores",
     }
+    # the feature scores read one file, the fitted numbers shipped beside them, and import no
+    # survey, table or truth reader
+    scores_src = Path(inspect.getfile(feature_scores_mod)).read_text()
+    assert scores_src.count("read_text(") == 1
+    assert 'Path(__file__).with_name("feature_scores.json")' in scores_src
+    scores_allowed = allowed | {"pathlib", "typing", "warnings"}
+    for node in ast.walk(ast.parse(scores_src)):
+        if isinstance(node, ast.Import):
+            assert all(a.name in scores_allowed for a in node.names), ast.dump(node)
+        elif isinstance(node, ast.ImportFrom):
+            assert (node.module or "") in scores_allowed, node.module
     for mod in (describer_mod, measure_mod):
         tree = ast.parse(Path(inspect.getfile(mod)).read_text())
         for node in ast.walk(tree):
@@ -329,6 +344,13 @@ def test_prompt_sha_follows_thresholds_measurements_and_logic(monkeypatch):
     assert MorphologyDescriber().prompt_sha != base
     monkeypatch.undo()
     monkeypatch.setattr(describer_mod, "LOGIC_REVISION", describer_mod.LOGIC_REVISION + 1)
+    assert MorphologyDescriber().prompt_sha != base
+    monkeypatch.undo()
+    # refitted feature scores are a different describer too
+    fitted = feature_scores_mod.default_scorer().as_dict()
+    fitted["weights"]["arms"][-1] += 0.01
+    refit = feature_scores_mod.FeatureScorer.from_dict(fitted)
+    monkeypatch.setattr(describer_mod, "default_scorer", lambda: refit)
     assert MorphologyDescriber().prompt_sha != base
 
 

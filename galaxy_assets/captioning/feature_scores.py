@@ -1,0 +1,142 @@
+"""Feature scores for the describer: how clearly each feature shows, from all measurements.
+
+A feature's visibility shows in several measurements at once (spiral arms: the winding mode's
+S/N, but also smoothness, asymmetry, Gini, a ring-like bump, the colour gradient...), and one
+threshold on one of them throws the rest away. :class:`FeatureScorer` scores each feature with a
+linear model over every numeric field of :class:`~galaxy_assets.captioning.measure.
+Measurements`:
+
+    z = arcsinh((x - centre) / scale)         NaN -> centre, plus a 0/1 "missing" column
+    score_f = [z, missing, 1] · w_f
+
+The centre, scale and weights live in ``feature_scores.json`` beside this module (a few kB,
+NumPy only to evaluate). They were fitted by ridge regression of the truth's visibility scores
+on simulated development surveys, never the check or demo surveys, with
+``benchmarks/fit_describer_scores.py``, which rewrites the file and prints the held-out figures.
+A score is on the scale of a visibility (about 0 absent, about 1 unmistakable).
+
+The describer never sees a truth table: the file holds numbers fitted offline, like the
+thresholds in :mod:`~galaxy_assets.captioning.describer`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from galaxy_assets.captioning.measure import Measurements
+
+__all__ = [
+    "SCORES_PATH",
+    "FeatureScorer",
+    "default_scorer",
+    "design_matrix",
+    "fit_standardisation",
+]
+
+SCORES_PATH = Path(__file__).with_name("feature_scores.json")
+
+
+def fit_standardisation(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Robust centre (median) and scale (IQR / 1.35, 1 where undefined) of each column."""
+    x = np.where(np.isfinite(x), x, np.nan)
+    with np.errstate(all="ignore"):
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
+            centre = np.nanmedian(x, axis=0)
+            q25, q75 = np.nanpercentile(x, [25, 75], axis=0)
+    centre = np.where(np.isfinite(centre), centre, 0.0)
+    scale = (q75 - q25) / 1.35
+    scale = np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
+    return centre, scale
+
+
+def design_matrix(x: np.ndarray, centre: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """``[arcsinh((x - centre) / scale), missing]`` with NaN / inf replaced by the centre."""
+    x = np.atleast_2d(np.asarray(x, dtype=np.float64))
+    finite = np.isfinite(x)
+    z = np.arcsinh((np.where(finite, x, centre) - centre) / scale)
+    return np.hstack([z, (~finite).astype(np.float64)])
+
+
+@dataclass(frozen=True)
+class FeatureScorer:
+    """Linear feature scores over the measurement fields (see the module docstring)."""
+
+    fields: tuple[str, ...]
+    centre: np.ndarray
+    scale: np.ndarray
+    weights: Mapping[str, np.ndarray]  # feature -> (2 * len(fields) + 1,) incl. intercept
+    version: int = 0
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FeatureScorer:
+        fields = tuple(str(f) for f in data["fields"])
+        n = len(fields)
+        centre = np.asarray(data["centre"], dtype=np.float64)
+        scale = np.asarray(data["scale"], dtype=np.float64)
+        weights = {k: np.asarray(v, dtype=np.float64) for k, v in data["weights"].items()}
+        bad = [k for k, w in weights.items() if w.shape != (2 * n + 1,)]
+        if centre.shape != (n,) or scale.shape != (n,) or bad:
+            raise ValueError(
+                f"feature scores: {n} fields but centre {centre.shape}, scale {scale.shape}"
+                + (f", wrong weight length for {bad}" if bad else "")
+                + "; refit with benchmarks/fit_describer_scores.py"
+            )
+        known = set(Measurements.field_names())
+        unknown = [f for f in fields if f not in known]
+        if unknown:
+            raise ValueError(
+                f"feature scores use measurements {unknown} that Measurements no longer has; "
+                "refit with benchmarks/fit_describer_scores.py"
+            )
+        return cls(fields, centre, scale, weights, int(data.get("version", 0)))
+
+    @classmethod
+    def load(cls, path: str | Path = SCORES_PATH) -> FeatureScorer:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    @property
+    def sha(self) -> str:
+        """A short hash of the fitted numbers (part of the describer's ``prompt_sha``)."""
+        import hashlib
+
+        blob = json.dumps(self.as_dict(), sort_keys=True).encode("utf-8")
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        return tuple(self.weights)
+
+    def score_matrix(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Scores of each feature for rows of measurements in :attr:`fields` order."""
+        z = design_matrix(x, self.centre, self.scale)
+        return {k: z @ w[:-1] + w[-1] for k, w in self.weights.items()}
+
+    def score(self, m: Measurements) -> dict[str, float]:
+        """Scores of each feature for one galaxy's measurements."""
+        row = np.array([[float(getattr(m, f)) for f in self.fields]], dtype=np.float64)
+        return {k: float(v[0]) for k, v in self.score_matrix(row).items()}
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "fields": list(self.fields),
+            "centre": self.centre.tolist(),
+            "scale": self.scale.tolist(),
+            "weights": {k: v.tolist() for k, v in self.weights.items()},
+        }
+
+
+@lru_cache(maxsize=1)
+def default_scorer() -> FeatureScorer:
+    """The scorer shipped with the package (``feature_scores.json``)."""
+    return FeatureScorer.load(SCORES_PATH)

@@ -1,0 +1,77 @@
+"""The describer's feature scores: loading, the design matrix and the arithmetic."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from galaxy_assets.captioning.feature_scores import (
+    FeatureScorer,
+    default_scorer,
+    design_matrix,
+    fit_standardisation,
+)
+from galaxy_assets.captioning.measure import Measurements
+from galaxy_assets_tests.captioning.test_measure import RED, observe, sersic_plane
+
+USED = {"arms", "lens", "edge_on", "ring"}  # the scores the describer reads
+
+
+def _measurements() -> Measurements:
+    from galaxy_assets.captioning.measure import measure
+
+    return measure(observe([sersic_plane(5.0, 4.0, 0.85)], [RED], seed=3), ("g", "r", "z"))
+
+
+def test_shipped_scorer_covers_every_measurement_and_the_used_features():
+    s = default_scorer()
+    assert set(s.fields) == set(Measurements.field_names())
+    assert USED <= set(s.features)
+    assert len(s.sha) == 16 and s.sha == FeatureScorer.from_dict(s.as_dict()).sha
+
+
+def test_standardisation_and_design_matrix_handle_missing_values():
+    x = np.array([[1.0, np.nan, 5.0], [3.0, np.nan, 5.0], [5.0, np.nan, np.inf]])
+    centre, scale = fit_standardisation(x)
+    assert centre.tolist() == [3.0, 0.0, 5.0]  # an all-NaN column centres at 0
+    assert scale[1] == 1.0 and scale[2] == 1.0  # undefined or zero spread -> 1
+    z = design_matrix(x, centre, scale)
+    assert z.shape == (3, 6) and np.isfinite(z).all()
+    np.testing.assert_allclose(z[:, 0], np.arcsinh((x[:, 0] - 3.0) / scale[0]))
+    assert z[:, 3:].tolist() == [[0, 1, 0], [0, 1, 0], [0, 1, 1]]  # missing indicators
+    assert z[2, 2] == 0.0  # inf is missing: centred
+
+
+def test_score_is_the_linear_model_written_out():
+    s = default_scorer()
+    m = _measurements()
+    got = s.score(m)
+    row = np.array([float(getattr(m, f)) for f in s.fields])
+    finite = np.isfinite(row)
+    z = np.arcsinh((np.where(finite, row, s.centre) - s.centre) / s.scale)
+    feats = np.concatenate([z, (~finite).astype(float)])
+    for name, w in s.weights.items():
+        assert got[name] == pytest.approx(float(feats @ w[:-1] + w[-1]), abs=1e-9)
+    # the same numbers through the batch path
+    batch = s.score_matrix(np.stack([row, row]))
+    assert all(batch[k][1] == pytest.approx(v) for k, v in got.items())
+
+
+def test_a_nan_measurement_scores_as_missing_not_as_nan():
+    s = default_scorer()
+    m = replace(_measurements(), spiral_snr=math.nan, arc_snr=math.nan)
+    assert all(math.isfinite(v) for v in s.score(m).values())
+
+
+def test_bad_scores_files_are_refused_with_the_fix():
+    d = default_scorer().as_dict()
+    with pytest.raises(ValueError, match="refit with benchmarks/fit_describer_scores.py"):
+        FeatureScorer.from_dict({**d, "centre": d["centre"][:-1]})
+    with pytest.raises(ValueError, match="wrong weight length"):
+        FeatureScorer.from_dict({**d, "weights": {"arms": [0.0, 1.0]}})
+    renamed = {**d, "fields": ["no_such_measurement", *d["fields"][1:]]}
+    with pytest.raises(ValueError, match="no_such_measurement"):
+        FeatureScorer.from_dict(renamed)
