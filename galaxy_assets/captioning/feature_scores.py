@@ -9,11 +9,15 @@ Measurements`:
     z = arcsinh((x - centre) / scale)         NaN -> centre, plus a 0/1 "missing" column
     score_f = [z, missing, 1] · w_f
 
-The centre, scale and weights live in ``feature_scores.json`` beside this module (a few kB,
-NumPy only to evaluate). They were fitted by ridge regression of the truth's visibility scores
+Mergers, bars and rings, whose evidence is not additive (a second nucleus *and* asymmetric
+light), get a one-hidden-layer network instead, ``sigmoid(w2 · relu(W1ᵀ [z, missing] + b1) + b2)``:
+the probability that the feature is there.
+
+The centre, scale, weights and networks live in ``feature_scores.json`` beside this module
+(under 300 kB, NumPy only to evaluate). They were fitted by ridge regression of the truth's visibility scores
 on simulated development surveys, never the check or demo surveys, with
 ``benchmarks/fit_describer_scores.py``, which rewrites the file and prints the held-out figures.
-A score is on the scale of a visibility (about 0 absent, about 1 unmistakable).
+A linear score is on the scale of a visibility (about 0 absent, about 1 unmistakable).
 
 The describer never sees a truth table: the file holds numbers fitted offline, like the
 thresholds in :mod:`~galaxy_assets.captioning.describer`.
@@ -23,7 +27,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -69,13 +73,18 @@ def design_matrix(x: np.ndarray, centre: np.ndarray, scale: np.ndarray) -> np.nd
 
 @dataclass(frozen=True)
 class FeatureScorer:
-    """Linear feature scores over the measurement fields (see the module docstring)."""
+    """Feature scores over the measurement fields (see the module docstring): linear ones in
+    :attr:`weights`, small networks giving probabilities in :attr:`networks`."""
 
     fields: tuple[str, ...]
     centre: np.ndarray
     scale: np.ndarray
     weights: Mapping[str, np.ndarray]  # feature -> (2 * len(fields) + 1,) incl. intercept
     version: int = 0
+    # feature -> one-hidden-layer network (W1 (2n, h), b1 (h,), w2 (h,), b2 ()): ReLU, then a
+    # logistic output, the probability that the feature is there (rare features whose evidence
+    # is not additive: a second nucleus *and* asymmetric light make a merger)
+    networks: Mapping[str, Mapping[str, np.ndarray]] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> FeatureScorer:
@@ -91,6 +100,21 @@ class FeatureScorer:
                 + (f", wrong weight length for {bad}" if bad else "")
                 + "; refit with benchmarks/fit_describer_scores.py"
             )
+        networks = {
+            k: {p: np.asarray(net[p], dtype=np.float64) for p in ("W1", "b1", "w2", "b2")}
+            for k, net in data.get("networks", {}).items()
+        }
+        for k, net in networks.items():
+            h = net["b1"].shape[0] if net["b1"].ndim == 1 else -1
+            if net["W1"].shape != (2 * n, h) or net["w2"].shape != (h,) or net["b2"].size != 1:
+                raise ValueError(
+                    f"feature scores: network {k!r} has W1 {net['W1'].shape}, b1 "
+                    f"{net['b1'].shape}, w2 {net['w2'].shape} for {n} fields; refit with "
+                    "benchmarks/fit_describer_scores.py"
+                )
+        both = sorted(set(weights) & set(networks))
+        if both:
+            raise ValueError(f"feature scores: {both} have both a linear and a network model")
         known = set(Measurements.field_names())
         unknown = [f for f in fields if f not in known]
         if unknown:
@@ -98,7 +122,7 @@ class FeatureScorer:
                 f"feature scores use measurements {unknown} that Measurements no longer has; "
                 "refit with benchmarks/fit_describer_scores.py"
             )
-        return cls(fields, centre, scale, weights, int(data.get("version", 0)))
+        return cls(fields, centre, scale, weights, int(data.get("version", 0)), networks)
 
     @classmethod
     def load(cls, path: str | Path = SCORES_PATH) -> FeatureScorer:
@@ -114,12 +138,17 @@ class FeatureScorer:
 
     @property
     def features(self) -> tuple[str, ...]:
-        return tuple(self.weights)
+        return (*self.weights, *self.networks)
 
     def score_matrix(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """Scores of each feature for rows of measurements in :attr:`fields` order."""
         z = design_matrix(x, self.centre, self.scale)
-        return {k: z @ w[:-1] + w[-1] for k, w in self.weights.items()}
+        out = {k: z @ w[:-1] + w[-1] for k, w in self.weights.items()}
+        for k, net in self.networks.items():
+            hidden = np.maximum(z @ net["W1"] + net["b1"], 0.0)
+            logit = hidden @ net["w2"] + float(net["b2"].reshape(-1)[0])
+            out[k] = 1.0 / (1.0 + np.exp(-np.clip(logit, -60.0, 60.0)))
+        return out
 
     def score(self, m: Measurements) -> dict[str, float]:
         """Scores of each feature for one galaxy's measurements."""
@@ -133,6 +162,10 @@ class FeatureScorer:
             "centre": self.centre.tolist(),
             "scale": self.scale.tolist(),
             "weights": {k: v.tolist() for k, v in self.weights.items()},
+            "networks": {
+                k: {p: np.asarray(v).tolist() for p, v in net.items()}
+                for k, net in self.networks.items()
+            },
         }
 
 

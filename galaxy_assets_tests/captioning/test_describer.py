@@ -282,23 +282,46 @@ TAILS = {
 }
 
 
-def test_tidal_light_needs_a_disturbed_smooth_system(smooth_red):
+def _merger_probability(monkeypatch, p: float) -> None:
+    """The describer's feature scores with the merger network's output set to ``p``."""
+    real = feature_scores_mod.default_scorer()
+
+    class Scorer:
+        def score(self, m):
+            return {**real.score(m), "merger": p}
+
+    monkeypatch.setattr(describer_mod, "default_scorer", lambda: Scorer())
+
+
+def test_tidal_light_needs_a_disturbed_smooth_system(smooth_red, monkeypatch):
     from dataclasses import replace
 
     assert describer_mod.interpret(replace(smooth_red, **TAILS)).tidal == "weak"
-    strong = describer_mod.interpret(replace(smooth_red, **{**TAILS, "tidal_outer_fraction": 0.15}))
+    strong_tails = replace(smooth_red, **{**TAILS, "tidal_outer_fraction": 0.15})
+    # strong tidal light makes a merger where the merger network does not doubt it
+    _merger_probability(monkeypatch, describer_mod.MERGER_SCORE_FLOOR + 0.05)
+    strong = describer_mod.interpret(strong_tails)
     assert strong.tidal == "strong" and strong.morphology == "merger"
+    _merger_probability(monkeypatch, describer_mod.MERGER_SCORE_FLOOR - 0.05)
+    doubted = describer_mod.interpret(strong_tails)
+    assert doubted.tidal == "strong" and doubted.morphology != "merger"
+    monkeypatch.undo()
     # the outer asymmetric light of a knotty star-forming disc, or of a mildly lopsided one
     assert describer_mod.interpret(replace(smooth_red, **{**TAILS, "clump_count": 5})).tidal == ""
     assert describer_mod.interpret(replace(smooth_red, **{**TAILS, "asymmetry": 0.15})).tidal == ""
 
 
-def test_a_second_nucleus_must_be_resolved(smooth_red):
+def test_a_second_nucleus_must_be_resolved(smooth_red, monkeypatch):
     from dataclasses import replace
 
     pair = {"nucleus_flux_ratio": 0.6, "nucleus_extent": 1.5, "asymmetry": 0.25}
+    _merger_probability(monkeypatch, describer_mod.MERGER_SCORE_FLOOR + 0.05)
     r = describer_mod.interpret(replace(smooth_red, **pair))
     assert r.second_nucleus and r.morphology == "merger"
+    # the network alone, when sure, calls a merger without a resolved second nucleus
+    _merger_probability(monkeypatch, describer_mod.MERGER_SCORE_MIN)
+    assert describer_mod.interpret(smooth_red).morphology == "merger"
+    monkeypatch.undo()
     star = describer_mod.interpret(replace(smooth_red, **{**pair, "nucleus_extent": 1.0}))
     assert not star.second_nucleus and star.star
     calm = describer_mod.interpret(replace(smooth_red, **{**pair, "asymmetry": 0.1}))

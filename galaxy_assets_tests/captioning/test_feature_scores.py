@@ -17,7 +17,8 @@ from galaxy_assets.captioning.feature_scores import (
 from galaxy_assets.captioning.measure import Measurements
 from galaxy_assets_tests.captioning.test_measure import RED, observe, sersic_plane
 
-USED = {"arms", "lens", "edge_on", "ring"}  # the scores the describer reads
+USED = {"arms", "lens", "edge_on", "merger", "bar", "ring"}  # the scores the describer reads
+NETWORKS = {"merger", "bar", "ring"}  # probabilities from small networks
 
 
 def _measurements() -> Measurements:
@@ -55,6 +56,12 @@ def test_score_is_the_linear_model_written_out():
     feats = np.concatenate([z, (~finite).astype(float)])
     for name, w in s.weights.items():
         assert got[name] == pytest.approx(float(feats @ w[:-1] + w[-1]), abs=1e-9)
+    assert NETWORKS <= set(s.networks)
+    for name, net in s.networks.items():
+        hidden = np.maximum(feats @ net["W1"] + net["b1"], 0.0)
+        p = 1.0 / (1.0 + math.exp(-(float(hidden @ net["w2"]) + float(net["b2"][0]))))
+        assert got[name] == pytest.approx(p, abs=1e-9)
+        assert 0.0 <= got[name] <= 1.0
     # the same numbers through the batch path
     batch = s.score_matrix(np.stack([row, row]))
     assert all(batch[k][1] == pytest.approx(v) for k, v in got.items())
@@ -72,6 +79,11 @@ def test_bad_scores_files_are_refused_with_the_fix():
         FeatureScorer.from_dict({**d, "centre": d["centre"][:-1]})
     with pytest.raises(ValueError, match="wrong weight length"):
         FeatureScorer.from_dict({**d, "weights": {"arms": [0.0, 1.0]}})
+    nets = {**d["networks"], "ring": {**d["networks"]["ring"], "w2": [0.0]}}
+    with pytest.raises(ValueError, match="network 'ring'"):
+        FeatureScorer.from_dict({**d, "networks": nets})
+    with pytest.raises(ValueError, match="both a linear and a network"):
+        FeatureScorer.from_dict({**d, "weights": {**d["weights"], "ring": d["weights"]["arms"]}})
     renamed = {**d, "fields": ["no_such_measurement", *d["fields"][1:]]}
     with pytest.raises(ValueError, match="no_such_measurement"):
         FeatureScorer.from_dict(renamed)
