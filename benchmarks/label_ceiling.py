@@ -1,0 +1,153 @@
+"""Benchmark: the highest nDCG@10 the mock survey's labels allow (the label-noise ceiling).
+
+The evaluation grades a vote-fraction target by each galaxy's *observed* vote fraction: the
+simulated volunteers' counts (:mod:`galaxy_assets.survey.mock_votes`: a noise-free answer
+probability from the truth's visibility scores, then volunteer error, a per-galaxy Dirichlet and
+a multinomial draw of 30-50 volunteers). The ideal ranking puts the galaxies whose draws came
+out highest first; no method that sees pixels can know those draws. The best any method can
+do is rank by the noise-free probability itself, which this script does, with the truth read
+here only:
+
+* **oracle**: rank every labelled galaxy by the noise-free answer probability of the target's
+  answers (:func:`~galaxy_assets.survey.mock_votes.answer_probabilities` on the truth row and
+  its stored visibility scores; ties by object_id): the ceiling for any search method;
+* **encoder** (when the home has ``morphology_predictions``): rank by the morphology encoder's
+  predicted vote fractions, a classifier trained on these very votes;
+* **random**: the expected nDCG@10 of a random order (mean of 200 shuffles), the floor.
+
+Printed per target, with the quality bar of ``evaluation/targets.yaml`` where one is set and
+the ratio bar / oracle. Binary targets (lenses, rings) have no label noise: their ceiling is 1.
+
+Run: ``.venv/bin/python benchmarks/label_ceiling.py [--home .galaxy_home] [--json]`` after
+``galaxy-assets demo`` (or any run that materialized ``raw_cutouts`` on a mock survey).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+# the encoder's predicted vote-fraction columns (``vf_<question>_<answer>``) of each target
+_QUESTION_PREFIX = {
+    "has-spiral-arms": "vf_has_spiral_arms_",
+    "disk-edge-on": "vf_disk_edge_on_",
+    "bar": "vf_bar_",
+    "merging": "vf_merging_",
+}
+
+
+def _visibility(row: dict) -> dict[str, float]:
+    vis = {}
+    for key, value in row.items():
+        if key.endswith("_visibility") and value is not None and not math.isnan(float(value)):
+            vis[key.removesuffix("_visibility")] = float(value)
+    vis["neighbour"] = 1.0 if row.get("has_neighbour") else 0.0
+    return vis
+
+
+def noise_free_probability(truth: pl.DataFrame, question: str, answers: list[str]) -> np.ndarray:
+    """P(answer in ``answers``) per truth row, before volunteer noise (the mock's own model)."""
+    from galaxy_assets.morphology.decision_tree import default_tree
+    from galaxy_assets.survey.mock_votes import answer_probabilities
+
+    tree = default_tree()
+    q = next(x for x in tree if x.name == question)
+    cols = [list(q.answers).index(a) for a in answers]
+    out = np.empty(truth.height)
+    for i, row in enumerate(truth.iter_rows(named=True)):
+        probs = answer_probabilities(row, _visibility(row), tree)[question]
+        out[i] = float(probs[cols].sum())
+    return out
+
+
+def _ranked(ids: np.ndarray, score: np.ndarray) -> list[str]:
+    order = np.lexsort((ids, -score))
+    return ids[order].tolist()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--home", default=os.environ.get("GALAXY_ASSETS_HOME", ".galaxy_home"))
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    from galaxy_assets.evaluation.labels import labels_from_truth, load_targets
+    from galaxy_assets.evaluation.metrics import ndcg_at_k
+    from galaxy_assets.survey.truth import load_truth
+
+    home = Path(args.home)
+    manifests = sorted(glob.glob(str(home / "parquet" / "raw_cutouts" / "*.parquet")))
+    if not manifests:
+        raise SystemExit(f"no raw_cutouts manifests under {home}/parquet: run the demo first")
+    manifest = pl.read_parquet(manifests)
+    truth = load_truth(manifest["shard_uri"].unique().to_list())
+    if truth is None:
+        raise SystemExit("these shards have no truth tables: the ceiling needs a mock survey")
+    targets = load_targets()
+    labels = labels_from_truth(truth, targets, manifest=manifest)
+    truth = truth.filter(pl.col("object_id").is_in(manifest["object_id"].implode()))
+    pred_files = sorted(glob.glob(str(home / "parquet" / "morphology_predictions" / "*.parquet")))
+    pred = pl.read_parquet(pred_files) if pred_files else None
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for name, t in targets.items():
+        tl = labels.targets[name]
+        rel = tl.as_mapping()
+        ids = tl.object_ids
+        row: dict = {
+            "target": name,
+            "kind": t.kind,
+            "n_candidates": int(ids.size),
+            "bar": t.min_ndcg_at_10,
+        }
+        row["random"] = float(
+            np.mean([ndcg_at_k(rng.permutation(ids).tolist(), rel, 10) for _ in range(200)])
+        )
+        if t.kind == "vote_fraction":
+            sub = truth.filter(pl.col("object_id").is_in(pl.Series(ids.tolist()).implode()))
+            p = noise_free_probability(sub, t.question, list(t.answers))
+            sub_ids = sub["object_id"].to_numpy().astype(str)
+            row["oracle"] = ndcg_at_k(_ranked(sub_ids, p), rel, 10)
+            prefix = _QUESTION_PREFIX.get(t.question)
+            if pred is not None and prefix:
+                cols = [prefix + a.replace("-", "_") for a in t.answers]
+                if all(c in pred.columns for c in cols):
+                    pr = pred.filter(pl.col("object_id").is_in(pl.Series(ids.tolist()).implode()))
+                    score = pr.select(pl.sum_horizontal(cols)).to_series().to_numpy()
+                    row["encoder"] = ndcg_at_k(
+                        _ranked(pr["object_id"].to_numpy().astype(str), score), rel, 10
+                    )
+        else:
+            row["oracle"] = 1.0
+        if row["bar"] is not None:
+            row["bar_over_oracle"] = row["bar"] / row["oracle"]
+        rows.append(row)
+
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    print(f"label-noise ceiling of nDCG@10 on {manifest.height} galaxies ({home})")
+    print(
+        f"{'target':15s} {'n':>5s} {'random':>7s} {'encoder':>8s} {'oracle':>7s} "
+        f"{'bar':>5s} {'bar/oracle':>10s}"
+    )
+    for r in rows:
+        enc = f"{r['encoder']:.3f}" if "encoder" in r else "-"
+        bar = f"{r['bar']:.2f}" if r["bar"] is not None else "-"
+        ratio = f"{r['bar_over_oracle']:.3f}" if "bar_over_oracle" in r else "-"
+        print(
+            f"{r['target']:15s} {r['n_candidates']:5d} {r['random']:7.3f} {enc:>8s} "
+            f"{r['oracle']:7.3f} {bar:>5s} {ratio:>10s}"
+        )
+
+
+if __name__ == "__main__":
+    main()
