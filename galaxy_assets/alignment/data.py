@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -40,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from galaxy_assets.alignment.errors import AlignmentError
+from galaxy_assets.captioning.base import MIN_SENTENCE_WORDS, caption_sentences_of
 
 if TYPE_CHECKING:  # polars is imported where frames are read: the training loop needs none
     import polars as pl
@@ -63,10 +63,6 @@ MIN_VALIDATION = 16  # validation galaxies kept at least (topped up by hash orde
 _SAMPLE = 20
 CAPTION_VIEW = "caption"  # a whole caption (the validation text of its galaxy)
 SENTENCE_VIEW = "sentence"  # one sentence of a caption (an extra training text)
-MIN_SENTENCE_WORDS = 3  # shorter fragments ("S0.") carry no description
-# a sentence ends at . ! ? followed by space and a capital letter ("about 2.4 arcsec" and
-# "Sérsic index about 2.1)" stay inside their sentence)
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\u00C0-\u00DE])")
 
 
 def caption_sentences(
@@ -89,11 +85,7 @@ def caption_sentences(
         pl.col("caption").is_not_null() & (pl.col("caption").str.len_chars() > 0)
     )
     out_cols = [c for c in rows.columns if c not in ("caption", "view")]
-    split = [
-        [p for p in (x.strip() for x in _SENTENCE_END.split(c)) if len(p.split()) >= min_words]
-        for c in rows["caption"].to_list()
-    ]
-    split = [parts if len(parts) > 1 else [] for parts in split]
+    split = [caption_sentences_of(c, min_words) for c in rows["caption"].to_list()]
     frame = rows.select(out_cols).with_columns(pl.Series("caption", split, dtype=pl.List(pl.Utf8)))
     return (
         frame.explode("caption")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -75,3 +76,17 @@ def load_prompt(name: str = "describe_v1") -> Prompt:
             f"prompt {name!r} not found in {folder}; available prompts: {available}"
         )
     return Prompt(name, path.read_text(encoding="utf-8").strip())
+
+
+# a sentence ends at . ! ? followed by space and a capital letter ("about 2.4 arcsec" and
+# "Sérsic index about 2.1)" stay inside their sentence)
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\u00C0-\u00DE])")
+MIN_SENTENCE_WORDS = 3  # shorter fragments ("S0.") carry no description
+
+
+def caption_sentences_of(text: str, min_words: int = MIN_SENTENCE_WORDS) -> list[str]:
+    """The sentences of a caption with at least ``min_words`` words; none when fewer than two
+    remain (the whole caption already says it)."""
+    parts = [p.strip() for p in _SENTENCE_END.split(text)]
+    parts = [p for p in parts if len(p.split()) >= min_words]
+    return parts if len(parts) > 1 else []

@@ -260,3 +260,39 @@ def test_describer_reranks_offline(survey_results, text_embedder):
     assert r.score is None and r.error
     with pytest.raises(CaptionerError, match="question is empty"):
         rater.rate([blank], "  ")
+
+
+def test_describer_rating_is_the_best_sentence_rounded_like_a_vlm_score():
+    """The score comes from the description's best-matching sentence (a query names one
+    feature), rounded to a whole 1-10 number as a VLM answers ``Score: N``."""
+    from galaxy_assets.captioning.base import CaptionResult
+
+    descriptions = {
+        "tails": "A red elliptical galaxy with a smooth profile. A long tidal tail extends east.",
+        "plain": "A red elliptical galaxy with a smooth profile. Its outer light is round.",
+    }
+    axes = {"tidal": 0, "elliptical": 1, "round": 2}
+
+    class Describer:
+        def caption(self, requests):
+            return [CaptionResult(r.object_id, descriptions[r.object_id]) for r in requests]
+
+    class Embedder:
+        embedder_id = "toy"
+
+        def embed(self, texts):
+            out = np.zeros((len(texts), 3))
+            for i, t in enumerate(texts):
+                for word, j in axes.items():
+                    out[i, j] = t.lower().count(word)
+            return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+    rater = DescriberRater(Embedder(), Describer())
+    pixels = np.zeros((4, 8, 8), np.float32)
+    reqs = [CaptionRequest(o, pixels, ("g", "r", "i", "z")) for o in descriptions]
+    got = {r.object_id: r.score for r in rater.rate(reqs, "tidal tail")}
+    # the tail sentence matches the query exactly (cos 1 -> 10); the whole description only
+    # in part, which the best-sentence rule does not let dilute it
+    assert got["tails"] == 10.0
+    assert got["plain"] == round(similarity_to_score(0.0)) == 6.0
+    assert all(float(v).is_integer() for v in got.values())
