@@ -26,7 +26,9 @@ from galaxy_assets.survey.truth import load_truth
 
 pytestmark = pytest.mark.slow
 
-N, SIZE, SEED, LENS_FRACTION = 800, 32, 11, 0.05
+# seed 5: not one of the surveys the describer's thresholds and feature scores were fitted
+# on (7, 11) or checked on (2026)
+N, SIZE, SEED, LENS_FRACTION = 800, 32, 5, 0.05
 
 
 def _cli(home, *args, timeout=1200):
