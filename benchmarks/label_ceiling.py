@@ -8,9 +8,10 @@ out highest first; no method that sees pixels can know those draws. The best any
 do is rank by the noise-free probability itself, which this script does, with the truth read
 here only:
 
-* **oracle**: rank every labelled galaxy by the noise-free answer probability of the target's
-  answers (:func:`~galaxy_assets.survey.mock_votes.answer_probabilities` on the truth row and
-  its stored visibility scores; ties by object_id): the ceiling for any search method;
+* **oracle**: rank every labelled galaxy by its expected vote fraction for the target's answers
+  (:func:`~galaxy_assets.survey.mock_votes.expected_vote_fraction` on the truth row and its
+  stored visibility scores; ties by object_id; ``TargetLabels.label_ceiling``, which the
+  evaluation report shows too): the ceiling for any search method;
 * **encoder** (when the home has ``morphology_predictions``): rank by the morphology encoder's
   predicted vote fractions, a classifier trained on these very votes;
 * **random**: the expected nDCG@10 of a random order (mean of 200 shuffles), the floor.
@@ -27,7 +28,6 @@ from __future__ import annotations
 import argparse
 import glob
 import json
-import math
 import os
 from pathlib import Path
 
@@ -41,30 +41,6 @@ _QUESTION_PREFIX = {
     "bar": "vf_bar_",
     "merging": "vf_merging_",
 }
-
-
-def _visibility(row: dict) -> dict[str, float]:
-    vis = {}
-    for key, value in row.items():
-        if key.endswith("_visibility") and value is not None and not math.isnan(float(value)):
-            vis[key.removesuffix("_visibility")] = float(value)
-    vis["neighbour"] = 1.0 if row.get("has_neighbour") else 0.0
-    return vis
-
-
-def noise_free_probability(truth: pl.DataFrame, question: str, answers: list[str]) -> np.ndarray:
-    """P(answer in ``answers``) per truth row, before volunteer noise (the mock's own model)."""
-    from galaxy_assets.morphology.decision_tree import default_tree
-    from galaxy_assets.survey.mock_votes import answer_probabilities
-
-    tree = default_tree()
-    q = next(x for x in tree if x.name == question)
-    cols = [list(q.answers).index(a) for a in answers]
-    out = np.empty(truth.height)
-    for i, row in enumerate(truth.iter_rows(named=True)):
-        probs = answer_probabilities(row, _visibility(row), tree)[question]
-        out[i] = float(probs[cols].sum())
-    return out
 
 
 def _ranked(ids: np.ndarray, score: np.ndarray) -> list[str]:
@@ -92,7 +68,6 @@ def main() -> None:
         raise SystemExit("these shards have no truth tables: the ceiling needs a mock survey")
     targets = load_targets()
     labels = labels_from_truth(truth, targets, manifest=manifest)
-    truth = truth.filter(pl.col("object_id").is_in(manifest["object_id"].implode()))
     pred_files = sorted(glob.glob(str(home / "parquet" / "morphology_predictions" / "*.parquet")))
     pred = pl.read_parquet(pred_files) if pred_files else None
 
@@ -111,22 +86,16 @@ def main() -> None:
         row["random"] = float(
             np.mean([ndcg_at_k(rng.permutation(ids).tolist(), rel, 10) for _ in range(200)])
         )
-        if t.kind == "vote_fraction":
-            sub = truth.filter(pl.col("object_id").is_in(pl.Series(ids.tolist()).implode()))
-            p = noise_free_probability(sub, t.question, list(t.answers))
-            sub_ids = sub["object_id"].to_numpy().astype(str)
-            row["oracle"] = ndcg_at_k(_ranked(sub_ids, p), rel, 10)
-            prefix = _QUESTION_PREFIX.get(t.question)
-            if pred is not None and prefix:
-                cols = [prefix + a.replace("-", "_") for a in t.answers]
-                if all(c in pred.columns for c in cols):
-                    pr = pred.filter(pl.col("object_id").is_in(pl.Series(ids.tolist()).implode()))
-                    score = pr.select(pl.sum_horizontal(cols)).to_series().to_numpy()
-                    row["encoder"] = ndcg_at_k(
-                        _ranked(pr["object_id"].to_numpy().astype(str), score), rel, 10
-                    )
-        else:
-            row["oracle"] = 1.0
+        row["oracle"] = tl.label_ceiling(10)  # the expected vote fractions' own ranking
+        prefix = _QUESTION_PREFIX.get(t.question or "")
+        if t.kind == "vote_fraction" and pred is not None and prefix:
+            cols = [prefix + a.replace("-", "_") for a in t.answers]
+            if all(c in pred.columns for c in cols):
+                pr = pred.filter(pl.col("object_id").is_in(pl.Series(ids.tolist()).implode()))
+                score = pr.select(pl.sum_horizontal(cols)).to_series().to_numpy()
+                row["encoder"] = ndcg_at_k(
+                    _ranked(pr["object_id"].to_numpy().astype(str), score), rel, 10
+                )
         if row["bar"] is not None:
             row["bar_over_oracle"] = row["bar"] / row["oracle"]
         rows.append(row)

@@ -333,6 +333,9 @@ class TargetLabels:
     relevance: np.ndarray  # float64 in [0, 1], aligned with object_ids
     source: str
     n_excluded: int = 0  # galaxies left out (too few votes, unknown flag)
+    # the expected relevance of each galaxy where a simulator knows it (the mock's noise-free
+    # vote fractions), else None: ranking by it gives the labels' ceiling (label_ceiling)
+    expected: np.ndarray | None = field(default=None, repr=False, compare=False)
     index: dict[str, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -351,6 +354,13 @@ class TargetLabels:
             raise EvaluationError(
                 f"labels of {self.target.name!r} ({self.source}): relevances must lie in [0, 1]"
             )
+        if self.expected is not None:
+            self.expected = np.asarray(self.expected, dtype=np.float64)
+            if self.expected.shape != self.relevance.shape:
+                raise EvaluationError(
+                    f"labels of {self.target.name!r}: {self.expected.shape} expected relevances "
+                    f"for {self.relevance.shape} galaxies"
+                )
         self.index = {oid: j for j, oid in enumerate(self.object_ids.tolist())}
         if len(self.index) != self.object_ids.size:
             raise EvaluationError(
@@ -394,8 +404,25 @@ class TargetLabels:
             count=self.object_ids.size,
         )
         return TargetLabels(
-            self.target, self.object_ids[keep], self.relevance[keep], self.source, self.n_excluded
+            self.target,
+            self.object_ids[keep],
+            self.relevance[keep],
+            self.source,
+            self.n_excluded,
+            None if self.expected is None else self.expected[keep],
         )
+
+    def label_ceiling(self, k: int = 10) -> float | None:
+        """nDCG@k of the ranking by :attr:`expected` (ties by object_id): the best a method can
+        expect against these noisy labels; 1 for binary labels, None where unknown."""
+        from galaxy_assets.evaluation.metrics import ndcg_at_k
+
+        if self.target.kind == "binary":
+            return 1.0 if self.n_targets else None
+        if self.expected is None or self.n_candidates == 0:
+            return None
+        order = np.lexsort((self.object_ids, -self.expected))
+        return ndcg_at_k(self.object_ids[order].tolist(), self.as_mapping(), k)
 
     def to_frame(self) -> pl.DataFrame:
         return pl.DataFrame(
@@ -621,8 +648,10 @@ def labels_from_truth(
             )
     out: dict[str, TargetLabels] = {}
     for t in tmap.values():
+        expected = None
         if t.kind == "vote_fraction":
             frame, n_ex = vote_relevance(truth, t, source=source)
+            expected = _expected_relevance(truth, frame, t)
         else:
             if t.flag not in truth.columns:
                 raise EvaluationError(
@@ -635,7 +664,12 @@ def labels_from_truth(
             n_ex = truth.height - known.height
             frame = known.select("object_id", pl.col(t.flag).cast(pl.Float64).alias("relevance"))
         out[t.name] = TargetLabels(
-            t, frame["object_id"].to_numpy(), frame["relevance"].to_numpy(), source, n_ex
+            t,
+            frame["object_id"].to_numpy(),
+            frame["relevance"].to_numpy(),
+            source,
+            n_ex,
+            expected,
         )
         log.info(
             "labels %s from %s: %d candidates, %d targets, %d left out",
@@ -646,6 +680,23 @@ def labels_from_truth(
             n_ex,
         )
     return EvaluationLabels(out)
+
+
+def _expected_relevance(
+    truth: pl.DataFrame, frame: pl.DataFrame, target: Target
+) -> np.ndarray | None:
+    """The mock's expected vote fractions for ``frame``'s galaxies (in its order) when the truth
+    table holds the simulator's visibility scores; None for any other table."""
+    if not any(c.endswith("_visibility") for c in truth.columns):
+        return None
+    from galaxy_assets.survey.mock_votes import expected_vote_fraction
+
+    rows = frame.select("object_id").join(truth, on="object_id", how="left", maintain_order="left")
+    try:
+        return expected_vote_fraction(rows.iter_rows(named=True), target.question, target.answers)
+    except Exception as exc:  # noqa: BLE001 - the ceiling is a reading aid, never a blocker
+        log.warning("no label ceiling for %s: %s", target.name, exc)
+        return None
 
 
 def load_truth_labels(

@@ -245,3 +245,40 @@ def simulate_votes(
             counts[col] = int(k)
         counts[q.total_column] = int(n_q)
     return counts
+
+
+def _truth_visibility(row: Mapping[str, Any]) -> dict[str, float]:
+    """The visibility scores a truth-table row stores (``<feature>_visibility``; NaN: the
+    galaxy lacks the feature) as :func:`answer_probabilities` takes them."""
+    vis: dict[str, float] = {}
+    for key, value in row.items():
+        if key.endswith("_visibility") and value is not None:
+            v = float(value)
+            if not math.isnan(v):
+                vis[key.removesuffix("_visibility")] = v
+    vis["neighbour"] = 1.0 if row.get("has_neighbour") else 0.0
+    return vis
+
+
+def expected_vote_fraction(
+    truth_rows: Any, question: str, answers: Any, tree: DecisionTree | None = None
+) -> np.ndarray:
+    """The expected fraction of votes for ``answers`` of ``question``, per truth-table row
+    (an iterable of mappings, e.g. ``polars.DataFrame.iter_rows(named=True)``): the noise-free
+    answer probabilities mixed with the volunteers' random answers, the mean of the Dirichlet
+    that :func:`simulate_votes` draws from. Ranking galaxies by it is the best any method can
+    do on average against the drawn votes (the label-noise ceiling of the evaluation)."""
+    tree = tree or default_tree()
+    q = next((x for x in tree if x.name == question), None)
+    if q is None:
+        raise SurveyConfigError(f"question {question!r} is not in tree {tree.name!r}")
+    unknown = [a for a in answers if a not in q.answers]
+    if unknown:
+        raise SurveyConfigError(f"question {question!r} has no answers {unknown}")
+    cols = [list(q.answers).index(a) for a in answers]
+    out = []
+    for row in truth_rows:
+        probs = answer_probabilities(row, _truth_visibility(row), tree)[question]
+        p = (1 - EPSILON) * probs + EPSILON / len(q.answers)
+        out.append(float(p[cols].sum()))
+    return np.asarray(out, dtype=np.float64)

@@ -12,6 +12,7 @@ import pytest
 from galaxy_assets.evaluation.errors import CatalogueError, EvaluationError, TargetConfigError
 from galaxy_assets.evaluation.labels import (
     EvaluationLabels,
+    TargetLabels,
     crossmatch,
     default_targets,
     labels_from_lens_catalogue,
@@ -349,3 +350,40 @@ def test_merged_and_restricted_labels(world):
     assert sub["lenses"].n_candidates == 10
     assert isinstance(sub, EvaluationLabels)
     assert math.isfinite(float(np.sum(sub["lenses"].relevance)))
+
+
+# --------------------------------------------------------------------------- label ceiling
+def _with_visibility(world) -> pl.DataFrame:
+    """The world's truth plus the simulator's columns the expected vote fractions read."""
+    rng = np.random.default_rng(3)
+    spiral = np.asarray(world.truth["is_spiral"].to_list())
+    arms = np.where(spiral, rng.uniform(0.5, 1.0, spiral.size), np.nan)
+    return world.truth.with_columns(
+        pl.Series("arms_visibility", arms),
+        pl.Series("morph_type", np.where(spiral, "spiral", "elliptical").tolist()),
+    )
+
+
+def test_label_ceiling_ranks_by_the_expected_vote_fractions(world):
+    from galaxy_assets.evaluation.metrics import ndcg_at_k
+    from galaxy_assets.survey.mock_votes import expected_vote_fraction
+
+    truth = _with_visibility(world)
+    labels = labels_from_truth(truth)
+    sp = labels["spirals"]
+    assert sp.expected is not None and sp.expected.shape == sp.relevance.shape
+    rows = {r["object_id"]: r for r in truth.iter_rows(named=True)}
+    want = expected_vote_fraction([rows[o] for o in sp.object_ids], "has-spiral-arms", ("yes",))
+    np.testing.assert_allclose(sp.expected, want)
+    order = sp.object_ids[np.lexsort((sp.object_ids, -want))]
+    assert sp.label_ceiling(10) == pytest.approx(ndcg_at_k(order.tolist(), sp.as_mapping(), 10))
+    assert 0.0 < sp.label_ceiling(10) <= 1.0
+    # restricting keeps each galaxy's expected value with it
+    half = sp.object_ids[::2]
+    sub = sp.restrict(half)
+    np.testing.assert_allclose(sub.expected, sp.expected[::2])
+    # binary labels carry no vote noise; catalogue-like labels have no known ceiling
+    assert labels["lenses"].label_ceiling() == 1.0
+    assert labels_from_truth(world.truth)["spirals"].label_ceiling() is None
+    with pytest.raises(EvaluationError, match="expected relevances"):
+        TargetLabels(sp.target, sp.object_ids, sp.relevance, "x", 0, sp.expected[:-1])

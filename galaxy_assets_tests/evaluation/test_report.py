@@ -188,3 +188,25 @@ def test_write_report_markdown_plots_and_grids(world, tmp_path: Path):
     assert EvaluationResult.from_json(files.json).to_dict() == res.to_dict()
     with pytest.raises(EvaluationError, match="no image_similarity ranking"):
         example_ids(res, "spirals", method="image_similarity")
+
+
+def test_report_shows_the_label_ceiling_beside_the_bar(world, tmp_path: Path):
+    from galaxy_assets_tests.evaluation.test_labels import _with_visibility
+
+    labels = labels_from_truth(_with_visibility(world))
+    order = world.object_ids[np.random.default_rng(1).permutation(world.object_ids.size)]
+    res = evaluate(
+        labels,
+        search_fn=lambda qs, k: [order[:k].tolist() for _ in qs],
+        n_boot=20,
+        n_random=2,
+    )
+    ceiling = labels["spirals"].label_ceiling(10)
+    assert res.targets["spirals"]["label_ceiling_ndcg@10"] == pytest.approx(ceiling)
+    assert res.targets["lenses"]["label_ceiling_ndcg@10"] == 1.0
+    spirals = {q.target: q for q in res.quality_bar()}["spirals"]
+    assert spirals.meets_bar is False and spirals.label_ceiling == pytest.approx(ceiling)
+    assert any(f"at most about {ceiling:.3f}" in r for r in spirals.reasons())
+    text = write_report(res, tmp_path / "report", {}).text
+    assert "label ceiling" in text and f"{ceiling:.3f}" in text
+    assert EvaluationResult.from_json(res.to_json()).to_dict() == res.to_dict()

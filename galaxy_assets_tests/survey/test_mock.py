@@ -273,3 +273,37 @@ def test_colours_from_redshifted_templates_match_galsim():
         tab.k("E", "g", 0.3) - tab.k("E", "r", 0.3)
         > tab.k("E", "g", 0.05) - tab.k("E", "r", 0.05) + 0.3
     )
+
+
+def test_expected_vote_fraction_is_the_mean_of_the_simulated_votes():
+    """The label-noise ceiling ranks by this expectation: it must be what the simulated
+    volunteers' vote fractions average to (Monte Carlo over many draws)."""
+    from galaxy_assets.survey.mock_votes import expected_vote_fraction, simulate_votes
+
+    truth = {
+        "morph_type": "spiral",
+        "inclination_deg": 40.0,
+        "bulge_to_total": 0.2,
+        "arms_visibility": 0.7,
+        "bar_visibility": 0.4,
+        "bar_flux_fraction": 0.1,
+        "ring_visibility": float("nan"),
+        "has_neighbour": False,
+    }
+    vis = {"arms": 0.7, "bar": 0.4, "neighbour": 0.0}
+    rng = np.random.default_rng(0)
+    fractions = {"spiral": [], "bar": []}
+    for _ in range(4000):
+        v = simulate_votes(truth, vis, rng)
+        if v["has-spiral-arms_total-votes"]:
+            fractions["spiral"].append(v["has-spiral-arms_yes"] / v["has-spiral-arms_total-votes"])
+        if v["bar_total-votes"]:
+            fractions["bar"].append((v["bar_strong"] + v["bar_weak"]) / v["bar_total-votes"])
+    (spiral,) = expected_vote_fraction([truth], "has-spiral-arms", ("yes",))
+    (bar,) = expected_vote_fraction([truth], "bar", ("strong", "weak"))
+    assert spiral == pytest.approx(np.mean(fractions["spiral"]), abs=0.01)
+    assert bar == pytest.approx(np.mean(fractions["bar"]), abs=0.01)
+    with pytest.raises(SurveyConfigError, match="no answers"):
+        expected_vote_fraction([truth], "bar", ("maybe",))
+    with pytest.raises(SurveyConfigError, match="not in tree"):
+        expected_vote_fraction([truth], "colour", ("red",))
