@@ -60,7 +60,10 @@ class AlignerConfig:
     ``image_hidden_dim`` / ``text_hidden_dim`` default to ``hidden_dim``. ``matryoshka_dims``:
     widths the loss also trains (e.g. ``[64, 128]`` beside ``output_dim`` 256), any of which
     can serve as a smaller search vector. ``image_encoder`` / ``text_embedder``: the ids of the
-    vectors the heads were trained on (set by training).
+    vectors the heads were trained on (set by training). ``n_members``: an ensemble of this many
+    independently trained head pairs (different seeds), each ``output_dim / n_members`` wide; a
+    search vector is the members' unit vectors side by side, scaled by 1/sqrt(n_members), so its
+    cosine similarity is the mean of the members' (see :class:`AlignedModel`).
     """
 
     image_dim: int
@@ -74,8 +77,22 @@ class AlignerConfig:
     matryoshka_dims: list[int] | None = None
     image_encoder: str | None = None
     text_embedder: str | None = None
+    n_members: int = 1
 
     def __post_init__(self) -> None:
+        if isinstance(self.n_members, bool) or int(self.n_members) < 1:
+            raise AlignmentError(f"aligner config: n_members={self.n_members!r}; it must be >= 1")
+        self.n_members = int(self.n_members)
+        if self.n_members > 1 and int(self.output_dim) % self.n_members:
+            raise AlignmentError(
+                f"aligner config: output_dim={self.output_dim} must be a multiple of "
+                f"n_members={self.n_members} (each member gives output_dim / n_members)"
+            )
+        if self.n_members > 1 and self.matryoshka_dims:
+            raise AlignmentError(
+                "aligner config: matryoshka_dims cannot be combined with n_members > 1 (a prefix "
+                "of an ensemble's vector is one member's, not a smaller search vector)"
+            )
         for name in ("image_dim", "text_dim", "output_dim", "hidden_dim"):
             value = getattr(self, name)
             if isinstance(value, bool) or int(value) < 1:
@@ -94,6 +111,14 @@ class AlignerConfig:
             self.matryoshka_dims = dims
         else:
             self.matryoshka_dims = None
+
+    def member(self) -> AlignerConfig:
+        """The configuration of one ensemble member (itself when ``n_members`` is 1)."""
+        if self.n_members == 1:
+            return self
+        return AlignerConfig.from_dict(
+            {**self.to_dict(), "n_members": 1, "output_dim": int(self.output_dim) // self.n_members}
+        )
 
     @property
     def widths(self) -> list[int]:
@@ -115,6 +140,13 @@ class AlignerConfig:
         return cls(**dict(data))
 
 
+# The graph's search aligner (the `aligned_model` asset's defaults): an ensemble of four head
+# pairs, each 256 wide inside and 64 out, side by side a 256-d search vector. On the demo survey
+# single aligners swung by up to ±0.15 nDCG@10 between training seeds (mergers 0.48–0.61 over
+# five); the ensemble's mean similarity is steadier and at least as good as the seeds' mean on
+# every target, for about the cost of one 512-wide aligner (benchmarks/RESULTS.md, issue 5).
+SEARCH_MODEL_CONFIG: dict[str, Any] = {"output_dim": 256, "hidden_dim": 256, "n_members": 4}
+
 # The AION-Search paper's heads (AION-1-Base 768-d images, text-embedding-3-large 3072-d texts).
 PAPER_MODEL_CONFIG: dict[str, Any] = {
     "image_dim": 768,
@@ -135,6 +167,11 @@ class AlignedModel(nn.Module):
         super().__init__()
         self.config = config
         c = config
+        self.aligner_version: str | None = None  # "search-aligner/v3" once registered/loaded
+        if c.n_members > 1:
+            # an ensemble: independently trained members (train_on_pairs trains each alone)
+            self.members = nn.ModuleList(AlignedModel(c.member()) for _ in range(c.n_members))
+            return
         self.image_head = ProjectionHead(
             c.image_dim, c.output_dim, c.image_hidden_dim or c.hidden_dim, c.n_blocks, c.dropout
         )
@@ -142,27 +179,44 @@ class AlignedModel(nn.Module):
             c.text_dim, c.output_dim, c.text_hidden_dim or c.hidden_dim, c.n_blocks, c.dropout
         )
         self.logit_scale = nn.Parameter(torch.tensor(INIT_LOGIT_SCALE, dtype=torch.float32))
-        self.aligner_version: str | None = None  # "search-aligner/v3" once registered/loaded
+
+    @property
+    def is_ensemble(self) -> bool:
+        return self.config.n_members > 1
 
     # -- training-time API -------------------------------------------------------------
     def scale(self) -> torch.Tensor:
-        """``exp(logit_scale)`` clamped to at most 100."""
+        """``exp(logit_scale)`` clamped to at most 100 (an ensemble: the members' mean)."""
+        if self.is_ensemble:
+            return torch.stack([m.scale() for m in self.members]).mean()
         return self.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
 
     @torch.no_grad()
     def clamp_logit_scale_(self) -> None:
         """Keep the parameter itself at most ``log(100)`` (call after each optimiser step)."""
+        if self.is_ensemble:
+            for m in self.members:
+                m.clamp_logit_scale_()
+            return
         self.logit_scale.clamp_(max=math.log(MAX_LOGIT_SCALE))
+
+    def project(self, x: torch.Tensor, side: str) -> torch.Tensor:
+        """Raw projection of image (``side="image"``) or text vectors. An ensemble gives its
+        members' unit vectors side by side (norm sqrt(n_members)): normalised, its cosine
+        similarity is the mean of the members'."""
+        if self.is_ensemble:
+            return torch.cat(
+                [torch.nn.functional.normalize(m.project(x, side), dim=-1) for m in self.members],
+                dim=-1,
+            )
+        head = self.image_head if side == "image" else self.text_head
+        return head(x, normalize=False)
 
     def forward(
         self, image: torch.Tensor, text: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Raw (unnormalised) projections of both sides and the clamped scale."""
-        return (
-            self.image_head(image, normalize=False),
-            self.text_head(text, normalize=False),
-            self.scale(),
-        )
+        return self.project(image, "image"), self.project(text, "text"), self.scale()
 
     # -- inference API -------------------------------------------------------------------
     def _check_dim(self, dim: int | None) -> int:
@@ -184,7 +238,7 @@ class AlignedModel(nn.Module):
     @torch.no_grad()
     def _embed(
         self,
-        head: ProjectionHead,
+        side: str,
         vectors: np.ndarray | torch.Tensor,
         in_dim: int,
         what: str,
@@ -208,7 +262,7 @@ class AlignedModel(nn.Module):
                 if not isinstance(part, torch.Tensor):  # copy: inputs may be read-only views
                     part = torch.from_numpy(np.array(part, dtype=np.float32))
                 xb = part.to(device=device, dtype=torch.float32)
-                z = head(xb, normalize=False)[:, :width].float()
+                z = self.project(xb, side)[:, :width].float()
                 z = torch.nn.functional.normalize(z, dim=-1)
                 out[s : s + xb.shape[0]] = z.cpu().numpy()
         finally:
@@ -219,15 +273,13 @@ class AlignedModel(nn.Module):
         self, vectors: np.ndarray | torch.Tensor, *, batch_size: int = 8192, dim: int | None = None
     ) -> np.ndarray:
         """Unit search vectors (N, dim or output_dim) float32 for image-encoder vectors."""
-        return self._embed(
-            self.image_head, vectors, self.config.image_dim, "images", batch_size, dim
-        )
+        return self._embed("image", vectors, self.config.image_dim, "images", batch_size, dim)
 
     def embed_texts(
         self, vectors: np.ndarray | torch.Tensor, *, batch_size: int = 8192, dim: int | None = None
     ) -> np.ndarray:
         """Unit search vectors (N, dim or output_dim) float32 for text-embedder vectors."""
-        return self._embed(self.text_head, vectors, self.config.text_dim, "texts", batch_size, dim)
+        return self._embed("text", vectors, self.config.text_dim, "texts", batch_size, dim)
 
     def config_dict(self) -> dict[str, Any]:
         return self.config.to_dict()

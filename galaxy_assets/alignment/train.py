@@ -55,7 +55,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -385,7 +385,9 @@ def _validate(
 
 
 def _draw_texts(
-    starts: torch.Tensor, counts: torch.Tensor, caption_probability: float | None,
+    starts: torch.Tensor,
+    counts: torch.Tensor,
+    caption_probability: float | None,
     gen: torch.Generator,
 ) -> torch.Tensor:
     """One text row per galaxy: uniform over its texts, or (``caption_probability`` given) its
@@ -535,6 +537,8 @@ def train_on_pairs(
             text_embedder=pairs.text_embedder,
             **overrides,
         )
+        if mc.n_members > 1:
+            return _train_ensemble(pairs, mc, tc, progress, t_start, device, amp_dtype)
 
         is_val = split_by_object(
             pairs.object_ids, tc.val_fraction, min_validation=tc.min_validation, salt=tc.split_salt
@@ -707,6 +711,83 @@ def train_on_pairs(
         )
 
 
+def _train_ensemble(
+    pairs: PairedData,
+    mc: AlignerConfig,
+    tc: TrainConfig,
+    progress: Callable[[dict[str, float]], None] | None,
+    t_start: float,
+    device: str,
+    amp_dtype: torch.dtype,
+) -> AlignmentResult:
+    """Train ``mc.n_members`` members alone (seeds ``tc.seed``, ``tc.seed + 1``, ...; the same
+    split, which depends on the object ids only), then score the assembled ensemble on the
+    validation galaxies. The history holds every member's epochs, each row with ``member``."""
+    member = {
+        k: v
+        for k, v in mc.member().to_dict().items()
+        if k not in ("image_dim", "text_dim", "image_encoder", "text_embedder")
+    }
+    results: list[AlignmentResult] = []
+    for k in range(mc.n_members):
+        log.info("aligner ensemble: member %d of %d (seed %d)", k + 1, mc.n_members, tc.seed + k)
+        report = None if progress is None else (lambda row, k=k: progress({**row, "member": k}))
+        results.append(
+            train_on_pairs(
+                pairs,
+                model_config=member,
+                train_config=replace(tc, seed=int(tc.seed) + k),
+                progress=report,
+            )
+        )
+    model = build_from_config(mc)
+    for m, r in zip(model.members, results, strict=True):
+        m.load_state_dict(r.model.state_dict())
+    model = model.to(device).eval()
+    is_val = split_by_object(
+        pairs.object_ids, tc.val_fraction, min_validation=tc.min_validation, salt=tc.split_salt
+    )
+    val_obj = np.flatnonzero(is_val)
+    image_all, text_all = torch.from_numpy(pairs.image), torch.from_numpy(pairs.text)
+    val_image = image_all[torch.from_numpy(val_obj)]
+    val_text = text_all[torch.from_numpy(pairs.caption_start[val_obj])]
+    batch = min(tc.batch_size, max(2, int((~is_val).sum())))
+    best = _validate(model, val_image, val_text, batch, None, tc.eval_max, device, amp_dtype)
+    view_rows, view_target = _view_targets(pairs, val_obj)
+    if len(view_rows):
+        val_views = text_all[torch.from_numpy(view_rows)]
+        best.update(_validate_views(model, val_image, val_views, view_target, device, amp_dtype))
+    model = model.to("cpu").eval()
+    history = [{**row, "member": float(k)} for k, r in enumerate(results) for row in r.history]
+    log.info(
+        "aligner ensemble of %d: validation t2i R@5 %.3f (members %s)",
+        mc.n_members,
+        best.get("t2i_recall_at_5", math.nan),
+        ", ".join(f"{r.best.get('t2i_recall_at_5', math.nan):.3f}" for r in results),
+    )
+    seconds = sum(r.seconds for r in results)
+    data = {
+        **results[-1].data,
+        "n_members": mc.n_members,
+        "steps": sum(int(r.data["steps"]) for r in results),
+        "epochs_run": sum(int(r.data["epochs_run"]) for r in results),
+    }
+    return AlignmentResult(
+        model=model,
+        model_config=mc,
+        train_config=tc,
+        history=history,
+        best_epoch=results[-1].best_epoch,
+        best=best,
+        data=data,
+        lineage=lineage_of(pairs),
+        seconds=time.perf_counter() - t_start,
+        train_pairs_per_second=float(
+            np.mean([r.train_pairs_per_second for r in results]) if seconds else 0.0
+        ),
+    )
+
+
 @dataclass
 class RegisteredAligner:
     """Where :func:`register_aligner` put the model."""
@@ -720,6 +801,8 @@ class RegisteredAligner:
 
 
 def _loss_figure(history: list[dict[str, float]]) -> Any:
+    if history and "member" in history[-1]:  # an ensemble: the last member's curves
+        history = [h for h in history if h.get("member") == history[-1]["member"]]
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(9, 3.2))
@@ -772,7 +855,11 @@ def register_aligner(
         )
         for row in result.history:
             step = int(row["epoch"])
-            run.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=step)
+            prefix = f"member{int(row['member'])}_" if "member" in row else ""
+            run.log_metrics(
+                {f"{prefix}{k}": v for k, v in row.items() if k not in ("epoch", "member")},
+                step=step,
+            )
         final = {
             "best_val_loss": result.best.get("loss", float("nan")),
             "best_epoch": float(result.best_epoch),

@@ -4,7 +4,7 @@ import dagster as dg
 import polars as pl
 from dagster_polars import DataFramePartitions
 
-from galaxy_assets.alignment.model import load_aligner, project_shard
+from galaxy_assets.alignment.model import SEARCH_MODEL_CONFIG, load_aligner, project_shard
 from galaxy_assets.alignment.train import TrainConfig, register_aligner, train_aligner
 from galaxy_assets.defs.execution import gpu_step, shard_backfill_policy
 from galaxy_assets.defs.metadata import reusable_output, scalar_metadata
@@ -63,8 +63,11 @@ def image_embeddings(
 
 
 class AlignerTrainConfig(dg.Config):
-    # defaults: TrainConfig's (one source of truth, measured in galaxy_assets/alignment/train.py)
-    output_dim: int = 256
+    # defaults: SEARCH_MODEL_CONFIG's and TrainConfig's (one source of truth each, measured in
+    # galaxy_assets/alignment/)
+    output_dim: int = SEARCH_MODEL_CONFIG["output_dim"]  # the search vector's width
+    hidden_dim: int = SEARCH_MODEL_CONFIG["hidden_dim"]
+    n_members: int = SEARCH_MODEL_CONFIG["n_members"]  # ensemble members (1: a single aligner)
     epochs: int = TrainConfig.epochs
     batch_size: int = TrainConfig.batch_size
     learning_rate: float = TrainConfig.learning_rate
@@ -90,8 +93,8 @@ def aligned_model(
     images = pl.concat(list(image_embeddings.values()))
     result = train_aligner(
         images, caption_embeddings,
-        model_config={"output_dim": config.output_dim},
-        train_config={**config.model_dump(exclude={"output_dim"}),
+        model_config={k: getattr(config, k) for k in SEARCH_MODEL_CONFIG},
+        train_config={**config.model_dump(exclude=set(SEARCH_MODEL_CONFIG)),
                       "device": compute.torch_device()},
         expected_text_embedder=caption_embeddings["embedder"][0] if caption_embeddings.height else None,
         progress=lambda m: context.log.info(f"aligner epoch: {m}"),
