@@ -34,14 +34,6 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-# the encoder's predicted vote-fraction columns (``vf_<question>_<answer>``) of each target
-_QUESTION_PREFIX = {
-    "has-spiral-arms": "vf_has_spiral_arms_",
-    "disk-edge-on": "vf_disk_edge_on_",
-    "bar": "vf_bar_",
-    "merging": "vf_merging_",
-}
-
 
 def _ranked(ids: np.ndarray, score: np.ndarray) -> list[str]:
     order = np.lexsort((ids, -score))
@@ -87,9 +79,9 @@ def main() -> None:
             np.mean([ndcg_at_k(rng.permutation(ids).tolist(), rel, 10) for _ in range(200)])
         )
         row["oracle"] = tl.label_ceiling(10)  # the expected vote fractions' own ranking
-        prefix = _QUESTION_PREFIX.get(t.question or "")
-        if t.kind == "vote_fraction" and pred is not None and prefix:
-            cols = [prefix + a.replace("-", "_") for a in t.answers]
+        if t.kind == "vote_fraction" and pred is not None:
+            # the encoder's predictions: vf_<question>_<answer>, dashes as underscores
+            cols = [f"vf_{t.question}_{a}".replace("-", "_") for a in t.answers]
             if all(c in pred.columns for c in cols):
                 pr = pred.filter(pl.col("object_id").is_in(pl.Series(ids.tolist()).implode()))
                 score = pr.select(pl.sum_horizontal(cols)).to_series().to_numpy()

@@ -765,7 +765,6 @@ def _train_ensemble(
         best.get("t2i_recall_at_5", math.nan),
         ", ".join(f"{r.best.get('t2i_recall_at_5', math.nan):.3f}" for r in results),
     )
-    seconds = sum(r.seconds for r in results)
     data = {
         **results[-1].data,
         "n_members": mc.n_members,
@@ -782,9 +781,7 @@ def _train_ensemble(
         data=data,
         lineage=lineage_of(pairs),
         seconds=time.perf_counter() - t_start,
-        train_pairs_per_second=float(
-            np.mean([r.train_pairs_per_second for r in results]) if seconds else 0.0
-        ),
+        train_pairs_per_second=float(np.mean([r.train_pairs_per_second for r in results])),
     )
 
 

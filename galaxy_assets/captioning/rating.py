@@ -142,9 +142,12 @@ class DescriberRater:
         ok = [c for c in captions if c.ok]
         scores: dict[str, float] = {}
         if ok:
+            # one embedder call: the question, each whole description, then their sentences
+            texts = [(c.object_id, c.caption) for c in ok]
+            texts += [(c.object_id, p) for c in ok for p in caption_sentences_of(c.caption)]
             try:
                 vectors = np.asarray(
-                    self.text_embedder.embed([question.strip()] + [c.caption for c in ok]),
+                    self.text_embedder.embed([question.strip()] + [t for _, t in texts]),
                     dtype=np.float64,
                 )
             except Exception as exc:  # noqa: BLE001 - every candidate fails the same way
@@ -152,23 +155,9 @@ class DescriberRater:
                 log.warning("describer rating: %s", reason)
                 return [RatingResult(r.object_id, None, (), reason) for r in requests]
             unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-            cos = unit[1:] @ unit[0]
-            best = {c.object_id: float(x) for c, x in zip(ok, cos, strict=True)}
-            sentences = [(c.object_id, p) for c in ok for p in caption_sentences_of(c.caption)]
-            if sentences:
-                try:
-                    sv = np.asarray(
-                        self.text_embedder.embed([p for _, p in sentences]), dtype=np.float64
-                    )
-                except Exception as exc:  # noqa: BLE001 - as above
-                    reason = (
-                        f"{GENERATION_FAILED}: text embedder failed: {type(exc).__name__}: {exc}"
-                    )
-                    log.warning("describer rating: %s", reason)
-                    return [RatingResult(r.object_id, None, (), reason) for r in requests]
-                scos = (sv / np.linalg.norm(sv, axis=1, keepdims=True)) @ unit[0]
-                for (oid, _), x in zip(sentences, scos, strict=True):
-                    best[oid] = max(best[oid], float(x))
+            best: dict[str, float] = {}
+            for (oid, _), x in zip(texts, unit[1:] @ unit[0], strict=True):
+                best[oid] = max(best.get(oid, -1.0), float(x))
             scores = {oid: float(round(similarity_to_score(x))) for oid, x in best.items()}
         out = []
         for request, caption in zip(requests, captions, strict=True):
