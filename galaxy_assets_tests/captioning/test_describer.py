@@ -229,6 +229,61 @@ def test_pixels_change_the_words():
     assert a != b
 
 
+def _bin_index(kind: str, word: str) -> int:
+    return [w for _, w in describer_mod.APPEARANCE_BINS[kind]].index(word)
+
+
+def test_appearance_sentence_follows_brightness_size_tint_and_long_axis():
+    d = MorphologyDescriber()
+    # the long axis, clockwise from +x on a cutout drawn with its first row at the top
+    for pa, words in [
+        (0.0, "horizontally"),
+        (45.0, "from upper left to lower right"),
+        (90.0, "vertically"),
+        (135.0, "from lower left to upper right"),
+    ]:
+        flat = d.read(observe([sersic_plane(6.0, 1.0, 0.35, pa)], [RED], seed=1), BANDS)
+        assert flat.orientation == words, pa
+    assert d.read(observe([sersic_plane(6.0, 1.0)], [RED], seed=1), BANDS).orientation == ""
+
+    base = d.read(observe([sersic_plane(5.0, 1.0)], [RED], seed=2), BANDS)
+    brighter = d.read(observe([sersic_plane(5.0, 1.0)], [tuple(8 * f for f in RED)], seed=2), BANDS)
+    larger = d.read(observe([sersic_plane(9.0, 1.0)], [RED], seed=2), BANDS)
+    bluer = d.read(observe([sersic_plane(5.0, 1.0)], [BLUE], seed=2), BANDS)
+    assert _bin_index("brightness", brighter.brightness) < _bin_index("brightness", base.brightness)
+    assert _bin_index("extent", larger.extent) > _bin_index("extent", base.extent)
+    assert _bin_index("tint", bluer.tint) < _bin_index("tint", base.tint)
+    assert base.tint in {"yellow-orange", "orange-red"} and bluer.tint == "blue"  # g - r 1.0, 0.24
+
+    text = d.caption(
+        [CaptionRequest("o", observe([sersic_plane(6.0, 1.0, 0.35, 90.0)], [RED], seed=1), BANDS)]
+    )[0].caption
+    flat = d.read(observe([sersic_plane(6.0, 1.0, 0.35, 90.0)], [RED], seed=1), BANDS)
+    assert text.endswith(describer_mod.appearance_sentence(flat))
+    assert text.endswith(" Its long axis runs vertically.")
+    assert f"it looks {flat.brightness}, {flat.extent} and {flat.tint} in colour." in text
+    # an undefined magnitude or size: no appearance sentence rather than a made-up one
+    assert (
+        describer_mod.appearance_sentence(Reading("disc", "red", "medium", "round", 1.0, 1.0)) == ""
+    )
+    assert describer_mod._binned("brightness", math.nan) == ""
+    assert describer_mod._binned("brightness", 30.0) == "very faint"
+    assert describer_mod._binned("tint", -1.0) == "blue"
+
+
+def test_appearance_tint_never_contradicts_the_colour_word():
+    colour_of = describer_mod._colour_word
+    for gr in np.linspace(-0.5, 2.0, 501):
+        tint, colour = describer_mod._binned("tint", float(gr)), colour_of(float(gr))
+        allowed = {
+            "blue": {"blue", "blue-white"},
+            "white": {"white", "cream-white"},
+            "yellow": {"yellow", "yellow-orange"},
+            "red": {"orange-red", "deep red"},
+        }[colour]
+        assert tint in allowed, (gr, tint, colour)
+
+
 # --------------------------------------------------------------------------- decisions
 @pytest.fixture(scope="module")
 def smooth_red():
