@@ -1,6 +1,8 @@
-"""End to end (issue 6): the demo graph on a mock survey, then `galaxy-assets search
+"""End to end (issues 5 and 6): the demo graph on a mock survey, then `galaxy-assets search
 "gravitational lens" --k 10 --json`; its top 10 must hold more lenses than a random draw of
-10 galaxies would (the figure is printed).
+10 galaxies would (the figure is printed). The aligner the demo trained must rank a validation
+caption's own galaxy in the top 5 for most validation captions; the figure comes from the
+aligner's asset metadata, as the demo prints it.
 
 Lenses are 0.5% of the default mock sky: a test-sized survey would hold two or three, too few to
 measure anything. This survey raises the lens fraction to 5% (the other types keep their
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -51,6 +54,12 @@ def test_gravitational_lens_top10_beats_random(isolated_home, monkeypatch):
     out = demo.stdout + demo.stderr
     assert f"reusing {N} galaxies" in out, out[-3000:]
     assert "index_job: ok" in out, out[-4000:]
+
+    # issue 5: a caption's own galaxy is in the top 5 for most validation captions
+    recall = re.search(r"val_t2i_recall_at_5 ([0-9.]+)", out)
+    assert recall, out[-4000:]
+    print(f"\nvalidation text->image R@5 (own galaxy in the top 5): {recall.group(1)}")
+    assert float(recall.group(1)) > 0.5, out[-4000:]
 
     found = _cli(home.root, "search", "gravitational lens", "--k", "10", "--json", timeout=300)
     assert found.returncode == 0, found.stderr[-3000:]
