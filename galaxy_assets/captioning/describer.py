@@ -118,7 +118,7 @@ MAX_WORDS = 120
 # Revision of the decision logic and measurements (part of ``prompt_sha``): 2 = arcs measured
 # on the isophote-subtracted excess with a noise-debiased PSF match; stricter interaction
 # rules; negated feature words reworded. 4 = every caption ends with an appearance sentence
-# (APPEARANCE_BINS).
+# (APPEARANCE_BINS), and bar and ring sentences name the class ("a barred galaxy").
 LOGIC_REVISION = 4
 
 # ------------------------------------------------------------------------- thresholds
@@ -632,15 +632,18 @@ TEMPLATES: dict[str, dict[str, list[str]]] = {
             "The spiral arms are faint and low in contrast.",
             "Only faint spiral structure can be made out.",
         ],
+        # bars and rings are named as people search for them ("barred galaxy", "ring galaxy"):
+        # MiniLM put "barred galaxy" at cosine 0.23 to "A bar crosses the centre." and 0.58 to
+        # a plain disc sentence, so a query landed on featureless discs
         "bar": [
-            "A bar crosses the centre.",
-            "A central bar is visible.",
-            "The inner disc is elongated into a bar.",
+            "A bar crosses the centre: a barred galaxy.",
+            "This is a barred galaxy: a central bar is visible.",
+            "The inner disc is elongated into a bar, the mark of a barred galaxy.",
         ],
         "ring": [
-            "A ring of light encircles the bulge.",
-            "The disc shows a ring around the centre.",
-            "A faint ring surrounds the inner galaxy.",
+            "A ring of light encircles the bulge: a ring galaxy.",
+            "This is a ringed galaxy: the disc shows a ring around the centre.",
+            "A faint ring surrounds the inner galaxy, making it a ringed galaxy.",
         ],
         "dust_lane": [
             "A dark dust lane runs along the mid-plane.",
