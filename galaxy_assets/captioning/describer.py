@@ -305,10 +305,7 @@ def _binned(kind: str, x: float) -> str:
     """The APPEARANCE_BINS word of ``kind`` for ``x`` ("" when ``x`` is not finite)."""
     if not np.isfinite(x):
         return ""
-    for edge, word in APPEARANCE_BINS[kind]:
-        if x < edge:
-            return word
-    return APPEARANCE_BINS[kind][-1][1]
+    return next(word for edge, word in APPEARANCE_BINS[kind] if x < edge)  # last edge: inf
 
 
 def _orientation_word(q: float, position_angle: float) -> str:
@@ -904,10 +901,10 @@ def write_caption(
         key = morph
     closing = _pick(rng, it[key])
 
-    tail = [appearance_sentence(reading)]
-    while len(" ".join([opening, *feat, closing, *tail]).split()) > MAX_WORDS and feat:
+    appearance = appearance_sentence(reading)
+    while len(" ".join([opening, *feat, closing, appearance]).split()) > MAX_WORDS and feat:
         feat.pop()  # drop the least important feature sentence
-    text = " ".join(x for x in [opening, *feat, closing, *tail] if x)
+    text = " ".join([opening, *feat, closing, appearance])
     text = " ".join(text.split())  # collapse double spaces left by empty slots
     text = _ARTICLE.sub(lambda mt: mt.group(1) + "n " + mt.group(2), text)  # a orange -> an
     return text.replace(" ,", ",").replace(" .", ".")
@@ -918,8 +915,10 @@ def appearance_sentence(reading: Reading) -> str:
     ("" when brightness or extent is undefined)."""
     if not (reading.brightness and reading.extent):
         return ""
-    words = [reading.brightness, reading.extent]
-    text = f"In the image it looks {', '.join(words)} and {reading.tint or 'white'} in colour."
+    text = (
+        f"In the image it looks {reading.brightness}, {reading.extent} and "
+        f"{reading.tint or 'white'} in colour."
+    )
     if reading.orientation:
         text += f" Its long axis runs {reading.orientation}."
     return text
