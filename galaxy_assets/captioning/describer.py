@@ -964,6 +964,32 @@ def _caption_one(
     return CaptionResult(req.object_id, text, None)
 
 
+def _evidence_one(
+    req: CaptionRequest, pixel_scale: float, psf_fwhm_arcsec: float
+) -> tuple[str, dict[str, float] | None, str | None]:
+    """(object_id, feature scores, error) of one cutout: the feature scores (captioning.
+    feature_scores) the describer's words are called from, each clipped to [0, 1]."""
+    try:
+        m = measure(req.image, req.bands, pixel_scale=pixel_scale, psf_fwhm_arcsec=psf_fwhm_arcsec)
+        scores = default_scorer().score(m)
+    except MeasurementError as exc:
+        return req.object_id, None, f"unmeasurable cutout: {exc}"
+    except Exception as exc:  # one bad galaxy never stops the batch
+        log.exception("morphology describer failed on %s", req.object_id)
+        return req.object_id, None, f"describer failed: {type(exc).__name__}: {exc}"
+    out = {k: min(max(float(v), 0.0), 1.0) for k, v in scores.items() if math.isfinite(v)}
+    return req.object_id, out, None
+
+
+def _evidence_chunk(
+    chunk: list[tuple[str, np.ndarray, tuple[str, ...]]], pixel_scale: float, psf_fwhm_arcsec: float
+) -> list[tuple[str, dict[str, float] | None, str | None]]:
+    return [
+        _evidence_one(CaptionRequest(oid, image, bands), pixel_scale, psf_fwhm_arcsec)
+        for oid, image, bands in chunk
+    ]
+
+
 def _caption_chunk(
     chunk: list[tuple[str, np.ndarray, tuple[str, ...]]],
     seed: int,
@@ -1061,6 +1087,35 @@ class MorphologyDescriber:
                 log.error("morphology describer worker failed: %s", exc)
                 rows = [(oid, None, f"describer worker failed: {exc}") for oid, _, _ in chunk]
             out.extend(CaptionResult(oid, text, err) for oid, text, err in rows)
+        return out
+
+    def feature_evidence(
+        self, requests: Sequence[CaptionRequest]
+    ) -> list[tuple[str, dict[str, float] | None, str | None]]:
+        """(object_id, scores, error) per request, in order: the describer's feature scores
+        (``arms``, ``bar``, ``ring``, ``merger``, ``lens``, ``edge_on``; see
+        :mod:`~galaxy_assets.captioning.feature_scores`), clipped to [0, 1], that its feature
+        words are called from. Unmeasurable cutouts get scores None and the error set."""
+        reqs = list(requests)
+        args = (self.pixel_scale, self.psf_fwhm_arcsec)
+        if self.workers == 1 or len(reqs) <= self.chunk_size:
+            return [_evidence_one(r, *args) for r in reqs]
+        pool = self._executor()
+        chunks = [
+            [
+                (r.object_id, np.asarray(r.image), tuple(r.bands))
+                for r in reqs[i : i + self.chunk_size]
+            ]
+            for i in range(0, len(reqs), self.chunk_size)
+        ]
+        futures = [pool.submit(_evidence_chunk, c, *args) for c in chunks]
+        out: list[tuple[str, dict[str, float] | None, str | None]] = []
+        for chunk, fut in zip(chunks, futures, strict=True):
+            try:
+                out.extend(fut.result())
+            except Exception as exc:  # a dead worker: record, keep going
+                log.error("morphology describer worker failed: %s", exc)
+                out.extend((oid, None, f"describer worker failed: {exc}") for oid, _, _ in chunk)
         return out
 
     def close(self) -> None:

@@ -27,6 +27,7 @@ __all__ = [
     "KeywordFamily",
     "keyword_rates",
     "mentions",
+    "named_families",
     "rates_markdown",
 ]
 
@@ -125,14 +126,34 @@ def _negated(text: str, start: int) -> bool:
     return words_between <= NEGATION_WINDOW
 
 
-def mentions(caption: str | None, family: KeywordFamily) -> bool:
-    """Does ``caption`` name ``family`` (outside a negation)?"""
-    if not caption:
-        return False
-    text = caption
+def _polarity(text: str | None, family: KeywordFamily) -> bool | None:
+    """True: ``text`` names ``family`` outside a negation; False: only inside one ("no bar");
+    None: not at all."""
+    if not text:
+        return None
     for ex in family.exclude:
         text = re.sub(ex, lambda m: " " * len(m.group(0)), text, flags=re.IGNORECASE)
-    return any(not _negated(text, m.start()) for m in family.regex.finditer(text))
+    hits = [not _negated(text, m.start()) for m in family.regex.finditer(text)]
+    return any(hits) if hits else None
+
+
+def mentions(caption: str | None, family: KeywordFamily) -> bool:
+    """Does ``caption`` name ``family`` (outside a negation)?"""
+    return _polarity(caption, family) is True
+
+
+def named_families(
+    text: str | None, families: Iterable[KeywordFamily] = FAMILIES
+) -> dict[str, bool]:
+    """The families a text (a search query, a question) names: family name → True where it
+    asks for the class ("a barred spiral": bar and spiral), False where it names the class
+    only under a negation ("a spiral without a bar": bar False)."""
+    out: dict[str, bool] = {}
+    for family in families:
+        polarity = _polarity(text, family)
+        if polarity is not None:
+            out[family.name] = polarity
+    return out
 
 
 def keyword_rates(

@@ -9,16 +9,33 @@ must hold ``Score: N`` (:func:`parse_score`); the mean over ``n_samples`` answer
 score, and a galaxy none of whose answers holds a score gets ``error`` set (``no_score: …``)
 and no score — never a default.
 
-:class:`DescriberRater` is the offline default: the measured-morphology describer writes a
-fresh description of each candidate, and the score is the best cosine similarity between the
-query's text embedding and the description's (the whole description or any one of its
-sentences: a query names one feature, and one sentence says whether it is there), mapped
-linearly from [-1, 1] onto [1, 10] (``score = 1 + 4.5 (cos + 1)``) and rounded to a whole
-number, as a VLM answers ``Score: N``; equal scores then keep their similarity order in
-:func:`~galaxy_assets.search.rerank.rerank`, as VLM ties do. On the demo survey this lowered the
-re-ranked nDCG@10 less than whole-description, unrounded scores did (bars 0.39 -> 0.45, rings
-0.00 -> 0.07, lenses 0.85 -> 0.87; spirals 0.77, mergers 0.77 -> 0.78). It is deterministic:
-one sample whatever ``n_samples``.
+:class:`DescriberRater` is the offline default. It rates from the measured-morphology
+describer's own evidence, in one of two ways:
+
+* **a query that names a feature the describer scores** (spiral arms, a bar, a ring, a merger,
+  a lens, an edge-on disc; found with the caption keyword families of
+  :mod:`~galaxy_assets.captioning.keywords`, negation-aware): the score is
+  ``1 + 9 p`` with ``p`` the describer's feature score for the candidate (the probability or
+  regression score, fitted on the development surveys, that its feature words are called
+  from; :mod:`~galaxy_assets.captioning.feature_scores`), clipped to [0, 1]. Several named
+  features multiply ("barred spiral": P(bar) · P(arms)); a negated one counts as ``1 - p``
+  ("a spiral without a bar"). The score is not rounded: ``p`` stands for the mean over many
+  samples a VLM would be asked for. A caption's words are one threshold on ``p``; a rating
+  from ``p`` itself orders candidates by how sure the describer is, which the words cannot.
+* **any other query**: the describer writes a fresh description of each candidate, and the
+  score is the best cosine similarity between the query's text embedding and the
+  description's (the whole description or any one of its sentences: a query names one
+  feature, and one sentence says whether it is there), mapped linearly from [-1, 1] onto
+  [1, 10] (``score = 1 + 4.5 (cos + 1)``) and rounded to a whole number, as a VLM answers
+  ``Score: N``; equal scores then keep their similarity order in
+  :func:`~galaxy_assets.search.rerank.rerank`, as VLM ties do. A describer without
+  ``feature_evidence`` (a stand-in) is always rated this way.
+
+On the demo survey, sentence-similarity scores for feature queries were coarse (nearly every
+candidate 8 or 9) and re-ranking with them lowered lenses, edge-on discs and bars; the
+feature-score ratings raised the mean nDCG@10 over six targets and three demo rankings by
+0.085 (``benchmarks/RESULTS.md``, "Re-ranking by the describer's feature scores"). Either way
+it is deterministic: one sample whatever ``n_samples``.
 """
 
 from __future__ import annotations
@@ -47,8 +64,11 @@ log = logging.getLogger(__name__)
 __all__ = [
     "DEFAULT_RATE_PROMPT",
     "DescriberRater",
+    "FEATURE_OF_FAMILY",
     "Rater",
     "RatingResult",
+    "evidence_to_score",
+    "named_features",
     "parse_score",
     "question_for",
     "rating_prompt",
@@ -57,6 +77,15 @@ __all__ = [
 
 DEFAULT_RATE_PROMPT = "rate_v1"
 MAX_QUESTION_CHARS = 500
+# caption keyword family (captioning.keywords) -> the describer's feature score for it
+FEATURE_OF_FAMILY: dict[str, str] = {
+    "spiral": "arms",
+    "bar": "bar",
+    "ring": "ring",
+    "merger": "merger",
+    "lens": "lens",
+    "edge_on": "edge_on",
+}
 
 
 @runtime_checkable
@@ -103,9 +132,31 @@ def similarity_to_score(cosine: float) -> float:
     return 1.0 + 4.5 * (c + 1.0)
 
 
+def named_features(question: str) -> dict[str, bool]:
+    """The describer's features a query names (feature → True, or False under a negation),
+    through the caption keyword families (:data:`FEATURE_OF_FAMILY`)."""
+    from galaxy_assets.captioning.keywords import named_families
+
+    return {
+        FEATURE_OF_FAMILY[f]: wanted
+        for f, wanted in named_families(question).items()
+        if f in FEATURE_OF_FAMILY
+    }
+
+
+def evidence_to_score(scores: dict[str, float], named: dict[str, bool]) -> float:
+    """``1 + 9 ∏ p`` over the named features (``1 - p`` for a negated one), ``p`` in [0, 1].
+    Raises KeyError when a named feature has no score."""
+    prob = 1.0
+    for feature, wanted in named.items():
+        p = min(max(float(scores[feature]), 0.0), 1.0)
+        prob *= p if wanted else 1.0 - p
+    return 1.0 + 9.0 * prob
+
+
 class DescriberRater:
-    """Re-ranks offline: describe each candidate afresh with the measured-morphology
-    describer, score = :func:`similarity_to_score` of the cosine between the description's
+    """Re-ranks offline with the measured-morphology describer: from its feature scores when
+    the query names a feature it scores, else from the cosine between a fresh description's
     and the question's text embeddings (see the module doc).
 
     ``text_embedder``: ``.embed(list[str]) -> unit vectors``. ``describer``: a
@@ -138,6 +189,9 @@ class DescriberRater:
         requests = list(requests)
         if not requests:
             return []
+        named = named_features(question)
+        if named and callable(getattr(self.describer, "feature_evidence", None)):
+            return self._rate_from_evidence(requests, named)
         captions = self.describer.caption(requests)
         ok = [c for c in captions if c.ok]
         scores: dict[str, float] = {}
@@ -173,6 +227,28 @@ class DescriberRater:
                         caption.error or f"{NO_SCORE}: the describer wrote no description",
                     )
                 )
+        return out
+
+    def _rate_from_evidence(
+        self, requests: list[CaptionRequest], named: dict[str, bool]
+    ) -> list[RatingResult]:
+        evidence = {
+            oid: (scores, err) for oid, scores, err in self.describer.feature_evidence(requests)
+        }
+        out = []
+        for request in requests:
+            scores, error = evidence.get(request.object_id, (None, None))
+            if scores is None:
+                why = error or f"{NO_SCORE}: the describer returned no feature scores"
+                out.append(RatingResult(request.object_id, None, (), why))
+                continue
+            try:
+                s = evidence_to_score(scores, named)
+            except KeyError as exc:
+                why = f"{NO_SCORE}: the describer has no score for feature {exc.args[0]!r}"
+                out.append(RatingResult(request.object_id, None, (), why))
+                continue
+            out.append(RatingResult(request.object_id, s, (s,)))
         return out
 
     def close(self) -> None:

@@ -124,9 +124,10 @@ def _image_encoder_for(aligner: Any, tracker: Any):
 
 
 def build_rater(settings: Settings | None = None, text_embedder: Any | None = None):
-    """The re-ranking rater of ``settings.captioner``: the describer compares fresh
-    descriptions with the query in text-embedding space; VLM backends answer the rating
-    prompt (``prompts/rate_v1.txt``)."""
+    """The re-ranking rater of ``settings.captioner``: the describer rates from its feature
+    scores when the query names a feature it scores (arms, bar, ring, merger, lens, edge-on),
+    else compares fresh descriptions with the query in text-embedding space; VLM backends
+    answer the rating prompt (``prompts/rate_v1.txt``)."""
     from galaxy_assets.captioning.factory import build_captioner
     from galaxy_assets.captioning.rating import DescriberRater
 

@@ -10,6 +10,7 @@ from galaxy_assets.captioning.keywords import (
     as_metadata,
     keyword_rates,
     mentions,
+    named_families,
     rates_markdown,
 )
 
@@ -78,6 +79,23 @@ def test_families_ignore_other_words(family, text):
 )
 def test_negation(family, text, expected):
     assert mentions(text, FAMILY[family]) is expected
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("visible spiral arms", {"spiral": True}),
+        ("barred spiral galaxy", {"spiral": True, "bar": True}),
+        ("a spiral galaxy without a bar", {"spiral": True, "bar": False}),
+        ("a gravitational lens with an Einstein ring", {"lens": True}),  # no ring family
+        ("lensed blue arcs around an elliptical galaxy", {"lens": True, "elliptical": True}),
+        ("two galaxies merging with tidal tails", {"merger": True}),
+        ("a small round blue galaxy", {}),
+        ("", {}),
+    ],
+)
+def test_named_families_of_a_query(query, expected):
+    assert named_families(query) == expected
 
 
 def test_empty_and_null_captions():

@@ -13,6 +13,8 @@ from galaxy_assets.captioning.rating import (
     DescriberRater,
     Rater,
     RatingResult,
+    evidence_to_score,
+    named_features,
     question_for,
     rating_from_reply,
     rating_prompt,
@@ -296,3 +298,72 @@ def test_describer_rating_is_the_best_sentence_rounded_like_a_vlm_score():
     assert got["tails"] == 10.0
     assert got["plain"] == round(similarity_to_score(0.0)) == 6.0
     assert all(float(v).is_integer() for v in got.values())
+
+
+def test_a_query_naming_a_feature_is_rated_from_the_describers_feature_scores():
+    """'barred spiral' names two features: the score is 1 + 9 P(bar) P(arms), unrounded; a
+    negated feature counts as 1 - p; a galaxy without scores gets no rating, never a
+    default; a query naming no feature falls back to sentence similarity."""
+    from galaxy_assets.captioning.base import CaptionResult
+
+    evidence = {
+        "clear": {"bar": 1.0, "arms": 0.8, "ring": 0.1},
+        "half": {"bar": 0.5, "arms": 0.5, "ring": 0.9},
+        "none": None,
+    }
+
+    class Describer:
+        def __init__(self):
+            self.captioned = 0
+
+        def feature_evidence(self, requests):
+            return [
+                (r.object_id, evidence[r.object_id], None if evidence[r.object_id] else "bad")
+                for r in requests
+            ]
+
+        def caption(self, requests):
+            self.captioned += len(requests)
+            return [CaptionResult(r.object_id, "A round galaxy.") for r in requests]
+
+    class Embedder:
+        embedder_id = "toy"
+
+        def embed(self, texts):
+            return np.ones((len(texts), 2)) / np.sqrt(2.0)
+
+    describer = Describer()
+    rater = DescriberRater(Embedder(), describer)
+    pixels = np.zeros((4, 8, 8), np.float32)
+    reqs = [CaptionRequest(o, pixels, ("g", "r", "i", "z")) for o in evidence]
+    got = {r.object_id: r for r in rater.rate(reqs, "barred spiral galaxy")}
+    assert got["clear"].score == pytest.approx(1 + 9 * 0.8)
+    assert got["half"].score == pytest.approx(1 + 9 * 0.25)
+    assert got["none"].score is None and got["none"].error == "bad"
+    assert describer.captioned == 0  # no description needed
+    unbarred = {r.object_id: r.score for r in rater.rate(reqs[:2], "a spiral without a bar")}
+    assert unbarred == {"clear": pytest.approx(1.0), "half": pytest.approx(1 + 9 * 0.25)}
+    (no_ring,) = rater.rate(reqs[:1], "ringed spiral arms")  # arms and ring both named
+    assert no_ring.score == pytest.approx(1 + 9 * 0.8 * 0.1)
+    plain = rater.rate(reqs[:2], "a small round galaxy")  # names no feature
+    assert describer.captioned == 2 and all(float(r.score).is_integer() for r in plain)
+    assert named_features("visible spiral arms") == {"arms": True}
+    with pytest.raises(KeyError):
+        evidence_to_score({"arms": 0.5}, {"bar": True})
+
+
+def test_the_real_describer_gives_feature_scores_in_0_1(survey_results):
+    from galaxy_assets.captioning.describer import MorphologyDescriber
+    from galaxy_assets.search.pixels import read_cutouts
+
+    cutouts = read_cutouts(survey_results.head(4))
+    reqs = [CaptionRequest(c.object_id, c.image, c.bands) for c in cutouts.values()]
+    blank = CaptionRequest("blank", np.full((4, 16, 16), np.nan, np.float32), ("g", "r", "i", "z"))
+    with MorphologyDescriber(workers=2, chunk_size=2) as describer:
+        rows = describer.feature_evidence(reqs + [blank])
+    assert [oid for oid, _, _ in rows] == [r.object_id for r in reqs] + ["blank"]
+    for _, scores, error in rows[:-1]:
+        assert error is None
+        assert set(scores) == {"arms", "bar", "ring", "merger", "lens", "edge_on"}
+        assert all(0.0 <= v <= 1.0 for v in scores.values())
+    assert rows[-1][1] is None and "unmeasurable" in rows[-1][2]
