@@ -330,6 +330,8 @@ def _run_models(defs, instance, keys: list[str], args: argparse.Namespace) -> bo
     new_captions = bool(_latest_metadata(instance, "vlm_captions").get("described_now"))
     realign = bool(retrain or shards or new_captions or absent("aligned_model"))
     reemulate = bool(retrain or shards or absent("property_emulator"))
+    # a new rating rule or another captioner makes the re-ranked figures stale
+    rerater = _latest_metadata(instance, "search_evaluation").get("reranker") != _reranker_id()
     posterior_keys = keys if reemulate else missing("property_posteriors")
     stages = [
         ("morphology_job", None, retrain, False, "reusing the registered model (--force retrains)"),
@@ -338,8 +340,8 @@ def _run_models(defs, instance, keys: list[str], args: argparse.Namespace) -> bo
         ("posteriors_job", posterior_keys, bool(posterior_keys), True,
          "every shard has posteriors"),
         ("aligner_job", None, realign, False, "captions and embeddings unchanged: aligner reused"),
-        ("evaluation_job", None, realign or absent("search_evaluation"), False,
-         "aligner unchanged: evaluation reused"),
+        ("evaluation_job", None, realign or absent("search_evaluation") or rerater, False,
+         "aligner and re-ranker unchanged: evaluation reused"),
     ]
     print()
     ok = True
@@ -375,6 +377,13 @@ def _run_models(defs, instance, keys: list[str], args: argparse.Namespace) -> bo
     return _print_results(instance, args) and ok
 
 
+def _reranker_id() -> str:
+    from galaxy_assets.search.service import reranker_id
+    from galaxy_assets.settings import load_settings
+
+    return reranker_id(load_settings())
+
+
 def _print_results(instance, args: argparse.Namespace) -> bool:
     """The evaluation table, the top results of the demo queries with contact sheets, and
     where the report and the UIs are."""
@@ -386,8 +395,12 @@ def _print_results(instance, args: argparse.Namespace) -> bool:
     if report is not None:
         print("\n" + format_evaluation(EvaluationResult.from_json(report)))
         gate = _latest_metadata(instance, "search_evaluation")
-        print(f"champion gate: {'promoted' if gate.get('promoted') else 'not promoted'} "
-              f"candidate v{gate.get('candidate_version')}")
+        cand = gate.get("candidate_version")
+        if not gate.get("promoted") and cand and cand == gate.get("champion_version"):
+            print(f"champion gate: candidate v{cand} already is the champion")
+        else:
+            print(f"champion gate: {'promoted' if gate.get('promoted') else 'not promoted'} "
+                  f"candidate v{cand}")
     index = _latest_metadata(instance, "galaxy_index")
     print(f"\ngalaxy_index: {index.get('rows')} rows, table version {index.get('table_version')}"
           f" at {index.get('table_uri')}")

@@ -32,9 +32,10 @@ describer's own evidence, in one of two ways:
   ``feature_evidence`` (a stand-in) is always rated this way.
 
 On the demo survey, sentence-similarity scores for feature queries were coarse (nearly every
-candidate 8 or 9) and re-ranking with them lowered lenses, edge-on discs and bars; the
-feature-score ratings raised the mean nDCG@10 over six targets and three demo rankings by
-0.085 (``benchmarks/RESULTS.md``, "Re-ranking by the describer's feature scores"). Either way
+candidate 8 or 9). Over six targets and three demo rankings, re-ranking the top 50 with them
+changed nDCG@10 by +0.031 on average against semantic search and lowered 7 of the 18 (by up to
+0.136); with feature-score ratings the change was +0.084 and 2 of 18 were lowered (by at most
+0.028; ``benchmarks/RESULTS.md``, "Re-ranking by the describer's feature scores"). Either way
 it is deterministic: one sample whatever ``n_samples``.
 """
 
@@ -65,6 +66,7 @@ __all__ = [
     "DEFAULT_RATE_PROMPT",
     "DescriberRater",
     "FEATURE_OF_FAMILY",
+    "RATING_REVISION",
     "Rater",
     "RatingResult",
     "evidence_to_score",
@@ -77,6 +79,9 @@ __all__ = [
 
 DEFAULT_RATE_PROMPT = "rate_v1"
 MAX_QUESTION_CHARS = 500
+# How the offline describer turns its evidence into ratings (part of the re-ranker's identity,
+# search.service.reranker_id): 2 = feature-score ratings for queries naming a feature.
+RATING_REVISION = 2
 # caption keyword family (captioning.keywords) -> the describer's feature score for it
 FEATURE_OF_FAMILY: dict[str, str] = {
     "spiral": "arms",

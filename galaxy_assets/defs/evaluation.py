@@ -50,8 +50,9 @@ def search_evaluation(
     image similarity and random on every target; a Markdown report with plots and example
     grids, logged to the aligner's MLflow run. The candidate becomes
     `search-aligner@champion` only when the blocking gate passes."""
-    from galaxy_assets.search.service import build_rater
+    from galaxy_assets.search.service import build_rater, reranker_id
 
+    reranker = reranker_id() if config.rerank else "none"
     run_cfg = EvaluationConfig(**config.model_dump(), alias=search_index.aligner_alias)
     tracker = mlflow.tracker(home.home())
     embedder = text_embedder.build(compute)
@@ -62,7 +63,8 @@ def search_evaluation(
         tracker=tracker, text_embedder=embedder,
         rater=build_rater(text_embedder=embedder) if config.rerank else None,
         reports=home.home().reports / "search_evaluation", config=run_cfg,
-        index_version=_index_version(home, search_index), log=context.log.info,
+        index_version=_index_version(home, search_index),
+        reranker=reranker if config.rerank else None, log=context.log.info,
     )
     decision = outcome.decision
     metadata = {
@@ -72,6 +74,7 @@ def search_evaluation(
         "gate": dg.MetadataValue.md(decision.to_markdown()),
         "promoted": outcome.promoted, "candidate_version": outcome.candidate_version,
         "champion_version": outcome.champion_version or 0,
+        "reranker": reranker,
         **{k.replace("/", "__"): v for k, v in outcome.result.flat_metrics().items()
            if "ndcg_at_10" in k and not k.endswith("_std")},
     }

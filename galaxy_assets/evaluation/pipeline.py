@@ -144,11 +144,14 @@ def run_search_evaluation(
     reports: Path,
     config: EvaluationConfig,
     index_version: int | None = None,
+    reranker: str | None = None,
     log: Callable[[str], None] = log.info,
 ) -> EvaluationOutcome:
     """Evaluate aligner ``candidate_version`` and, when another version holds ``config.alias``,
     that champion on the same labels; decide the gate, move the alias on a pass, write the
     report under ``reports/v<candidate_version>/`` and log it to the candidate's MLflow run.
+    ``reranker``: the re-ranker's identity for the report's versions (default: the rater's
+    ``model_id``).
     ``index_version``: the galaxy_index version serving queries meanwhile (recorded only: the
     search is exact and in memory, so that a candidate is judged before it serves)."""
     from galaxy_assets.alignment.model import load_aligner
@@ -166,6 +169,8 @@ def run_search_evaluation(
         "galaxies": str(len(cand_search)),
         "galaxy_index": f"v{index_version}" if index_version is not None else "not built",
     }
+    if rater is not None:
+        versions["reranker"] = reranker or str(getattr(rater, "model_id", type(rater).__name__))
     rerank_fn = RerankCallable(rater, manifest, cand_search) if rater is not None else None
     log(f"evaluating {candidate.aligner_version} on {len(cand_search)} galaxies"
         + (f" against champion v{champion_version}" if champion_version else ""))

@@ -114,3 +114,6 @@ def test_demo_with_one_corrupt_shard(isolated_home):
     assert "reusing the registered model" in out2
     assert "inputs unchanged: property emulator reused" in out2
     assert "every shard has posteriors" in out2
+    # the evaluation records its re-ranker; an unchanged aligner and re-ranker reuse it
+    assert "aligner and re-ranker unchanged: evaluation reused" in out2
+    assert "reranker morphology-describer-v1@" in out2

@@ -367,3 +367,19 @@ def test_the_real_describer_gives_feature_scores_in_0_1(survey_results):
         assert set(scores) == {"arms", "bar", "ring", "merger", "lens", "edge_on"}
         assert all(0.0 <= v <= 1.0 for v in scores.values())
     assert rows[-1][1] is None and "unmeasurable" in rows[-1][2]
+
+
+def test_reranker_id_names_the_rating_rule_or_the_vlm():
+    """An evaluation records its re-ranker: the describer's templates and rating revision, or
+    a VLM backend's model and prompt, so that a rerun notices a new rater."""
+    from galaxy_assets.captioning.describer import MorphologyDescriber
+    from galaxy_assets.captioning.rating import RATING_REVISION
+    from galaxy_assets.search.service import reranker_id
+    from galaxy_assets.settings import Settings
+
+    describer = MorphologyDescriber()
+    assert reranker_id(Settings()) == (
+        f"morphology-describer-v1@{describer.prompt_sha}+rating-r{RATING_REVISION}"
+    )
+    vlm = Settings(captioner={"backend": "openai", "model": "gpt-4.1-mini"})
+    assert reranker_id(vlm) == "openai:gpt-4.1-mini+rate_v1"
