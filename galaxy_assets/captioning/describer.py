@@ -1059,30 +1059,9 @@ class MorphologyDescriber:
     # -- protocol
     def caption(self, requests: Sequence[CaptionRequest]) -> list[CaptionResult]:
         """One result per request, in order; unmeasurable cutouts get ``error`` set."""
-        reqs = list(requests)
-        if not reqs:
-            return []
         args = (self.seed, self.pixel_scale, self.psf_fwhm_arcsec)
-        if self.workers == 1 or len(reqs) <= self.chunk_size:
-            return [_caption_one(r, *args) for r in reqs]
-        pool = self._executor()
-        chunks = [
-            [
-                (r.object_id, np.asarray(r.image), tuple(r.bands))
-                for r in reqs[i : i + self.chunk_size]
-            ]
-            for i in range(0, len(reqs), self.chunk_size)
-        ]
-        futures = [pool.submit(_caption_chunk, c, *args) for c in chunks]
-        out: list[CaptionResult] = []
-        for chunk, fut in zip(chunks, futures, strict=True):
-            try:
-                rows = fut.result()
-            except Exception as exc:  # a dead worker: record, keep going
-                log.error("morphology describer worker failed: %s", exc)
-                rows = [(oid, None, f"describer worker failed: {exc}") for oid, _, _ in chunk]
-            out.extend(CaptionResult(oid, text, err) for oid, text, err in rows)
-        return out
+        rows = self._map(requests, _caption_chunk, args, lambda oid, why: (oid, None, why))
+        return [CaptionResult(oid, text, err) for oid, text, err in rows]
 
     def feature_evidence(
         self, requests: Sequence[CaptionRequest]
@@ -1091,11 +1070,14 @@ class MorphologyDescriber:
         (``arms``, ``bar``, ``ring``, ``merger``, ``lens``, ``edge_on``; see
         :mod:`~galaxy_assets.captioning.feature_scores`), clipped to [0, 1], that its feature
         words are called from. Unmeasurable cutouts get scores None and the error set."""
-        reqs = list(requests)
         args = (self.pixel_scale, self.psf_fwhm_arcsec)
-        if self.workers == 1 or len(reqs) <= self.chunk_size:
-            return [_evidence_one(r, *args) for r in reqs]
-        pool = self._executor()
+        return self._map(requests, _evidence_chunk, args, lambda oid, why: (oid, None, why))
+
+    def _map(self, requests, chunk_fn, args: tuple, failed) -> list:
+        """``chunk_fn(chunk, *args)`` over the requests in chunks of ``chunk_size``: here when
+        ``workers`` is 1 or the requests fit one chunk, else in the worker pool; a dead worker's
+        galaxies get ``failed(object_id, why)``. Rows come back in request order."""
+        reqs = list(requests)
         chunks = [
             [
                 (r.object_id, np.asarray(r.image), tuple(r.bands))
@@ -1103,14 +1085,17 @@ class MorphologyDescriber:
             ]
             for i in range(0, len(reqs), self.chunk_size)
         ]
-        futures = [pool.submit(_evidence_chunk, c, *args) for c in chunks]
-        out: list[tuple[str, dict[str, float] | None, str | None]] = []
+        if self.workers == 1 or len(chunks) <= 1:
+            return [row for chunk in chunks for row in chunk_fn(chunk, *args)]
+        pool = self._executor()
+        futures = [pool.submit(chunk_fn, c, *args) for c in chunks]
+        out: list = []
         for chunk, fut in zip(chunks, futures, strict=True):
             try:
                 out.extend(fut.result())
             except Exception as exc:  # a dead worker: record, keep going
                 log.error("morphology describer worker failed: %s", exc)
-                out.extend((oid, None, f"describer worker failed: {exc}") for oid, _, _ in chunk)
+                out.extend(failed(oid, f"describer worker failed: {exc}") for oid, _, _ in chunk)
         return out
 
     def close(self) -> None:
