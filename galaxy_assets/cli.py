@@ -331,7 +331,9 @@ def _run_models(defs, instance, keys: list[str], args: argparse.Namespace) -> bo
     realign = bool(retrain or shards or new_captions or absent("aligned_model"))
     reemulate = bool(retrain or shards or absent("property_emulator"))
     # a new rating rule or another captioner makes the re-ranked figures stale
-    rerater = _latest_metadata(instance, "search_evaluation").get("reranker") != _reranker_id()
+    from galaxy_assets.search.service import reranker_id
+
+    rerater = _latest_metadata(instance, "search_evaluation").get("reranker") != reranker_id()
     posterior_keys = keys if reemulate else missing("property_posteriors")
     stages = [
         ("morphology_job", None, retrain, False, "reusing the registered model (--force retrains)"),
@@ -375,13 +377,6 @@ def _run_models(defs, instance, keys: list[str], args: argparse.Namespace) -> bo
                           for lab in ("redshift", "log_stellar_mass"))
               + f"; {'champion' if meta.get('promoted') else 'not promoted'}: {meta.get('gate')}")
     return _print_results(instance, args) and ok
-
-
-def _reranker_id() -> str:
-    from galaxy_assets.search.service import reranker_id
-    from galaxy_assets.settings import load_settings
-
-    return reranker_id(load_settings())
 
 
 def _print_results(instance, args: argparse.Namespace) -> bool:

@@ -53,6 +53,7 @@ from galaxy_assets.captioning.base import (
     caption_sentences_of,
     load_prompt,
 )
+from galaxy_assets.captioning.keywords import named_families
 from galaxy_assets.captioning.validation import (
     GENERATION_FAILED,
     NO_SCORE,
@@ -140,8 +141,6 @@ def similarity_to_score(cosine: float) -> float:
 def named_features(question: str) -> dict[str, bool]:
     """The describer's features a query names (feature → True, or False under a negation),
     through the caption keyword families (:data:`FEATURE_OF_FAMILY`)."""
-    from galaxy_assets.captioning.keywords import named_families
-
     return {
         FEATURE_OF_FAMILY[f]: wanted
         for f, wanted in named_families(question).items()
