@@ -543,7 +543,9 @@ def format_results(results, rerank=None) -> str:
         lines.append(f"  re-ranked top {rerank.k_rerank} by {rerank.rater}: {rerank.n_rated} "
                      f"rated, {rerank.n_failed} failed")
     z = "post_redshift_median" in frame.columns  # the emulator's photometric redshift
-    lines.append(f"{'#':>3} {'score':>6}  {'object_id':<18} {'ra':>9} {'dec':>8} {'mag_r':>6}  "
+    rated = "rating" in frame.columns  # re-ranked: the rating and the rank by similarity
+    lines.append(f"{'#':>3} {'score':>6}  " + ("rating sim#  " if rated else "")
+                 + f"{'object_id':<18} {'ra':>9} {'dec':>8} {'mag_r':>6}  "
                  + ("z (p16-p84)        " if z else "") + "caption")
     for row in frame.iter_rows(named=True):
         caption = (row.get("caption") or "-").replace("\n", " ")
@@ -553,8 +555,13 @@ def format_results(results, rerank=None) -> str:
             med, lo, hi = (row.get(f"post_redshift_{q}") for q in ("median", "p16", "p84"))
             zcol = (f"{med:.3f} ({lo:.3f}-{hi:.3f})  " if None not in (med, lo, hi)
                     else f"{'-':<19}")
+        rating = ""
+        if rated:
+            r = row.get("rating")
+            rating = (f"{'-' if r is None else f'{r:.1f}':>6} "
+                      f"{row.get('similarity_rank') or '-'!s:>4}  ")
         lines.append(
-            f"{row['rank']:>3} {row['score']:>6.3f}  {str(row['object_id']):<18} "
+            f"{row['rank']:>3} {row['score']:>6.3f}  {rating}{str(row['object_id']):<18} "
             f"{row['ra']:>9.4f} {row['dec']:>8.4f} {mag if mag is None else f'{mag:.2f}'!s:>6}  "
             f"{zcol}{caption[:110 - len(zcol)]}"
         )
