@@ -52,7 +52,7 @@ def search_evaluation(
     `search-aligner@champion` only when the blocking gate passes."""
     from galaxy_assets.search.service import build_rater, reranker_id
 
-    reranker = reranker_id() if config.rerank else "none"
+    reranker = reranker_id() if config.rerank else None
     run_cfg = EvaluationConfig(**config.model_dump(), alias=search_index.aligner_alias)
     tracker = mlflow.tracker(home.home())
     embedder = text_embedder.build(compute)
@@ -64,7 +64,7 @@ def search_evaluation(
         rater=build_rater(text_embedder=embedder) if config.rerank else None,
         reports=home.home().reports / "search_evaluation", config=run_cfg,
         index_version=_index_version(home, search_index),
-        reranker=reranker if config.rerank else None, log=context.log.info,
+        reranker=reranker, log=context.log.info,
     )
     decision = outcome.decision
     metadata = {
@@ -74,7 +74,7 @@ def search_evaluation(
         "gate": dg.MetadataValue.md(decision.to_markdown()),
         "promoted": outcome.promoted, "candidate_version": outcome.candidate_version,
         "champion_version": outcome.champion_version or 0,
-        "reranker": reranker,
+        "reranker": reranker or "none",
         **{k.replace("/", "__"): v for k, v in outcome.result.flat_metrics().items()
            if "ndcg_at_10" in k and not k.endswith("_std")},
     }
