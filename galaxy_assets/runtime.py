@@ -6,8 +6,10 @@ CLI both build on these helpers, so the layout of the home folder is defined onc
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,3 +134,23 @@ def select_dtype(requested: str, device: str):
             "compute.dtype='float16' is not supported on the CPU; use 'float32' or 'bfloat16'"
         )
     return getattr(torch, requested)
+
+
+@contextlib.contextmanager
+def exclusive_file_lock(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold an exclusive inter-process lock on the file ``path`` (created with its folder) while
+    the block runs: SQLite-backed stores use it where SQLite cannot serialise a read-then-write
+    between processes. A no-op where ``fcntl`` is missing (Windows)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks; concurrent processes may race
+        yield
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -707,21 +707,14 @@ class Tracker:
 def _sqlite_init_lock(uri: str) -> Iterator[None]:
     """An exclusive inter-process lock on ``<db>.lock`` for a ``sqlite:///`` URI (no-op for
     other stores and where ``fcntl`` is missing)."""
+    from galaxy_assets.runtime import exclusive_file_lock
+
     path = _sqlite_path(uri)
-    try:
-        import fcntl
-    except ImportError:  # Windows: no advisory locks; concurrent first runs may race
-        fcntl = None  # type: ignore[assignment]
-    if path is None or fcntl is None:
+    if path is None:
         yield
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with exclusive_file_lock(path.with_name(path.name + ".lock")):
+        yield
 
 
 def _sqlite_path(uri: str) -> Path | None:

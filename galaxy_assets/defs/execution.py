@@ -24,7 +24,8 @@ claiming concurrency slots; see docs/cluster.md), so the single-writer rule of
 is the stock executor with one change: the dask task claims the step's pool slot from the
 Dagster instance before it executes the step and frees it afterwards, exactly as the
 multiprocess executor does. Slots are instance-wide, so the rule holds across runs and
-executors.
+executors. On SQLite storage the claim holds a lock file (``_claim``): Dagster's claim is not
+atomic there.
 """
 
 from __future__ import annotations
@@ -377,7 +378,7 @@ def pool_slot(
         return
     with InstanceConcurrencyContext(instance, dagster_run) as slots:
         waited = False
-        while not slots.claim(pool, step_key, priority):
+        while not _claim(slots, instance, pool, step_key, priority):
             if not waited:
                 instance.report_engine_event(
                     f"{step_key} waits for a slot in pool '{pool}'", dagster_run
@@ -388,6 +389,30 @@ def pool_slot(
             yield
         finally:
             slots.free_step(step_key)
+
+
+def _claim(slots, instance, pool: str, step_key: str, priority: int) -> bool:
+    """``slots.claim`` made atomic across processes on SQLite storage. Dagster claims a slot by
+    selecting a free row FOR UPDATE, then updating it; SQLite ignores FOR UPDATE, so two dask
+    workers could both take the one slot of a limit-1 pool and run side by side. On SQLite
+    (one host by construction) a lock file beside the event log serialises the claims; other
+    storages (Postgres) lock the row themselves."""
+    from dagster._core.storage.event_log.sqlite.consolidated_sqlite_event_log import (
+        ConsolidatedSqliteEventLogStorage,
+    )
+    from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
+
+    from galaxy_assets.runtime import exclusive_file_lock
+
+    storage = instance.event_log_storage
+    base = getattr(storage, "_base_dir", None)
+    if (
+        not isinstance(storage, SqliteEventLogStorage | ConsolidatedSqliteEventLogStorage)
+        or not base
+    ):
+        return slots.claim(pool, step_key, priority)
+    with exclusive_file_lock(Path(base) / "concurrency-claims.lock"):
+        return slots.claim(pool, step_key, priority)
 
 
 def run_step_on_dask_worker(dependencies, payload: bytes):

@@ -685,3 +685,53 @@ def test_faults_killed_worker_transient_failure_and_broken_shard(monkeypatch, tm
         assert stored["object_id"].n_unique() == stored.height
         assert _checksum(stored["object_id"]) == _checksum(expected)
         assert BROKEN not in set(stored["shard"])
+
+
+class _ClaimSlots:
+    """What ``pool_slot`` calls ``claim`` on: one run's claims against the instance storage."""
+
+    def __init__(self, instance, run_id: str) -> None:
+        self.instance, self.run_id = instance, run_id
+
+    def claim(self, pool: str, step_key: str, priority: int) -> bool:
+        storage = self.instance.event_log_storage
+        return storage.claim_concurrency_slot(pool, self.run_id, step_key, priority).is_claimed
+
+
+def _claim_at_once(refs, run_id: str, barrier, results) -> None:
+    """For each instance in turn: wait for the other process, then claim the one slot."""
+    from galaxy_assets.defs.execution import _claim
+
+    for round_, ref in enumerate(refs):
+        instance = dg.DagsterInstance.from_ref(ref)
+        barrier.wait()
+        results.put((round_, _claim(_ClaimSlots(instance, run_id), instance, "one", run_id, 0)))
+
+
+@pytest.mark.slow
+def test_two_processes_never_both_claim_the_one_slot_of_a_sqlite_pool(tmp_path):
+    """Dagster claims a slot by select-then-update and SQLite ignores FOR UPDATE: without the
+    claim lock two processes claiming at once both got the one slot in 7 of 40 rounds."""
+    ctx = multiprocessing.get_context("spawn")
+    rounds = 30
+    with contextlib.ExitStack() as stack:
+        refs = []
+        for round_ in range(rounds):
+            (tmp_path / f"r{round_}").mkdir()
+            instance = stack.enter_context(_instance(tmp_path / f"r{round_}"))
+            instance.event_log_storage.set_concurrency_slots("one", 1)
+            refs.append(instance.get_ref())
+        barrier, results = ctx.Barrier(2), ctx.Queue()
+        procs = [
+            ctx.Process(target=_claim_at_once, args=(refs, f"run{i}", barrier, results))
+            for i in range(2)
+        ]
+        for p in procs:
+            p.start()
+        claimed = [0] * rounds
+        for _ in range(2 * rounds):
+            round_, ok = results.get(timeout=120)
+            claimed[round_] += ok
+        for p in procs:
+            p.join(timeout=60)
+    assert claimed == [1] * rounds  # exactly one process holds the slot in every round
