@@ -2,22 +2,28 @@
 
 A feature's visibility shows in several measurements at once (spiral arms: the winding mode's
 S/N, but also smoothness, asymmetry, Gini, a ring-like bump, the colour gradient...), and one
-threshold on one of them throws the rest away. :class:`FeatureScorer` scores each feature with a
-linear model over every numeric field of :class:`~galaxy_assets.captioning.measure.
-Measurements`:
+threshold on one of them throws the rest away. :class:`FeatureScorer` scores each feature from
+every numeric field of :class:`~galaxy_assets.captioning.measure.Measurements`, robustly
+standardised:
 
     z = arcsinh((x - centre) / scale)         NaN -> centre, plus a 0/1 "missing" column
-    score_f = [z, missing, 1] · w_f
 
-Mergers, bars and rings, whose evidence is not additive (a second nucleus *and* asymmetric
-light), get a one-hidden-layer network instead, ``sigmoid(w2 · relu(W1ᵀ [z, missing] + b1) + b2)``:
-the probability that the feature is there.
+Lensing arcs and edge-on discs get a linear model, ``score_f = [z, missing, 1] · w_f``. The
+other features get a one-hidden-layer network, ``out(w2 · relu(W1ᵀ [z, missing] + b1) + b2)``,
+whose ``output`` says what it gives: ``"logistic"`` (the default; out = sigmoid) the
+probability that the feature is there (mergers, whose evidence is not additive: a second
+nucleus *and* asymmetric light), ``"identity"`` a regression of the feature's visibility (arms,
+bars and rings since version 4). Version 3 scored arms with a linear model and bars and rings
+with classifiers; the regressions order galaxies by their vote fractions better (the
+classifiers' probabilities pile up near 0 and 1), and the re-ranker sorts by the score
+(``benchmarks/fit_describer_scores.py`` has the figures).
 
 The centre, scale, weights and networks live in ``feature_scores.json`` beside this module
-(under 300 kB, NumPy only to evaluate). They were fitted by ridge regression of the truth's visibility scores
-on simulated development surveys, never the check or demo surveys, with
+(under 400 kB, NumPy only to evaluate). They were fitted to the truth's visibility scores and
+flags on simulated development surveys, never the check or demo surveys, with
 ``benchmarks/fit_describer_scores.py``, which rewrites the file and prints the held-out figures.
-A linear score is on the scale of a visibility (about 0 absent, about 1 unmistakable).
+Linear and regression scores are on the scale of a visibility (about 0 absent, about 1
+unmistakable; they may stray a little outside [0, 1]).
 
 The describer never sees a truth table: the file holds numbers fitted offline, like the
 thresholds in :mod:`~galaxy_assets.captioning.describer`.
@@ -43,6 +49,8 @@ __all__ = [
     "design_matrix",
     "fit_standardisation",
 ]
+
+NETWORK_OUTPUTS = ("logistic", "identity")
 
 SCORES_PATH = Path(__file__).with_name("feature_scores.json")
 
@@ -81,10 +89,12 @@ class FeatureScorer:
     scale: np.ndarray
     weights: Mapping[str, np.ndarray]  # feature -> (2 * len(fields) + 1,) incl. intercept
     version: int = 0
-    # feature -> one-hidden-layer network (W1 (2n, h), b1 (h,), w2 (h,), b2 ()): ReLU, then a
-    # logistic output, the probability that the feature is there (rare features whose evidence
-    # is not additive: a second nucleus *and* asymmetric light make a merger)
+    # feature -> one-hidden-layer network (W1 (2n, h), b1 (h,), w2 (h,), b2 ()): ReLU, then the
+    # output in :attr:`network_outputs` (rare features whose evidence is not additive: a second
+    # nucleus *and* asymmetric light make a merger)
     networks: Mapping[str, Mapping[str, np.ndarray]] = field(default_factory=dict)
+    # feature -> "logistic" (a probability; the default) or "identity" (a visibility regression)
+    network_outputs: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> FeatureScorer:
@@ -112,6 +122,15 @@ class FeatureScorer:
                     f"{net['b1'].shape}, w2 {net['w2'].shape} for {n} fields; refit with "
                     "benchmarks/fit_describer_scores.py"
                 )
+        outputs = {
+            k: str(net.get("output", "logistic")) for k, net in data.get("networks", {}).items()
+        }
+        odd = {k: v for k, v in outputs.items() if v not in NETWORK_OUTPUTS}
+        if odd:
+            raise ValueError(
+                f"feature scores: network outputs {odd} are not one of {NETWORK_OUTPUTS}; refit "
+                "with benchmarks/fit_describer_scores.py"
+            )
         both = sorted(set(weights) & set(networks))
         if both:
             raise ValueError(f"feature scores: {both} have both a linear and a network model")
@@ -122,7 +141,7 @@ class FeatureScorer:
                 f"feature scores use measurements {unknown} that Measurements no longer has; "
                 "refit with benchmarks/fit_describer_scores.py"
             )
-        return cls(fields, centre, scale, weights, int(data.get("version", 0)), networks)
+        return cls(fields, centre, scale, weights, int(data.get("version", 0)), networks, outputs)
 
     @classmethod
     def load(cls, path: str | Path = SCORES_PATH) -> FeatureScorer:
@@ -146,8 +165,11 @@ class FeatureScorer:
         out = {k: z @ w[:-1] + w[-1] for k, w in self.weights.items()}
         for k, net in self.networks.items():
             hidden = np.maximum(z @ net["W1"] + net["b1"], 0.0)
-            logit = hidden @ net["w2"] + float(net["b2"].reshape(-1)[0])
-            out[k] = 1.0 / (1.0 + np.exp(-np.clip(logit, -60.0, 60.0)))
+            y = hidden @ net["w2"] + float(net["b2"].reshape(-1)[0])
+            if self.network_outputs.get(k, "logistic") == "identity":
+                out[k] = y
+            else:
+                out[k] = 1.0 / (1.0 + np.exp(-np.clip(y, -60.0, 60.0)))
         return out
 
     def score(self, m: Measurements) -> dict[str, float]:
@@ -163,7 +185,10 @@ class FeatureScorer:
             "scale": self.scale.tolist(),
             "weights": {k: v.tolist() for k, v in self.weights.items()},
             "networks": {
-                k: {p: np.asarray(v).tolist() for p, v in net.items()}
+                k: {
+                    **{p: np.asarray(v).tolist() for p, v in net.items()},
+                    "output": self.network_outputs.get(k, "logistic"),
+                }
                 for k, net in self.networks.items()
             },
         }

@@ -426,7 +426,7 @@ def test_prompt_sha_follows_thresholds_measurements_and_logic(monkeypatch):
     monkeypatch.undo()
     # refitted feature scores are a different describer too
     fitted = feature_scores_mod.default_scorer().as_dict()
-    fitted["weights"]["arms"][-1] += 0.01
+    fitted["weights"]["lens"][-1] += 0.01
     refit = feature_scores_mod.FeatureScorer.from_dict(fitted)
     monkeypatch.setattr(describer_mod, "default_scorer", lambda: refit)
     assert MorphologyDescriber().prompt_sha != base

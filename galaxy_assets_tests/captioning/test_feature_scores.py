@@ -18,7 +18,8 @@ from galaxy_assets.captioning.measure import Measurements
 from galaxy_assets_tests.captioning.test_measure import RED, observe, sersic_plane
 
 USED = {"arms", "lens", "edge_on", "merger", "bar", "ring"}  # the scores the describer reads
-NETWORKS = {"merger", "bar", "ring"}  # probabilities from small networks
+NETWORKS = {"arms", "merger", "bar", "ring"}  # scores from small networks
+PROBABILITIES = {"merger"}  # logistic outputs; the others regress their visibility
 
 
 def _measurements() -> Measurements:
@@ -57,11 +58,16 @@ def test_score_is_the_linear_model_written_out():
     for name, w in s.weights.items():
         assert got[name] == pytest.approx(float(feats @ w[:-1] + w[-1]), abs=1e-9)
     assert NETWORKS <= set(s.networks)
+    assert {k for k, v in s.network_outputs.items() if v == "logistic"} == PROBABILITIES
     for name, net in s.networks.items():
         hidden = np.maximum(feats @ net["W1"] + net["b1"], 0.0)
-        p = 1.0 / (1.0 + math.exp(-(float(hidden @ net["w2"]) + float(net["b2"][0]))))
-        assert got[name] == pytest.approx(p, abs=1e-9)
-        assert 0.0 <= got[name] <= 1.0
+        y = float(hidden @ net["w2"]) + float(net["b2"][0])
+        if name in PROBABILITIES:
+            assert got[name] == pytest.approx(1.0 / (1.0 + math.exp(-y)), abs=1e-9)
+            assert 0.0 <= got[name] <= 1.0
+        else:  # a visibility regression: the network's output as it is
+            assert s.network_outputs[name] == "identity"
+            assert got[name] == pytest.approx(y, abs=1e-9)
     # the same numbers through the batch path
     batch = s.score_matrix(np.stack([row, row]))
     assert all(batch[k][1] == pytest.approx(v) for k, v in got.items())
@@ -78,12 +84,25 @@ def test_bad_scores_files_are_refused_with_the_fix():
     with pytest.raises(ValueError, match="refit with benchmarks/fit_describer_scores.py"):
         FeatureScorer.from_dict({**d, "centre": d["centre"][:-1]})
     with pytest.raises(ValueError, match="wrong weight length"):
-        FeatureScorer.from_dict({**d, "weights": {"arms": [0.0, 1.0]}})
+        FeatureScorer.from_dict({**d, "weights": {"lens": [0.0, 1.0]}})
     nets = {**d["networks"], "ring": {**d["networks"]["ring"], "w2": [0.0]}}
     with pytest.raises(ValueError, match="network 'ring'"):
         FeatureScorer.from_dict({**d, "networks": nets})
     with pytest.raises(ValueError, match="both a linear and a network"):
-        FeatureScorer.from_dict({**d, "weights": {**d["weights"], "ring": d["weights"]["arms"]}})
+        FeatureScorer.from_dict({**d, "weights": {**d["weights"], "ring": d["weights"]["lens"]}})
+    odd = {**d["networks"], "bar": {**d["networks"]["bar"], "output": "softmax"}}
+    with pytest.raises(ValueError, match="'bar': 'softmax'"):
+        FeatureScorer.from_dict({**d, "networks": odd})
     renamed = {**d, "fields": ["no_such_measurement", *d["fields"][1:]]}
     with pytest.raises(ValueError, match="no_such_measurement"):
         FeatureScorer.from_dict(renamed)
+
+
+def test_a_network_without_an_output_is_a_probability():
+    """Files written before version 4 name no output: their networks are classifiers."""
+    d = default_scorer().as_dict()
+    old = {k: {p: v for p, v in net.items() if p != "output"} for k, net in d["networks"].items()}
+    s = FeatureScorer.from_dict({**d, "networks": old})
+    assert set(s.network_outputs.values()) == {"logistic"}
+    scores = s.score(_measurements())
+    assert all(0.0 <= scores[k] <= 1.0 for k in NETWORKS)
