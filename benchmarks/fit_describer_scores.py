@@ -201,6 +201,8 @@ def main() -> None:
             "b2": [float(net.intercepts_[1][0])],
             "output": "identity" if kind == "regression" else "logistic",
         }
+        if kind == "regression":  # for FeatureScorer.presence: P(visibility >= 0.5 | score)
+            networks[feat]["residual_sd"] = float(np.std(y - net.predict(z)))
     payload = {
         "version": 4,
         "fitted_on": {

@@ -970,16 +970,17 @@ def _evidence_one(
     req: CaptionRequest, pixel_scale: float, psf_fwhm_arcsec: float
 ) -> tuple[str, dict[str, float] | None, str | None]:
     """(object_id, feature scores, error) of one cutout: the feature scores (captioning.
-    feature_scores) the describer's words are called from, each clipped to [0, 1]."""
+    feature_scores) the describer's words are called from, each as the probability that the
+    feature is there (``FeatureScorer.presence``)."""
     try:
         m = measure(req.image, req.bands, pixel_scale=pixel_scale, psf_fwhm_arcsec=psf_fwhm_arcsec)
-        scores = default_scorer().score(m)
+        scorer = default_scorer()
+        out = scorer.presence(scorer.score(m))
     except MeasurementError as exc:
         return req.object_id, None, f"unmeasurable cutout: {exc}"
     except Exception as exc:  # one bad galaxy never stops the batch
         log.exception("morphology describer failed on %s", req.object_id)
         return req.object_id, None, f"describer failed: {type(exc).__name__}: {exc}"
-    out = {k: min(max(float(v), 0.0), 1.0) for k, v in scores.items() if math.isfinite(v)}
     return req.object_id, out, None
 
 
@@ -1075,8 +1076,9 @@ class MorphologyDescriber:
     ) -> list[tuple[str, dict[str, float] | None, str | None]]:
         """(object_id, scores, error) per request, in order: the describer's feature scores
         (``arms``, ``bar``, ``ring``, ``merger``, ``lens``, ``edge_on``; see
-        :mod:`~galaxy_assets.captioning.feature_scores`), clipped to [0, 1], that its feature
-        words are called from. Unmeasurable cutouts get scores None and the error set."""
+        :mod:`~galaxy_assets.captioning.feature_scores`) that its feature words are called
+        from, each as the probability that the feature is there (``FeatureScorer.presence``).
+        Unmeasurable cutouts get scores None and the error set."""
         args = (self.pixel_scale, self.psf_fwhm_arcsec)
         return self._map(requests, _evidence_chunk, args, lambda oid, why: (oid, None, why))
 

@@ -32,6 +32,7 @@ thresholds in :mod:`~galaxy_assets.captioning.describer`.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -95,6 +96,8 @@ class FeatureScorer:
     networks: Mapping[str, Mapping[str, np.ndarray]] = field(default_factory=dict)
     # feature -> "logistic" (a probability; the default) or "identity" (a visibility regression)
     network_outputs: Mapping[str, str] = field(default_factory=dict)
+    # feature -> the development residuals' standard deviation of each visibility regression
+    residual_sd: Mapping[str, float] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> FeatureScorer:
@@ -131,6 +134,21 @@ class FeatureScorer:
                 f"feature scores: network outputs {odd} are not one of {NETWORK_OUTPUTS}; refit "
                 "with benchmarks/fit_describer_scores.py"
             )
+        residual_sd = {
+            k: float(net["residual_sd"])
+            for k, net in data.get("networks", {}).items()
+            if outputs[k] == "identity" and "residual_sd" in net
+        }
+        unsure = [
+            k
+            for k, v in outputs.items()
+            if v == "identity" and not (residual_sd.get(k, math.nan) > 0.0)
+        ]
+        if unsure:
+            raise ValueError(
+                f"feature scores: regression networks {unsure} have no positive residual_sd; "
+                "refit with benchmarks/fit_describer_scores.py"
+            )
         both = sorted(set(weights) & set(networks))
         if both:
             raise ValueError(f"feature scores: {both} have both a linear and a network model")
@@ -141,7 +159,8 @@ class FeatureScorer:
                 f"feature scores use measurements {unknown} that Measurements no longer has; "
                 "refit with benchmarks/fit_describer_scores.py"
             )
-        return cls(fields, centre, scale, weights, int(data.get("version", 0)), networks, outputs)
+        version = int(data.get("version", 0))
+        return cls(fields, centre, scale, weights, version, networks, outputs, residual_sd)
 
     @classmethod
     def load(cls, path: str | Path = SCORES_PATH) -> FeatureScorer:
@@ -177,6 +196,27 @@ class FeatureScorer:
         row = np.array([[float(getattr(m, f)) for f in self.fields]], dtype=np.float64)
         return {k: float(v[0]) for k, v in self.score_matrix(row).items()}
 
+    def presence(self, scores: Mapping[str, float]) -> dict[str, float]:
+        """Each score as a probability in [0, 1] that the feature is there.
+
+        A network's probability stays as it is. A visibility regression's score ``v`` becomes
+        ``Φ((v - 0.5) / σ)``, the chance that the visibility is at least 0.5 (what the fit
+        calls present) given the development residuals' spread ``σ``: strictly increasing, so
+        a clear feature still outranks a fainter one where a clip to [0, 1] would tie them. A
+        linear score (fitted to a 0/1 flag) is clipped to [0, 1]. Non-finite scores are
+        dropped."""
+        out = {}
+        for k, v in scores.items():
+            v = float(v)
+            if not math.isfinite(v):
+                continue
+            if self.network_outputs.get(k) == "identity":
+                z = (v - 0.5) / self.residual_sd[k]
+                out[k] = 0.5 * (1.0 + math.erf(z / math.sqrt(2.0)))
+            else:
+                out[k] = min(max(v, 0.0), 1.0)
+        return out
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "version": self.version,
@@ -188,6 +228,7 @@ class FeatureScorer:
                 k: {
                     **{p: np.asarray(v).tolist() for p, v in net.items()},
                     "output": self.network_outputs.get(k, "logistic"),
+                    **({"residual_sd": self.residual_sd[k]} if k in self.residual_sd else {}),
                 }
                 for k, net in self.networks.items()
             },

@@ -15,9 +15,12 @@ describer's own evidence, in one of two ways:
 * **a query that names a feature the describer scores** (spiral arms, a bar, a ring, a merger,
   a lens, an edge-on disc; found with the caption keyword families of
   :mod:`~galaxy_assets.captioning.keywords`, negation-aware): the score is
-  ``1 + 9 p`` with ``p`` the describer's feature score for the candidate (the probability or
-  regression score, fitted on the development surveys, that its feature words are called
-  from; :mod:`~galaxy_assets.captioning.feature_scores`), clipped to [0, 1]. Several named
+  ``1 + 9 p`` with ``p`` the describer's feature score for the candidate (fitted on the
+  development surveys, the score its feature words are called from;
+  :mod:`~galaxy_assets.captioning.feature_scores`) as the probability that the feature is
+  there (``FeatureScorer.presence``: a visibility regression's score through the normal
+  CDF of its residuals, which keeps clear features apart where a clip to [0, 1] tied all
+  scores above 1). Several named
   features multiply ("barred spiral": P(bar) · P(arms)); a negated one counts as ``1 - p``
   ("a spiral without a bar"). The score is not rounded: ``p`` stands for the mean over many
   samples a VLM would be asked for. A caption's words are one threshold on ``p``; a rating
@@ -82,7 +85,8 @@ DEFAULT_RATE_PROMPT = "rate_v1"
 MAX_QUESTION_CHARS = 500
 # How the offline describer turns its evidence into ratings (part of the re-ranker's identity,
 # search.service.reranker_id): 2 = feature-score ratings for queries naming a feature.
-RATING_REVISION = 2
+# 3 = visibility regressions enter as FeatureScorer.presence, not clipped to [0, 1].
+RATING_REVISION = 3
 # caption keyword family (captioning.keywords) -> the describer's feature score for it
 FEATURE_OF_FAMILY: dict[str, str] = {
     "spiral": "arms",

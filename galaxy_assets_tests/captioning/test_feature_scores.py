@@ -106,3 +106,28 @@ def test_a_network_without_an_output_is_a_probability():
     assert set(s.network_outputs.values()) == {"logistic"}
     scores = s.score(_measurements())
     assert all(0.0 <= scores[k] <= 1.0 for k in NETWORKS)
+
+
+def test_presence_is_a_probability_that_keeps_the_order_of_visibility_scores():
+    s = default_scorer()
+    assert set(s.residual_sd) == NETWORKS - PROBABILITIES
+    assert all(0.0 < sd < 1.0 for sd in s.residual_sd.values())
+    vis = [-0.2, 0.3, 0.5, 1.0, 1.2]  # a regression may stray outside [0, 1]
+    p = [s.presence({"bar": v})["bar"] for v in vis]
+    assert all(0.0 <= x <= 1.0 for x in p)
+    assert all(a < b for a, b in zip(p, p[1:], strict=False))  # no ties where a clip would tie
+    assert p[2] == pytest.approx(0.5)  # visibility 0.5: as likely there as not
+    sd = s.residual_sd["bar"]
+    assert p[3] == pytest.approx(0.5 * (1 + math.erf(0.5 / sd / math.sqrt(2))))
+    got = s.presence({"merger": 0.3, "lens": 1.4, "edge_on": -0.1, "ring": math.nan})
+    assert got == {"merger": 0.3, "lens": 1.0, "edge_on": 0.0}  # probabilities kept, linear clipped
+
+
+def test_a_regression_network_needs_its_residual_spread():
+    d = default_scorer().as_dict()
+    bare = {
+        **d["networks"],
+        "bar": {k: v for k, v in d["networks"]["bar"].items() if k != "residual_sd"},
+    }
+    with pytest.raises(ValueError, match=r"\['bar'\] have no positive residual_sd"):
+        FeatureScorer.from_dict({**d, "networks": bare})
