@@ -113,6 +113,14 @@ def test_quality_bar_marks_failures(world):
     assert checks["edge_on_discs"].meets_bar is None  # no bar set for it
     assert checks["spirals"].passed is False
     assert any("image similarity" in r for r in checks["spirals"].reasons())
+    # where reversing the top 100 lowers a target, the reason gives the change's paired spread
+    lowered = [q for q in checks.values() if q.rerank_not_lower is False]
+    assert lowered
+    for q in lowered:
+        assert q.rerank_change_std > 0.0
+        (why,) = [r for r in q.reasons() if r.startswith("re-ranking lowers")]
+        change = q.semantic_rerank - q.semantic
+        assert f"a change of {change:+.3f}; paired bootstrap σ {q.rerank_change_std:.3f}" in why
     # a good search with an identity re-ranker passes where it beats image similarity
     _, good = _run(world, search_fn=world.search_fn(noise=0.05))
     gchecks = {q.target: q for q in good.quality_bar()}
@@ -120,6 +128,8 @@ def test_quality_bar_marks_failures(world):
         assert gchecks[t].semantic > 0.95
         assert gchecks[t].beats_image is True
         assert gchecks[t].rerank_not_lower is True
+        # an identity re-ranker changes no resample: the paired spread is exactly 0
+        assert gchecks[t].rerank_change_std == 0.0
     assert gchecks["lenses"].passed is True
 
 
@@ -176,6 +186,7 @@ def test_write_report_markdown_plots_and_grids(world, tmp_path: Path):
     for label in ("semantic search", "semantic + VLM re-ranking", "image similarity", "random"):
         assert label in text
     assert "## Quality bar" in text and "0.941" in text and "0.015" in text
+    assert "| re-ranking change |" in text and "+0.000 ± 0.000" in text  # the identity re-ranker
     assert "Sensitivity to the query" in text and "visible spiral arms" in text
     assert "| table_version | 7 |" in text
     assert "## Champion gate" in text
