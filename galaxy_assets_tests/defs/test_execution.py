@@ -488,6 +488,7 @@ def _step_pids(instance, run_id: str) -> set[int]:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("heavy")  # see pyproject's addopts
 def test_dask_executor_runs_a_multi_shard_backfill(tmp_path, monkeypatch):
     from galaxy_assets.defs.partitions import shard_partitions
 
@@ -543,6 +544,7 @@ def test_dask_executor_runs_a_multi_shard_backfill(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("heavy")  # see pyproject's addopts
 def test_dask_executor_honours_instance_pools(tmp_path, monkeypatch):
     """Two steps in pool lancedb_writer (limit 1) on two free workers run one after the other.
     The stock dagster-dask executor cannot even submit them with this dask (its arguments
@@ -620,6 +622,7 @@ KILLED, TRANSIENT, BROKEN = FAULT_KEYS[1], FAULT_KEYS[2], FAULT_KEYS[3]
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("heavy")  # see pyproject's addopts
 def test_faults_killed_worker_transient_failure_and_broken_shard(monkeypatch, tmp_path):
     """A worker dies right after committing its shard: dask reruns the step on the other
     worker, the upsert is idempotent. A step fails once: the run fails, the run-retry policy

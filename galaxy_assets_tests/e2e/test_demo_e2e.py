@@ -19,7 +19,8 @@ from galaxy_assets.cli import ensure_mock_survey
 from galaxy_assets.runtime import Home
 from galaxy_assets.survey.readers import find_shards, shard_key
 
-pytestmark = pytest.mark.slow
+# heavy: never beside another multi-process test (pyproject's addopts)
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("heavy")]
 
 
 def _demo(home: Path, *args: str) -> subprocess.CompletedProcess:

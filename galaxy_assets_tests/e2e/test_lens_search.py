@@ -27,7 +27,8 @@ from galaxy_assets.runtime import Home
 from galaxy_assets.survey import mock_population
 from galaxy_assets.survey.truth import load_truth
 
-pytestmark = pytest.mark.slow
+# heavy: never beside another multi-process test (pyproject's addopts)
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("heavy")]
 
 # seed 5: not one of the surveys the describer's thresholds and feature scores were fitted
 # on (7, 11) or checked on (2026)
