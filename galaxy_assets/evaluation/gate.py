@@ -31,12 +31,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import polars as pl
 
 from galaxy_assets.evaluation.errors import EvaluationError
 from galaxy_assets.evaluation.labels import EvaluationLabels
-from galaxy_assets.evaluation.metrics import bootstrap_galaxies, ranked_indices
+from galaxy_assets.evaluation.metrics import paired_change_std, ranked_indices
 from galaxy_assets.evaluation.report import EvaluationResult
 
 log = logging.getLogger(__name__)
@@ -294,13 +293,9 @@ def _paired_sigma(
             fp,
         )
         return math.nan, ""
-    ranks = [ranked_indices(a_ids, tl.index), ranked_indices(b_ids, tl.index)]
-    samples = bootstrap_galaxies(ranks, tl.relevance, k, n_boot, seed)
-    diff = samples[:, 0] - samples[:, 1]
-    diff = diff[np.isfinite(diff)]
-    if diff.size < 2:
-        return math.nan, ""
-    return float(diff.std(ddof=1)), "paired"
+    a, b = ranked_indices(a_ids, tl.index), ranked_indices(b_ids, tl.index)
+    sigma = paired_change_std(a, b, tl.relevance, k, n_boot, seed)
+    return (sigma, "paired") if math.isfinite(sigma) else (math.nan, "")
 
 
 def decision_from_dict(data: Mapping[str, Any]) -> GateDecision:

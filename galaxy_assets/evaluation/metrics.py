@@ -44,6 +44,7 @@ __all__ = [
     "dcg",
     "ndcg",
     "ndcg_at_k",
+    "paired_change_std",
     "precision_at_k",
     "ranked_indices",
     "ranking_metrics",
@@ -384,3 +385,15 @@ def bootstrap_galaxies(
     for m, d in enumerate(dcgs):
         out[ok, m] = d[ok] / idcg[ok]
     return out
+
+
+def paired_change_std(
+    first: np.ndarray, second: np.ndarray, relevance: np.ndarray, k: int, n_boot: int, seed: int
+) -> float:
+    """Standard deviation of nDCG@k(second) - nDCG@k(first) over paired bootstrap resamples of
+    the galaxies (:func:`bootstrap_galaxies`: both rankings scored on each resample); NaN when
+    fewer than two resamples hold a relevant galaxy."""
+    samples = bootstrap_galaxies([first, second], relevance, k, n_boot, seed)
+    diff = samples[:, 1] - samples[:, 0]
+    diff = diff[np.isfinite(diff)]
+    return float(diff.std(ddof=1)) if diff.size >= 2 else math.nan

@@ -54,6 +54,7 @@ from galaxy_assets.evaluation.metrics import (
     RankingMetrics,
     bootstrap_galaxies,
     bootstrap_mean,
+    paired_change_std,
     ranked_indices,
     ranking_metrics,
     summarize_samples,
@@ -637,17 +638,16 @@ def evaluate(
                     primary[method] = ranked
         if set(TEXT_METHODS) <= set(primary):
             # the re-ranking's change, on shared resamples of the galaxies (paired)
-            paired = bootstrap_galaxies(
-                [primary[m] for m in TEXT_METHODS],
+            sigma = paired_change_std(
+                primary["semantic"],
+                primary["semantic_rerank"],
                 tl.relevance,
                 10,
                 n_boot,
                 _sub_seed(seed, name, "rerank_change"),
             )
-            change = paired[:, 1] - paired[:, 0]
-            change = change[np.isfinite(change)]
-            if change.size >= 2:
-                info["rerank_change_std_ndcg@10"] = float(np.std(change, ddof=1))
+            if math.isfinite(sigma):
+                info["rerank_change_std_ndcg@10"] = sigma
         if emb_ids is not None and vectors is not None:
             sim = image_similarity_rankings(
                 tl,
