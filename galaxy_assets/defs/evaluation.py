@@ -27,7 +27,9 @@ class SearchEvaluationConfig(dg.Config):
     lens_catalogue: str = ""  # lens catalogue (ra, dec[, grade]); empty: truth
     match_radius_arcsec: float = 1.0
     rerank: bool = True  # also score semantic search re-ranked by the configured captioner
-    rerank_depth: int = 50
+    # top semantic results re-ranked; 0: the search settings' k_rerank (100 by default), so the
+    # report measures the re-ranking `galaxy-assets search --rerank` gives
+    rerank_depth: int = 0
     n_boot: int = 500
     n_sigma: float = 1.0  # a target fails the gate when nDCG@10 drops by more than n_sigma σ
 
@@ -51,9 +53,14 @@ def search_evaluation(
     grids, logged to the aligner's MLflow run. The candidate becomes
     `search-aligner@champion` only when the blocking gate passes."""
     from galaxy_assets.search.service import build_rater, reranker_id
+    from galaxy_assets.settings import load_settings
 
-    reranker = reranker_id() if config.rerank else None
-    run_cfg = EvaluationConfig(**config.model_dump(), alias=search_index.aligner_alias)
+    settings = load_settings()
+    depth = config.rerank_depth or settings.search.k_rerank
+    reranker = reranker_id(settings, depth) if config.rerank else None
+    run_cfg = EvaluationConfig(**(config.model_dump() | {"rerank_depth": depth}),
+                               rerank_samples=settings.search.rerank_samples,
+                               alias=search_index.aligner_alias)
     tracker = mlflow.tracker(home.home())
     embedder = text_embedder.build(compute)
     outcome = run_search_evaluation(
@@ -61,7 +68,7 @@ def search_evaluation(
         image_embeddings=pl.concat(list(image_embeddings.values())),
         manifest=pl.concat(list(raw_cutouts.values()), how="diagonal_relaxed"),
         tracker=tracker, text_embedder=embedder,
-        rater=build_rater(text_embedder=embedder) if config.rerank else None,
+        rater=build_rater(settings, text_embedder=embedder) if config.rerank else None,
         reports=home.home().reports / "search_evaluation", config=run_cfg,
         index_version=_index_version(home, search_index),
         reranker=reranker, log=context.log.info,

@@ -48,7 +48,8 @@ class EvaluationConfig:
     lens_catalogue: str = ""
     match_radius_arcsec: float = 1.0
     rerank: bool = True
-    rerank_depth: int = 50
+    rerank_depth: int = 100  # top semantic results re-ranked (the search's default k_rerank)
+    rerank_samples: int = 1  # ratings averaged per galaxy (the search's rerank_samples)
     n_boot: int = 500
     n_sigma: float = 1.0
     alias: str = "champion"
@@ -171,7 +172,8 @@ def run_search_evaluation(
     }
     if rater is not None:
         versions["reranker"] = reranker or str(getattr(rater, "model_id", type(rater).__name__))
-    rerank_fn = RerankCallable(rater, manifest, cand_search) if rater is not None else None
+    rerank_fn = (RerankCallable(rater, manifest, cand_search, n_samples=config.rerank_samples)
+                 if rater is not None else None)
     log(f"evaluating {candidate.aligner_version} on {len(cand_search)} galaxies"
         + (f" against champion v{champion_version}" if champion_version else ""))
     common = {"universe": cand_search.ids.tolist(), "n_boot": config.n_boot, "seed": config.seed}

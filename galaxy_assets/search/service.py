@@ -123,20 +123,23 @@ def _image_encoder_for(aligner: Any, tracker: Any):
     )
 
 
-def reranker_id(settings: Settings | None = None) -> str:
+def reranker_id(settings: Settings | None = None, depth: int | None = None) -> str:
     """What re-ranks under ``settings``, as an evaluation records it: the describer's model,
-    template hash and rating revision, or a VLM backend's model and rating prompt. A demo rerun
-    re-evaluates when it changes, so re-ranked figures never come from an older rater."""
+    template hash and rating revision, or a VLM backend's model and rating prompt, then how
+    many top results it re-orders (``depth``; default the settings' ``search.k_rerank``). A
+    demo rerun re-evaluates when it changes, so re-ranked figures never come from an older
+    rater or another depth."""
     from galaxy_assets.captioning.rating import DEFAULT_RATE_PROMPT, RATING_REVISION
 
     settings = settings or load_settings()
     cfg = settings.captioner
+    top = f"+top{int(depth or settings.search.k_rerank)}"
     if cfg.backend == "morphology":
         from galaxy_assets.captioning.describer import MorphologyDescriber
 
         describer = MorphologyDescriber()
-        return f"{describer.model_id}@{describer.prompt_sha}+rating-r{RATING_REVISION}"
-    return f"{cfg.backend}:{cfg.model}+{DEFAULT_RATE_PROMPT}"
+        return f"{describer.model_id}@{describer.prompt_sha}+rating-r{RATING_REVISION}{top}"
+    return f"{cfg.backend}:{cfg.model}+{DEFAULT_RATE_PROMPT}{top}"
 
 
 def build_rater(settings: Settings | None = None, text_embedder: Any | None = None):

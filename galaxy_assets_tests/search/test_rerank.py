@@ -371,7 +371,8 @@ def test_the_real_describer_gives_feature_scores_in_0_1(survey_results):
 
 def test_reranker_id_names_the_rating_rule_or_the_vlm():
     """An evaluation records its re-ranker: the describer's templates and rating revision, or
-    a VLM backend's model and prompt, so that a rerun notices a new rater."""
+    a VLM backend's model and prompt, and the depth it re-ranks, so that a rerun notices a new
+    rater or a new depth."""
     from galaxy_assets.captioning.describer import MorphologyDescriber
     from galaxy_assets.captioning.rating import RATING_REVISION
     from galaxy_assets.search.service import reranker_id
@@ -379,7 +380,11 @@ def test_reranker_id_names_the_rating_rule_or_the_vlm():
 
     describer = MorphologyDescriber()
     assert reranker_id(Settings()) == (
-        f"morphology-describer-v1@{describer.prompt_sha}+rating-r{RATING_REVISION}"
+        f"morphology-describer-v1@{describer.prompt_sha}+rating-r{RATING_REVISION}+top100"
     )
     vlm = Settings(captioner={"backend": "openai", "model": "gpt-4.1-mini"})
-    assert reranker_id(vlm) == "openai:gpt-4.1-mini+rate_v1"
+    assert reranker_id(vlm) == "openai:gpt-4.1-mini+rate_v1+top100"
+    deeper = Settings(captioner={"backend": "openai", "model": "gpt-4.1-mini"},
+                      search={"k_rerank": 200})
+    assert reranker_id(deeper) == "openai:gpt-4.1-mini+rate_v1+top200"
+    assert reranker_id(deeper, depth=50) == "openai:gpt-4.1-mini+rate_v1+top50"
