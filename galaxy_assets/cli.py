@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from galaxy_assets.runtime import HOME_ENV, Home
+from galaxy_assets.runtime import HOME_ENV, Home, restore_interrupt_signals
 
 log = logging.getLogger("galaxy_assets.cli")
 
@@ -776,6 +776,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    restore_interrupt_signals()  # a background launch ignores SIGINT, which Dagster copies
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:

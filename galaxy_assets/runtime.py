@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,3 +156,28 @@ def exclusive_file_lock(path: str | os.PathLike[str]) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def restore_interrupt_signals() -> bool:
+    """Give SIGINT Python's handler and SIGTERM the default action again where the process
+    started with them ignored, as any job started in the background of a non-interactive shell
+    (CI runners, ``nohup … &``) starts with SIGINT ignored. Returns whether anything changed.
+
+    Dagster copies SIGINT's handler onto SIGTERM around all user code
+    (``dagster._utils.interrupts.setup_interrupt_handlers``), so an ignored SIGINT leaves SIGTERM
+    ignored too, and every child inherits that: a dask worker started from such a process, and
+    the ``tail -F`` of each step's compute-log capture, then survive ``terminate()``. Each step
+    waited 30 s per captured stream for its tail, and the tails leaked. Call it in the main
+    thread of a process that runs Dagster code (the CLI, every dask worker); elsewhere it does
+    nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    changed = False
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        changed = True
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_IGN:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        changed = True
+    return changed

@@ -84,3 +84,69 @@ def test_torchvision_guard_lets_timm_import():
 
     model = timm.create_model("resnet18", in_chans=4, num_classes=0)
     assert model.num_features == 512
+
+
+_CHILD_AFTER_DAGSTER = """
+import signal, subprocess, sys
+from galaxy_assets.runtime import restore_interrupt_signals
+if sys.argv[1] == "restore":
+    restore_interrupt_signals()
+from dagster._core.errors import DagsterUserCodeExecutionError, user_code_error_boundary
+with user_code_error_boundary(DagsterUserCodeExecutionError, lambda: "user code"):
+    pass
+child = subprocess.Popen(["sleep", "30"])  # what compute-log capture does with `tail -F`
+child.terminate()
+try:
+    child.wait(timeout=5)
+    print("terminated")
+except subprocess.TimeoutExpired:
+    child.kill()
+    print("ignored SIGTERM")
+"""
+
+
+@pytest.mark.parametrize("restore", [False, True])
+def test_background_launch_keeps_sigterm_working_for_children(restore):
+    """A process started with SIGINT ignored (a background job of a non-interactive shell, as
+    CI runners and `nohup … &` start it) ends up with SIGTERM ignored once Dagster has run
+    user code, because Dagster copies SIGINT's handler onto SIGTERM; its children then survive
+    `terminate()`. `restore_interrupt_signals` (the CLI and every dask worker call it) undoes
+    the ignored SIGINT first. If the unrestored case ever terminates, Dagster stopped copying
+    the handler and the workaround can go."""
+    import signal
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", _CHILD_AFTER_DAGSTER, "restore" if restore else "plain"],
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert out.stdout.strip() == ("terminated" if restore else "ignored SIGTERM"), out.stderr
+
+
+def test_restore_interrupt_signals_changes_only_ignored_handlers():
+    import signal
+
+    from galaxy_assets.runtime import restore_interrupt_signals
+
+    def handler(signo, frame):
+        return None
+
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    try:
+        signal.signal(signal.SIGINT, handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        assert restore_interrupt_signals() is False
+        assert signal.getsignal(signal.SIGINT) is handler
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        assert restore_interrupt_signals() is True
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGINT, before[0])
+        signal.signal(signal.SIGTERM, before[1])

@@ -44,6 +44,7 @@ from typing import Any
 
 import dagster as dg
 
+from galaxy_assets.runtime import restore_interrupt_signals
 from galaxy_assets.settings import ClusterSettings, Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -344,6 +345,7 @@ def _plugin_class() -> type:
             self.gpus = gpus
 
         def setup(self, worker) -> None:
+            restore_interrupt_signals()
             GpuPinning(self.gpus).setup(worker)
 
     return GpuPinningPlugin
@@ -356,7 +358,10 @@ def gpu_pinning_plugin(gpus: Sequence[str] | None = None):
 
 
 def dask_setup(worker) -> None:
-    """``dask worker --preload galaxy_assets.defs.execution``: pin at worker start."""
+    """``dask worker --preload galaxy_assets.defs.execution``: pin at worker start (and undo
+    the ignored SIGINT / SIGTERM of a worker started in the background; see
+    :func:`galaxy_assets.runtime.restore_interrupt_signals`)."""
+    restore_interrupt_signals()
     GpuPinning().setup(worker)
 
 
