@@ -165,11 +165,11 @@ def restore_interrupt_signals() -> bool:
 
     Dagster copies SIGINT's handler onto SIGTERM around all user code
     (``dagster._utils.interrupts.setup_interrupt_handlers``), so an ignored SIGINT leaves SIGTERM
-    ignored too, and every child inherits that: a dask worker started from such a process, and
-    the ``tail -F`` of each step's compute-log capture, then survive ``terminate()``. Each step
-    waited 30 s per captured stream for its tail, and the tails leaked. Call it in the main
-    thread of a process that runs Dagster code (the CLI, every dask worker); elsewhere it does
-    nothing.
+    ignored too, and every child inherits that: the workers of a ``LocalCluster`` started from
+    such a process, and the ``tail -F`` of each step's compute-log capture, then survive
+    ``terminate()``. Each step waited 30 s per captured stream for its tail, and the tails
+    leaked. Call it in the main thread of a process that runs Dagster code (the CLI, every dask
+    worker); elsewhere it does nothing.
     """
     if threading.current_thread() is not threading.main_thread():
         return False
