@@ -33,6 +33,7 @@ from galaxy_assets.evaluation.report import (
     write_report,
 )
 from galaxy_assets.evaluation.semantic import ExactSemanticSearch, RerankCallable
+from galaxy_assets.search.rerank import DEFAULT_K_RERANK
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ class EvaluationConfig:
     lens_catalogue: str = ""
     match_radius_arcsec: float = 1.0
     rerank: bool = True
-    rerank_depth: int = 100  # top semantic results re-ranked (the search's default k_rerank)
+    rerank_depth: int = DEFAULT_K_RERANK  # top semantic results re-ranked, as search does
     rerank_samples: int = 1  # ratings averaged per galaxy (the search's rerank_samples)
     n_boot: int = 500
     n_sigma: float = 1.0

@@ -59,6 +59,7 @@ from galaxy_assets.evaluation.metrics import (
     ranking_metrics,
     summarize_samples,
 )
+from galaxy_assets.search.rerank import DEFAULT_K_RERANK
 
 log = logging.getLogger(__name__)
 
@@ -533,7 +534,7 @@ def evaluate(
     max_image_queries: int = 200,
     min_image_queries: int = 5,
     fetch_k: int = 1000,
-    rerank_depth: int = 100,
+    rerank_depth: int = DEFAULT_K_RERANK,
     rerank_all_phrasings: bool = True,
     curve_k: int | None = None,
     versions: Mapping[str, Any] | None = None,
