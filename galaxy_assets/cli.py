@@ -616,6 +616,12 @@ def format_evaluation(result) -> str:
             v, sd = row["ndcg@10"][0], row["ndcg@10_std"][0]
             cells.append(f"{v:>{width}.3f}±{sd:.2f}" if v == v else f"{'n/a':>{width + 6}}")
         lines.append(f"{target:<15}" + "".join(cells))
+    splits = result.caption_splits()
+    if splits:
+        lines.append("semantic nDCG@10 on galaxies without / with a training caption (equal-sized "
+                     "sets; see the report): "
+                     + ", ".join(f"{t} {sp['uncaptioned']['ndcg']:.3f} / "
+                                 f"{sp['captioned']['ndcg']:.3f}" for t, sp in splits.items()))
     return "\n".join(lines)
 
 

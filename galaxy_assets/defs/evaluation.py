@@ -36,7 +36,9 @@ class SearchEvaluationConfig(dg.Config):
 
 @dg.asset(
     group_name="search", kinds={"mlflow", "polars"}, **gpu_step(),
-    ins={"image_embeddings": ALL, "raw_cutouts": ALL},
+    ins={"image_embeddings": ALL, "raw_cutouts": ALL,
+         # only which galaxies have a training caption (the report's caption split)
+         "caption_embeddings": dg.AssetIn(metadata={"columns": ["object_id"]})},
     check_specs=[dg.AssetCheckSpec(GATE, asset="search_evaluation", blocking=True,
                                    description="The candidate aligner's nDCG@10 drops on no "
                                    "target by more than its bootstrap uncertainty.")],
@@ -44,13 +46,14 @@ class SearchEvaluationConfig(dg.Config):
 def search_evaluation(
     context: dg.AssetExecutionContext, config: SearchEvaluationConfig,
     aligned_model: pl.DataFrame, image_embeddings: DataFramePartitions,
-    raw_cutouts: DataFramePartitions, home: HomeResource, compute: ComputeResource,
-    mlflow: MLflowResource, text_embedder: TextEmbedderResource,
+    raw_cutouts: DataFramePartitions, caption_embeddings: pl.DataFrame, home: HomeResource,
+    compute: ComputeResource, mlflow: MLflowResource, text_embedder: TextEmbedderResource,
     search_index: SearchIndexResource,
 ):
     """nDCG@10/100, recall and precision for semantic search (with and without re-ranking),
-    image similarity and random on every target; a Markdown report with plots and example
-    grids, logged to the aligner's MLflow run. The candidate becomes
+    image similarity and random on every target, and semantic nDCG@10 on galaxies without
+    and with a training caption; a Markdown report with plots and example grids, logged to the
+    aligner's MLflow run. The candidate becomes
     `search-aligner@champion` only when the blocking gate passes."""
     from galaxy_assets.search.service import build_rater, reranker_id
     from galaxy_assets.settings import load_settings
@@ -71,7 +74,8 @@ def search_evaluation(
         rater=build_rater(settings, text_embedder=embedder) if config.rerank else None,
         reports=home.home().reports / "search_evaluation", config=run_cfg,
         index_version=_index_version(home, search_index),
-        reranker=reranker, log=context.log.info,
+        reranker=reranker, captioned_ids=caption_embeddings["object_id"].unique().to_list(),
+        log=context.log.info,
     )
     decision = outcome.decision
     metadata = {

@@ -8,7 +8,7 @@ Only this evaluation reads the truth tables (through :func:`~.labels.load_truth_
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -147,6 +147,7 @@ def run_search_evaluation(
     config: EvaluationConfig,
     index_version: int | None = None,
     reranker: str | None = None,
+    captioned_ids: Iterable[str] | None = None,
     log: Callable[[str], None] = log.info,
 ) -> EvaluationOutcome:
     """Evaluate aligner ``candidate_version`` and, when another version holds ``config.alias``,
@@ -155,7 +156,9 @@ def run_search_evaluation(
     ``reranker``: the re-ranker's identity for the report's versions (default: the rater's
     ``model_id``).
     ``index_version``: the galaxy_index version serving queries meanwhile (recorded only: the
-    search is exact and in memory, so that a candidate is judged before it serves)."""
+    search is exact and in memory, so that a candidate is judged before it serves).
+    ``captioned_ids``: the object_ids whose captions trained the candidate; the report then
+    compares its semantic nDCG@10 on galaxies without and with a training caption."""
     from galaxy_assets.alignment.model import load_aligner
 
     labels = load_labels(manifest, config)
@@ -180,7 +183,8 @@ def run_search_evaluation(
     common = {"universe": cand_search.ids.tolist(), "n_boot": config.n_boot, "seed": config.seed}
     result = evaluate(labels, search_fn=cand_search, rerank_fn=rerank_fn,
                       image_embeddings=image_embeddings, rerank_depth=config.rerank_depth,
-                      rerank_all_phrasings=False, versions=versions, **common)
+                      rerank_all_phrasings=False, versions=versions,
+                      captioned_ids=captioned_ids, **common)
     champion_result = None
     if champion_version is not None and champion_version != candidate_version:
         champion = load_aligner(tracker, ALIGNER, champion_version)

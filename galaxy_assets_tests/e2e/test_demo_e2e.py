@@ -90,6 +90,12 @@ def test_demo_with_one_corrupt_shard(isolated_home):
         assert set(per_method) >= {"semantic", "semantic_rerank", "random"}, target
         assert all("ndcg@10" in m for m in per_method.values()), target
     assert set(figures["spirals"]) == methods
+    # every target's semantic search is also scored on galaxies without and with a training
+    # caption, or says why it could not be (a tiny survey has few uncaptioned members)
+    for target, info in report["targets"].items():
+        split = info["caption_split"]
+        assert split["n_captioned"] + split["n_uncaptioned"] == info["n_candidates"], target
+        assert "uncaptioned" in split or split["reason"], target
     assert (home.reports / "search_evaluation" / "v1" / "report.md").exists()
     # the index holds the good shards' galaxies and the demo printed searches from it
     from galaxy_assets.search.table import open_table
