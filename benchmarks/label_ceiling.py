@@ -21,6 +21,11 @@ the ratio bar / oracle. Binary targets (lenses, rings) have no label noise: thei
 
 Run: ``.venv/bin/python benchmarks/label_ceiling.py [--home .galaxy_home] [--json]`` after
 ``galaxy-assets demo`` (or any run that materialized ``raw_cutouts`` on a mock survey).
+
+``--seeds 0 1 2 … [--n 3000]`` instead simulates one mock survey per seed (the demo's
+generator and size, in a temporary folder) and prints the oracle's nDCG@10 on each, their mean
+and spread, and in how many surveys the oracle itself meets each bar: a survey's ceiling is one
+draw of the simulated volunteers, and a bar close to the ceiling is met or missed by the draw.
 """
 
 from __future__ import annotations
@@ -40,11 +45,69 @@ def _ranked(ids: np.ndarray, score: np.ndarray) -> list[str]:
     return ids[order].tolist()
 
 
+def across_surveys(seeds: list[int], n: int, as_json: bool) -> None:
+    """The oracle's nDCG@10 on one freshly simulated survey per seed."""
+    import tempfile
+
+    from galaxy_assets.evaluation.labels import labels_from_truth, load_targets
+    from galaxy_assets.survey.mock import simulate_survey
+    from galaxy_assets.survey.truth import load_truth
+
+    targets = {k: t for k, t in load_targets().items() if t.kind == "vote_fraction"}
+    per_seed: dict[int, dict[str, float]] = {}
+    for seed in seeds:
+        with tempfile.TemporaryDirectory(prefix="ceiling_") as tmp:
+            result = simulate_survey(tmp, n, seed=seed, workers=os.cpu_count() or 1)
+            truth = load_truth([str(p) for p in result.shards])
+        labels = labels_from_truth(truth, targets)
+        per_seed[seed] = {name: labels.targets[name].label_ceiling(10) for name in targets}
+        if not as_json:
+            print(
+                f"seed {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in per_seed[seed].items()),
+                flush=True,
+            )
+    rows = []
+    for name, t in targets.items():
+        values = np.array([per_seed[s][name] for s in seeds])
+        row = {
+            "target": name,
+            "n_surveys": len(seeds),
+            "oracle_mean": float(values.mean()),
+            "oracle_std": float(values.std(ddof=1)) if len(seeds) > 1 else None,
+            "oracle_min": float(values.min()),
+            "oracle_max": float(values.max()),
+            "bar": t.min_ndcg_at_10,
+        }
+        if t.min_ndcg_at_10 is not None:
+            row["surveys_oracle_meets_bar"] = int((values >= t.min_ndcg_at_10).sum())
+        rows.append(row)
+    if as_json:
+        print(json.dumps({"n": n, "seeds": seeds, "per_seed": per_seed, "targets": rows}, indent=2))
+        return
+    print(f"oracle nDCG@10 over {len(seeds)} simulated surveys of {n} galaxies")
+    print(f"{'target':15s} {'mean':>6s} {'std':>6s} {'min':>6s} {'max':>6s} {'bar':>5s} met")
+    for r in rows:
+        bar = f"{r['bar']:.2f}" if r["bar"] is not None else "-"
+        met = f"{r['surveys_oracle_meets_bar']}/{r['n_surveys']}" if r["bar"] is not None else "-"
+        std = f"{r['oracle_std']:.3f}" if r["oracle_std"] is not None else "-"
+        print(
+            f"{r['target']:15s} {r['oracle_mean']:6.3f} {std:>6s} {r['oracle_min']:6.3f} "
+            f"{r['oracle_max']:6.3f} {bar:>5s} {met}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--home", default=os.environ.get("GALAXY_ASSETS_HOME", ".galaxy_home"))
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", help="simulate one survey per seed instead of a home"
+    )
+    parser.add_argument("--n", type=int, default=3000, help="galaxies per simulated survey")
     args = parser.parse_args()
+    if args.seeds:
+        across_surveys(args.seeds, args.n, args.json)
+        return
 
     from galaxy_assets.evaluation.labels import labels_from_truth, load_targets
     from galaxy_assets.evaluation.metrics import ndcg_at_k
