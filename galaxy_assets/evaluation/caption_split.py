@@ -91,7 +91,8 @@ def caption_split(
     """nDCG@k of a ranking among the labelled galaxies without and with a training caption.
 
     ``ranked``: the ranking as positions in ``labels``' candidate set, best first (as
-    :func:`~galaxy_assets.evaluation.metrics.ranked_indices` gives). ``captioned_ids``: the
+    :func:`~galaxy_assets.evaluation.metrics.ranked_indices` gives), holding every candidate:
+    a group's best galaxies may lie anywhere in it. ``captioned_ids``: the
     object_ids whose captions trained the aligner. Both groups are scored on ``size`` galaxies,
     the smaller group's count: the smaller group whole, the larger one over ``n_draws`` seeded
     subsamples (mean, and standard deviation over draws). Returns a dict with ``n_uncaptioned``,
@@ -116,8 +117,18 @@ def caption_split(
             "needed)"
         )
         return out
-    rng = np.random.default_rng(seed)
     ranked = np.asarray(ranked, dtype=np.int64)
+    present = np.zeros(labels.n_candidates, dtype=bool)
+    present[ranked] = True
+    if not present.all():
+        # a subset's top k may lie anywhere in the whole ranking: a truncated one would score
+        # its missing galaxies as ranked last
+        out["reason"] = (
+            f"the ranking holds {int(present.sum())} of the {labels.n_candidates} labelled "
+            "galaxies; the caption split needs every one ranked"
+        )
+        return out
+    rng = np.random.default_rng(seed)
     unc = _side(labels, ranked, ~captioned, size, k, rng, n_draws)
     cap = _side(labels, ranked, captioned, size, k, rng, n_draws)
     if not (math.isfinite(unc["ndcg"]) and math.isfinite(cap["ndcg"])):

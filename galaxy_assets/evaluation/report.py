@@ -593,8 +593,9 @@ def evaluate(
     vectors: np.ndarray | None = None
     if image_embeddings is not None:
         emb_ids, vectors = embedding_matrix(image_embeddings)
-    if universe is not None:
-        labels = labels.restrict(universe)
+    universe_ids = None if universe is None else [str(o) for o in universe]
+    if universe_ids is not None:
+        labels = labels.restrict(universe_ids)
     elif emb_ids is not None:
         labels = labels.restrict(emb_ids.tolist())
     names = list(labels.names) if targets is None else list(targets)
@@ -611,6 +612,17 @@ def evaluate(
         queries = [q for n in names for q in labels[n].target.queries]
         results = run_search(search_fn, queries, fetch_k)
         log.info("semantic search: %d queries, %d results each asked", len(results), fetch_k)
+    split_rankings: dict[str, list[str]] = {}
+    if captioned is not None and search_fn is not None:
+        # the caption split scores subsets of the galaxies, whose top k can lie deep in the
+        # whole ranking: rank every galaxy searched for the primary phrasings
+        n_all = (
+            len(universe_ids)
+            if universe_ids is not None
+            else (emb_ids.size if emb_ids is not None else fetch_k)
+        )
+        primaries = [labels[n].target.primary_query for n in names]
+        split_rankings = run_search(search_fn, primaries, max(n_all, fetch_k))
 
     target_info: dict[str, dict[str, Any]] = {}
     scores: list[Scores] = []
@@ -672,7 +684,7 @@ def evaluate(
         if captioned is not None and "semantic" in primary:
             split = caption_split(
                 tl,
-                primary["semantic"],
+                ranked_indices(split_rankings[t.primary_query], tl.index),
                 captioned,
                 k=k_split,
                 seed=_sub_seed(seed, name, "caption_split"),

@@ -65,6 +65,9 @@ def test_too_few_galaxies_in_a_group_gives_a_reason_not_a_figure():
     out = caption_split(labels, np.arange(200), {f"g{i:04d}" for i in range(MIN_GROUP - 1)})
     assert "uncaptioned" not in out
     assert f"only {MIN_GROUP - 1} labelled galaxies with a training caption" in out["reason"]
+    # a truncated ranking would score a group's unranked galaxies as last: refused
+    out = caption_split(labels, np.arange(150), {f"g{i:04d}" for i in range(100)})
+    assert "holds 150 of the 200 labelled galaxies" in out["reason"]
     # a group with nothing relevant: nDCG is undefined there
     out = caption_split(labels, np.arange(200), {f"g{i:04d}" for i in range(1, 200, 5)})
     assert "undefined" in out["reason"]
