@@ -311,6 +311,22 @@ def _emulator_config(budget_s: float) -> dict:
     return {"ops": {"property_emulator": {"config": {"time_budget_s": float(budget_s)}}}}
 
 
+DEFAULT_ENCODER_EPOCHS = 12  # MorphologyTrainConfig.epochs, the asset's default
+
+
+def _morphology_config(epochs: int) -> dict:
+    """The demo's encoder schedule: ``epochs`` at most, with a time budget that lets them run
+    (20 s an epoch, at least the asset's default 240 s)."""
+    return {"ops": {"morphology_encoder": {"config": {
+        "epochs": int(epochs), "time_budget_s": max(240.0, 20.0 * epochs)}}}}
+
+
+def _encoder_schedule_changed(meta: dict, epochs: int) -> bool:
+    """Whether the latest encoder was trained with another epoch limit than ``epochs`` (a
+    materialization from before the limit was recorded counts as the default)."""
+    return int(meta.get("epochs_max", DEFAULT_ENCODER_EPOCHS)) != int(epochs)
+
+
 def _run_models(defs, instance, keys: list[str], args: argparse.Namespace) -> bool:
     """Morphology encoder -> per-shard predictions and embeddings -> aligner -> evaluation and
     champion gate -> search vectors and galaxy_index (one run over every shard)."""
@@ -324,7 +340,8 @@ def _run_models(defs, instance, keys: list[str], args: argparse.Namespace) -> bo
         return instance.get_latest_materialization_event(dg.AssetKey(asset)) is None
 
     # A rerun reuses what exists: each stage runs when it is missing or its inputs changed.
-    retrain = args.force or absent("morphology_encoder")
+    retrain = (args.force or absent("morphology_encoder") or _encoder_schedule_changed(
+        _latest_metadata(instance, "morphology_encoder"), args.encoder_epochs))
     shards = keys if retrain else sorted(set(missing("image_embeddings"))
                                          | set(missing("morphology_predictions")))
     new_captions = bool(_latest_metadata(instance, "vlm_captions").get("described_now"))
@@ -351,7 +368,8 @@ def _run_models(defs, instance, keys: list[str], args: argparse.Namespace) -> bo
         if not needed:
             print(f"{job_name}: {why}")
             continue
-        run_config = _emulator_config(args.emulator_budget) if job_name == "emulator_job" else None
+        run_config = {"emulator_job": _emulator_config(args.emulator_budget),
+                      "morphology_job": _morphology_config(args.encoder_epochs)}.get(job_name)
         passed = _run_stage(defs, instance, job_name, stage_keys, run_config, batched=batched)
         if not passed and job_name != "evaluation_job":
             return False
@@ -363,7 +381,8 @@ def _run_models(defs, instance, keys: list[str], args: argparse.Namespace) -> bo
     else:
         print("index_job: every shard is indexed with the current aligner")
     meta = _latest_metadata(instance, "morphology_encoder")
-    print(f"\nmorphology-encoder: held-out loss {meta.get('val_loss', float('nan')):.3f}, "
+    print(f"\nmorphology-encoder ({meta.get('epochs_max', '?')} epochs at most): held-out loss "
+          f"{meta.get('val_loss', float('nan')):.3f}, "
           f"vote-fraction MAE {meta.get('val_vote_mae', float('nan')):.3f}")
     meta = _latest_metadata(instance, "aligned_model")
     print(f"search-aligner: {meta.get('aligner_version')}; "
@@ -641,6 +660,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--captions", type=int, default=2000, help="galaxies in the caption sample (default 2000)"
     )
+    p.add_argument("--encoder-epochs", type=int, default=DEFAULT_ENCODER_EPOCHS,
+                   help="morphology-encoder epochs (default 12; longer training learns mergers "
+                   "and costs spirals, see benchmarks/RESULTS.md); a change retrains")
     p.add_argument("--emulator-budget", type=float, default=150.0,
                    help="seconds of property-emulator training (default 150)")
     p.set_defaults(func=cmd_demo)

@@ -63,6 +63,7 @@ def morphology_encoder(
     metadata = {
         **scalar_metadata(result.metrics), **scalar_metadata(reg.metadata()),
         **scalar_metadata({f"votes_{k}": v for k, v in votes.summary().items()}),
+        "epochs_max": config.epochs,
         "summary": dg.MetadataValue.md(result.summary_markdown()),
     }
     if result.figure is not None:

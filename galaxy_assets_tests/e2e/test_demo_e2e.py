@@ -46,7 +46,7 @@ def test_demo_with_one_corrupt_shard(isolated_home):
         h5py.File(bad, "r")
 
     proc = _demo(home.root, "--n", "200", "--size", "48", "--seed", "3", "--captions", "120",
-                 "--emulator-budget", "20")
+                 "--emulator-budget", "20", "--encoder-epochs", "6")
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1, out[-4000:]  # one shard failed
     bad_key = shard_key(home.mock_survey, bad)
@@ -66,6 +66,7 @@ def test_demo_with_one_corrupt_shard(isolated_home):
         assert frame["object_id"].n_unique() == frame.height
 
     # the rest of the graph ran on the good shards: captions, encoder, aligner, vectors
+    assert "morphology-encoder (6 epochs at most)" in out  # the demo's --encoder-epochs
     assert "captions: 120 (120 new" in out
     assert "morphology_job: ok" in out and "aligner_job: ok" in out
     assert "evaluation_job: ok" in out and "index_job: ok" in out
@@ -113,12 +114,12 @@ def test_demo_with_one_corrupt_shard(isolated_home):
 
     # rerun: nothing is simulated again, good shards are not rematerialized
     again = _demo(home.root, "--n", "200", "--size", "48", "--seed", "3", "--captions", "120",
-                 "--emulator-budget", "20")
+                 "--emulator-budget", "20", "--encoder-epochs", "6")
     out2 = again.stdout + again.stderr
     assert "reusing 200 galaxies" in out2
     assert "materializing raw_cutouts for 1" in out2  # only the failed shard is retried
     assert "captions: 120 (0 new, 120 reused" in out2
-    assert "reusing the registered model" in out2
+    assert "reusing the registered model" in out2  # the same --encoder-epochs: no retraining
     assert "inputs unchanged: property emulator reused" in out2
     assert "every shard has posteriors" in out2
     # the evaluation records its re-ranker; an unchanged aligner and re-ranker reuse it
