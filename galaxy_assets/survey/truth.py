@@ -24,8 +24,11 @@ def truth_path(shard_uri: str | Path) -> Path:
 
 
 def load_truth(shard_uris: Iterable[str | Path]) -> pl.DataFrame | None:
-    """The truth rows of every given shard that has a truth table, or None when none has."""
-    frames = [pl.read_parquet(p) for p in {truth_path(u) for u in shard_uris} if p.is_file()]
+    """The truth rows of every given shard that has a truth table, or None when none has;
+    shards in path order, so that the rows (and everything resampled from them, such as the
+    evaluation's bootstrap) come out in the same order in every process."""
+    paths = sorted({truth_path(u) for u in shard_uris})
+    frames = [pl.read_parquet(p) for p in paths if p.is_file()]
     if not frames:
         return None
     return pl.concat(frames, how="diagonal_relaxed")
