@@ -311,7 +311,11 @@ def _emulator_config(budget_s: float) -> dict:
     return {"ops": {"property_emulator": {"config": {"time_budget_s": float(budget_s)}}}}
 
 
-DEFAULT_ENCODER_EPOCHS = 12  # MorphologyTrainConfig.epochs, the asset's default
+def _encoder_epochs(args: argparse.Namespace) -> int:
+    """``--encoder-epochs``, or the encoder's own default schedule."""
+    from galaxy_assets.morphology.train import TrainConfig
+
+    return int(args.encoder_epochs or TrainConfig.epochs)
 
 
 def _morphology_config(epochs: int) -> dict:
@@ -324,7 +328,9 @@ def _morphology_config(epochs: int) -> dict:
 def _encoder_schedule_changed(meta: dict, epochs: int) -> bool:
     """Whether the latest encoder was trained with another epoch limit than ``epochs`` (a
     materialization from before the limit was recorded counts as the default)."""
-    return int(meta.get("epochs_max", DEFAULT_ENCODER_EPOCHS)) != int(epochs)
+    from galaxy_assets.morphology.train import TrainConfig
+
+    return int(meta.get("epochs_max", TrainConfig.epochs)) != int(epochs)
 
 
 def _run_models(defs, instance, keys: list[str], args: argparse.Namespace) -> bool:
@@ -340,8 +346,9 @@ def _run_models(defs, instance, keys: list[str], args: argparse.Namespace) -> bo
         return instance.get_latest_materialization_event(dg.AssetKey(asset)) is None
 
     # A rerun reuses what exists: each stage runs when it is missing or its inputs changed.
+    epochs = _encoder_epochs(args)
     retrain = (args.force or absent("morphology_encoder") or _encoder_schedule_changed(
-        _latest_metadata(instance, "morphology_encoder"), args.encoder_epochs))
+        _latest_metadata(instance, "morphology_encoder"), epochs))
     shards = keys if retrain else sorted(set(missing("image_embeddings"))
                                          | set(missing("morphology_predictions")))
     new_captions = bool(_latest_metadata(instance, "vlm_captions").get("described_now"))
@@ -369,7 +376,7 @@ def _run_models(defs, instance, keys: list[str], args: argparse.Namespace) -> bo
             print(f"{job_name}: {why}")
             continue
         run_config = {"emulator_job": _emulator_config(args.emulator_budget),
-                      "morphology_job": _morphology_config(args.encoder_epochs)}.get(job_name)
+                      "morphology_job": _morphology_config(epochs)}.get(job_name)
         passed = _run_stage(defs, instance, job_name, stage_keys, run_config, batched=batched)
         if not passed and job_name != "evaluation_job":
             return False
@@ -660,7 +667,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--captions", type=int, default=2000, help="galaxies in the caption sample (default 2000)"
     )
-    p.add_argument("--encoder-epochs", type=int, default=DEFAULT_ENCODER_EPOCHS,
+    p.add_argument("--encoder-epochs", type=int, default=None,
                    help="morphology-encoder epochs (default 12; longer training learns mergers "
                    "and costs spirals, see benchmarks/RESULTS.md); a change retrains")
     p.add_argument("--emulator-budget", type=float, default=150.0,

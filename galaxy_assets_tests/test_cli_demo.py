@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 from galaxy_assets.cli import (
-    DEFAULT_ENCODER_EPOCHS,
+    _encoder_epochs,
     _encoder_schedule_changed,
     _morphology_config,
     build_parser,
 )
 from galaxy_assets.defs.morphology import MorphologyTrainConfig
+from galaxy_assets.morphology.train import TrainConfig
 
 
-def test_the_default_schedule_is_the_assets_own():
-    assert DEFAULT_ENCODER_EPOCHS == MorphologyTrainConfig().epochs
-    args = build_parser().parse_args(["demo"])
-    assert args.encoder_epochs == DEFAULT_ENCODER_EPOCHS
-    assert build_parser().parse_args(["demo", "--encoder-epochs", "36"]).encoder_epochs == 36
+def test_the_default_schedule_is_the_encoders_own():
+    assert MorphologyTrainConfig().epochs == TrainConfig.epochs == 12
+    assert _encoder_epochs(build_parser().parse_args(["demo"])) == TrainConfig.epochs
+    assert _encoder_epochs(build_parser().parse_args(["demo", "--encoder-epochs", "36"])) == 36
 
 
 def test_the_run_config_sets_epochs_and_a_budget_that_lets_them_run():
@@ -30,5 +30,5 @@ def test_a_changed_schedule_retrains_and_an_unrecorded_one_counts_as_the_default
     assert not _encoder_schedule_changed({"epochs_max": 36}, 36)
     assert _encoder_schedule_changed({"epochs_max": 12}, 36)
     # a home trained before the limit was recorded: the default, so a plain rerun reuses it
-    assert not _encoder_schedule_changed({}, DEFAULT_ENCODER_EPOCHS)
+    assert not _encoder_schedule_changed({}, TrainConfig.epochs)
     assert _encoder_schedule_changed({}, 36)

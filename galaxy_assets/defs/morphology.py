@@ -27,7 +27,7 @@ ALL_SHARDS = dg.AssetIn(
 
 class MorphologyTrainConfig(dg.Config):
     preset: str = DEFAULT_PRESET
-    epochs: int = 12
+    epochs: int = TrainConfig.epochs
     batch_size: int = 64
     time_budget_s: float = 240.0
     seed: int = 0

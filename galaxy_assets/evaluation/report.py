@@ -608,21 +608,23 @@ def evaluate(
     captioned = None if captioned_ids is None else {str(o) for o in captioned_ids}
     k_split = 10 if 10 in ks else ks[0]
     results: dict[str, list[str]] = {}
+    split_rankings: dict[str, list[str]] = {}
     if search_fn is not None:
         queries = [q for n in names for q in labels[n].target.queries]
-        results = run_search(search_fn, queries, fetch_k)
+        if captioned is not None:
+            # the caption split scores subsets of the galaxies, whose top k can lie deep in the
+            # whole ranking: the primary phrasings rank every galaxy searched, and their first
+            # fetch_k results serve the other metrics
+            n_all = (
+                len(universe_ids)
+                if universe_ids is not None
+                else (emb_ids.size if emb_ids is not None else fetch_k)
+            )
+            primaries = [labels[n].target.primary_query for n in names]
+            split_rankings = run_search(search_fn, primaries, max(n_all, fetch_k))
+            results = {q: ids[:fetch_k] for q, ids in split_rankings.items()}
+        results |= run_search(search_fn, [q for q in queries if q not in results], fetch_k)
         log.info("semantic search: %d queries, %d results each asked", len(results), fetch_k)
-    split_rankings: dict[str, list[str]] = {}
-    if captioned is not None and search_fn is not None:
-        # the caption split scores subsets of the galaxies, whose top k can lie deep in the
-        # whole ranking: rank every galaxy searched for the primary phrasings
-        n_all = (
-            len(universe_ids)
-            if universe_ids is not None
-            else (emb_ids.size if emb_ids is not None else fetch_k)
-        )
-        primaries = [labels[n].target.primary_query for n in names]
-        split_rankings = run_search(search_fn, primaries, max(n_all, fetch_k))
 
     target_info: dict[str, dict[str, Any]] = {}
     scores: list[Scores] = []
