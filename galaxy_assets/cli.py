@@ -333,6 +333,14 @@ def _encoder_schedule_changed(meta: dict, epochs: int) -> bool:
     return int(meta.get("epochs_max", TrainConfig.epochs)) != int(epochs)
 
 
+def _report_outdated(meta: dict) -> bool:
+    """Whether the latest evaluation (its metadata) was written by code whose report held less
+    than this code's (no ``report_version``, or an older one)."""
+    from galaxy_assets.evaluation.report import REPORT_VERSION
+
+    return bool(meta) and int(meta.get("report_version", 1)) < REPORT_VERSION
+
+
 def _run_models(defs, instance, keys: list[str], args: argparse.Namespace) -> bool:
     """Morphology encoder -> per-shard predictions and embeddings -> aligner -> evaluation and
     champion gate -> search vectors and galaxy_index (one run over every shard)."""
@@ -357,7 +365,10 @@ def _run_models(defs, instance, keys: list[str], args: argparse.Namespace) -> bo
     # a new rating rule or another captioner makes the re-ranked figures stale
     from galaxy_assets.search.service import reranker_id
 
-    rerater = _latest_metadata(instance, "search_evaluation").get("reranker") != reranker_id()
+    evaluated = _latest_metadata(instance, "search_evaluation")
+    rerater = evaluated.get("reranker") != reranker_id()
+    # an evaluation from older code lacks figures the report now holds
+    old_report = _report_outdated(evaluated)
     posterior_keys = keys if reemulate else missing("property_posteriors")
     stages = [
         ("morphology_job", None, retrain, False, "reusing the registered model (--force retrains)"),
@@ -366,7 +377,8 @@ def _run_models(defs, instance, keys: list[str], args: argparse.Namespace) -> bo
         ("posteriors_job", posterior_keys, bool(posterior_keys), True,
          "every shard has posteriors"),
         ("aligner_job", None, realign, False, "captions and embeddings unchanged: aligner reused"),
-        ("evaluation_job", None, realign or absent("search_evaluation") or rerater, False,
+        ("evaluation_job", None,
+         realign or absent("search_evaluation") or rerater or old_report, False,
          "aligner and re-ranker unchanged: evaluation reused"),
     ]
     print()

@@ -1,4 +1,4 @@
-"""`galaxy-assets demo`'s encoder schedule: the run config it passes and when it retrains."""
+"""`galaxy-assets demo`: the encoder schedule it passes, when it retrains, when it re-evaluates."""
 
 from __future__ import annotations
 
@@ -6,9 +6,11 @@ from galaxy_assets.cli import (
     _encoder_epochs,
     _encoder_schedule_changed,
     _morphology_config,
+    _report_outdated,
     build_parser,
 )
 from galaxy_assets.defs.morphology import MorphologyTrainConfig
+from galaxy_assets.evaluation.report import REPORT_VERSION
 from galaxy_assets.morphology.train import TrainConfig
 
 
@@ -32,3 +34,10 @@ def test_a_changed_schedule_retrains_and_an_unrecorded_one_counts_as_the_default
     # a home trained before the limit was recorded: the default, so a plain rerun reuses it
     assert not _encoder_schedule_changed({}, TrainConfig.epochs)
     assert _encoder_schedule_changed({}, 36)
+
+
+def test_an_evaluation_from_older_code_is_redone():
+    assert _report_outdated({"reranker": "x"})  # written before report_version existed
+    assert _report_outdated({"report_version": REPORT_VERSION - 1})
+    assert not _report_outdated({"report_version": REPORT_VERSION})
+    assert not _report_outdated({})  # none yet: the "absent" rule decides

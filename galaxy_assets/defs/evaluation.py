@@ -15,6 +15,7 @@ from galaxy_assets.defs.resources import (
     TextEmbedderResource,
 )
 from galaxy_assets.evaluation.pipeline import EvaluationConfig, run_search_evaluation
+from galaxy_assets.evaluation.report import REPORT_VERSION
 
 ALL = dg.AssetIn(partition_mapping=dg.AllPartitionMapping(),
                  metadata={"allow_missing_partitions": True})
@@ -85,7 +86,7 @@ def search_evaluation(
         "gate": dg.MetadataValue.md(decision.to_markdown()),
         "promoted": outcome.promoted, "candidate_version": outcome.candidate_version,
         "champion_version": outcome.champion_version or 0,
-        "reranker": reranker or "none",
+        "reranker": reranker or "none", "report_version": REPORT_VERSION,
         **{k.replace("/", "__"): v for k, v in outcome.result.flat_metrics().items()
            if "ndcg_at_10" in k and not k.endswith("_std")},
     }

@@ -93,6 +93,9 @@ PAPER_NDCG_AT_10: dict[str, dict[str, float]] = {
     "lenses": {"semantic": 0.180, "semantic_rerank": 0.290, "image_similarity": 0.015},
 }
 SCHEMA_VERSION = 1
+# what a report measures: bump when it gains figures or sections (2: the caption split), so
+# that a demo rerun re-evaluates instead of keeping an older report
+REPORT_VERSION = 2
 
 
 # --------------------------------------------------------------------------- scores
