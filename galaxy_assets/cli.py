@@ -320,9 +320,12 @@ def _encoder_epochs(args: argparse.Namespace) -> int:
 
 def _morphology_config(epochs: int) -> dict:
     """The demo's encoder schedule: ``epochs`` at most, with a time budget that lets them run
-    (20 s an epoch, at least the asset's default 240 s)."""
+    (20 s an epoch, at least the asset's default budget)."""
+    from galaxy_assets.defs.morphology import MorphologyTrainConfig
+
+    floor = MorphologyTrainConfig().time_budget_s
     return {"ops": {"morphology_encoder": {"config": {
-        "epochs": int(epochs), "time_budget_s": max(240.0, 20.0 * epochs)}}}}
+        "epochs": int(epochs), "time_budget_s": max(floor, 20.0 * epochs)}}}}
 
 
 def _encoder_schedule_changed(meta: dict, epochs: int) -> bool:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from galaxy_assets.evaluation.labels import TargetLabels
-from galaxy_assets.evaluation.metrics import ndcg
+from galaxy_assets.evaluation.metrics import finite_mean, ndcg
 
 __all__ = ["CAPTION_SPLIT_DRAWS", "MIN_GROUP", "caption_split"]
 
@@ -40,13 +40,8 @@ def _group_score(
     return value, ceiling
 
 
-def _mean(values: list[float]) -> float:
-    finite = [v for v in values if v is not None and math.isfinite(v)]
-    return float(np.mean(finite)) if finite else math.nan
-
-
 def _std(values: list[float]) -> float | None:
-    finite = [v for v in values if v is not None and math.isfinite(v)]
+    finite = [v for v in values if math.isfinite(v)]
     return float(np.std(finite)) if len(finite) > 1 else None
 
 
@@ -72,9 +67,9 @@ def _side(
         ceilings.append(ceiling)
     known = [c for c in ceilings if c is not None]
     return {
-        "ndcg": _mean(values),
+        "ndcg": finite_mean(values),
         "std": _std(values),
-        "ceiling": _mean(known) if known else None,
+        "ceiling": finite_mean(known) if known else None,
         "draws": n_draws,
     }
 

@@ -42,6 +42,7 @@ __all__ = [
     "bootstrap_galaxies",
     "bootstrap_mean",
     "dcg",
+    "finite_mean",
     "ndcg",
     "ndcg_at_k",
     "paired_change_std",
@@ -54,6 +55,13 @@ __all__ = [
 ]
 
 TARGET_RELEVANCE = 0.5  # relevance at or above which a galaxy counts as a "target"
+
+
+def finite_mean(values: Iterable[float]) -> float:
+    """The mean of the finite values (NaN when there is none)."""
+    a = np.asarray(list(values), dtype=np.float64)
+    a = a[np.isfinite(a)]
+    return float(a.mean()) if a.size else math.nan
 
 
 # --------------------------------------------------------------------------- nDCG

@@ -55,6 +55,7 @@ from galaxy_assets.evaluation.metrics import (
     RankingMetrics,
     bootstrap_galaxies,
     bootstrap_mean,
+    finite_mean,
     paired_change_std,
     ranked_indices,
     ranking_metrics,
@@ -105,12 +106,6 @@ def _f(v: float) -> float | None:
 
 def _unf(v: Any) -> float:
     return math.nan if v is None else float(v)
-
-
-def _nanmean(values: Iterable[float]) -> float:
-    a = np.asarray(list(values), dtype=np.float64)
-    a = a[np.isfinite(a)]
-    return float(a.mean()) if a.size else math.nan
 
 
 @dataclass
@@ -219,12 +214,12 @@ def _score(
         query=query,
         n_queries=len(rankings),
         ndcg=ndcg,
-        recall={k: _nanmean(m.recall[k] for m in per) for k in k_list},
-        precision={k: _nanmean(m.precision[k] for m in per) for k in k_list},
-        found={k: _nanmean(m.found[k] for m in per) for k in k_list},
+        recall={k: finite_mean(m.recall[k] for m in per) for k in k_list},
+        precision={k: finite_mean(m.precision[k] for m in per) for k in k_list},
+        found={k: finite_mean(m.found[k] for m in per) for k in k_list},
         curve=np.mean([m.curve for m in per], axis=0).astype(float).tolist(),
-        n_ranked=_nanmean(m.n_ranked for m in per),
-        n_targets=_nanmean(m.n_targets for m in per),
+        n_ranked=finite_mean(m.n_ranked for m in per),
+        n_targets=finite_mean(m.n_targets for m in per),
         note=note,
     )
 
