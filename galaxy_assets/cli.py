@@ -557,7 +557,10 @@ def run_search(args: argparse.Namespace, settings, home: Home):
         raise ValueError("give a query: text, --object ID or --image FILE")
     search = open_search(home=home, settings=settings, image_queries=bool(args.image))
     query = [parse_term(t) for t in terms]  # one text term is a plain text query
-    fetch = max(args.k, args.k_rerank) if args.rerank else args.k
+    depth = settings.search.k_rerank if args.k_rerank is None else args.k_rerank
+    if depth < 1:
+        raise ValueError(f"--k-rerank {depth}: give a positive number of results to re-rank")
+    fetch = max(args.k, depth) if args.rerank else args.k
     results = search.search(query, fetch, filters=args.filter or None, nprobes=args.nprobes,
                             refine_factor=args.refine_factor)
     rerank = None
@@ -566,7 +569,7 @@ def run_search(args: argparse.Namespace, settings, home: Home):
 
         rater = build_rater(settings, search.text_embedder)
         rerank = vlm_rerank(results.frame, rater, query=" ".join(args.query) or None,
-                            k_rerank=args.k_rerank, n_samples=settings.search.rerank_samples)
+                            k_rerank=depth, n_samples=settings.search.rerank_samples)
         results.frame = rerank.frame
     results.frame = results.frame.head(args.k)
     return results, rerank
@@ -737,7 +740,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--refine-factor", type=int, default=None)
     p.add_argument("--rerank", action="store_true", help="re-rank the top results with the "
                    "configured captioner (the describer offline, or a VLM)")
-    p.add_argument("--k-rerank", type=int, default=100, help="results re-ranked (default 100)")
+    p.add_argument("--k-rerank", type=int, default=None, help="results re-ranked (default: the "
+                   "settings' search.k_rerank, 100; the depth the evaluation report measures)")
     p.add_argument("--home", default=None)
     p.set_defaults(func=cmd_search)
 

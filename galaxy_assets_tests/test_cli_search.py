@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from galaxy_assets.cli import main
 
 
@@ -55,3 +57,48 @@ def test_re_ranked_results_show_the_rating_and_the_rank_by_similarity():
     assert failed.split()[:4] == ["3", "0.400", "-", "3"]  # a failed rating shows no number
     plain = format_results(SimpleNamespace(**{**vars(results), "frame": frame.drop("rating")}))
     assert "rating" not in plain
+
+
+def test_rerank_depth_defaults_to_the_settings(monkeypatch, tmp_path):
+    """`search --rerank` without --k-rerank re-ranks the settings' search.k_rerank results: the
+    depth the evaluation report measures; --k-rerank overrides it, and a depth below 1 is
+    refused before any search."""
+    from types import SimpleNamespace
+
+    import polars as pl
+
+    import galaxy_assets.search.rerank as rerank_module
+    import galaxy_assets.search.service as service
+    from galaxy_assets.cli import build_parser, run_search
+    from galaxy_assets.runtime import Home
+    from galaxy_assets.settings import Settings
+
+    fetched: list[int] = []
+    depths: list[int] = []
+
+    class Search:
+        text_embedder = None
+
+        def search(self, query, k, **kwargs):
+            fetched.append(k)
+            frame = pl.DataFrame({"rank": list(range(1, k + 1)), "object_id": [str(i) for i in range(k)]})
+            return SimpleNamespace(frame=frame)
+
+    def fake_rerank(frame, rater, *, query, k_rerank, n_samples):
+        depths.append(k_rerank)
+        return SimpleNamespace(frame=frame)
+
+    monkeypatch.setattr(service, "open_search", lambda **kwargs: Search())
+    monkeypatch.setattr(service, "build_rater", lambda settings, embedder: object())
+    monkeypatch.setattr(rerank_module, "vlm_rerank", fake_rerank)
+    settings = Settings(search={"k_rerank": 37})
+    home = Home.from_env(tmp_path)
+    parser = build_parser()
+
+    results, _ = run_search(parser.parse_args(["search", "spiral", "--k", "5", "--rerank"]), settings, home)
+    assert (fetched, depths, results.frame.height) == ([37], [37], 5)
+    run_search(parser.parse_args(["search", "spiral", "--rerank", "--k-rerank", "8"]), settings, home)
+    assert depths[-1] == 8
+    with pytest.raises(ValueError, match="--k-rerank 0"):
+        run_search(parser.parse_args(["search", "spiral", "--rerank", "--k-rerank", "0"]), settings, home)
+    assert len(fetched) == 2

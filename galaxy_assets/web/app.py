@@ -69,6 +69,7 @@ from galaxy_assets.search.query import (
     to_json_records,
     viewer_url,
 )
+from galaxy_assets.search.rerank import DEFAULT_K_RERANK
 from galaxy_assets.web.errors import (
     NotFoundError,
     PayloadTooLarge,
@@ -236,7 +237,8 @@ class SearchRequest(BaseModel):
     k: int = Field(DEFAULT_PAGE, ge=1, le=MAX_K)
     offset: int = Field(0, ge=0, le=MAX_K - 1)
     rerank: bool = False
-    k_rerank: int = Field(100, ge=1, le=MAX_K_RERANK)
+    # None: the server's depth (create_app's k_rerank, the settings' search.k_rerank)
+    k_rerank: int | None = Field(None, ge=1, le=MAX_K_RERANK)
     nprobes: int | None = Field(None, ge=1, le=100_000)
     refine_factor: int | None = Field(None, ge=1, le=1000)
 
@@ -561,6 +563,7 @@ def create_app(
     upload_dir: str | Path | None = None,
     refresh_seconds: float | None = 10.0,
     examples: Sequence[str] = DEFAULT_EXAMPLES,
+    k_rerank: int = DEFAULT_K_RERANK,
 ) -> FastAPI:
     """The web app over ``search`` (a GalaxySearch, or a function building one on first use).
 
@@ -570,10 +573,18 @@ def create_app(
     None). ``caption_store``: the caption store folder (``<home>/captions``), read for each
     caption's prompt. ``upload_dir``: where the temporary folders of uploads are made (the
     system's temporary folder when None). ``refresh_seconds``: how often the engine moves to
-    the table's latest version (None: never).
+    the table's latest version (None: never). ``k_rerank``: how many top results a re-ranking
+    request re-orders when it names no depth (the page's default too); give the settings'
+    ``search.k_rerank`` so the page, the API, the CLI and the evaluation report agree.
     """
     if int(max_upload_bytes) < 1:
         raise ValueError(f"max_upload_bytes={max_upload_bytes}: give a positive size")
+    if isinstance(k_rerank, bool) or not isinstance(k_rerank, int) or not (
+        1 <= k_rerank <= MAX_K_RERANK
+    ):
+        raise ValueError(
+            f"k_rerank={k_rerank!r}: give a whole number of results from 1 to {MAX_K_RERANK}"
+        )
     engine = _Engine(search, refresh_seconds)
     thumbs = ThumbnailCache(thumbnail_dir, thumbnail_cache_items)
     store = Path(caption_store) if caption_store is not None else None
@@ -676,6 +687,8 @@ def create_app(
                 "the query is empty; type what to find (e.g. 'spiral arms'), or give an "
                 "object_id or terms"
             )
+        if req.k_rerank is None:
+            req = req.model_copy(update={"k_rerank": k_rerank})
         if req.offset + req.k > MAX_K:
             raise QueryError(
                 f"offset {req.offset} + k {req.k} is over {MAX_K}: results are served up to "
@@ -852,6 +865,7 @@ def create_app(
                 },
                 "filterable_columns": filterable_columns(schema),
                 "examples": list(examples),
+                "defaults": {"k": DEFAULT_PAGE, "k_rerank": k_rerank},
                 "limits": {
                     "max_k": MAX_K,
                     "max_k_rerank": MAX_K_RERANK,
@@ -884,7 +898,9 @@ def create_app(
         k: Annotated[int, Query(ge=1, le=MAX_K)] = DEFAULT_PAGE,
         offset: Annotated[int, Query(ge=0, le=MAX_K - 1)] = 0,
         rerank: bool = False,
-        k_rerank: Annotated[int, Query(ge=1, le=MAX_K_RERANK)] = 100,
+        k_rerank: Annotated[
+            int | None, Query(ge=1, le=MAX_K_RERANK, description="default: the server's depth")
+        ] = None,
         nprobes: Annotated[int | None, Query(ge=1, le=100_000)] = None,
         refine_factor: Annotated[int | None, Query(ge=1, le=1000)] = None,
     ) -> dict[str, Any]:

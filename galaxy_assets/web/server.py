@@ -66,6 +66,7 @@ def build_app(
         factory,
         rater_factory=rater_factory,
         rerank_samples=settings.search.rerank_samples,
+        k_rerank=settings.search.k_rerank,
         max_upload_bytes=max_upload_bytes,
         thumbnail_dir=home.root / "cache" / "thumbnails",
         caption_store=home.root / "captions",

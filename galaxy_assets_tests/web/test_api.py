@@ -475,3 +475,24 @@ def test_temporary_upload_folder_is_under_the_given_dir(survey_app, survey_index
     r = survey_app.post("/api/search/image", files={"file": ("q.fits", _fits_bytes(cut))})
     assert r.status_code == 200
     assert seen and all(p.parent == tmp_path / "uploads" and not p.exists() for p in seen)
+
+
+def test_rerank_depth_defaults_to_the_servers(survey_engine, rater, tmp_path):
+    """A re-ranking request that names no depth gets the server's (the settings'
+    search.k_rerank, passed as create_app's k_rerank), and /api/info tells the page that
+    depth, so the page, the API, the CLI and the evaluation report re-rank alike."""
+    app = create_app(survey_engine, rater=rater, k_rerank=9, thumbnail_dir=tmp_path / "t",
+                     refresh_seconds=None)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        info = client.get("/api/info").json()
+        assert info["defaults"]["k_rerank"] == 9
+        body = client.get("/api/search", params={"q": "spiral arms", "k": 4, "rerank": "true"})
+        assert body.json()["rerank"]["k_rerank"] == 9
+        posted = client.post("/api/search", json={"q": "spiral arms", "k": 4, "rerank": True})
+        assert posted.json()["rerank"]["k_rerank"] == 9
+        named = client.get("/api/search", params={"q": "spiral arms", "rerank": "true",
+                                                  "k_rerank": 5})
+        assert named.json()["rerank"]["k_rerank"] == 5
+    for bad in (0, 201, True, 2.5):
+        with pytest.raises(ValueError, match="k_rerank"):
+            create_app(survey_engine, k_rerank=bad)

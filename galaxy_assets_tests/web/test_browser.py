@@ -138,12 +138,15 @@ def test_search_detail_and_more_like_this_in_chromium(
     uri, store = captioned_index
     engine = GalaxySearch(uri, text_embedder=text_embedder, aligner=aligner)
     app = create_app(
-        engine, caption_store=store, thumbnail_dir=tmp_path / "thumbs", refresh_seconds=None
+        engine, caption_store=store, thumbnail_dir=tmp_path / "thumbs", refresh_seconds=None,
+        k_rerank=7,
     )
     wait = WebDriverWait(browser, WAIT_S)
     with _Server(app) as base:
         browser.get(base + "/")
         wait.until(lambda d: "galaxies" in d.find_element(By.ID, "status").text)
+        # the re-rank depth box starts at the server's depth (the settings' search.k_rerank)
+        assert browser.find_element(By.ID, "k_rerank").get_attribute("value") == "7"
         examples = browser.find_elements(By.CSS_SELECTOR, "#examples button")
         assert len(examples) >= 3
 

@@ -99,8 +99,14 @@ function toParams(s) {
   if (s.object) p.set("object", s.object);
   for (const f of s.filter || []) p.append("filter", f);
   if (s.k && s.k !== "24") p.set("k", s.k);
-  if (s.rerank) { p.set("rerank", "true"); p.set("k_rerank", s.k_rerank || "50"); }
+  if (s.rerank) { p.set("rerank", "true"); p.set("k_rerank", s.k_rerank || defaultDepth()); }
   return p;
+}
+
+// the server's re-ranking depth (the settings' search.k_rerank), as the API and CLI use
+function defaultDepth() {
+  const d = state.info && state.info.defaults && state.info.defaults.k_rerank;
+  return d ? String(d) : "100";
 }
 
 function fromURL() {
@@ -112,7 +118,7 @@ function fromURL() {
     filter: p.getAll("filter"),
     k: p.get("k") || "24",
     rerank: p.get("rerank") === "true",
-    k_rerank: p.get("k_rerank") || "50",
+    k_rerank: p.get("k_rerank") || defaultDepth(),
     detail: p.get("detail") || "",
   };
 }
