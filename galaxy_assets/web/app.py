@@ -583,7 +583,8 @@ def create_app(
         1 <= k_rerank <= MAX_K_RERANK
     ):
         raise ValueError(
-            f"k_rerank={k_rerank!r}: give a whole number of results from 1 to {MAX_K_RERANK}"
+            f"k_rerank={k_rerank!r} (the settings' search.k_rerank): the page and the API "
+            f"re-rank 1 to {MAX_K_RERANK} results; set a whole number in that range"
         )
     engine = _Engine(search, refresh_seconds)
     thumbs = ThumbnailCache(thumbnail_dir, thumbnail_cache_items)
