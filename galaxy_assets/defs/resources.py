@@ -181,6 +181,10 @@ class ImageEncoderResource(dg.ConfigurableResource):
     checkpoint: str = ""  # timm: local checkpoint file
     model: str = ""  # aion: weights folder or hub id
     batch_size: int = 256
+    # test-time views each vector averages over: rot4 (quarter turns, 4 passes), d8 (and their
+    # mirror images, 8 passes) or none; rot4 raised unseen-survey mergers from 0.49 to 0.68
+    # (benchmarks/RESULTS.md, "Test-time views")
+    tta: str = "rot4"
 
     def build(self, compute: ComputeResource, tracker):
         from galaxy_assets.embedding.image import build_image_encoder
@@ -193,7 +197,7 @@ class ImageEncoderResource(dg.ConfigurableResource):
             cfg = {"name": self.name, "checkpoint": self.checkpoint or None}
         else:
             cfg = {"model": self.model}
-        return build_image_encoder(self.kind, **cfg, **common)
+        return build_image_encoder(self.kind, tta=self.tta, **cfg, **common)
 
 
 class SearchIndexResource(dg.ConfigurableResource):

@@ -109,17 +109,18 @@ def open_search(
 def _image_encoder_for(aligner: Any, tracker: Any):
     """The image encoder named by the aligner's training lineage (registry models only; other
     encoders are rebuilt from the settings the user gave them)."""
-    from galaxy_assets.embedding.image import build_image_encoder
+    from galaxy_assets.embedding.image import build_image_encoder, split_tta
 
     encoder_id = str(aligner.config.image_encoder or "")
-    match = re.match(r"^registry:(?P<name>[^/]+)/v(?P<version>\d+)$", encoder_id)
+    base_id, tta = split_tta(encoder_id)
+    match = re.match(r"^registry:(?P<name>[^/]+)/v(?P<version>\d+)$", base_id)
     if match is None:
         raise SearchError(
             f"image-file queries need the image encoder {encoder_id!r} the aligner was trained "
             "on; only registry encoders are rebuilt automatically: query by object_id instead"
         )
     return build_image_encoder(
-        "registry", model_name=match["name"], alias=int(match["version"]), tracker=tracker
+        "registry", tta=tta, model_name=match["name"], alias=int(match["version"]), tracker=tracker
     )
 
 

@@ -25,12 +25,14 @@ from galaxy_assets.embedding.image import (
     ModuleImageEncoder,
     RegistryImageEncoder,
     TimmImageEncoder,
+    ViewAveragedEncoder,
     aion_band_names,
     build_image_encoder,
     embed_shard,
     encoder_version,
     open_shard_for,
     prepare_aion_flux,
+    split_tta,
     unit_rows,
 )
 from galaxy_assets.survey.base import CutoutBatch
@@ -81,6 +83,7 @@ def test_unit_rows_and_encoder_versions():
     rows = unit_rows(torch.tensor([[3.0, 4.0], [0.0, 0.0], [np.nan, 1.0]]))
     assert np.allclose(rows[0], [0.6, 0.8]) and np.isnan(rows[1:]).all()
     assert encoder_version("registry:morphology-encoder/v3") == "3"
+    assert encoder_version("registry:morphology-encoder/v3+rot4") == "3+rot4"
     assert encoder_version("timm:resnet18@ckpt-abc/pp-1234") == "ckpt-abc"
     assert encoder_version("aion:polymathic-ai/aion-base@0123abcd/legacysurvey") == "0123abcd"
 
@@ -182,6 +185,95 @@ def test_registry_encoder_uses_the_registered_morphology_model(tracker):
         RegistryImageEncoder("ghost", tracker=tracker)
     with pytest.raises(ImageEncoderError, match="no alias 'gold'"):
         RegistryImageEncoder(alias="gold", tracker=tracker)
+
+
+
+# --------------------------------------------------------------------------- test-time views
+def test_view_averaged_vectors_do_not_depend_on_the_galaxys_orientation(tiny_timm):
+    """rot4 averages the base encoder's unit vectors over quarter turns, d8 over those and their
+    mirror images: the vector of a turned cutout (and, for d8, a mirrored one) is the vector of
+    the cutout, which the base network's own vector is not."""
+    imgs = _galaxies(6, 32, seed=5)
+    turned = np.ascontiguousarray(np.rot90(imgs, 1, axes=(-2, -1)))
+    mirrored = np.ascontiguousarray(imgs[..., ::-1])
+    base = tiny_timm.encode(imgs)
+    assert not np.allclose(tiny_timm.encode(turned), base, atol=1e-3)  # the network is not
+
+    rot4 = ViewAveragedEncoder(tiny_timm, "rot4")
+    out = rot4.encode(imgs)
+    assert out.shape == (6, tiny_timm.dim) and out.dtype == np.float32
+    assert np.allclose(np.linalg.norm(out, axis=1), 1, atol=1e-5)
+    manual = sum(tiny_timm.encode(np.ascontiguousarray(np.rot90(imgs, k, axes=(-2, -1))))
+                 for k in range(4))
+    assert np.allclose(out, manual / np.linalg.norm(manual, axis=1, keepdims=True), atol=1e-5)
+    assert np.allclose(rot4.encode(turned), out, atol=1e-5)
+    assert not np.allclose(rot4.encode(mirrored), out, atol=1e-3)
+
+    d8 = ViewAveragedEncoder(tiny_timm, "d8")
+    assert len(list(d8.views(imgs))) == 8 and len(list(rot4.views(imgs))) == 4
+    both = d8.encode(imgs)
+    assert np.allclose(d8.encode(turned), both, atol=1e-5)
+    assert np.allclose(d8.encode(mirrored), both, atol=1e-5)
+    assert (rot4.encoder_id, d8.encoder_id) == (f"{tiny_timm.encoder_id}+rot4",
+                                                f"{tiny_timm.encoder_id}+d8")
+    assert (d8.dim, d8.bands, d8.image_size, d8.batch_size) == (
+        tiny_timm.dim, tiny_timm.bands, tiny_timm.image_size, tiny_timm.batch_size)
+    assert isinstance(d8, ImageEncoder)
+
+
+def test_view_averaging_keeps_broken_galaxies_broken_and_refuses_bad_input(tmp_path):
+    imgs = _galaxies(12, 16, seed=6)
+    imgs[4] = 0.0
+    enc = ViewAveragedEncoder(_PixelMeanEncoder(), "d8")
+    out = enc.encode(imgs)
+    assert np.isnan(out[4]).all() and np.isfinite(np.delete(out, 4, axis=0)).all()
+    with open_shard(_shard(tmp_path, imgs), ivar=False) as reader:
+        stats = EmbedStats()
+        frame = embed_shard(reader, enc, batch_size=5, stats=stats)
+    assert frame.height == 11 and stats.skipped_object_ids == ["g0004"]
+    assert set(frame["encoder"]) == {"test:pixel-mean@1+d8"}
+    with pytest.raises(ImageEncoderError, match=r"16x12 pixels cannot be turned.*tta to 'none'"):
+        enc.encode(np.ones((2, 4, 16, 12), np.float32))
+    with pytest.raises(ImageEncoderError, match=r"expected \(N, bands, H, W\)"):
+        enc.encode(np.ones((4, 16, 16), np.float32))
+    with pytest.raises(ImageEncoderError, match=r"tta='rot2' is not a set of views; use one of"):
+        ViewAveragedEncoder(_PixelMeanEncoder(), "rot2")
+    with pytest.raises(ImageEncoderError, match="already averages over views"):
+        ViewAveragedEncoder(enc, "rot4")
+
+
+def test_tta_in_the_factory_and_in_encoder_ids(tracker):
+    """build_image_encoder wraps for tta; the search service rebuilds an aligner's encoder,
+    views included, from the id the aligner was trained on."""
+    from types import SimpleNamespace
+
+    from galaxy_assets.morphology.model import CODE_REF, build_model, preset_config
+    from galaxy_assets.search.service import _image_encoder_for
+
+    assert split_tta("registry:morphology-encoder/v3+rot4") == ("registry:morphology-encoder/v3",
+                                                                "rot4")
+    assert split_tta("timm:x@a/pp-1+d8") == ("timm:x@a/pp-1", "d8")
+    assert split_tta("registry:morphology-encoder/v3") == ("registry:morphology-encoder/v3",
+                                                           "none")
+    assert split_tta("test:a+b") == ("test:a+b", "none")
+    with pytest.raises(ImageEncoderError, match=r"tta='all' is unknown; use one of \['d8', 'none', 'rot4'\]"):
+        build_image_encoder("timm", tta="all", name="resnet10t")
+    plain = build_image_encoder("timm", tta="none", name="resnet10t", size=32, backbone_kwargs=TINY)
+    assert isinstance(plain, TimmImageEncoder)
+
+    cfg = preset_config("tiny", image_size=16, bands=("g", "r", "z"))
+    with tracker.start_run("morphology") as run:
+        path = run.log_torch_model("model", build_model(cfg, seed=1).state_dict(), cfg.to_dict(),
+                                   CODE_REF)
+    tracker.set_alias("morphology-encoder", "champion",
+                      tracker.register(run.run_id, path, "morphology-encoder"))
+    enc = build_image_encoder("registry", tta="rot4", tracker=tracker, batch_size=8)
+    assert isinstance(enc, ViewAveragedEncoder) and enc.encoder_id == "registry:morphology-encoder/v1+rot4"
+    aligner = SimpleNamespace(config=SimpleNamespace(image_encoder=enc.encoder_id))
+    again = _image_encoder_for(aligner, tracker)
+    assert again.encoder_id == enc.encoder_id
+    imgs = _galaxies(3, 16, bands=3)
+    assert np.allclose(again.encode(imgs), enc.encode(imgs), atol=1e-5)
 
 
 # --------------------------------------------------------------------------- AION
