@@ -336,6 +336,17 @@ def _encoder_schedule_changed(meta: dict, epochs: int) -> bool:
     return int(meta.get("epochs_max", TrainConfig.epochs)) != int(epochs)
 
 
+def _views_changed(meta: dict) -> bool:
+    """Whether the latest image embeddings (their metadata) were averaged over other test-time
+    views than the image encoder's (``ImageEncoderResource.tta``): embeddings from before the
+    views existed, or from another setting, are redone with everything that reads them."""
+    from galaxy_assets.defs.resources import ImageEncoderResource
+    from galaxy_assets.embedding.image import split_tta
+
+    encoder = meta.get("encoder")
+    return bool(encoder) and split_tta(str(encoder))[1] != ImageEncoderResource().tta
+
+
 def _report_outdated(meta: dict) -> bool:
     """Whether the latest evaluation (its metadata) was written by code whose report held less
     than this code's (no ``report_version``, or an older one)."""
@@ -360,7 +371,8 @@ def _run_models(defs, instance, keys: list[str], args: argparse.Namespace) -> bo
     epochs = _encoder_epochs(args)
     retrain = (args.force or absent("morphology_encoder") or _encoder_schedule_changed(
         _latest_metadata(instance, "morphology_encoder"), epochs))
-    shards = keys if retrain else sorted(set(missing("image_embeddings"))
+    reembed = _views_changed(_latest_metadata(instance, "image_embeddings"))
+    shards = keys if retrain or reembed else sorted(set(missing("image_embeddings"))
                                          | set(missing("morphology_predictions")))
     new_captions = bool(_latest_metadata(instance, "vlm_captions").get("described_now"))
     realign = bool(retrain or shards or new_captions or absent("aligned_model"))

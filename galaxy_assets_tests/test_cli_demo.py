@@ -7,6 +7,7 @@ from galaxy_assets.cli import (
     _encoder_schedule_changed,
     _morphology_config,
     _report_outdated,
+    _views_changed,
     build_parser,
 )
 from galaxy_assets.defs.morphology import MorphologyTrainConfig
@@ -41,3 +42,14 @@ def test_an_evaluation_from_older_code_is_redone():
     assert _report_outdated({"report_version": REPORT_VERSION - 1})
     assert not _report_outdated({"report_version": REPORT_VERSION})
     assert not _report_outdated({})  # none yet: the "absent" rule decides
+
+
+def test_embeddings_with_other_test_time_views_are_redone():
+    """A home embedded before the views existed (or with other views) re-embeds every shard."""
+    from galaxy_assets.defs.resources import ImageEncoderResource
+
+    views = ImageEncoderResource().tta
+    assert _views_changed({"encoder": "registry:morphology-encoder/v1"})
+    assert _views_changed({"encoder": "registry:morphology-encoder/v1+d8"}) == (views != "d8")
+    assert not _views_changed({"encoder": f"registry:morphology-encoder/v3+{views}"})
+    assert not _views_changed({})  # none yet: the missing shards decide
