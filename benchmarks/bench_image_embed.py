@@ -12,13 +12,16 @@ In the same process, on the same galaxies, it compares:
   prefetch thread, the model, unit normalisation, the polars frame;
 * **pipeline, no prefetch** — the same with ``prefetch=0`` (reads inline);
 * **bare** — ``model.encode(x)`` under ``torch.inference_mode`` over the same batches of an
-  in-memory tensor of the same (cropped) cutouts: the model alone, no I/O.
+  in-memory tensor of the same (cropped) cutouts: the model alone, no I/O;
+* **pipeline, rot4 / d8** — the pipeline through ``ViewAveragedEncoder`` (the graph's
+  test-time views: 4 or 8 encoder passes per galaxy, ``--views``).
 
 Repetitions are interleaved (each side warmed up once), and the ratio pipeline / bare rate
-is printed (target ≥ 0.85: the pipeline must not starve the model).
+is printed (target ≥ 0.85: the pipeline must not starve the model), with each view setting's
+rate as a fraction of the plain pipeline's (ideal: 1/4 and 1/8).
 
 Run: ``.venv/bin/python benchmarks/bench_image_embed.py [--n 4096] [--cutout 64]
-[--batch 256] [--reps 3] [--threads N] [--preset small]``
+[--batch 256] [--reps 3] [--threads N] [--preset small] [--views rot4,d8]``
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--preset", default="small")
+    parser.add_argument("--views", default="rot4,d8", help="test-time views to time ('' none)")
     parser.add_argument("--json", action="store_true", help="also print one JSON line")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -66,6 +70,7 @@ def main() -> None:
     from galaxy_assets.embedding.image import (
         EmbedStats,
         RegistryImageEncoder,
+        ViewAveragedEncoder,
         embed_shard,
         open_shard_for,
     )
@@ -106,18 +111,23 @@ def main() -> None:
 
     last: dict[str, EmbedStats] = {}
 
-    def pipeline(prefetch: int) -> None:
+    def pipeline(prefetch: int, enc=encoder) -> None:
         stats = EmbedStats()
-        with open_shard_for(encoder, shard) as reader:
-            frame = embed_shard(reader, encoder, args.batch, prefetch=prefetch, stats=stats)
+        with open_shard_for(enc, shard) as reader:
+            frame = embed_shard(reader, enc, args.batch, prefetch=prefetch, stats=stats)
         assert frame.height == args.n
-        last[f"prefetch{prefetch}"] = stats
+        if enc is encoder:
+            last[f"prefetch{prefetch}"] = stats
 
     sides = {
         "bare": bare,
         "pipeline": lambda: pipeline(2),
         "pipeline_noprefetch": lambda: pipeline(0),
     }
+    views = [v.strip() for v in args.views.split(",") if v.strip()]
+    for view in views:
+        wrapped = ViewAveragedEncoder(encoder, view)
+        sides[f"pipeline_{view}"] = lambda wrapped=wrapped: pipeline(2, wrapped)
     for fn in sides.values():  # warm-up
         fn()
     rates: dict[str, list[float]] = {k: [] for k in sides}
@@ -149,6 +159,11 @@ def main() -> None:
         f"ratio pipeline/bare: {ratio:.3f} (medians), {paired:.3f} (median of paired reps); "
         "target >= 0.85"
     )
+    for view in views:
+        print(
+            f"ratio pipeline_{view}/pipeline: {med[f'pipeline_{view}'] / med['pipeline']:.3f} "
+            f"(ideal {1 / (4 if view == 'rot4' else 8):.3f}: one encoder pass per view)"
+        )
     if args.json:
         print(
             json.dumps(

@@ -16,7 +16,10 @@ The target fails when Δ < −n_sigma · σ (n_sigma = 1 by default, as the issu
 candidate passes when no target fails. A target undefined for either model (no relevant
 galaxy) is skipped with a reason; a target only the candidate has is new and passes; a target
 only the champion has fails (the candidate was not measured on it). With no champion yet the
-candidate passes as the first champion.
+candidate passes as the first champion. A champion trained on another image encoder or text
+embedder than the candidate cannot search the current vectors, nor serve an index built from
+them, so the candidate replaces it without a comparison (:func:`lineage_mismatch`,
+:func:`replaces_unservable_champion`).
 
 Note: with n_sigma = 1 and two models of truly equal quality, each target's Δ falls below −σ
 about 16% of the time, so with six targets an equally good retrain fails the gate often; a
@@ -40,7 +43,14 @@ from galaxy_assets.evaluation.report import EvaluationResult
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FIRST_CHAMPION", "GateDecision", "compare_to_champion", "decision_from_dict"]
+__all__ = [
+    "FIRST_CHAMPION",
+    "GateDecision",
+    "compare_to_champion",
+    "decision_from_dict",
+    "lineage_mismatch",
+    "replaces_unservable_champion",
+]
 
 FIRST_CHAMPION = "first champion: no aligner holds the champion alias yet"
 _COLUMNS = {
@@ -100,6 +110,33 @@ class GateDecision:
         if self.per_target.height:
             lines += ["", to_markdown(self.per_target, max_rows=self.per_target.height)]
         return "\n".join(lines)
+
+
+def lineage_mismatch(champion: Any, candidate: Any) -> str | None:
+    """Why aligner ``champion`` cannot search the vectors ``candidate`` was trained on (their
+    ``config.image_encoder`` or ``config.text_embedder`` differ), or None when it can."""
+    parts = []
+    for field, what in (("image_encoder", "image encoder"), ("text_embedder", "text embedder")):
+        old = getattr(champion.config, field, None)
+        new = getattr(candidate.config, field, None)
+        if old and new and str(old) != str(new):
+            parts.append(f"{what} {old!r}, the candidate on {new!r}")
+    if not parts:
+        return None
+    return "the champion was trained on " + "; and on ".join(parts)
+
+
+def replaces_unservable_champion(
+    champion: str, why: str, *, method: str = "semantic", k: int = 10, n_sigma: float = 1.0
+) -> GateDecision:
+    """The candidate passes without a comparison: ``champion`` (its name) cannot search the
+    current vectors (``why``, from :func:`lineage_mismatch`), so it cannot serve the index
+    rebuilt from them either, and keeping it would leave nothing to serve."""
+    reason = (
+        f"{champion} cannot be compared: {why}. Its vectors are gone, so it cannot serve the "
+        "index either; the candidate replaces it without a comparison"
+    )
+    return GateDecision(True, [reason], pl.DataFrame(schema=_COLUMNS), method, k, n_sigma)
 
 
 def _fingerprint(result: EvaluationResult, target: str) -> str | None:

@@ -17,7 +17,12 @@ import numpy as np
 import polars as pl
 
 from galaxy_assets.evaluation.errors import EvaluationError
-from galaxy_assets.evaluation.gate import GateDecision, compare_to_champion
+from galaxy_assets.evaluation.gate import (
+    GateDecision,
+    compare_to_champion,
+    lineage_mismatch,
+    replaces_unservable_champion,
+)
 from galaxy_assets.evaluation.labels import (
     EvaluationLabels,
     labels_from_lens_catalogue,
@@ -186,12 +191,21 @@ def run_search_evaluation(
                       rerank_all_phrasings=False, versions=versions,
                       captioned_ids=captioned_ids, **common)
     champion_result = None
+    mismatch = None
     if champion_version is not None and champion_version != candidate_version:
         champion = load_aligner(tracker, ALIGNER, champion_version)
-        champion_result = evaluate(labels, search_fn=ExactSemanticSearch(
-            champion, text_embedder, image_embeddings), versions={"aligner": champion.aligner_version},
-            **common)
-    decision = compare_to_champion(result, champion_result, n_sigma=config.n_sigma)
+        # a champion from another image encoder (a retrained encoder, other test-time views) or
+        # text embedder cannot search these vectors: the candidate replaces it
+        mismatch = lineage_mismatch(champion, candidate)
+        if mismatch is None:
+            champion_result = evaluate(labels, search_fn=ExactSemanticSearch(
+                champion, text_embedder, image_embeddings),
+                versions={"aligner": champion.aligner_version}, **common)
+    if mismatch is not None:
+        decision = replaces_unservable_champion(f"{ALIGNER} v{champion_version}", mismatch,
+                                                n_sigma=config.n_sigma)
+    else:
+        decision = compare_to_champion(result, champion_result, n_sigma=config.n_sigma)
     promoted = False
     if decision.passed and champion_version != candidate_version:
         tracker.set_alias(ALIGNER, config.alias, candidate_version)

@@ -125,3 +125,17 @@ def test_demo_with_one_corrupt_shard(isolated_home):
     # the evaluation records its re-ranker; an unchanged aligner and re-ranker reuse it
     assert "aligner and re-ranker unchanged: evaluation reused" in out2
     assert "reranker morphology-describer-v1@" in out2
+
+    # another encoder schedule: the encoder retrains, every shard is embedded again, and the
+    # new aligner replaces the champion, which was trained on the old encoder's vectors and
+    # can neither be compared on the new ones nor serve the index rebuilt from them
+    third = _demo(home.root, "--n", "200", "--size", "48", "--seed", "3", "--captions", "120",
+                  "--emulator-budget", "20", "--encoder-epochs", "4")
+    out3 = third.stdout + third.stderr
+    assert "morphology-encoder (4 epochs at most)" in out3
+    assert "morphology_job: ok" in out3 and "aligner_job: ok" in out3
+    assert "evaluation_job: ok" in out3 and "index_job: ok" in out3, out3[-4000:]
+    assert "champion gate: promoted candidate v2" in out3
+    gate = (home.reports / "search_evaluation" / "v2" / "report.md").read_text()
+    assert "search-aligner v1 cannot be compared" in gate
+    assert "morphology-encoder/v2+rot4" in gate

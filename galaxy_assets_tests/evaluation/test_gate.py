@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 
 from galaxy_assets.evaluation.errors import EvaluationError
-from galaxy_assets.evaluation.gate import FIRST_CHAMPION, compare_to_champion, decision_from_dict
+from galaxy_assets.evaluation.gate import (
+    FIRST_CHAMPION,
+    compare_to_champion,
+    decision_from_dict,
+    lineage_mismatch,
+    replaces_unservable_champion,
+)
 from galaxy_assets.evaluation.labels import labels_from_truth
 from galaxy_assets.evaluation.metrics import Bootstrap
 from galaxy_assets.evaluation.report import EvaluationResult, Scores, evaluate
@@ -129,3 +135,30 @@ def test_gate_guards():
         compare_to_champion(champ, champ, k=100)
     with pytest.raises(EvaluationError, match="no 'semantic_rerank' scores"):
         compare_to_champion(champ, champ, method="semantic_rerank")
+
+
+def test_a_champion_from_another_encoder_is_replaced_without_comparison():
+    """A champion trained on other image vectors (a retrained encoder, other test-time views) or
+    another text embedder cannot search the current vectors; the candidate replaces it."""
+    from types import SimpleNamespace
+
+    def aligner(encoder, embedder="minilm@1"):
+        return SimpleNamespace(
+            config=SimpleNamespace(image_encoder=encoder, text_embedder=embedder)
+        )
+
+    same = aligner("registry:morphology-encoder/v1+rot4")
+    assert lineage_mismatch(same, aligner("registry:morphology-encoder/v1+rot4")) is None
+    why = lineage_mismatch(aligner("registry:morphology-encoder/v1"), same)
+    assert why == (
+        "the champion was trained on image encoder 'registry:morphology-encoder/v1', "
+        "the candidate on 'registry:morphology-encoder/v1+rot4'"
+    )
+    both = lineage_mismatch(aligner("a", "minilm@0"), aligner("b", "minilm@1"))
+    assert "image encoder 'a'" in both and "text embedder 'minilm@0'" in both
+    assert lineage_mismatch(aligner(None), same) is None  # unrecorded: compared as before
+    d = replaces_unservable_champion("search-aligner v1", why, n_sigma=2.0)
+    assert d.passed and d.per_target.height == 0 and d.n_sigma == 2.0
+    assert d.reasons[0].startswith("search-aligner v1 cannot be compared: the champion was")
+    assert "replaces it without a comparison" in d.to_markdown()
+    assert decision_from_dict(d.to_dict()).reasons == d.reasons
