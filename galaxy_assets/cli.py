@@ -336,15 +336,46 @@ def _encoder_schedule_changed(meta: dict, epochs: int) -> bool:
     return int(meta.get("epochs_max", TrainConfig.epochs)) != int(epochs)
 
 
-def _views_changed(meta: dict) -> bool:
-    """Whether the latest image embeddings (their metadata) were averaged over other test-time
-    views than the image encoder's (``ImageEncoderResource.tta``): embeddings from before the
-    views existed, or from another setting, are redone with everything that reads them."""
+def _embeddings_outdated(meta: dict, champion_version: int | None) -> bool:
+    """Whether the latest image embeddings (their metadata) came from another encoder than the
+    graph's image encoder now is: other test-time views than ``ImageEncoderResource.tta``
+    (embeddings from before the views existed, or from another setting), or, for the registry
+    encoder, another version than its champion (``champion_version``, None when unknown), e.g.
+    an encoder promoted from the Dagster UI. Such embeddings are redone with everything that
+    reads them."""
     from galaxy_assets.defs.resources import ImageEncoderResource
-    from galaxy_assets.embedding.image import split_tta
+    from galaxy_assets.embedding.image import registry_encoder_id, split_tta
 
     encoder = meta.get("encoder")
-    return bool(encoder) and split_tta(str(encoder))[1] != ImageEncoderResource().tta
+    if not encoder:
+        return False
+    resource = ImageEncoderResource()
+    base, views = split_tta(str(encoder))
+    if views != resource.tta:
+        return True
+    if resource.kind != "registry" or champion_version is None:
+        return False
+    return base != registry_encoder_id(resource.model_name, champion_version)
+
+
+def _encoder_champion(home: Home) -> int | None:
+    """The version of the image encoder's registry model under its alias, if any."""
+    from galaxy_assets.defs.resources import ImageEncoderResource
+    from galaxy_assets.tracking import Tracker
+
+    resource = ImageEncoderResource()
+    version = Tracker.from_home(home).get_alias_version(resource.model_name, resource.alias)
+    return int(version.version) if version is not None else None
+
+
+def _unevaluated_aligner(aligned: dict, evaluated: dict) -> bool:
+    """Whether the latest aligner (``aligned``, its metadata) is not the candidate the latest
+    evaluation (``evaluated``) scored: that run's evaluation failed or never ran, so the
+    evaluation, the gate and the index are redone."""
+    version = str(aligned.get("aligner_version") or "")
+    if "/v" not in version:
+        return False
+    return str(evaluated.get("candidate_version")) != version.rsplit("/v", 1)[1]
 
 
 def _report_outdated(meta: dict) -> bool:
@@ -371,7 +402,8 @@ def _run_models(defs, instance, keys: list[str], args: argparse.Namespace) -> bo
     epochs = _encoder_epochs(args)
     retrain = (args.force or absent("morphology_encoder") or _encoder_schedule_changed(
         _latest_metadata(instance, "morphology_encoder"), epochs))
-    reembed = _views_changed(_latest_metadata(instance, "image_embeddings"))
+    reembed = not retrain and _embeddings_outdated(
+        _latest_metadata(instance, "image_embeddings"), _encoder_champion(Home.from_env(args.home)))
     shards = keys if retrain or reembed else sorted(set(missing("image_embeddings"))
                                          | set(missing("morphology_predictions")))
     new_captions = bool(_latest_metadata(instance, "vlm_captions").get("described_now"))
@@ -384,6 +416,8 @@ def _run_models(defs, instance, keys: list[str], args: argparse.Namespace) -> bo
     rerater = evaluated.get("reranker") != reranker_id()
     # an evaluation from older code lacks figures the report now holds
     old_report = _report_outdated(evaluated)
+    # the last aligner was never scored (its evaluation failed): score, gate and index it
+    unevaluated = _unevaluated_aligner(_latest_metadata(instance, "aligned_model"), evaluated)
     posterior_keys = keys if reemulate else missing("property_posteriors")
     stages = [
         ("morphology_job", None, retrain, False, "reusing the registered model (--force retrains)"),
@@ -393,7 +427,7 @@ def _run_models(defs, instance, keys: list[str], args: argparse.Namespace) -> bo
          "every shard has posteriors"),
         ("aligner_job", None, realign, False, "captions and embeddings unchanged: aligner reused"),
         ("evaluation_job", None,
-         realign or absent("search_evaluation") or rerater or old_report, False,
+         realign or absent("search_evaluation") or rerater or old_report or unevaluated, False,
          "aligner and re-ranker unchanged: evaluation reused"),
     ]
     print()
@@ -408,7 +442,7 @@ def _run_models(defs, instance, keys: list[str], args: argparse.Namespace) -> bo
         if not passed and job_name != "evaluation_job":
             return False
         ok = ok and passed  # a failed gate keeps the champion; the index still serves it
-    index_keys = keys if realign else sorted(set(missing("galaxy_index")) | set(posterior_keys))
+    index_keys = keys if realign or unevaluated else sorted(set(missing("galaxy_index")) | set(posterior_keys))
     if index_keys:
         if not _run_stage(defs, instance, "index_job", index_keys, batched=True):
             return False

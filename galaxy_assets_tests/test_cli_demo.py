@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from galaxy_assets.cli import (
+    _embeddings_outdated,
     _encoder_epochs,
     _encoder_schedule_changed,
     _morphology_config,
     _report_outdated,
-    _views_changed,
+    _unevaluated_aligner,
     build_parser,
 )
 from galaxy_assets.defs.morphology import MorphologyTrainConfig
@@ -44,12 +45,24 @@ def test_an_evaluation_from_older_code_is_redone():
     assert not _report_outdated({})  # none yet: the "absent" rule decides
 
 
-def test_embeddings_with_other_test_time_views_are_redone():
-    """A home embedded before the views existed (or with other views) re-embeds every shard."""
+def test_embeddings_from_another_encoder_or_other_views_are_redone():
+    """A home embedded before the views existed, with other views, or by another version of
+    the registry encoder than its champion now is, re-embeds every shard."""
     from galaxy_assets.defs.resources import ImageEncoderResource
 
     views = ImageEncoderResource().tta
-    assert _views_changed({"encoder": "registry:morphology-encoder/v1"})
-    assert _views_changed({"encoder": "registry:morphology-encoder/v1+d8"}) == (views != "d8")
-    assert not _views_changed({"encoder": f"registry:morphology-encoder/v3+{views}"})
-    assert not _views_changed({})  # none yet: the missing shards decide
+    assert _embeddings_outdated({"encoder": "registry:morphology-encoder/v1"}, 1)
+    assert _embeddings_outdated({"encoder": "registry:morphology-encoder/v1+d8"}, 1) == (
+        views != "d8")
+    assert not _embeddings_outdated({"encoder": f"registry:morphology-encoder/v3+{views}"}, 3)
+    assert _embeddings_outdated({"encoder": f"registry:morphology-encoder/v3+{views}"}, 4)
+    assert not _embeddings_outdated({"encoder": f"registry:morphology-encoder/v3+{views}"}, None)
+    assert not _embeddings_outdated({}, 3)  # none yet: the missing shards decide
+
+
+def test_an_aligner_whose_evaluation_failed_is_evaluated_and_indexed_on_rerun():
+    assert not _unevaluated_aligner({"aligner_version": "search-aligner/v2"},
+                                    {"candidate_version": 2})
+    assert _unevaluated_aligner({"aligner_version": "search-aligner/v3"}, {"candidate_version": 2})
+    assert _unevaluated_aligner({"aligner_version": "search-aligner/v1"}, {})
+    assert not _unevaluated_aligner({}, {"candidate_version": 2})  # no aligner yet

@@ -78,6 +78,7 @@ __all__ = [
     "iter_shard_vectors",
     "open_shard_for",
     "prepare_aion_flux",
+    "registry_encoder_id",
     "split_tta",
     "unit_rows",
 ]
@@ -343,7 +344,7 @@ class RegistryImageEncoder(ModuleImageEncoder):
         self.run_id = mv.run_id
         super().__init__(
             module,
-            encoder_id=f"registry:{model_name}/v{self.version}",
+            encoder_id=registry_encoder_id(model_name, self.version),
             bands=config.get("bands"),
             image_size=config.get("image_size"),
             device=device,
@@ -908,6 +909,11 @@ _ALIASES = {"mlflow": "registry", "morphology": "registry", "zoobot": "timm", "a
 # --------------------------------------------------------------------------- test-time views
 # test-time augmentation: the views a vector is averaged over (see ViewAveragedEncoder)
 TTA_VIEWS: dict[str, int] = {"none": 1, "rot4": 4, "d8": 8}
+
+
+def registry_encoder_id(model_name: str, version: int) -> str:
+    """The id of registered model ``model_name`` version ``version`` as an image encoder."""
+    return f"registry:{model_name}/v{int(version)}"
 
 
 def split_tta(encoder_id: str) -> tuple[str, str]:

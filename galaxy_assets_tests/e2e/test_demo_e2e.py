@@ -126,16 +126,24 @@ def test_demo_with_one_corrupt_shard(isolated_home):
     assert "aligner and re-ranker unchanged: evaluation reused" in out2
     assert "reranker morphology-describer-v1@" in out2
 
-    # another encoder schedule: the encoder retrains, every shard is embedded again, and the
-    # new aligner replaces the champion, which was trained on the old encoder's vectors and
-    # can neither be compared on the new ones nor serve the index rebuilt from them
+    # a new encoder champion (as if promoted from the Dagster UI; here a copy of the current
+    # one): the rerun embeds every shard again, and the new aligner replaces the champion, which
+    # was trained on the old encoder's vectors and can neither be compared on the new ones nor
+    # serve the index rebuilt from them
+    from galaxy_assets.tracking import Tracker
+
+    tracker = Tracker.from_home(home)
+    encoder = tracker.get_alias_version("morphology-encoder", "champion")
+    copy = tracker.register(encoder.run_id, "model", "morphology-encoder")
+    tracker.set_alias("morphology-encoder", "champion", copy)
     third = _demo(home.root, "--n", "200", "--size", "48", "--seed", "3", "--captions", "120",
-                  "--emulator-budget", "20", "--encoder-epochs", "4")
+                  "--emulator-budget", "20", "--encoder-epochs", "6")
     out3 = third.stdout + third.stderr
-    assert "morphology-encoder (4 epochs at most)" in out3
-    assert "morphology_job: ok" in out3 and "aligner_job: ok" in out3
+    assert "reusing the registered model" in out3
+    assert "shard_embeddings_job: ok" in out3 and "aligner_job: ok" in out3
     assert "evaluation_job: ok" in out3 and "index_job: ok" in out3, out3[-4000:]
     assert "champion gate: promoted candidate v2" in out3
     gate = (home.reports / "search_evaluation" / "v2" / "report.md").read_text()
     assert "search-aligner v1 cannot be compared" in gate
-    assert "morphology-encoder/v2+rot4" in gate
+    assert f"morphology-encoder/v{copy}+rot4" in gate
+    assert open_table(home.lancedb).count_rows() == manifested
