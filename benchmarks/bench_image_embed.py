@@ -68,6 +68,7 @@ def main() -> None:
     import torch
 
     from galaxy_assets.embedding.image import (
+        TTA_VIEWS,
         EmbedStats,
         RegistryImageEncoder,
         ViewAveragedEncoder,
@@ -124,7 +125,7 @@ def main() -> None:
         "pipeline": lambda: pipeline(2),
         "pipeline_noprefetch": lambda: pipeline(0),
     }
-    views = [v.strip() for v in args.views.split(",") if v.strip()]
+    views = [v.strip() for v in args.views.split(",") if v.strip() not in ("", "none")]
     for view in views:
         wrapped = ViewAveragedEncoder(encoder, view)
         sides[f"pipeline_{view}"] = lambda wrapped=wrapped: pipeline(2, wrapped)
@@ -162,7 +163,7 @@ def main() -> None:
     for view in views:
         print(
             f"ratio pipeline_{view}/pipeline: {med[f'pipeline_{view}'] / med['pipeline']:.3f} "
-            f"(ideal {1 / (4 if view == 'rot4' else 8):.3f}: one encoder pass per view)"
+            f"(ideal {1 / TTA_VIEWS[view]:.3f}: one encoder pass per view)"
         )
     if args.json:
         print(

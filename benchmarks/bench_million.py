@@ -454,19 +454,28 @@ def phase_train(args: argparse.Namespace) -> dict:
 
 
 def bare_embedding_rate(home, n_max: int, threads: int) -> dict:
-    """Galaxies/s of the bare model over in-memory cutouts of the size's first shards."""
+    """Galaxies/s of the bare model over in-memory cutouts of the size's first shards, through
+    the graph's test-time views (``ImageEncoderResource.tta``: one forward pass per view), so
+    that the stage's rate is compared with the same work."""
     import torch
 
-    from galaxy_assets.embedding.image import RegistryImageEncoder, open_shard_for
+    from galaxy_assets.defs.resources import ImageEncoderResource
+    from galaxy_assets.embedding.image import (
+        RegistryImageEncoder,
+        ViewAveragedEncoder,
+        open_shard_for,
+    )
     from galaxy_assets.survey.readers import find_shards
     from galaxy_assets.tracking import Tracker
 
     encoder = RegistryImageEncoder(tracker=Tracker.from_home(home), batch_size=256)
+    tta = ImageEncoderResource().tta
+    views = ViewAveragedEncoder(encoder, tta).views if tta != "none" else (lambda x: [x])
     batches, have = [], 0
     for path in find_shards(home.mock_survey):
         with open_shard_for(encoder, path) as reader:
             for batch in reader.iter_batches(256):
-                batches.append(torch.from_numpy(np.ascontiguousarray(batch.images)))
+                batches.append(np.ascontiguousarray(batch.images))
                 have += len(batch)
                 if have >= n_max:
                     break
@@ -477,14 +486,21 @@ def bare_embedding_rate(home, n_max: int, threads: int) -> dict:
     torch.set_num_threads(threads)
     try:
         with torch.inference_mode():
-            net.encode(batches[0])  # warm-up
+            net.encode(torch.from_numpy(batches[0]))  # warm-up
             t0 = time.perf_counter()
             for x in batches:
-                net.encode(x)
+                for view in views(x):
+                    net.encode(torch.from_numpy(view))
             seconds = time.perf_counter() - t0
     finally:
         torch.set_num_threads(before)
-    return {"galaxies": have, "threads": threads, "seconds": seconds, "rate": have / seconds}
+    return {
+        "galaxies": have,
+        "threads": threads,
+        "seconds": seconds,
+        "rate": have / seconds,
+        "views": tta,
+    }
 
 
 def bare_lancedb(home, keys: list[str], out: Path) -> dict:

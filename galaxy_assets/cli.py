@@ -197,6 +197,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _partition_metadata(instance, asset: str, key: str) -> dict:
+    """The metadata of partition ``key``'s latest materialization of ``asset`` ({} if none)."""
+    import dagster as dg
+
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[key]), limit=1
+    ).records
+    if not records or records[0].asset_materialization is None:
+        return {}
+    return {k: v.value for k, v in records[0].asset_materialization.metadata.items()}
+
+
 def _latest_metadata(instance, asset: str) -> dict:
     import dagster as dg
 
@@ -402,9 +414,13 @@ def _run_models(defs, instance, keys: list[str], args: argparse.Namespace) -> bo
     epochs = _encoder_epochs(args)
     retrain = (args.force or absent("morphology_encoder") or _encoder_schedule_changed(
         _latest_metadata(instance, "morphology_encoder"), epochs))
-    reembed = not retrain and _embeddings_outdated(
-        _latest_metadata(instance, "image_embeddings"), _encoder_champion(Home.from_env(args.home)))
-    shards = keys if retrain or reembed else sorted(set(missing("image_embeddings"))
+    # shards embedded by another encoder than the graph's now (a new champion, other views);
+    # each shard's own record, so that an interrupted re-embedding resumes where it stopped
+    champion = None if retrain else _encoder_champion(Home.from_env(args.home))
+    outdated = [] if retrain else [
+        k for k in keys
+        if _embeddings_outdated(_partition_metadata(instance, "image_embeddings", k), champion)]
+    shards = keys if retrain else sorted(set(outdated) | set(missing("image_embeddings"))
                                          | set(missing("morphology_predictions")))
     new_captions = bool(_latest_metadata(instance, "vlm_captions").get("described_now"))
     realign = bool(retrain or shards or new_captions or absent("aligned_model"))
@@ -527,21 +543,16 @@ def cmd_import_captions(args: argparse.Namespace) -> int:
 
 
 def _print_survey_summary(instance, keys: list[str], failed: list[str]) -> None:
-    import dagster as dg
 
     total = rejected = 0
     rows = []
     for key in keys:
-        records = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=dg.AssetKey("raw_cutouts"), asset_partitions=[key]),
-            limit=1,
-        ).records
-        if not records:
+        meta = _partition_metadata(instance, "raw_cutouts", key)
+        if not meta:
             rows.append((key, "-", "-", "FAILED" if key in failed else "not materialized"))
             continue
-        meta = records[0].asset_materialization.metadata
-        n = int(meta["galaxies"].value)
-        r = int(meta["rejected"].value)
+        n = int(meta["galaxies"])
+        r = int(meta["rejected"])
         total += n
         rejected += r
         rows.append((key, str(n), str(r), "FAILED (latest run)" if key in failed else "ok"))

@@ -104,6 +104,10 @@ class TextEmbedderSettings(BaseModel):
     batch_size: int = Field(64, gt=0)
 
 
+# the most results one query may re-rank (a VLM call each); the web API's limit too
+MAX_K_RERANK = 200
+
+
 class SearchSettings(BaseModel):
     """The searchable index and how queries are served."""
 
@@ -111,7 +115,7 @@ class SearchSettings(BaseModel):
     uri: str = Field("", description="LanceDB URI (folder or s3://…); empty: <home>/lancedb")
     table: str = "galaxy_index"
     aligner_alias: str = Field("champion", description="aligner version the index serves")
-    k_rerank: int = Field(100, gt=0, description="top results the VLM re-ranks")
+    k_rerank: int = Field(100, gt=0, le=MAX_K_RERANK, description="top results the VLM re-ranks")
     rerank_samples: int = Field(1, gt=0, description="ratings averaged per galaxy")
 
 

@@ -119,12 +119,14 @@ def unit_rows(features: torch.Tensor | np.ndarray) -> np.ndarray:
 def encoder_version(encoder_id: str) -> str:
     """The version part of an encoder id: ``registry:x/v3`` → ``3``, ``timm:x@abc/pp-…`` →
     ``abc``, ``aion:x@rev/survey`` → ``rev``; the whole id when there is no such part. Test-time
-    views stay in it (``registry:x/v3+rot4`` → ``3+rot4``): they change the vectors."""
-    body = encoder_id.split(":", 1)[-1]
+    views are appended (``registry:x/v3+rot4`` → ``3+rot4``): they change the vectors."""
+    base, tta = split_tta(encoder_id)
+    suffix = "" if tta == "none" else f"+{tta}"
+    body = base.split(":", 1)[-1]
     if "@" in body:
-        return body.split("@", 1)[1].split("/", 1)[0]
+        return body.split("@", 1)[1].split("/", 1)[0] + suffix
     if "/v" in body:
-        return body.rsplit("/v", 1)[1]
+        return body.rsplit("/v", 1)[1] + suffix
     return encoder_id
 
 
@@ -935,7 +937,8 @@ class ViewAveragedEncoder:
     every search and to the aligner trained on the vectors. Averaging removes it at 4 or 8
     encoder passes per galaxy (measured in benchmarks/RESULTS.md, "Test-time views"). A
     galaxy whose vector is NaN in any view (a broken cutout) is NaN here too, as with the
-    base encoder. Cutouts must be square for the quarter turns.
+    base encoder. A cutout that is not square is first cut to its central square (the base
+    encoder centre-crops larger cutouts to its own size anyway).
     """
 
     def __init__(self, base: ImageEncoder, tta: str = "rot4"):
@@ -966,12 +969,11 @@ class ViewAveragedEncoder:
             raise ImageEncoderError(
                 f"{self.encoder_id}: images have shape {arr.shape}; expected (N, bands, H, W)"
             )
-        if arr.shape[-1] != arr.shape[-2]:
-            raise ImageEncoderError(
-                f"{self.encoder_id}: cutouts of {arr.shape[-2]}x{arr.shape[-1]} pixels cannot be "
-                "turned by 90 degrees; give square cutouts or set the image encoder's tta to "
-                "'none'"
-            )
+        height, width = arr.shape[-2:]
+        if height != width:  # the central square, so that a quarter turn keeps the shape
+            side = min(height, width)
+            top, left = (height - side) // 2, (width - side) // 2
+            arr = arr[..., top : top + side, left : left + side]
         total = np.zeros((arr.shape[0], self.dim), np.float64)
         for view in self.views(arr):
             total += self.base.encode(view)

@@ -164,6 +164,7 @@ def run_search_evaluation(
     search is exact and in memory, so that a candidate is judged before it serves).
     ``captioned_ids``: the object_ids whose captions trained the candidate; the report then
     compares its semantic nDCG@10 on galaxies without and with a training caption."""
+    from galaxy_assets.alignment.errors import AlignmentError
     from galaxy_assets.alignment.model import load_aligner
 
     labels = load_labels(manifest, config)
@@ -198,9 +199,14 @@ def run_search_evaluation(
         # text embedder cannot search these vectors: the candidate replaces it
         mismatch = lineage_mismatch(champion, candidate)
         if mismatch is None:
-            champion_result = evaluate(labels, search_fn=ExactSemanticSearch(
-                champion, text_embedder, image_embeddings),
-                versions={"aligner": champion.aligner_version}, **common)
+            try:
+                champion_search = ExactSemanticSearch(champion, text_embedder, image_embeddings)
+            except AlignmentError as exc:  # e.g. vectors of another width, lineage unrecorded
+                mismatch = f"it cannot search the current vectors ({exc})"
+            else:
+                champion_result = evaluate(labels, search_fn=champion_search,
+                                           versions={"aligner": champion.aligner_version},
+                                           **common)
     if mismatch is not None:
         decision = replaces_unservable_champion(f"{ALIGNER} v{champion_version}", mismatch,
                                                 n_sigma=config.n_sigma)

@@ -70,6 +70,7 @@ from galaxy_assets.search.query import (
     viewer_url,
 )
 from galaxy_assets.search.rerank import DEFAULT_K_RERANK
+from galaxy_assets.settings import MAX_K_RERANK
 from galaxy_assets.web.errors import (
     NotFoundError,
     PayloadTooLarge,
@@ -91,7 +92,6 @@ __all__ = [
 
 STATIC = Path(__file__).resolve().parent / "static"
 MAX_K = 1000
-MAX_K_RERANK = 200
 MAX_FILTERS = 32
 MAX_FILTER_CHARS = 512
 MAX_OBJECT_ID_CHARS = 512

@@ -84,6 +84,7 @@ def test_unit_rows_and_encoder_versions():
     assert np.allclose(rows[0], [0.6, 0.8]) and np.isnan(rows[1:]).all()
     assert encoder_version("registry:morphology-encoder/v3") == "3"
     assert encoder_version("registry:morphology-encoder/v3+rot4") == "3+rot4"
+    assert encoder_version("timm:resnet18@ckpt-abc/pp-1234+d8") == "ckpt-abc+d8"
     assert encoder_version("timm:resnet18@ckpt-abc/pp-1234") == "ckpt-abc"
     assert encoder_version("aion:polymathic-ai/aion-base@0123abcd/legacysurvey") == "0123abcd"
 
@@ -232,8 +233,9 @@ def test_view_averaging_keeps_broken_galaxies_broken_and_refuses_bad_input(tmp_p
         frame = embed_shard(reader, enc, batch_size=5, stats=stats)
     assert frame.height == 11 and stats.skipped_object_ids == ["g0004"]
     assert set(frame["encoder"]) == {"test:pixel-mean@1+d8"}
-    with pytest.raises(ImageEncoderError, match=r"16x12 pixels cannot be turned.*tta to 'none'"):
-        enc.encode(np.ones((2, 4, 16, 12), np.float32))
+    # a cutout that is not square is cut to its central square first
+    wide = _galaxies(3, 20, seed=7)[:, :, 2:18, :]  # 16 x 20
+    assert np.allclose(enc.encode(wide), enc.encode(wide[:, :, :, 2:18]), atol=1e-6)
     with pytest.raises(ImageEncoderError, match=r"expected \(N, bands, H, W\)"):
         enc.encode(np.ones((4, 16, 16), np.float32))
     with pytest.raises(ImageEncoderError, match=r"tta='rot2' is not a set of views; use one of"):
