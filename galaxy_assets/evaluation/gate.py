@@ -38,7 +38,7 @@ import polars as pl
 
 from galaxy_assets.evaluation.errors import EvaluationError
 from galaxy_assets.evaluation.labels import EvaluationLabels
-from galaxy_assets.evaluation.metrics import paired_change_std, ranked_indices
+from galaxy_assets.evaluation.metrics import finite_mean, paired_change_std, ranked_indices
 from galaxy_assets.evaluation.report import EvaluationResult
 
 log = logging.getLogger(__name__)
@@ -127,16 +127,46 @@ def lineage_mismatch(champion: Any, candidate: Any) -> str | None:
 
 
 def replaces_unservable_champion(
-    champion: str, why: str, *, method: str = "semantic", k: int = 10, n_sigma: float = 1.0
+    champion: str,
+    why: str,
+    candidate: EvaluationResult,
+    *,
+    method: str = "semantic",
+    k: int = 10,
+    n_sigma: float = 1.0,
 ) -> GateDecision:
-    """The candidate passes without a comparison: ``champion`` (its name) cannot search the
-    current vectors (``why``, from :func:`lineage_mismatch`), so it cannot serve the index
-    rebuilt from them either, and keeping it would leave nothing to serve."""
+    """The candidate replaces ``champion`` (its name) without a comparison: that champion
+    cannot search the current vectors (``why``, from :func:`lineage_mismatch`), so it cannot
+    serve the index rebuilt from them either, and keeping it would leave nothing to serve. A
+    floor still holds: averaged over the targets both define, the candidate's ``method``
+    nDCG@k must beat random order's (a broken candidate fails instead of serving)."""
     reason = (
         f"{champion} cannot be compared: {why}. Its vectors are gone, so it cannot serve the "
         "index either; the candidate replaces it without a comparison"
     )
-    return GateDecision(True, [reason], pl.DataFrame(schema=_COLUMNS), method, k, n_sigma)
+    pairs = [
+        (candidate.ndcg(t, method, k), candidate.ndcg(t, "random", k)) for t in candidate.targets
+    ]
+    pairs = [(ours, chance) for ours, chance in pairs if math.isfinite(ours + chance)]
+    empty = pl.DataFrame(schema=_COLUMNS)
+    if not pairs:
+        reason += " (no target has a random baseline to check it against)"
+        return GateDecision(True, [reason], empty, method, k, n_sigma)
+    ours = finite_mean(p[0] for p in pairs)
+    chance = finite_mean(p[1] for p in pairs)
+    figures = (
+        f"its mean {method} nDCG@{k} over {len(pairs)} targets, {ours:.3f}, against random "
+        f"order's {chance:.3f}"
+    )
+    if ours > chance:
+        return GateDecision(True, [f"{reason}; {figures}"], empty, method, k, n_sigma)
+    reason = (
+        f"{champion} cannot serve the current vectors ({why}), and the candidate does not beat "
+        f"random order ({figures}): it stays a candidate and nothing can serve these vectors; "
+        "check the captions, the aligner's training metrics and the image embeddings, then "
+        "retrain the aligner"
+    )
+    return GateDecision(False, [reason], empty, method, k, n_sigma)
 
 
 def _fingerprint(result: EvaluationResult, target: str) -> str | None:

@@ -209,7 +209,7 @@ def run_search_evaluation(
                                            **common)
     if mismatch is not None:
         decision = replaces_unservable_champion(f"{ALIGNER} v{champion_version}", mismatch,
-                                                n_sigma=config.n_sigma)
+                                                result, n_sigma=config.n_sigma)
     else:
         decision = compare_to_champion(result, champion_result, n_sigma=config.n_sigma)
     promoted = False

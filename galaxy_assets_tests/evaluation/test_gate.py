@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -157,8 +158,28 @@ def test_a_champion_from_another_encoder_is_replaced_without_comparison():
     both = lineage_mismatch(aligner("a", "minilm@0"), aligner("b", "minilm@1"))
     assert "image encoder 'a'" in both and "text embedder 'minilm@0'" in both
     assert lineage_mismatch(aligner(None), same) is None  # unrecorded: compared as before
-    d = replaces_unservable_champion("search-aligner v1", why, n_sigma=2.0)
+
+    def result(semantic, random_order):
+        res = _constructed({t: (v, 0.05) for t, v in semantic.items()})
+        chance = _constructed({t: (v, 0.01) for t, v in random_order.items()})
+        res.scores += [dataclasses.replace(sc, method="random") for sc in chance.scores]
+        return res
+
+    good = result({"spirals": 0.8, "lenses": math.nan}, {"spirals": 0.3, "lenses": 0.0})
+    d = replaces_unservable_champion("search-aligner v1", why, good, n_sigma=2.0)
     assert d.passed and d.per_target.height == 0 and d.n_sigma == 2.0
     assert d.reasons[0].startswith("search-aligner v1 cannot be compared: the champion was")
+    assert (
+        "mean semantic nDCG@10 over 1 targets, 0.800, against random order's 0.300"
+        in (d.reasons[0])
+    )
     assert "replaces it without a comparison" in d.to_markdown()
     assert decision_from_dict(d.to_dict()).reasons == d.reasons
+    # a broken candidate (no better than random order) does not take over
+    broken = result({"spirals": 0.25, "mergers": 0.05}, {"spirals": 0.3, "mergers": 0.04})
+    d = replaces_unservable_champion("search-aligner v1", why, broken)
+    assert not d.passed and "does not beat random order" in d.reasons[0]
+    assert "retrain the aligner" in d.reasons[0]
+    # nothing to check against: it passes and says so
+    alone = replaces_unservable_champion("search-aligner v1", why, _constructed({"x": (0.5, 0.1)}))
+    assert alone.passed and "no target has a random baseline" in alone.reasons[0]
