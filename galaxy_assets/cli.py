@@ -349,8 +349,9 @@ def _encoder_schedule_changed(meta: dict, epochs: int) -> bool:
 
 
 def _embeddings_outdated(meta: dict, champion_version: int | None) -> bool:
-    """Whether the latest image embeddings (their metadata) came from another encoder than the
-    graph's image encoder now is: other test-time views than ``ImageEncoderResource.tta``
+    """Whether a shard's image embeddings (``meta``, its latest materialization's metadata)
+    came from another encoder than the graph's image encoder now is: other test-time views than
+    ``ImageEncoderResource.tta``
     (embeddings from before the views existed, or from another setting), or, for the registry
     encoder, another version than its champion (``champion_version``, None when unknown), e.g.
     an encoder promoted from the Dagster UI. Such embeddings are redone with everything that
