@@ -678,6 +678,7 @@ def latest_report(home: Home) -> Path | None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from galaxy_assets.evaluation.errors import EvaluationError
     from galaxy_assets.evaluation.report import EvaluationResult
 
     home = Home.from_env(args.home)
@@ -687,7 +688,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
               "search_evaluation first (galaxy-assets demo, or evaluation_job in the UI)",
               file=sys.stderr)
         return 2
-    result = EvaluationResult.from_json(path)
+    try:
+        result = EvaluationResult.from_json(path)
+    except (EvaluationError, OSError, ValueError) as exc:
+        print(f"the search evaluation {path} cannot be read: {exc}; materialize "
+              "search_evaluation again (galaxy-assets demo, or evaluation_job in the UI)",
+              file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps({**result.summary(), "report": str(path.with_name("report.md"))},
                          indent=2, default=str))
@@ -702,6 +709,10 @@ def format_evaluation(result) -> str:
     import polars as pl
 
     frame = result.to_frame()
+    if frame.is_empty():
+        return ("no target was scored (no target has labelled galaxies among the searched ones; "
+                "see the report's label counts); versions: "
+                + ", ".join(f"{k} {v}" for k, v in result.versions.items()))
     methods = [m for m in ("semantic", "semantic_rerank", "image_similarity", "random")
                if m in set(frame["method"])]
     width = max(len(m) for m in methods) + 2

@@ -23,6 +23,27 @@ def test_evaluate_before_any_evaluation(isolated_home, capsys):
     assert "materialize search_evaluation first" in capsys.readouterr().err
 
 
+def test_evaluate_with_an_unreadable_or_empty_report(isolated_home, capsys):
+    from galaxy_assets.evaluation.report import EvaluationResult
+    from galaxy_assets.runtime import Home
+
+    folder = Home.from_env().reports / "search_evaluation" / "v1"
+    folder.mkdir(parents=True)
+    (folder / "evaluation.json").write_text("{not json")
+    assert main(["evaluate"]) == 2
+    err = capsys.readouterr().err
+    assert "evaluation.json cannot be read: evaluation result is not valid JSON" in err
+    assert "materialize search_evaluation again" in err
+
+    empty = EvaluationResult(k_list=(10, 100), curve_k=100, n_boot=10, seed=0,
+                             targets={"lenses": {}}, scores=[], phrasings=[], rankings={},
+                             versions={"aligner": "search-aligner/v1"})
+    empty.to_json(folder / "evaluation.json")
+    assert main(["evaluate"]) == 0
+    out = capsys.readouterr().out
+    assert "no target was scored" in out and "aligner search-aligner/v1" in out
+
+
 def test_re_ranked_results_show_the_rating_and_the_rank_by_similarity():
     from types import SimpleNamespace
 

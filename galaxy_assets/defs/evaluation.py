@@ -26,6 +26,7 @@ class SearchEvaluationConfig(dg.Config):
     targets_file: str = ""  # YAML of targets and query phrasings; empty: the defaults
     vote_catalogue: str = ""  # Galaxy Zoo votes (object_id or ra/dec + counts); empty: truth
     lens_catalogue: str = ""  # lens catalogue (ra, dec[, grade]); empty: truth
+    lens_target: str = "lenses"  # the binary target (in targets_file) the lens catalogue labels
     match_radius_arcsec: float = 1.0
     rerank: bool = True  # also score semantic search re-ranked by the configured captioner
     # top semantic results re-ranked; 0: the search settings' k_rerank (100 by default), so the
@@ -92,6 +93,8 @@ def search_evaluation(
     }
     for name, path in outcome.files.plots.items():
         metadata.update(png_metadata(path, key=f"plot_{name}"))
+    for target, path in outcome.files.grids.items():  # the report's example grids, half size
+        metadata.update(png_metadata(path, key=f"grid_{target}", max_width=548))
     yield dg.Output(outcome.result.to_frame(), metadata=metadata)
     yield dg.AssetCheckResult(
         check_name=GATE, passed=decision.passed, severity=dg.AssetCheckSeverity.ERROR,

@@ -24,9 +24,23 @@ def figure_metadata(figure, path: Path) -> dict[str, dg.MetadataValue]:
     }
 
 
-def png_metadata(path: Path, key: str = "plot") -> dict[str, dg.MetadataValue]:
-    """A PNG already on disk, shown inline in the UI."""
-    encoded = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+def png_metadata(
+    path: Path, key: str = "plot", max_width: int | None = None
+) -> dict[str, dg.MetadataValue]:
+    """A PNG already on disk, shown inline in the UI; with ``max_width``, a copy scaled down to
+    that width goes into the metadata (the event log keeps every materialization's metadata),
+    and the path points at the full-size file."""
+    data = Path(path).read_bytes()
+    if max_width is not None:
+        from PIL import Image
+
+        with Image.open(io.BytesIO(data)) as image:
+            if image.width > max_width:
+                height = max(1, round(image.height * max_width / image.width))
+                buffer = io.BytesIO()
+                image.resize((max_width, height), Image.LANCZOS).save(buffer, format="PNG")
+                data = buffer.getvalue()
+    encoded = base64.b64encode(data).decode("ascii")
     return {
         key: dg.MetadataValue.md(f"![{Path(path).stem}](data:image/png;base64,{encoded})"),
         f"{key}_path": dg.MetadataValue.path(str(path)),

@@ -18,3 +18,8 @@ class TargetConfigError(EvaluationError):
 class CatalogueError(EvaluationError):
     """A user catalogue (Galaxy Zoo votes, lens candidates) is unreadable, lacks a needed column
     or cannot be matched to the survey."""
+
+
+class NoTruthTableError(EvaluationError):
+    """None of the survey's shards has a truth table (a real survey): labels must come from
+    user catalogues."""

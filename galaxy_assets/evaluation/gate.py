@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "FIRST_CHAMPION",
     "GateDecision",
+    "already_champion",
     "compare_to_champion",
     "decision_from_dict",
     "lineage_mismatch",
@@ -167,6 +168,18 @@ def replaces_unservable_champion(
         "retrain the aligner"
     )
     return GateDecision(False, [reason], empty, method, k, n_sigma)
+
+
+def already_champion(
+    name: str, alias: str, *, method: str = "semantic", k: int = 10, n_sigma: float = 1.0
+) -> GateDecision:
+    """The candidate ``name`` already holds ``alias`` (it was evaluated again, e.g. for a new
+    re-ranker or report contents): there is no other model to compare it to, and it stays."""
+    reason = (
+        f"{name} already is `{alias}`: evaluated again (e.g. for another re-ranker or report "
+        "contents), with no other model to compare it to; it stays"
+    )
+    return GateDecision(True, [reason], pl.DataFrame(schema=_COLUMNS), method, k, n_sigma)
 
 
 def _fingerprint(result: EvaluationResult, target: str) -> str | None:

@@ -39,7 +39,12 @@ import numpy as np
 import polars as pl
 import yaml
 
-from galaxy_assets.evaluation.errors import CatalogueError, EvaluationError, TargetConfigError
+from galaxy_assets.evaluation.errors import (
+    CatalogueError,
+    EvaluationError,
+    NoTruthTableError,
+    TargetConfigError,
+)
 from galaxy_assets.evaluation.metrics import TARGET_RELEVANCE
 
 log = logging.getLogger(__name__)
@@ -552,11 +557,14 @@ def vote_relevance(
     frame: pl.DataFrame, target: Target, *, source: str = "<frame>"
 ) -> tuple[pl.DataFrame, int]:
     """``(object_id, relevance)`` rows of ``frame`` with at least ``target.min_votes`` votes on
-    the target's question, and the number of rows left out for too few votes.
+    the target's question, and the number of rows left out (too few votes, or bad counts).
 
     The total is ``<question>_total-votes``; when that column is missing it is the sum of the
     question's answer columns in the Galaxy Zoo DECaLS tree (all must then be present). Missing
-    counts count as no votes.
+    counts (null or NaN) count as no votes, so a row with a missing total is left out. A row with
+    a negative count or more votes for the answers than its total is bad input for that galaxy:
+    it is logged and left out, and only when every row with votes is bad (counts that are really
+    fractions, or the wrong columns) is the whole table refused.
     """
     if target.kind != "vote_fraction":
         raise EvaluationError(
@@ -570,26 +578,41 @@ def vote_relevance(
         )
     total_expr = _total_expr(frame, target, source)
     votes = pl.sum_horizontal(
-        [pl.col(c).cast(pl.Float64).fill_null(0.0) for c in target.answer_columns]
+        [pl.col(c).cast(pl.Float64).fill_nan(None).fill_null(0.0) for c in target.answer_columns]
     )
-    counted = frame.select(
-        pl.col("object_id").cast(pl.Utf8),
-        votes.alias("_votes"),
-        total_expr.cast(pl.Float64).fill_null(0.0).fill_nan(0.0).alias("_total"),
-    )
-    bad = counted.filter(
+    try:
+        counted = frame.select(
+            pl.col("object_id").cast(pl.Utf8),
+            votes.alias("_votes"),
+            total_expr.cast(pl.Float64).fill_nan(None).alias("_total"),  # null: unknown
+        )
+    except pl.exceptions.PolarsError as exc:
+        raise CatalogueError(
+            f"{source}: the vote columns of target {target.name!r} "
+            f"({[*target.answer_columns, target.total_column]}) must be numbers: {exc}"
+        ) from exc
+    bad_expr = (
         (pl.col("_votes") < 0)
         | (pl.col("_total") < 0)
         | ~pl.col("_votes").is_finite()
+        | ~pl.col("_total").is_finite()
         | (pl.col("_votes") > pl.col("_total") + 1e-6)
     )
+    bad = counted.filter(bad_expr)  # a null total is not bad, only unknown (left out below)
     if bad.height:
-        raise CatalogueError(
-            f"{source}: {bad.height} rows have negative vote counts or more votes for "
-            f"{list(target.answers)} than {target.total_column} (e.g. object_id "
-            f"{bad['object_id'][0]!r}); vote columns must hold counts, not fractions"
+        where = (
+            f"{source}: {bad.height} of {counted.height} rows have negative or infinite vote "
+            f"counts, or more votes for {list(target.answers)} than {target.total_column} "
+            f"(e.g. object_id {bad['object_id'][0]!r})"
         )
-    enough = counted.filter(pl.col("_total") >= target.min_votes)
+    good = counted.filter(~bad_expr)
+    if bad.height:
+        if good.filter(pl.col("_total") > 0).is_empty():
+            raise CatalogueError(
+                f"{where}, and no other row has votes; vote columns must hold counts, not fractions"
+            )
+        log.warning("%s; those galaxies are left out of target %r", where, target.name)
+    enough = good.filter(pl.col("_total") >= target.min_votes)
     out = enough.select("object_id", (pl.col("_votes") / pl.col("_total")).alias("relevance"))
     return out, counted.height - enough.height
 
@@ -711,7 +734,7 @@ def load_truth_labels(
     uris = list(shard_uris)
     truth = load_truth(uris)
     if truth is None:
-        raise EvaluationError(
+        raise NoTruthTableError(
             f"none of the {len(uris)} shards has a truth table (<shard>.truth.parquet): a real "
             "survey has none; give Galaxy Zoo vote and lens catalogues instead "
             "(labels_from_vote_catalogue, labels_from_lens_catalogue)"
@@ -758,6 +781,19 @@ def _require_manifest(manifest: pl.DataFrame, cols: Sequence[str]) -> None:
         raise CatalogueError("the survey manifest is empty: nothing to match a catalogue to")
 
 
+def _degrees(frame: pl.DataFrame, column: str, source: str) -> np.ndarray:
+    """``frame[column]`` as float degrees (null → NaN); a CatalogueError for text such as
+    sexagesimal coordinates."""
+    try:
+        return frame[column].cast(pl.Float64).fill_null(math.nan).to_numpy()
+    except pl.exceptions.PolarsError as exc:
+        raise CatalogueError(
+            f"{source}: column {column!r} ({frame[column].dtype}) must hold decimal degrees "
+            f"(e.g. {frame[column][0]!r} is not); convert sexagesimal coordinates first, "
+            "e.g. with astropy.coordinates.SkyCoord"
+        ) from exc
+
+
 def crossmatch(
     catalogue: pl.DataFrame,
     manifest: pl.DataFrame,
@@ -791,19 +827,26 @@ def crossmatch(
             )
     _require_manifest(manifest, ("object_id", "ra", "dec"))
     n = catalogue.height
-    ra = catalogue[ra_column].cast(pl.Float64).fill_null(math.nan).to_numpy()
-    dec = catalogue[dec_column].cast(pl.Float64).fill_null(math.nan).to_numpy()
+    ra = _degrees(catalogue, ra_column, source)
+    dec = _degrees(catalogue, dec_column, source)
     ok = np.isfinite(ra) & np.isfinite(dec) & (np.abs(dec) <= 90.0)
     rows = np.flatnonzero(ok)
-    if rows.size:
-        cat = SkyCoord(ra=ra[rows] * u.deg, dec=dec[rows] * u.deg)
-        ref = SkyCoord(
-            ra=manifest["ra"].cast(pl.Float64).to_numpy() * u.deg,
-            dec=manifest["dec"].cast(pl.Float64).to_numpy() * u.deg,
+    # survey galaxies without a sound position cannot be matched (recorded, not fatal)
+    m_ra = _degrees(manifest, "ra", "the survey manifest")
+    m_dec = _degrees(manifest, "dec", "the survey manifest")
+    placed = np.flatnonzero(np.isfinite(m_ra) & np.isfinite(m_dec) & (np.abs(m_dec) <= 90.0))
+    if placed.size < manifest.height:
+        log.warning(
+            "crossmatch %s: %d survey galaxies have no valid ra/dec and cannot be matched",
+            source,
+            manifest.height - placed.size,
         )
+    if rows.size and placed.size:
+        cat = SkyCoord(ra=ra[rows] * u.deg, dec=dec[rows] * u.deg)
+        ref = SkyCoord(ra=m_ra[placed] * u.deg, dec=m_dec[placed] * u.deg)
         idx, sep2d, _ = cat.match_to_catalog_sky(ref)
         sep = np.atleast_1d(sep2d.to_value(u.arcsec))
-        idx = np.atleast_1d(idx)
+        idx = placed[np.atleast_1d(idx)]  # back to manifest rows
     else:
         idx = np.zeros(0, dtype=np.int64)
         sep = np.zeros(0)

@@ -16,9 +16,10 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from galaxy_assets.evaluation.errors import EvaluationError
+from galaxy_assets.evaluation.errors import EvaluationError, NoTruthTableError
 from galaxy_assets.evaluation.gate import (
     GateDecision,
+    already_champion,
     compare_to_champion,
     lineage_mismatch,
     replaces_unservable_champion,
@@ -52,6 +53,7 @@ class EvaluationConfig:
     targets_file: str = ""
     vote_catalogue: str = ""
     lens_catalogue: str = ""
+    lens_target: str = "lenses"  # the binary target the lens catalogue labels
     match_radius_arcsec: float = 1.0
     rerank: bool = True
     rerank_depth: int = DEFAULT_K_RERANK  # top semantic results re-ranked, as search does
@@ -81,7 +83,7 @@ def load_labels(manifest: pl.DataFrame, config: EvaluationConfig) -> EvaluationL
     uris = manifest["shard_uri"].unique().to_list()
     try:
         labels = load_truth_labels(uris, targets, manifest=manifest)
-    except EvaluationError as exc:
+    except NoTruthTableError as exc:
         if not (config.vote_catalogue or config.lens_catalogue):
             raise EvaluationError(
                 f"{exc}; for a real survey give search_evaluation a vote_catalogue (Galaxy Zoo "
@@ -94,7 +96,14 @@ def load_labels(manifest: pl.DataFrame, config: EvaluationConfig) -> EvaluationL
         catalogues.append(labels_from_vote_catalogue(config.vote_catalogue, manifest, targets,
                                                      radius_arcsec=radius))
     if config.lens_catalogue:
-        catalogues.append(labels_from_lens_catalogue(config.lens_catalogue, manifest,
+        lens = targets.get(config.lens_target)
+        if lens is None:
+            binary = [t.name for t in targets.values() if t.kind == "binary"]
+            raise EvaluationError(
+                f"lens_catalogue {config.lens_catalogue} labels target {config.lens_target!r}, "
+                f"which {config.targets_file or 'the default targets'} do not define; set "
+                f"lens_target to one of the binary targets {binary}")
+        catalogues.append(labels_from_lens_catalogue(config.lens_catalogue, manifest, lens,
                                                      radius_arcsec=radius))
     for extra in catalogues:  # a catalogue's target replaces the truth's
         labels = extra if labels is None else labels.merged(extra)
@@ -207,17 +216,17 @@ def run_search_evaluation(
                 champion_result = evaluate(labels, search_fn=champion_search,
                                            versions={"aligner": champion.aligner_version},
                                            **common)
-    if mismatch is not None:
+    if champion_version == candidate_version:
+        decision = already_champion(f"{ALIGNER} v{candidate_version}", config.alias,
+                                    n_sigma=config.n_sigma)
+    elif mismatch is not None:
         decision = replaces_unservable_champion(f"{ALIGNER} v{champion_version}", mismatch,
                                                 result, n_sigma=config.n_sigma)
     else:
         decision = compare_to_champion(result, champion_result, n_sigma=config.n_sigma)
-    promoted = False
-    if decision.passed and champion_version != candidate_version:
-        tracker.set_alias(ALIGNER, config.alias, candidate_version)
-        promoted = True
+    promoted = decision.passed and champion_version != candidate_version
     verdict = ("passed: " if decision.passed else "FAILED: ") + "; ".join(decision.reasons)
-    log(f"gate {verdict}" + (f" → {ALIGNER}@{config.alias} = v{candidate_version}" if promoted else ""))
+    log(f"gate {verdict}")
     if rerank_fn is not None:
         log(f"re-ranking: {rerank_fn.n_rated} rated, {rerank_fn.n_failed} failed in "
             f"{rerank_fn.seconds:.1f} s")
@@ -226,11 +235,16 @@ def run_search_evaluation(
         + (f"is now `{config.alias}`." if promoted else
            ("already was the champion." if champion_version == candidate_version else
             f"stays a candidate; `{config.alias}` remains v{champion_version}.")))
+    # the report is written and logged before the alias moves: a failure on the way leaves the
+    # champion where it was, and the rerun evaluates this candidate again
     files = write_report(result, Path(reports) / f"v{candidate_version}",
                          _example_grids(result, manifest), extra_sections=[gate_section],
                          title=f"Search evaluation of {candidate.aligner_version}")
     run_id = tracker.resolve_version(ALIGNER, candidate_version).run_id
     if run_id:
         _log_to_run(tracker, run_id, result, files, decision)
+    if promoted:
+        tracker.set_alias(ALIGNER, config.alias, candidate_version)
+        log(f"{ALIGNER}@{config.alias} = v{candidate_version}")
     return EvaluationOutcome(result, decision, files, promoted, candidate_version,
                              champion_version, champion_result)

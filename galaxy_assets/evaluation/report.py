@@ -95,8 +95,9 @@ PAPER_NDCG_AT_10: dict[str, dict[str, float]] = {
 }
 SCHEMA_VERSION = 1
 # what a report measures: bump when it gains figures or sections (2: the caption split), so
-# that a demo rerun re-evaluates instead of keeping an older report
-REPORT_VERSION = 2
+# that a demo rerun re-evaluates instead of keeping an older report (3: precision in the
+# per-phrasing table, the image-similarity queries in the JSON summary, grids in the metadata)
+REPORT_VERSION = 3
 
 
 # --------------------------------------------------------------------------- scores
@@ -375,6 +376,9 @@ class EvaluationResult:
                     f"recall@{k_hi}": _f(s.recall.get(k_hi, math.nan)),
                     f"targets_in_top_{k_hi}": _f(s.found.get(k_hi, math.nan)),
                 }
+                if m == "image_similarity":  # which galaxies were the queries
+                    per[m]["n_queries"] = s.n_queries
+                    per[m]["queries"] = s.note
             out[t] = per
         splits = {
             t: {
@@ -833,9 +837,8 @@ def _main_rows(result: EvaluationResult, scores: Sequence[Scores], *, phrasing: 
             row[f"nDCG@{k}"] = _fmt_pm(s.ndcg.get(k)) if k == ks[0] else _fmt(s.ndcg_at(k))
         for k in ks:
             row[f"recall@{k}"] = _fmt(s.recall.get(k, math.nan))
-        if not phrasing:
-            for k in ks:
-                row[f"precision@{k}"] = _fmt(s.precision.get(k, math.nan))
+        for k in ks:
+            row[f"precision@{k}"] = _fmt(s.precision.get(k, math.nan))
         row[f"targets in top {ks[-1]}"] = (
             f"{_fmt_count(s.found.get(ks[-1], math.nan))} of {_fmt_count(s.n_targets)}"
         )

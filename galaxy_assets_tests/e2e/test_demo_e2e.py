@@ -111,6 +111,17 @@ def test_demo_with_one_corrupt_shard(isolated_home):
     # the runs are in the persistent Dagster instance in the home
     assert (home.dagster / "dagster.yaml").exists()
     assert any((home.dagster / "storage").iterdir())
+    # the evaluation's plots and example grids are shown inline in the asset's metadata
+    import dagster as dg
+
+    from galaxy_assets.cli import _latest_metadata
+
+    with dg.DagsterInstance.from_config(str(home.dagster)) as instance:
+        meta = _latest_metadata(instance, "search_evaluation")
+    for target in ("spirals", "mergers", "lenses"):
+        assert meta[f"grid_{target}"].startswith(f"![{target}](data:image/png;base64,"), target
+        assert str(meta[f"grid_{target}_path"]).endswith(f"grids/{target}.png")
+    assert any(k.startswith("plot_") for k in meta)
 
     # rerun: nothing is simulated again, good shards are not rematerialized
     again = _demo(home.root, "--n", "200", "--size", "48", "--seed", "3", "--captions", "120",

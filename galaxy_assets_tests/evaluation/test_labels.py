@@ -169,9 +169,40 @@ def test_labels_from_truth_errors():
         labels_from_truth(_truth(), [t["rings"]])
     with pytest.raises(CatalogueError, match="merging_merger"):
         labels_from_truth(_truth(), [t["mergers"]])
-    bad = _truth().with_columns(pl.Series("has-spiral-arms_yes", [11, 1, 2, 0, 3]))
-    with pytest.raises(CatalogueError, match="more votes"):
-        labels_from_truth(bad, [t["spirals"]])
+    # every row with votes is bad: the columns hold something else than counts
+    fractions = _truth().with_columns(
+        pl.Series("has-spiral-arms_yes", [0.9, 0.5, 1.0, 0.0, 1.0]),
+        pl.Series("has-spiral-arms_total-votes", [0.5, 0.2, 0.1, 0.0, 0.3]),
+    )
+    with pytest.raises(CatalogueError, match="4 of 5 rows .*more votes.*no other row has votes; "
+                       "vote columns must hold counts, not fractions"):
+        labels_from_truth(fractions, [t["spirals"]])
+
+
+def test_bad_vote_rows_are_left_out_not_fatal(caplog):
+    """One galaxy's bad counts are recorded and skipped; the others keep their labels."""
+    t = default_targets()["spirals"]
+    frame = pl.DataFrame(
+        {
+            "object_id": ["a", "b", "c", "d", "e", "f"],
+            "has-spiral-arms_yes": [11.0, 3.0, -1.0, math.nan, 4.0, 2.0],
+            "has-spiral-arms_total-votes": [10.0, 4.0, 5.0, 5.0, math.nan, None],
+        }
+    )
+    with caplog.at_level("WARNING", logger="galaxy_assets.evaluation.labels"):
+        rel, n_left_out = vote_relevance(frame, t, source="votes.csv")
+    # a: more votes than its total; c: a negative count (both logged); d: a missing answer
+    # count is no votes; e, f: an unknown total is too few votes
+    assert rel["object_id"].to_list() == ["b", "d"]
+    assert rel["relevance"].to_list() == pytest.approx([0.75, 0.0])
+    assert n_left_out == 4
+    assert "votes.csv: 2 of 6 rows have negative or infinite vote counts" in caplog.text
+    assert "object_id 'a'" in caplog.text and "left out of target 'spirals'" in caplog.text
+    text = frame.with_columns(pl.lit("many").alias("has-spiral-arms_total-votes"))
+    with pytest.raises(CatalogueError, match="votes.csv: the vote columns of target 'spirals' "
+                       r"\(\['has-spiral-arms_yes', 'has-spiral-arms_total-votes'\]\) must be "
+                       "numbers"):
+        vote_relevance(text, t, source="votes.csv")
 
 
 def test_merger_relevance_counts_merger_and_major_disturbance():
@@ -266,6 +297,18 @@ def test_crossmatch_renames_a_catalogue_object_id():
     assert matched["catalogue_object_id"].to_list() == ["J1"]
 
 
+def test_crossmatch_skips_survey_galaxies_without_a_position(caplog):
+    manifest = _manifest().with_columns(
+        pl.when(pl.col("object_id") == "A").then(None).otherwise(pl.col("ra")).alias("ra")
+    )
+    cat = pl.DataFrame({"ra": [10.0, 200.0], "dec": [0.0, -30.0]})
+    with caplog.at_level("WARNING", logger="galaxy_assets.evaluation.labels"):
+        matched, rep = crossmatch(cat, manifest, source="cat")
+    assert matched["object_id"].to_list() == ["C"]  # A has no ra: nothing to match to
+    assert (rep.n_matched, rep.n_unmatched) == (1, 1)
+    assert "1 survey galaxies have no valid ra/dec" in caplog.text
+
+
 def test_crossmatch_errors():
     with pytest.raises(CatalogueError, match="no column 'ra'"):
         crossmatch(pl.DataFrame({"x": [1.0]}), _manifest())
@@ -273,6 +316,10 @@ def test_crossmatch_errors():
         crossmatch(pl.DataFrame({"ra": [1.0], "dec": [1.0]}), _manifest(), radius_arcsec=0)
     with pytest.raises(CatalogueError, match="manifest is empty"):
         crossmatch(pl.DataFrame({"ra": [1.0], "dec": [1.0]}), _manifest().head(0))
+    with pytest.raises(CatalogueError, match=r"lenses.csv: column 'ra' \(String\) must hold "
+                       r"decimal degrees \(e.g. '10:00:00' is not\); convert sexagesimal"):
+        crossmatch(pl.DataFrame({"ra": ["10:00:00"], "dec": ["+00:00:00"]}), _manifest(),
+                   source="lenses.csv")
 
 
 def test_match_by_id():
