@@ -351,7 +351,7 @@ def _encoder_schedule_changed(meta: dict, epochs: int) -> bool:
 def _embeddings_outdated(meta: dict, champion_version: int | None) -> bool:
     """Whether a shard's image embeddings (``meta``, its latest materialization's metadata)
     came from another encoder than the graph's image encoder now is: other test-time views than
-    ``ImageEncoderResource.tta``
+    the settings' ``image_encoder.tta``
     (embeddings from before the views existed, or from another setting), or, for the registry
     encoder, another version than its champion (``champion_version``, None when unknown), e.g.
     an encoder promoted from the Dagster UI. Such embeddings are redone with everything that
@@ -362,7 +362,7 @@ def _embeddings_outdated(meta: dict, champion_version: int | None) -> bool:
     encoder = meta.get("encoder")
     if not encoder:
         return False
-    resource = ImageEncoderResource()
+    resource = ImageEncoderResource.from_settings()
     base, views = split_tta(str(encoder))
     if views != resource.tta:
         return True
@@ -376,7 +376,7 @@ def _encoder_champion(home: Home) -> int | None:
     from galaxy_assets.defs.resources import ImageEncoderResource
     from galaxy_assets.tracking import Tracker
 
-    resource = ImageEncoderResource()
+    resource = ImageEncoderResource.from_settings()
     version = Tracker.from_home(home).get_alias_version(resource.model_name, resource.alias)
     return int(version.version) if version is not None else None
 

@@ -104,6 +104,44 @@ class TextEmbedderSettings(BaseModel):
     batch_size: int = Field(64, gt=0)
 
 
+class ImageEncoderSettings(BaseModel):
+    """The frozen image encoder that embeds every galaxy (see README, "image_embeddings")."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: str = Field("registry", description="registry (morphology-encoder@champion) | timm | aion")
+    model_name: str = Field("morphology-encoder", description="registry: the registered model")
+    alias: str = Field("champion", description="registry: the alias whose version embeds")
+    name: str = Field("", description="timm: the backbone name, e.g. convnext_nano")
+    checkpoint: str = Field("", description="timm: a local checkpoint file (e.g. Zoobot's)")
+    model: str = Field("", description="aion: the weights folder or hub id")
+    batch_size: int = Field(256, gt=0)
+    # test-time views each vector averages over: rot4 (quarter turns, 4 passes), d8 (and their
+    # mirror images, 8 passes) or none; on the demo survey rot4 raised semantic mergers from
+    # 0.64 to 0.84 and on unseen surveys from 0.31 to 0.45 (means of three aligner seeds;
+    # benchmarks/RESULTS.md, "Test-time views")
+    tta: str = Field("rot4", description="rot4 | d8 | none")
+
+    @field_validator("kind")
+    @classmethod
+    def _kind(cls, value: str) -> str:
+        from galaxy_assets.embedding.image import ImageEncoderError, image_encoder_kind
+
+        try:
+            return image_encoder_kind(value)
+        except ImageEncoderError as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("tta")
+    @classmethod
+    def _tta(cls, value: str) -> str:
+        from galaxy_assets.embedding.image import TTA_VIEWS
+
+        if value not in TTA_VIEWS:
+            raise ValueError(f"tta must be one of {sorted(TTA_VIEWS)}, got {value!r}")
+        return value
+
+
 # the most results one query may re-rank (a VLM call each); the web API's limit too
 MAX_K_RERANK = 200
 
@@ -177,6 +215,7 @@ class Settings(BaseModel):
     compute: ComputeSettings = Field(default_factory=ComputeSettings)
     captioner: CaptionerSettings = Field(default_factory=CaptionerSettings)
     text_embedder: TextEmbedderSettings = Field(default_factory=TextEmbedderSettings)
+    image_encoder: ImageEncoderSettings = Field(default_factory=ImageEncoderSettings)
     search: SearchSettings = Field(default_factory=SearchSettings)
     cluster: ClusterSettings = Field(default_factory=ClusterSettings)
 
@@ -229,6 +268,7 @@ def _env_overrides(environ: dict[str, str]) -> dict:
         ("compute", ComputeSettings),
         ("captioner", CaptionerSettings),
         ("text_embedder", TextEmbedderSettings),
+        ("image_encoder", ImageEncoderSettings),
         ("search", SearchSettings),
         ("cluster", ClusterSettings),
     )

@@ -77,6 +77,33 @@ def test_settings_errors(tmp_path, monkeypatch):
         load_settings()
 
 
+def test_image_encoder_settings_reach_the_graphs_resource(tmp_path, isolated_home, monkeypatch):
+    """The image encoder is a settings section like the captioner's: file, then environment."""
+    from galaxy_assets.defs.resources import default_resources
+
+    resource = default_resources()["image_encoder"]
+    assert (resource.kind, resource.model_name, resource.alias, resource.tta) == (
+        "registry", "morphology-encoder", "champion", "rot4")
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("image_encoder:\n  kind: zoobot\n  name: convnext_nano\n"
+                   "  checkpoint: /models/zoobot.pt\n")
+    monkeypatch.setenv("GALAXY_ASSETS_CONFIG", str(cfg))
+    monkeypatch.setenv("GALAXY_ASSETS_IMAGE_ENCODER_TTA", "none")
+    s = load_settings()
+    assert s.image_encoder.kind == "timm"  # the alias is resolved
+    resource = default_resources()["image_encoder"]
+    assert (resource.kind, resource.name, resource.checkpoint, resource.tta) == (
+        "timm", "convnext_nano", "/models/zoobot.pt", "none")
+    monkeypatch.setenv("GALAXY_ASSETS_IMAGE_ENCODER_TTA", "rot8")
+    with pytest.raises(SettingsError, match=r"tta must be one of \['d8', 'none', 'rot4'\], got 'rot8'"):
+        load_settings()
+    monkeypatch.delenv("GALAXY_ASSETS_IMAGE_ENCODER_TTA")
+    cfg.write_text("image_encoder:\n  kind: clip\n")
+    with pytest.raises(SettingsError, match=r"image_encoder.kind='clip' is unknown; use one of "
+                       r"\['aion', 'registry', 'timm'\]"):
+        load_settings()
+
+
 def test_torchvision_guard_lets_timm_import():
     import timm
 

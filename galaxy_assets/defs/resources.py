@@ -172,7 +172,9 @@ class MLflowResource(dg.ConfigurableResource):
 
 class ImageEncoderResource(dg.ConfigurableResource):
     """The frozen image encoder: ``registry`` (default: morphology-encoder@champion trained by
-    this graph), ``timm`` (any backbone, optional local checkpoint) or ``aion`` (AION-1)."""
+    this graph), ``timm`` (any backbone, optional local checkpoint) or ``aion`` (AION-1).
+    The graph's resource comes from the settings' ``image_encoder`` section
+    (:class:`~galaxy_assets.settings.ImageEncoderSettings`, which documents each field)."""
 
     kind: str = "registry"
     model_name: str = "morphology-encoder"
@@ -181,24 +183,18 @@ class ImageEncoderResource(dg.ConfigurableResource):
     checkpoint: str = ""  # timm: local checkpoint file
     model: str = ""  # aion: weights folder or hub id
     batch_size: int = 256
-    # test-time views each vector averages over: rot4 (quarter turns, 4 passes), d8 (and their
-    # mirror images, 8 passes) or none; on the demo survey rot4 raised semantic mergers from
-    # 0.64 to 0.84 and on unseen surveys from 0.31 to 0.45 (means of three aligner seeds;
-    # benchmarks/RESULTS.md, "Test-time views")
-    tta: str = "rot4"
+    tta: str = "rot4"  # test-time views: rot4, d8 or none
+
+    @classmethod
+    def from_settings(cls, settings=None) -> ImageEncoderResource:
+        """The resource the graph uses: the settings' ``image_encoder`` section."""
+        return cls(**(settings or load_settings()).image_encoder.model_dump())
 
     def build(self, compute: ComputeResource, tracker):
-        from galaxy_assets.embedding.image import build_image_encoder
+        from galaxy_assets.embedding.image import image_encoder_from_settings
 
-        common = {"device": compute.torch_device(), "dtype": compute.dtype,
-                  "batch_size": self.batch_size}
-        if self.kind == "registry":
-            cfg = {"model_name": self.model_name, "alias": self.alias, "tracker": tracker}
-        elif self.kind == "timm":
-            cfg = {"name": self.name, "checkpoint": self.checkpoint or None}
-        else:
-            cfg = {"model": self.model}
-        return build_image_encoder(self.kind, tta=self.tta, **cfg, **common)
+        return image_encoder_from_settings(self, tracker=tracker, device=compute.torch_device(),
+                                           dtype=compute.dtype)
 
 
 class SearchIndexResource(dg.ConfigurableResource):
@@ -238,7 +234,7 @@ def default_resources() -> dict[str, object]:
         "survey": SurveyResource(**settings.survey.model_dump()),
         "io_manager": ShardParquetIOManager(base_dir=io_base_dir),
         "mlflow": mlflow,
-        "image_encoder": ImageEncoderResource(),
+        "image_encoder": ImageEncoderResource.from_settings(settings),
         "search_index": SearchIndexResource(
             uri=lancedb_uri, table=settings.search.table,
             aligner_alias=settings.search.aligner_alias,

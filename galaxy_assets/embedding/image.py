@@ -75,6 +75,8 @@ __all__ = [
     "build_image_encoder",
     "embed_shard",
     "encoder_version",
+    "image_encoder_from_settings",
+    "image_encoder_kind",
     "iter_shard_vectors",
     "open_shard_for",
     "prepare_aion_flux",
@@ -983,6 +985,37 @@ class ViewAveragedEncoder:
         return f"ViewAveragedEncoder({self.base!r}, tta={self.tta!r})"
 
 
+def image_encoder_kind(kind: str) -> str:
+    """The canonical kind (``registry``, ``timm`` or ``aion``) of ``kind`` or one of its aliases
+    (``morphology``, ``mlflow``, ``zoobot``, ``aion-1``); an error listing them otherwise."""
+    key = str(kind or "").strip().lower()
+    key = _ALIASES.get(key, key)
+    if key not in _KINDS:
+        raise ImageEncoderError(
+            f"image_encoder.kind={kind!r} is unknown; use one of {sorted(_KINDS)} "
+            f"(or the aliases {sorted(_ALIASES)})"
+        )
+    return key
+
+
+def image_encoder_from_settings(
+    section: Any, *, tracker: Any = None, device: str = "cpu", dtype: str = "float32"
+) -> ImageEncoder:
+    """The encoder an ``image_encoder`` settings section names: any object with the attributes
+    ``kind``, ``model_name``, ``alias`` (registry), ``name``, ``checkpoint`` (timm), ``model``
+    (aion), ``batch_size`` and ``tta`` (:class:`~galaxy_assets.settings.ImageEncoderSettings`,
+    or the graph's resource). ``tracker`` serves the registry kind."""
+    kind = image_encoder_kind(section.kind)
+    common = {"device": device, "dtype": dtype, "batch_size": section.batch_size}
+    if kind == "registry":
+        cfg = {"model_name": section.model_name, "alias": section.alias, "tracker": tracker}
+    elif kind == "timm":
+        cfg = {"name": section.name, "checkpoint": section.checkpoint or None}
+    else:
+        cfg = {"model": section.model}
+    return build_image_encoder(kind, tta=section.tta, **cfg, **common)
+
+
 def build_image_encoder(kind: str = "registry", *, tta: str = "none", **cfg: Any) -> ImageEncoder:
     """The image encoder of ``kind`` (``registry``, ``timm`` or ``aion``) built from ``cfg``
     (the class's keyword arguments), wrapped in a :class:`ViewAveragedEncoder` when ``tta`` is
@@ -992,11 +1025,7 @@ def build_image_encoder(kind: str = "registry", *, tta: str = "none", **cfg: Any
         raise ImageEncoderError(
             f"image_encoder.tta={tta!r} is unknown; use one of {sorted(TTA_VIEWS)}"
         )
-    key = _ALIASES.get(str(kind).strip().lower(), str(kind).strip().lower()) if kind else ""
-    if key not in _KINDS:
-        raise ImageEncoderError(
-            f"image_encoder.kind={kind!r} is unknown; use one of {sorted(_KINDS)}"
-        )
+    key = image_encoder_kind(kind)
     cls = _KINDS[key]
     cfg = {k: v for k, v in cfg.items() if v is not None}
     params = inspect.signature(cls.__init__).parameters

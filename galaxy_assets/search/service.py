@@ -96,7 +96,7 @@ def open_search(
     aligner = load_aligner(tracker, name, version)
     encoder = None
     if image_queries:
-        encoder = _image_encoder_for(aligner, tracker)
+        encoder = _image_encoder_for(aligner, tracker, settings)
     return GalaxySearch(
         table,
         text_embedder=build_text_embedder_from(settings),
@@ -106,22 +106,49 @@ def open_search(
     )
 
 
-def _image_encoder_for(aligner: Any, tracker: Any):
-    """The image encoder named by the aligner's training lineage (registry models only; other
-    encoders are rebuilt from the settings the user gave them)."""
-    from galaxy_assets.embedding.image import build_image_encoder, split_tta
+def _image_encoder_for(aligner: Any, tracker: Any, settings: Settings | None = None):
+    """The image encoder named by the aligner's training lineage: a registry model is rebuilt
+    from its version; another encoder (timm, AION) from the settings' ``image_encoder``
+    section, which must name the same encoder (same weights, preprocessing and views)."""
+    from galaxy_assets.embedding.image import (
+        build_image_encoder,
+        image_encoder_from_settings,
+        split_tta,
+    )
+    from galaxy_assets.runtime import select_device
 
     encoder_id = str(aligner.config.image_encoder or "")
     base_id, tta = split_tta(encoder_id)
     match = re.match(r"^registry:(?P<name>[^/]+)/v(?P<version>\d+)$", base_id)
-    if match is None:
+    if match is not None:
+        return build_image_encoder(
+            "registry",
+            tta=tta,
+            model_name=match["name"],
+            alias=int(match["version"]),
+            tracker=tracker,
+        )
+    settings = settings or load_settings()
+    if settings.image_encoder.kind == "registry":
         raise SearchError(
             f"image-file queries need the image encoder {encoder_id!r} the aligner was trained "
-            "on; only registry encoders are rebuilt automatically: query by object_id instead"
+            "on, but the settings' image_encoder is the registry model: set image_encoder "
+            "(kind, name, checkpoint or model, tta) as it was when the vectors were made, or "
+            "query by object_id instead"
         )
-    return build_image_encoder(
-        "registry", tta=tta, model_name=match["name"], alias=int(match["version"]), tracker=tracker
+    encoder = image_encoder_from_settings(
+        settings.image_encoder,
+        tracker=tracker,
+        device=select_device(settings.compute.device),
+        dtype=settings.compute.dtype,
     )
+    if encoder.encoder_id != encoder_id:
+        raise SearchError(
+            f"image-file queries need the image encoder {encoder_id!r} the aligner was trained "
+            f"on; the settings' image_encoder builds {encoder.encoder_id!r}: set it as it was "
+            "when the vectors were made, or query by object_id instead"
+        )
+    return encoder
 
 
 def reranker_id(settings: Settings | None = None, depth: int | None = None) -> str:

@@ -278,6 +278,41 @@ def test_tta_in_the_factory_and_in_encoder_ids(tracker):
     assert np.allclose(again.encode(imgs), enc.encode(imgs), atol=1e-5)
 
 
+def test_image_queries_rebuild_a_timm_encoder_from_the_settings(tmp_path, monkeypatch):
+    """An aligner trained on a timm encoder's vectors: image-file queries build that encoder
+    from the settings' image_encoder section, and refuse settings that name another one."""
+    from types import SimpleNamespace
+
+    import timm
+
+    from galaxy_assets.search.errors import SearchError
+    from galaxy_assets.search.service import _image_encoder_for
+    from galaxy_assets.settings import load_settings
+
+    ckpt = tmp_path / "encoder.pt"
+    torch.save(timm.create_model("resnet10t", in_chans=4, num_classes=0).state_dict(), ckpt)
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(f"image_encoder:\n  kind: timm\n  name: resnet10t\n  checkpoint: {ckpt}\n"
+                   "  tta: rot4\ncompute:\n  device: cpu\n")
+    monkeypatch.setenv("GALAXY_ASSETS_CONFIG", str(cfg))
+    settings = load_settings()
+    made = build_image_encoder("timm", tta="rot4", name="resnet10t", checkpoint=str(ckpt))
+    aligner = SimpleNamespace(config=SimpleNamespace(image_encoder=made.encoder_id))
+    again = _image_encoder_for(aligner, None, settings)
+    assert again.encoder_id == made.encoder_id and isinstance(again, ViewAveragedEncoder)
+    imgs = _galaxies(2, 64)
+    assert np.allclose(again.encode(imgs), made.encode(imgs), atol=1e-5)
+
+    monkeypatch.setenv("GALAXY_ASSETS_IMAGE_ENCODER_TTA", "none")
+    with pytest.raises(SearchError, match=r"the settings' image_encoder builds 'timm:resnet10t@"
+                       r"ckpt-[^']*'(?<!rot4'): set it as it was when the vectors were made"):
+        _image_encoder_for(aligner, None, load_settings())
+    monkeypatch.delenv("GALAXY_ASSETS_CONFIG")
+    monkeypatch.delenv("GALAXY_ASSETS_IMAGE_ENCODER_TTA")
+    with pytest.raises(SearchError, match="the settings' image_encoder is the registry model"):
+        _image_encoder_for(aligner, None, load_settings())
+
+
 # --------------------------------------------------------------------------- AION
 def test_aion_band_mapping():
     with pytest.raises(ImageEncoderError, match="image_encoder.model is not set"):
