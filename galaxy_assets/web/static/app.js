@@ -98,9 +98,15 @@ function toParams(s) {
   for (const t of s.term || []) p.append("term", t);
   if (s.object) p.set("object", s.object);
   for (const f of s.filter || []) p.append("filter", f);
-  if (s.k && s.k !== "24") p.set("k", s.k);
+  if (s.k && s.k !== defaultPage()) p.set("k", s.k);
   if (s.rerank) { p.set("rerank", "true"); p.set("k_rerank", s.k_rerank || defaultDepth()); }
   return p;
+}
+
+// the server's page size (/api/info defaults.k), which the API uses when k is absent
+function defaultPage() {
+  const k = state.info && state.info.defaults && state.info.defaults.k;
+  return k ? String(k) : "24";
 }
 
 // the server's re-ranking depth (the settings' search.k_rerank), as the API and CLI use
@@ -116,7 +122,7 @@ function fromURL() {
     term: p.getAll("term"),
     object: p.get("object") || "",
     filter: p.getAll("filter"),
-    k: p.get("k") || "24",
+    k: p.get("k") || defaultPage(),
     rerank: p.get("rerank") === "true",
     k_rerank: p.get("k_rerank") || defaultDepth(),
     detail: p.get("detail") || "",
