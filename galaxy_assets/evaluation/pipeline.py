@@ -145,6 +145,8 @@ def _log_to_run(tracker: Any, run_id: str, result: EvaluationResult, files: Repo
     metrics = {f"eval/{k}": v for k, v in result.flat_metrics().items()}
     run.log_metrics({k.replace("@", "_at_"): v for k, v in metrics.items()})
     run.log_metric("eval/gate_passed", 1.0 if decision.passed else 0.0)
+    # what the evaluation read (table and model versions), searchable in the MLflow UI
+    run.set_tags({f"eval.version.{k}": str(v)[:500] for k, v in result.versions.items()})
     for path in [files.markdown, files.json, *files.plots.values(), *files.grids.values()]:
         run.log_artifact(path, "search_evaluation")
 

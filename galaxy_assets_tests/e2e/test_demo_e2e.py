@@ -122,6 +122,18 @@ def test_demo_with_one_corrupt_shard(isolated_home):
         assert meta[f"grid_{target}"].startswith(f"![{target}](data:image/png;base64,"), target
         assert str(meta[f"grid_{target}_path"]).endswith(f"grids/{target}.png")
     assert any(k.startswith("plot_") for k in meta)
+    # and the aligner's MLflow run holds the figures, the report and what was read
+    from galaxy_assets.tracking import Tracker
+
+    tracker = Tracker.from_home(home)
+    run = tracker.client.get_run(tracker.resolve_version("search-aligner", 1).run_id)
+    assert run.data.tags["eval.version.aligner"] == "search-aligner/v1"
+    assert run.data.tags["eval.version.image_encoder"].startswith("registry:morphology-encoder/v1")
+    assert run.data.metrics["eval/gate_passed"] == 1.0
+    assert "eval/spirals/semantic/ndcg_at_10" in run.data.metrics
+    artifacts = {a.path for a in tracker.client.list_artifacts(run.info.run_id,
+                                                                 "search_evaluation")}
+    assert "search_evaluation/report.md" in artifacts
 
     # rerun: nothing is simulated again, good shards are not rematerialized
     again = _demo(home.root, "--n", "200", "--size", "48", "--seed", "3", "--captions", "120",
