@@ -60,6 +60,10 @@ def search_evaluation(
     from galaxy_assets.search.service import build_rater, reranker_id
     from galaxy_assets.settings import load_settings
 
+    for name, parts in (("image_embeddings", image_embeddings), ("raw_cutouts", raw_cutouts)):
+        if not parts:
+            raise dg.Failure(f"search_evaluation: no {name} partition is materialized; "
+                             "materialize shard_embeddings_job (and survey_job) first")
     settings = load_settings()
     depth = config.rerank_depth or settings.search.k_rerank
     reranker = reranker_id(settings, depth) if config.rerank else None

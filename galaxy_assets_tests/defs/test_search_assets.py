@@ -170,3 +170,16 @@ def test_champion_sensor_reindexes_every_shard_once_per_new_champion(isolated_ho
                                       cursor=str(version))
         skip = search_aligner_champion_sensor(ctx)
         assert isinstance(skip, dg.SkipReason) and "still version" in skip.skip_message
+
+
+def test_search_evaluation_without_embeddings_says_what_to_materialize():
+    from galaxy_assets.defs.evaluation import SearchEvaluationConfig, search_evaluation
+
+    context = dg.build_asset_context()
+    body = search_evaluation.op.compute_fn.decorated_fn
+    with pytest.raises(dg.Failure, match="no image_embeddings partition is materialized; "
+                       "materialize shard_embeddings_job"):
+        list(body(context, SearchEvaluationConfig(), aligned_model=pl.DataFrame(),
+                  image_embeddings={}, raw_cutouts={"a": pl.DataFrame()},
+                  caption_embeddings=pl.DataFrame(), home=None, compute=None, mlflow=None,
+                  text_embedder=None, search_index=None))
