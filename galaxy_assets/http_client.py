@@ -179,6 +179,12 @@ class OpenAICompatibleClient:
         if backoff_base_s < 0 or backoff_max_s < 0 or retry_after_max_s < 0:
             raise HTTPClientError(f"{setting}: backoff and retry-after limits must be >= 0")
         key = api_key.reveal() if isinstance(api_key, Secret) else api_key
+        key = key.strip() if key else key  # a key read from a file often ends in a newline
+        if key and any(ord(c) < 32 or ord(c) == 127 for c in key):
+            raise HTTPClientError(
+                f"{setting}: the API key holds a control character (a line break inside it?); "
+                "set the variable the settings' api_key_env names to the bare key"
+            )
         self._api_key = Secret(key) if key else None
         self.timeout_s = float(timeout_s)
         self.max_retries = int(max_retries)
@@ -245,7 +251,10 @@ class OpenAICompatibleClient:
     def redact(self, text: str) -> str:
         """``text`` with the API key (if any) replaced by ``***``."""
         if self._api_key is not None and self._api_key.reveal():
-            text = text.replace(self._api_key.reveal(), "***")
+            key = self._api_key.reveal()
+            # the key itself, and its repr as an exception may quote it
+            for form in (repr(key)[1:-1], key):
+                text = text.replace(form, "***")
         return text
 
     def _acquire(self) -> requests.Session:

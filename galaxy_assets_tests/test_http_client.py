@@ -76,6 +76,20 @@ def test_key_never_in_repr_errors_or_logs(server, caplog):
         pickle.dumps(secret)
 
 
+def test_a_key_read_with_its_line_break_works_and_never_leaks(server):
+    """A key read from a file or variable often ends in a newline: it is stripped (requests
+    refuses a header with one and quotes the header, key included, in its error); a line break
+    inside the key is a configuration error that does not show the key."""
+    with make_client(server, api_key=f"{KEY}\n") as client:
+        assert client.post_json("embeddings", emb("x")).ok
+    assert server.requests[-1].headers["Authorization"] == f"Bearer {KEY}"
+    with pytest.raises(HTTPClientError, match="the API key holds a control character") as err:
+        make_client(server, api_key="sk-a\nSECRET-b")
+    assert "SECRET" not in str(err.value)
+    client = make_client(server, api_key="sk-tab\\SECRET")
+    assert client.redact(f"header value: {'sk-tab' + chr(92) + 'SECRET'!r}") == "header value: '***'"
+
+
 def test_429_honours_retry_after(server):
     sleeps: list[float] = []
     server.add_fault("429", times=2, retry_after=3)
