@@ -83,7 +83,9 @@ class CaptionerSettings(BaseModel):
     api_key_env: str = Field("", description="name of the environment variable holding the API key")
     prompt: str = "describe_v1"
     max_new_tokens: int = Field(200, gt=0)
-    temperature: float = Field(0.0, ge=0.0, description="0: deterministic decoding")
+    temperature: float = Field(
+        0.0, ge=0.0, description="0: deterministic decoding; transformers: > 0 samples"
+    )
     timeout_s: float = Field(60.0, gt=0)
     image_size: int | None = Field(None, description="resize the RGB image sent to the VLM")
     concurrency: int = Field(4, gt=0)

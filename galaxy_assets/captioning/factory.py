@@ -29,6 +29,8 @@ def _transformers(cfg: dict[str, Any]) -> Captioner:
         dtype=cfg.get("dtype", "float32"),
         batch_size=cfg.get("batch_size", 8),
         max_new_tokens=cfg.get("max_new_tokens", 300),
+        do_sample=float(cfg.get("temperature") or 0.0) > 0.0,  # 0: greedy decoding
+        image_size=cfg.get("image_size"),
     )
 
 
@@ -48,6 +50,10 @@ def _openai(cfg: dict[str, Any]) -> Captioner:
         max_tokens=cfg.get("max_new_tokens", 300),
         concurrency=cfg.get("concurrency", 4),
         request_budget=cfg.get("request_budget"),
+        temperature=cfg.get("temperature", 0.0),
+        timeout_s=cfg.get("timeout_s", 60.0),
+        max_retries=cfg.get("max_retries", 4),
+        image_size=cfg.get("image_size"),
     )
 
 

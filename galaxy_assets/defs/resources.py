@@ -125,6 +125,9 @@ class CaptionerResource(dg.ConfigurableResource):
             api_key=self.api_key,
             prompt=self.prompt,
             max_new_tokens=self.max_new_tokens,
+            temperature=self.temperature,
+            timeout_s=self.timeout_s,
+            image_size=self.image_size,
             concurrency=self.concurrency,
             request_budget=self.request_budget,
             workers=self.workers,
@@ -190,6 +193,20 @@ class ImageEncoderResource(dg.ConfigurableResource):
         """The resource the graph uses: the settings' ``image_encoder`` section."""
         return cls(**(settings or load_settings()).image_encoder.model_dump())
 
+    def expected_id(self, tracker) -> str | None:
+        """The encoder id this resource builds, where it can be told without loading weights
+        (the registry kind: the version its alias names now, and the views); None otherwise."""
+        from galaxy_assets.embedding.image import image_encoder_kind, registry_encoder_id
+
+        if image_encoder_kind(self.kind) != "registry":
+            return None
+        try:
+            version = tracker.resolve_version(self.model_name, self.alias).version
+        except Exception:  # noqa: BLE001 - nothing registered yet: nothing to check against
+            return None
+        views = "" if self.tta == "none" else f"+{self.tta}"
+        return registry_encoder_id(self.model_name, int(version)) + views
+
     def build(self, compute: ComputeResource, tracker):
         from galaxy_assets.embedding.image import image_encoder_from_settings
 
@@ -246,6 +263,9 @@ def default_resources() -> dict[str, object]:
             api_key=_secret(settings.captioner.api_key_env),
             prompt=settings.captioner.prompt,
             max_new_tokens=settings.captioner.max_new_tokens,
+            temperature=settings.captioner.temperature,
+            timeout_s=settings.captioner.timeout_s,
+            image_size=settings.captioner.image_size,
             concurrency=settings.captioner.concurrency,
             request_budget=settings.captioner.request_budget,
             workers=settings.captioner.workers,

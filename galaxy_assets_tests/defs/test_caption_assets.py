@@ -116,3 +116,17 @@ def test_captioner_resource_errors():
         CaptionerResource(backend="gpt-vision").build(ComputeResource(device="cpu"))
     built = CaptionerResource().build(ComputeResource(device="cpu"))
     assert built.backend == "morphology"
+
+
+def test_every_captioner_setting_reaches_the_captioner(isolated_home, tmp_path, monkeypatch):
+    """temperature, timeout_s and image_size were validated and then dropped on the way."""
+    from galaxy_assets.defs.resources import default_resources
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("captioner:\n  backend: openai\n  base_url: http://127.0.0.1:9/v1\n"
+                   "  model: vlm\n  temperature: 0.7\n  timeout_s: 5\n  image_size: 64\n"
+                   "  request_budget: 10\n")
+    monkeypatch.setenv("GALAXY_ASSETS_CONFIG", str(cfg))
+    built = default_resources()["captioner"].build(ComputeResource(device="cpu"))
+    assert (built.temperature, built.image_size) == (0.7, 64)
+    assert (built.client.timeout_s, built.client.request_budget) == (5.0, 10)
