@@ -66,7 +66,12 @@ def caption_galaxies(
     """
     run = CaptionRun()
     todo_ids = set(
-        store.missing(sample["object_id"].to_list(), captioner.model_id, captioner.prompt_sha)
+        store.missing(
+            sample["object_id"].to_list(),
+            captioner.model_id,
+            captioner.prompt_sha,
+            captioner.backend,
+        )
     )
     run.skipped_existing = sample.height - len(todo_ids)
     todo = sample.filter(pl.col("object_id").is_in(list(todo_ids)))

@@ -37,7 +37,9 @@ FAILURE_SCHEMA: dict[str, pl.DataType] = {
     "reason": pl.Utf8(),
     "created_at": pl.Datetime("us", "UTC"),
 }
-KEY = ["object_id", "model", "prompt_sha"]
+# one caption per galaxy, backend, model and prompt: the same model name under another backend
+# (a local transformers folder and an endpoint serving that name) is another captioner
+KEY = ["object_id", "backend", "model", "prompt_sha"]
 
 
 def _write_atomic(frame: pl.DataFrame, path: Path) -> None:
@@ -74,18 +76,24 @@ class CaptionStore:
             return pl.DataFrame(schema=FAILURE_SCHEMA)
         return pl.read_parquet(self.failures_path)
 
-    def missing(self, object_ids: Sequence[str], model: str, prompt_sha: str) -> list[str]:
-        """The ids with no caption for (model, prompt_sha), in the given order."""
+    def missing(
+        self, object_ids: Sequence[str], model: str, prompt_sha: str, backend: str | None = None
+    ) -> list[str]:
+        """The ids with no caption for (model, prompt_sha) — and ``backend`` when given —, in
+        the given order."""
         have = self.captions().filter(
-            (pl.col("model") == model) & (pl.col("prompt_sha") == prompt_sha)
+            (pl.col("model") == model)
+            & (pl.col("prompt_sha") == prompt_sha)
+            & (pl.lit(True) if backend is None else pl.col("backend") == backend)
         )["object_id"]
         done = set(have.to_list())
         return [oid for oid in object_ids if oid not in done]
 
     def add(self, captions: pl.DataFrame | None, failures: pl.DataFrame | None = None) -> None:
-        """Upsert captions on (object_id, model, prompt_sha); append failures.
+        """Upsert captions on (object_id, backend, model, prompt_sha); record failures.
 
-        A galaxy that now has a caption loses its earlier failure rows for the same key.
+        A galaxy that now has a caption loses its earlier failure rows for the same key, and a
+        galaxy that failed again keeps only its latest failure (a rerun retries failures).
         """
         if captions is None:
             captions = pl.DataFrame(schema=CAPTION_SCHEMA)
@@ -100,7 +108,10 @@ class CaptionStore:
             old_failures = old_failures.join(captions.select(KEY), on=KEY, how="anti")
         if failures is not None and failures.height:
             failures = failures.select(list(FAILURE_SCHEMA)).cast(FAILURE_SCHEMA)
-            old_failures = pl.concat([old_failures, failures])
+            if old_failures.height:
+                old_failures = old_failures.join(failures.select(KEY), on=KEY, how="anti")
+            latest = failures.unique(subset=KEY, keep="last", maintain_order=True)
+            old_failures = pl.concat([old_failures, latest])
         if failures is not None or captions.height:
             _write_atomic(old_failures, self.failures_path)
 

@@ -97,7 +97,8 @@ def vlm_captions(
     ids = caption_sample["object_id"]
     all_captions = store.captions().filter(pl.col("object_id").is_in(ids.to_list()))
     current = all_captions.filter(
-        ((pl.col("model") == model.model_id) & (pl.col("prompt_sha") == model.prompt_sha))
+        ((pl.col("backend") == model.backend) & (pl.col("model") == model.model_id)
+         & (pl.col("prompt_sha") == model.prompt_sha))
         | (pl.col("backend") == "import")
     )
     metadata = {

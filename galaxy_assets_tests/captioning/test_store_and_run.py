@@ -90,11 +90,22 @@ def test_caption_run_is_incremental_and_records_failures(tmp_path):
     cap2 = BrightnessCaptioner()
     run2 = caption_galaxies(manifest, cap2, store, lambda u: open_shard(u))
     assert cap2.calls == 2 and run2.skipped_existing == 10
+    # ...and a galaxy that fails again keeps one failure row, the latest
+    again = store.failures()
+    assert sorted(again["object_id"]) == ["s0-0", "s1-0"]
+    assert (again["created_at"] >= failures["created_at"].max()).all()
     # a new model recaptions everything
     cap3 = BrightnessCaptioner("bright-v2")
     caption_galaxies(manifest, cap3, store, lambda u: open_shard(u))
     assert cap3.calls == 12
     assert store.captions().height == 20
+    # so does the same model name under another backend (a local folder and an endpoint that
+    # serves that name are different captioners)
+    cap4 = BrightnessCaptioner("bright-v2")
+    cap4.backend = "openai"
+    assert len(store.missing(manifest["object_id"].to_list(), "bright-v2", "p1", "openai")) == 12
+    caption_galaxies(manifest, cap4, store, lambda u: open_shard(u))
+    assert cap4.calls == 12 and store.captions().height == 30
 
 
 def test_unreadable_shard_records_every_galaxy(tmp_path):
