@@ -348,6 +348,19 @@ def _torch_threads(n: int | None) -> Iterator[None]:
             torch.set_num_threads(before)
 
 
+@contextlib.contextmanager
+def _seeded_rng(seed: int, device: str) -> Iterator[None]:
+    """Torch's global generators (CPU, and the training GPU) seeded with ``seed`` for the block
+    and restored afterwards: dropout draws from them, so the same seed gives the same model
+    whatever the caller drew before, and the caller's random state is left as it was."""
+    devices = []
+    if device.startswith("cuda"):
+        devices = [torch.device(device).index or 0]
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(int(seed))
+        yield
+
+
 def _autocast(device: str, dtype: torch.dtype):
     if dtype == torch.float32:
         return contextlib.nullcontext()
@@ -527,7 +540,7 @@ def train_on_pairs(
         raise AlignmentError(
             f"only {pairs.n_objects} paired galaxies; training needs at least {tc.min_pairs}"
         )
-    with _torch_threads(tc.num_threads):
+    with _torch_threads(tc.num_threads), _seeded_rng(tc.seed, device):
         t_start = time.perf_counter()
         overrides = dict(model_config or {})
         for fixed in ("image_dim", "text_dim", "image_encoder", "text_embedder"):

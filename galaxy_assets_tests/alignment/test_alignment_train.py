@@ -68,6 +68,30 @@ def test_aligned_vectors_rank_own_caption_first(trained, data):
     assert (np.argmax(zt @ zi.T, axis=1) == np.arange(100)).mean() > 0.9
 
 
+def test_the_seed_alone_decides_the_model(data):
+    """Dropout draws from torch's global generator: training seeds it for its own block, so
+    what the caller drew before does not change the model, and the caller's state is kept."""
+    images, captions = data
+    model = {**SMALL_MODEL, "dropout": 0.3}
+    cfg = {**FAST, "epochs": 2, "seed": 5}
+
+    def weights(global_seed: int) -> torch.Tensor:
+        torch.manual_seed(global_seed)
+        result = train_aligner(images, captions, model_config=model, train_config=cfg)
+        return torch.cat([p.detach().flatten() for p in result.model.parameters()])
+
+    a, b = weights(1), weights(2)
+    assert torch.equal(a, b)
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    train_aligner(images, captions, model_config=model, train_config=cfg)
+    assert torch.equal(torch.rand(3), expected)  # the caller's random state is untouched
+    other = train_aligner(images, captions, model_config=model,
+                          train_config={**cfg, "seed": 6})
+    assert not torch.equal(torch.cat([p.detach().flatten() for p in other.model.parameters()]), a)
+
+
 def test_split_is_by_object_hash_and_stable():
     ids = np.array([f"g{i}" for i in range(1000)])
     val = split_by_object(ids, 0.1, min_validation=16)
