@@ -86,20 +86,27 @@ def aligned_model(
     context: dg.AssetExecutionContext, config: AlignerTrainConfig,
     image_embeddings: DataFramePartitions, caption_embeddings: pl.DataFrame,
     home: HomeResource, compute: ComputeResource, mlflow: MLflowResource,
-    text_embedder: TextEmbedderResource,
+    text_embedder: TextEmbedderResource, image_encoder: ImageEncoderResource,
 ) -> pl.DataFrame:
     """Projection heads that map image and caption embeddings into one space (symmetric
-    InfoNCE, learned temperature), registered as `search-aligner` with alias `candidate`."""
+    InfoNCE, learned temperature), registered as `search-aligner` with alias `candidate`.
+    Vectors from another text embedder or image encoder than the configured ones (stale
+    caption embeddings, a moved encoder champion) are refused: queries could not use them."""
+    if not image_embeddings:
+        raise dg.Failure("aligned_model: no image_embeddings partition is materialized; "
+                         "materialize shard_embeddings_job first")
     images = pl.concat(list(image_embeddings.values()))
+    tracker = mlflow.tracker(home.home())
     result = train_aligner(
         images, caption_embeddings,
         model_config={k: getattr(config, k) for k in SEARCH_MODEL_CONFIG},
         train_config={**config.model_dump(exclude=set(SEARCH_MODEL_CONFIG)),
                       "device": compute.torch_device()},
-        expected_text_embedder=caption_embeddings["embedder"][0] if caption_embeddings.height else None,
+        expected_text_embedder=text_embedder.build(compute).embedder_id,
+        expected_image_encoder=image_encoder.expected_id(tracker),
         progress=lambda m: context.log.info(f"aligner epoch: {m}"),
     )
-    reg = register_aligner(result, mlflow.tracker(home.home()))
+    reg = register_aligner(result, tracker)
     context.add_output_metadata({**scalar_metadata(result.summary()),
                                  "aligner_version": reg.aligner_version, "run_id": reg.run_id})
     return pl.DataFrame([{"name": reg.name, "version": reg.version, "alias": reg.alias,

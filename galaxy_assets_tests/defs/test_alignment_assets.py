@@ -61,3 +61,21 @@ def test_image_embeddings_are_reused_until_the_shard_or_encoder_changes(isolated
         dg.materialize([raw_cutouts], partition_key=KEY, instance=instance, resources=resources)
         _, reused = _embed(instance, resources)
         assert not reused  # the shard file changed: re-embedded
+
+
+def test_the_configured_encoder_id_without_loading_weights():
+    """aligned_model refuses vectors of another encoder than the configured one; for the
+    registry kind the id is known from the alias alone."""
+    from types import SimpleNamespace
+
+    class Registry:
+        def resolve_version(self, name, alias):
+            if name != "morphology-encoder":
+                raise KeyError(name)
+            return SimpleNamespace(version="3")
+
+    tracker = Registry()
+    assert ImageEncoderResource().expected_id(tracker) == "registry:morphology-encoder/v3+rot4"
+    assert ImageEncoderResource(tta="none").expected_id(tracker) == "registry:morphology-encoder/v3"
+    assert ImageEncoderResource(model_name="other").expected_id(tracker) is None  # none yet
+    assert ImageEncoderResource(kind="zoobot", name="resnet10t").expected_id(tracker) is None
