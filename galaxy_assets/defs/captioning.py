@@ -173,10 +173,14 @@ def caption_embeddings(
 
 
 def _texts_fingerprint(texts: pl.DataFrame) -> str:
-    """A short hash of every (object_id, view, text) to embed: equal hashes, equal inputs."""
+    """A short hash of every (object_id, view, text) to embed and of the captioner that wrote
+    it (backend, model, prompt): equal hashes, equal inputs. The captioner is part of it because
+    the reused vectors carry it into the aligner's lineage."""
     import hashlib
 
-    rows = texts.select("object_id", "view", "caption").sort("object_id", "view", "caption")
+    lineage = [c for c in ("backend", "model", "prompt_sha") if c in texts.columns]
+    rows = texts.select("object_id", "view", "caption", *lineage).sort(
+        "object_id", "view", "caption", *lineage)
     digest = hashlib.sha256()
     for column in rows.columns:
         digest.update(rows[column].cast(pl.Utf8).fill_null("").str.join("\x1f").item().encode())

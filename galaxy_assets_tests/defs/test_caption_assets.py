@@ -130,3 +130,21 @@ def test_every_captioner_setting_reaches_the_captioner(isolated_home, tmp_path, 
     built = default_resources()["captioner"].build(ComputeResource(device="cpu"))
     assert (built.temperature, built.image_size) == (0.7, 64)
     assert (built.client.timeout_s, built.client.request_budget) == (5.0, 10)
+
+
+def test_caption_vectors_are_not_reused_across_captioners():
+    """Identical texts from another captioner are embedded again: the reused vectors would
+    carry the old captioner into the aligner's lineage."""
+    import polars as pl
+
+    from galaxy_assets.defs.captioning import _texts_fingerprint
+
+    def texts(model: str, sha: str) -> pl.DataFrame:
+        return pl.DataFrame({"object_id": ["a", "b"], "view": ["caption"] * 2,
+                             "caption": ["a spiral", "a lens"], "backend": ["morphology"] * 2,
+                             "model": [model] * 2, "prompt_sha": [sha] * 2})
+
+    same = _texts_fingerprint(texts("describer-3", "aaaa"))
+    assert _texts_fingerprint(texts("describer-3", "aaaa")) == same
+    assert _texts_fingerprint(texts("describer-4", "aaaa")) != same
+    assert _texts_fingerprint(texts("describer-3", "bbbb")) != same
