@@ -200,6 +200,11 @@ class OpenAICaptioner:
             payload["n"] = n
         return payload
 
+    @property
+    def requests_left(self) -> int | None:
+        """Requests left of ``captioner.request_budget`` (None: no budget)."""
+        return self.client.budget_left
+
     def _check_budget(self, requests: Sequence[CaptionRequest]) -> None:
         left = self.client.budget_left
         if left is None:
@@ -209,7 +214,8 @@ class OpenAICaptioner:
             raise CaptionerError(
                 f"{n} galaxies to send but only {left} requests left of "
                 f"captioner.request_budget={self.client.request_budget}; raise the budget or "
-                "caption a smaller sample (nothing was sent)"
+                "caption a smaller sample (nothing of this batch was sent; the captions "
+                "stored before it are kept and a rerun resumes after them)"
             )
 
     def _send(

@@ -10,7 +10,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 
-from galaxy_assets.captioning.base import Captioner, CaptionRequest, CaptionResult
+from galaxy_assets.captioning.base import (
+    Captioner,
+    CaptionerError,
+    CaptionRequest,
+    CaptionResult,
+)
 from galaxy_assets.captioning.store import CaptionStore, results_to_frames
 from galaxy_assets.survey.base import CutoutReader
 
@@ -74,6 +79,13 @@ def caption_galaxies(
         )
     )
     run.skipped_existing = sample.height - len(todo_ids)
+    left = getattr(captioner, "requests_left", None)  # a paid endpoint's request budget
+    if left is not None and len(todo_ids) > left:
+        raise CaptionerError(
+            f"{len(todo_ids)} galaxies to caption but only {left} requests left of the "
+            "captioner's request budget (captioner.request_budget): raise it, or caption a "
+            "smaller sample (captioner.sample_size); nothing was sent"
+        )
     todo = sample.filter(pl.col("object_id").is_in(list(todo_ids)))
     for (uri,), group in todo.group_by(["shard_uri"], maintain_order=True):
         rows = group["row"].to_list()

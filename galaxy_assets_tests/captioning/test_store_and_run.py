@@ -146,3 +146,22 @@ def test_import_captions(tmp_path):
 def test_request_shape():
     req = CaptionRequest("a", np.zeros((4, 8, 8), np.float32), ("g", "r", "i", "z"))
     assert req.image.shape == (4, 8, 8)
+
+
+def test_a_run_beyond_the_request_budget_sends_nothing(tmp_path):
+    """The budget is checked for the whole run before the first request (it was checked per
+    batch, so a run that could not fit spent most of the budget and then stopped)."""
+    from galaxy_assets.captioning.openai_backend import OpenAICaptioner
+    from galaxy_assets_tests.fake_openai import FakeOpenAIServer
+
+    manifest = _manifest(tmp_path)
+    store = CaptionStore(tmp_path / "captions")
+    with FakeOpenAIServer() as server:
+        captioner = OpenAICaptioner(server.base_url, "vlm", request_budget=11, timeout_s=5)
+        with pytest.raises(CaptionerError, match="12 galaxies to caption but only 11 requests "
+                           r"left .*captioner.request_budget.*nothing was sent"):
+            caption_galaxies(manifest, captioner, store, open_shard, batch_size=4)
+        assert server.requests == [] and store.captions().height == 0
+        captioner = OpenAICaptioner(server.base_url, "vlm", request_budget=12, timeout_s=5)
+        run = caption_galaxies(manifest, captioner, store, open_shard, batch_size=4)
+        assert run.attempted == 12 and captioner.requests_left == 2  # empty images: not sent
