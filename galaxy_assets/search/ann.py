@@ -546,26 +546,38 @@ def lance_search(
             nprobes = derived.nprobes if nprobes is None else nprobes
             refine_factor = derived.refine_factor if refine_factor is None else refine_factor
     select = [ID_COLUMN, *wanted, DISTANCE_COLUMN]
-    builder = (
-        table.search(q if q.shape[0] > 1 else q[0], vector_column_name=VECTOR_COLUMN)
-        .distance_type("cosine")
-        .limit(k)
-        .select(select)
-    )
-    if where:
-        builder = builder.where(where, prefilter=True)
-    if nprobes is not None:
-        builder = builder.nprobes(int(nprobes))
-    if refine_factor is not None and int(refine_factor) > 1:
-        builder = builder.refine_factor(int(refine_factor))
-    try:
-        result = builder.to_arrow()
-    except Exception as exc:
-        raise VectorIndexError(
-            f"LanceDB search of {_table_name(table)!r} failed"
-            + (f" with filter {where!r}" if where else "")
-            + f": {exc}"
-        ) from exc
+
+    def run(exact: bool) -> pa.Table:
+        builder = (
+            table.search(q if q.shape[0] > 1 else q[0], vector_column_name=VECTOR_COLUMN)
+            .distance_type("cosine")
+            .limit(k)
+            .select(select)
+        )
+        if where:
+            builder = builder.where(where, prefilter=True)
+        if exact:
+            builder = builder.bypass_vector_index()
+        else:
+            if nprobes is not None:
+                builder = builder.nprobes(int(nprobes))
+            if refine_factor is not None and int(refine_factor) > 1:
+                builder = builder.refine_factor(int(refine_factor))
+        try:
+            return builder.to_arrow()
+        except Exception as exc:
+            raise VectorIndexError(
+                f"LanceDB search of {_table_name(table)!r} failed"
+                + (f" with filter {where!r}" if where else "")
+                + f": {exc}"
+            ) from exc
+
+    result = run(exact=False)
+    if where and _short(result, q.shape[0], k) and _vector_index(table) is not None:
+        # an IVF search probes a few lists, and a filter leaves few rows in each: fewer than k
+        # came back, although more may match elsewhere. Few rows match such a filter, so the
+        # exact search over the filtered rows is cheap, and it finds all of them.
+        result = run(exact=True)
     out_cols = [ID_COLUMN, DISTANCE_COLUMN, *wanted]
     if result.schema.field(DISTANCE_COLUMN).type != pa.float32():
         result = result.set_column(
@@ -587,6 +599,14 @@ def lance_search(
     }
     empty = frame.drop("query_index").clear()
     return [parts.get(i, empty) for i in range(q.shape[0])]
+
+
+def _short(result: pa.Table, n_queries: int, k: int) -> bool:
+    """Whether some query of a LanceDB result got fewer than ``k`` rows."""
+    if n_queries == 1:
+        return result.num_rows < k
+    counts = pl.from_arrow(result.select(["query_index"]))["query_index"].value_counts()
+    return counts.height < n_queries or bool((counts["count"] < k).any())
 
 
 # -- the serving index ---------------------------------------------------------------------------

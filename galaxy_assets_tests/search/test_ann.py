@@ -187,6 +187,23 @@ def test_lance_search_with_index_reaches_exact_when_probing_every_list(db):
     assert sum(hits) >= 48  # 50 neighbours; PQ ranks 500 candidates, exact re-ranking picks 10
 
 
+def test_a_selective_filter_on_an_indexed_table_still_gets_k_rows(db):
+    """With a filter that leaves a few rows per IVF list, probing a few lists found fewer
+    than k rows although more matched: the search then runs exactly over the filtered rows."""
+    table = db.create_table("galaxy_index", rows(unit_vectors(4000, 7)))
+    ann.ensure_vector_index(table, params=SMALL)
+    ids, vec, mag = table_contents(table)
+    q = unit_vectors(3, 8)
+    where = "mag_r < 14.15"  # 2 of every 80 rows: 100 rows spread over all 16 lists
+    keep = np.flatnonzero(mag < 14.15)
+    frames = ann.lance_search(table, q, 20, where=where, nprobes=1, refine_factor=1)
+    want = exact_ids([ids[i] for i in keep], vec[keep], q, 20)
+    for frame, expected in zip(frames, want, strict=True):
+        assert frame["object_id"].to_list() == expected
+    (one,) = ann.lance_search(table, q[0], 20, where=where, nprobes=1, refine_factor=1)
+    assert one["object_id"].to_list() == want[0]
+
+
 def test_lance_search_rejects_bad_input(db):
     table = db.create_table("galaxy_index", rows(unit_vectors(50, 9)))
     with pytest.raises(ann.VectorIndexError, match="shape"):
