@@ -418,12 +418,16 @@ class Filters:
         if validate:
             self._check_columns(schema)
         parts: list[str] = []
-        for band, r in self.mag.items():
-            parts += r.sql(f"mag_{band}")
-        for name, r in self.probabilities.items():
-            parts += r.sql(name)
-        for name, r in self.ranges.items():
-            parts += r.sql(name)
+        kinds = filterable_columns(schema)
+        ranged = [(f"mag_{band}", r) for band, r in self.mag.items()]
+        ranged += [*self.probabilities.items(), *self.ranges.items()]
+        for name, r in ranged:
+            sql = r.sql(name)
+            if sql and kinds.get(name) == "number":
+                # Lance's SQL orders NaN above every number, so "p_spiral >= 0.8" would keep
+                # the galaxies whose prediction is NaN (unknown): a range holds numbers only
+                sql.append(f"NOT isnan({name})")
+            parts += sql
         if self.cone is not None:
             parts += self.cone.prefilter_sql()
         if self.box is not None:

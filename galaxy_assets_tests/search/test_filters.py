@@ -34,15 +34,18 @@ def test_parsed_filters_become_sql():
         ]
     )
     assert f.to_where() == (
-        "mag_r >= 17.5 AND mag_r < 19 AND p_spiral >= 0.8 AND ebv <= 0.05 AND "
+        "mag_r >= 17.5 AND mag_r < 19 AND NOT isnan(mag_r) AND p_spiral >= 0.8 AND "
+        "NOT isnan(p_spiral) AND ebv <= 0.05 AND NOT isnan(ebv) AND "
         "healpix IN (1722, 1723) AND shard IN ('healpix=1722__001-of-001') AND "
         "aligner_version = 'search-aligner/v3' AND caption IS NOT NULL AND "
         "contains_tokens(caption, 'tidal tails')"
     )
     assert parse_filters("has_caption=no").to_where() == "caption IS NULL"
     assert parse_filters([]).to_where() is None and Filters().is_empty()
-    assert parse_filters("mag_g==20").to_where() == "mag_g >= 20 AND mag_g <= 20"
-    assert parse_filters("ra>1e-5").to_where() == "ra > 0.00001"
+    assert parse_filters("mag_g==20").to_where() == (
+        "mag_g >= 20 AND mag_g <= 20 AND NOT isnan(mag_g)"
+    )
+    assert parse_filters("ra>1e-5").to_where() == "ra > 0.00001 AND NOT isnan(ra)"
 
 
 @pytest.mark.parametrize(
@@ -95,7 +98,9 @@ def test_unknown_column_error_lists_the_valid_ones():
 
 def test_columns_are_checked_against_the_table_schema():
     schema = T.table_schema(8, ["post_mass_p50"])
-    assert parse_filters("post_mass_p50>10", schema).to_where(schema) == "post_mass_p50 > 10"
+    assert parse_filters("post_mass_p50>10", schema).to_where(schema) == (
+        "post_mass_p50 > 10 AND NOT isnan(post_mass_p50)"
+    )
     with pytest.raises(FilterError, match="post_mass_p50"):
         parse_filters("post_mass_p50>10")  # the base schema has no posteriors
     with pytest.raises(FilterError, match="unknown or non-numeric column 'p_ring'"):
@@ -240,3 +245,24 @@ def test_box_with_ra_wrap(tmp_path):
     assert _apply(table, Filters(box=SkyBox(359.0, 2.0, -1.0, 1.0))) == {"p1", "p2", "p3"}
     assert _apply(table, Filters(box=SkyBox(0.0, 2.0, -1.0, 6.0))) == {"p2", "p3", "p6"}
     assert _apply(table, parse_filters("box=359,2,-1,1", table.schema)) == {"p1", "p2", "p3"}
+
+
+def test_a_range_never_matches_nan(tmp_path):
+    """Lance's SQL orders NaN above every number: "p_spiral>=0.8" kept galaxies whose
+    prediction is unknown (NaN). A range now holds numbers only."""
+    import lancedb
+    import pyarrow as pa
+
+    db = lancedb.connect(str(tmp_path / "db"))
+    table = db.create_table("t", pa.table({
+        "object_id": ["a", "b", "c", "d"],
+        "p_spiral": pa.array([0.9, float("nan"), 0.1, None], pa.float32()),
+    }))
+    schema = T.table_schema(8)
+
+    def ids(expr: str) -> list[str]:
+        where = parse_filters(expr, schema).to_where(schema)
+        return sorted(table.search().where(where).to_arrow().column("object_id").to_pylist())
+
+    assert ids("p_spiral>=0.8") == ["a"]
+    assert ids("p_spiral<0.5") == ["c"]
