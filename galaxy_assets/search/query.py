@@ -539,6 +539,12 @@ class GalaxySearch:
             self._state_cache = _State(version, n, {str(k): v for k, v in versions.items()})
         return self._state_cache
 
+    def table_aligner_version(self) -> str | None:
+        """The aligner version of the table's vectors at the version held, or None when the
+        table is empty or mixes versions (a re-index under way)."""
+        versions = self._state().aligner_versions
+        return next(iter(versions)) if len(versions) == 1 else None
+
     def _check_versions(self, needs_aligner: bool) -> None:
         if self.allow_version_mismatch:
             return
@@ -568,6 +574,11 @@ class GalaxySearch:
 
     def _check_k(self, k: Any) -> int:
         n = self._state().n_rows
+        if n == 0:
+            raise QueryError(
+                f"{self.table.name} holds no galaxies at v{self.version}: materialize "
+                "galaxy_index (galaxy-assets demo, or index_job in the Dagster UI) first"
+            )
         if isinstance(k, bool) or not isinstance(k, int | np.integer):
             raise QueryError(f"k={k!r}: give a whole number of results, 1 <= k <= {n}")
         if not 1 <= int(k) <= n:

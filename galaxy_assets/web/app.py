@@ -201,8 +201,26 @@ class _Engine:
                         search.refresh()
                     except Exception as exc:  # noqa: BLE001 - keep serving the version held
                         log.warning("cannot refresh %s (%s)", search.table.name, exc)
+                    else:
+                        search = self._follow_the_table(search)
                     self._last_refresh = time.monotonic()
         return search
+
+    def _follow_the_table(self, search: Any) -> Any:
+        """After a re-index with another aligner (a new champion), the engine built from the
+        factory again, with that aligner: the one held could not search the new vectors."""
+        held = getattr(search, "table_aligner_version", lambda: None)()
+        mine = getattr(search, "aligner_version", None)
+        if self._factory is None or held is None or mine is None or held == mine:
+            return search
+        try:
+            fresh = self._factory()
+        except Exception as exc:  # noqa: BLE001 - keep the engine held; queries say why
+            log.warning("the table now holds %s vectors but no engine for it: %s", held, exc)
+            return search
+        log.info("the table now holds %s vectors: search engine rebuilt (was %s)", held, mine)
+        self._search = fresh
+        return fresh
 
     def n_rows(self, search: Any) -> int:
         version = int(search.version)

@@ -237,6 +237,14 @@ def test_missing_table(tmp_path, text_embedder, aligner):
         GalaxySearch(tmp_path / "empty", text_embedder=text_embedder, aligner=aligner)
 
 
+def test_an_emptied_table_says_what_to_materialize(text_index, text_embedder, aligner):
+    table = text_index.table()
+    table.delete("true")
+    engine = GalaxySearch(table, text_embedder=text_embedder, aligner=aligner)
+    with pytest.raises(QueryError, match="holds no galaxies at v.*materialize galaxy_index"):
+        engine.search_text("spiral", k=1)
+
+
 def test_aligner_version_must_match_the_table(text_index, text_embedder):
     other = make_aligner("search-aligner/v2")
     engine = GalaxySearch(text_index.uri, text_embedder=text_embedder, aligner=other)

@@ -428,6 +428,36 @@ def test_the_server_sees_new_table_versions(text_index, text_embedder, aligner):
     assert after["table_version"] > before["table_version"]
 
 
+def test_the_server_follows_a_reindex_with_a_new_aligner(text_index, text_embedder, aligner):
+    """A new champion re-indexes every shard with its vectors: the server builds its engine
+    again from the factory instead of refusing every query until restarted."""
+    import polars as pl
+
+    from galaxy_assets.search.query import GalaxySearch
+    from galaxy_assets.search.table import build_shard_rows, upsert_shard
+
+    serving = {"version": "search-aligner/v1"}
+    built = []
+
+    def factory():
+        built.append(serving["version"])
+        return GalaxySearch(text_index.uri, text_embedder=text_embedder, aligner=aligner,
+                            aligner_version=serving["version"])
+
+    app = create_app(factory, refresh_seconds=0)
+    with TestClient(app) as client:
+        assert client.get("/api/search", params={"q": "spiral"}).status_code == 200
+        serving["version"] = "search-aligner/v2"  # what the table's aligner now is
+        for shard, f in text_index.frames.items():
+            vectors = f["vectors"].with_columns(pl.lit("search-aligner/v2").alias("aligner_version"))
+            upsert_shard(text_index.uri, shard, build_shard_rows(
+                shard, f["manifest"], vectors, f["predictions"], f["captions"]))
+        answer = client.get("/api/search", params={"q": "spiral"})
+        assert answer.status_code == 200, answer.text
+        assert client.get("/api/info").json()["aligner_version"] == "search-aligner/v2"
+    assert built == ["search-aligner/v1", "search-aligner/v2"]
+
+
 def test_unexpected_errors_are_a_generic_500(text_engine, monkeypatch, caplog):
     app = create_app(text_engine, refresh_seconds=None)
 
