@@ -140,7 +140,10 @@ class QueryTerm:
                 "negative to push results away from it)"
             )
         object.__setattr__(self, "weight", w)
-        object.__setattr__(self, "value", os.fspath(self.value))
+        value = os.fspath(self.value)
+        if self.kind == "object":  # ids are looked up stripped; exclusions must match them
+            value = value.strip()
+        object.__setattr__(self, "value", value)
 
     @classmethod
     def text(cls, value: str, weight: float = 1.0, *, negative: bool = False) -> QueryTerm:
@@ -1256,19 +1259,26 @@ class GalaxySearch:
         where = flt.to_where(self.table.schema)
         version = self.version
         t0 = time.perf_counter()
-        q = self.table.search(clean, query_type="fts", fts_columns="caption")
-        if where:
-            q = q.where(where, prefilter=True)
-        try:
-            frame = (
-                q.select(self._columns).limit(k * (2 if flt.needs_post_filter else 1)).to_polars()
-            )
-        except Exception as exc:  # noqa: BLE001 - e.g. no FTS index yet
-            raise SearchError(
-                f"full-text search of {self.table.name} failed ({type(exc).__name__}: {exc}); "
-                "build the caption index with galaxy_assets.search.table.ensure_fts_index"
-            ) from exc
-        frame = flt.post_filter(frame.rename({"_score": "score"}))
+        n_rows = self._state().n_rows
+        limit = min(n_rows, k * (2 if flt.needs_post_filter else 1))
+        while True:
+            q = self.table.search(clean, query_type="fts", fts_columns="caption")
+            if where:
+                q = q.where(where, prefilter=True)
+            try:
+                raw = q.select(self._columns).limit(limit).to_polars()
+            except Exception as exc:  # noqa: BLE001 - e.g. no FTS index yet
+                raise SearchError(
+                    f"full-text search of {self.table.name} failed ({type(exc).__name__}: "
+                    f"{exc}); build the caption index with "
+                    "galaxy_assets.search.table.ensure_fts_index"
+                ) from exc
+            frame = flt.post_filter(raw.rename({"_score": "score"}))
+            # the cone's exact distance drops rows after the search: ask for more until k
+            # remain or nothing more matches
+            if frame.height >= k or raw.height < limit or limit >= n_rows:
+                break
+            limit = min(n_rows, limit * 4)
         timings = {"fts_ms": (time.perf_counter() - t0) * 1e3}
         return self._results(frame, k, f"keyword:{clean}", flt, version, timings, "fts")
 

@@ -156,6 +156,9 @@ def test_combined_query_vector_and_explanation(engine):
         "term_3_cosine",
     ]
     assert set(res.frame["caption"]) == {SPIRAL}
+    # an id typed with spaces is the same galaxy, and still left out
+    padded = engine.search_combined([QueryTerm.object(" gal0005 "), terms[0]], k=5)
+    assert "gal0005" not in padded.frame["object_id"].to_list()
 
 
 def test_negative_terms_push_results_away(engine):
@@ -306,6 +309,29 @@ def test_keyword_search(engine, text_index):
     assert res.frame.height == 12
     only_b = engine.search_keyword("tidal", k=20, filters=["shard=s-b"])
     assert set(only_b.frame["shard"]) == {"s-b"}
+
+
+def test_keyword_search_in_a_cone_widens_until_k_remain(tmp_path, text_embedder, aligner):
+    """A cone is searched as its bounding box, then cut exactly: when the box's corners hold
+    the best keyword matches, the first pass keeps fewer than k, so the search asks for more."""
+    from galaxy_assets.search.table import build_shard_rows, ensure_fts_index, upsert_shard
+    from galaxy_assets_tests.search.conftest import synthetic_shard_frames
+
+    corners = [(dx * 0.09, dy * 0.09) for dx in (-1, 1) for dy in (-1, 1)] * 5  # outside
+    inside = [(0.01 * i, -0.01 * i) for i in range(8)]  # within 0.08 deg of the centre
+    ra, dec = np.array(corners + inside).T
+    f = synthetic_shard_frames(len(ra), "s-x", seed=5, aligner=aligner, ra=ra % 360, dec=dec)
+    text = ["tidal tails"] * len(corners) + ["a disc galaxy with faint tidal debris"] * 8
+    f["captions"] = f["captions"].with_columns(pl.Series("caption", text))
+    uri = tmp_path / "lancedb"
+    upsert_shard(uri, "s-x", build_shard_rows("s-x", f["manifest"], f["vectors"],
+                                              f["predictions"], f["captions"]))
+    engine = GalaxySearch(uri, text_embedder=text_embedder, aligner=aligner)
+    ensure_fts_index(engine.table)
+    engine.refresh()
+    res = engine.search_keyword("tidal", k=5, filters=["cone=0,0,360"])  # 0.1 deg
+    assert res.frame.height == 5
+    assert (res.frame["distance_arcsec"] <= 360).all()
 
 
 def test_serving_copy_answers_only_for_the_version_read(text_index, text_embedder, aligner):

@@ -197,7 +197,9 @@ def test_search_detail_and_more_like_this_in_chromium(
         assert link.startswith("https://www.legacysurvey.org/viewer?ra=")
         assert parse_qs(urlparse(browser.current_url).query)["detail"] == [first_id]
 
-        # "more like this" from the detail view runs an object query, in the URL too
+        # "more like this" from the detail view runs an object query, in the URL too, and
+        # without re-ranking even when it is ticked (a galaxy has no text to rate against)
+        browser.execute_script("document.getElementById('rerank').checked = true")
         browser.find_element(By.ID, "detail-more").click()
         wait.until(lambda d: parse_qs(urlparse(d.current_url).query).get("object") == [first_id])
         wait.until(lambda d: d.find_element(By.ID, "query-label").text == f"object:{first_id}")

@@ -232,7 +232,8 @@ function moreLikeThis(objectId) {
   state.object = objectId;
   $("q").value = "";
   $("terms").replaceChildren();
-  navigate({ ...s, q: "", term: [], object: objectId });
+  // similarity to a galaxy has no text to re-rank against (the API refuses re-ranking it)
+  navigate({ ...s, q: "", term: [], object: objectId, rerank: false });
 }
 
 async function uploadSearch() {
