@@ -70,6 +70,9 @@ ROW_ADDRESS = "_rowaddr"
 # recall@10 reaches 0.95 only from 25k rows (0.85 at 10k, 0.93 at 20k, 0.954 at 25k, 0.98 at
 # 30k), so below 25k the exact flat search is kept.
 BRUTE_FORCE_MAX_ROWS = 25_000
+# a filter that this many rows or fewer pass is searched exactly over those rows (lance_search):
+# the IVF lists it probes hold few of them (recall 0.40 at 1% of 100k rows, bench_index.py)
+EXACT_FILTERED_MAX_ROWS = 5_000
 
 # Dimensions per PQ sub-vector. 8 keeps LanceDB on its SIMD path (it prefers 8 or 16): at 1M x
 # 256 it built 32 sub-vectors in 95 s against 150 s for 64, and with the exact refine step
@@ -572,12 +575,15 @@ def lance_search(
                 + f": {exc}"
             ) from exc
 
+    if where and _vector_index(table) is not None:
+        # an IVF search probes a few lists; a selective filter leaves few rows in each, so it
+        # misses most of the true neighbours (and may return fewer than k). Few rows pass such
+        # a filter: reading them and ranking them exactly is as fast, and exact.
+        if _count(table, where) <= EXACT_FILTERED_MAX_ROWS:
+            return _exact_filtered(table, q, k, where, wanted)
     result = run(exact=False)
-    if where and _short(result, q.shape[0], k) and _vector_index(table) is not None:
-        # an IVF search probes a few lists, and a filter leaves few rows in each: fewer than k
-        # came back, although more may match elsewhere. Few rows match such a filter, so the
-        # exact search over the filtered rows is cheap, and it finds all of them.
-        result = run(exact=True)
+    if where and _short(result, q.shape[0], k):
+        result = run(exact=True)  # more rows matched beyond the lists probed
     out_cols = [ID_COLUMN, DISTANCE_COLUMN, *wanted]
     if result.schema.field(DISTANCE_COLUMN).type != pa.float32():
         result = result.set_column(
@@ -599,6 +605,50 @@ def lance_search(
     }
     empty = frame.drop("query_index").clear()
     return [parts.get(i, empty) for i in range(q.shape[0])]
+
+
+def _exact_filtered(
+    table: Any, q: np.ndarray, k: int, where: str, wanted: list[str]
+) -> list[pl.DataFrame]:
+    """:func:`lance_search`'s frames from an exact ranking of the rows that pass ``where``
+    (read with their vectors; cosine distance ``1 - similarity``)."""
+    data = (
+        table.search().select([ID_COLUMN, *wanted, VECTOR_COLUMN]).where(where).limit(None)
+    ).to_arrow()
+    vec = data.column(VECTOR_COLUMN).combine_chunks()
+    if vec.null_count:
+        keep = np.asarray(vec.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+        data, vec = data.filter(pa.array(keep)), vec.filter(pa.array(keep))
+    out_cols = [ID_COLUMN, DISTANCE_COLUMN, *wanted]
+    rows = data.drop_columns([VECTOR_COLUMN])
+    if rows.num_rows == 0:
+        empty = pl.from_arrow(rows.append_column(DISTANCE_COLUMN, pa.array([], pa.float32())))
+        return [empty.select(out_cols)] * q.shape[0]
+    vectors = vec.flatten().to_numpy(zero_copy_only=False).reshape(rows.num_rows, -1)
+    vectors = vectors.astype(np.float32, copy=False)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    vectors = vectors / np.where(norms > 0, norms, 1.0)
+    sims, idx = top_k_exact(vectors, q, min(k, rows.num_rows))
+    frame = pl.from_arrow(rows)
+    assert isinstance(frame, pl.DataFrame)
+    out = []
+    for i in range(q.shape[0]):
+        part = frame[idx[i].tolist()].with_columns(
+            pl.Series(DISTANCE_COLUMN, 1.0 - sims[i], dtype=pl.Float32)
+        )
+        out.append(part.select(out_cols))
+    return out
+
+
+def _count(table: Any, where: str) -> int:
+    """Rows of the table's current version that pass ``where``."""
+    try:
+        return int(table.count_rows(where))
+    except Exception as exc:
+        raise VectorIndexError(
+            f"LanceDB could not count the rows of {_table_name(table)!r} with filter "
+            f"{where!r}: {exc}"
+        ) from exc
 
 
 def _short(result: pa.Table, n_queries: int, k: int) -> bool:

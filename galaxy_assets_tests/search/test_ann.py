@@ -187,9 +187,12 @@ def test_lance_search_with_index_reaches_exact_when_probing_every_list(db):
     assert sum(hits) >= 48  # 50 neighbours; PQ ranks 500 candidates, exact re-ranking picks 10
 
 
-def test_a_selective_filter_on_an_indexed_table_still_gets_k_rows(db):
-    """With a filter that leaves a few rows per IVF list, probing a few lists found fewer
-    than k rows although more matched: the search then runs exactly over the filtered rows."""
+@pytest.mark.parametrize("exact_below", [ann.EXACT_FILTERED_MAX_ROWS, 0])
+def test_a_selective_filter_on_an_indexed_table_still_gets_k_rows(db, monkeypatch, exact_below):
+    """With a filter that leaves a few rows per IVF list, probing a few lists misses most
+    neighbours and finds fewer than k: few rows pass, so they are ranked exactly (and with that
+    turned off, a short IVF answer is searched again without the index)."""
+    monkeypatch.setattr(ann, "EXACT_FILTERED_MAX_ROWS", exact_below)
     table = db.create_table("galaxy_index", rows(unit_vectors(4000, 7)))
     ann.ensure_vector_index(table, params=SMALL)
     ids, vec, mag = table_contents(table)
