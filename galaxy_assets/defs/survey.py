@@ -1,5 +1,7 @@
 """Survey assets: the shard sensor and the per-shard ``raw_cutouts`` manifest."""
 
+import time
+
 import dagster as dg
 import polars as pl
 
@@ -12,6 +14,7 @@ from galaxy_assets.survey.checks import (
     check_unique_across_shards,
 )
 from galaxy_assets.survey.manifest import build_manifest
+from galaxy_assets.survey.readers import find_shards
 from galaxy_assets.tables import to_markdown
 
 RAW_CUTOUTS_CHECKS = [
@@ -100,6 +103,30 @@ index_maintenance_job = dg.define_asset_job(
 )
 
 
+SETTLE_S = 60.0  # a shard file is taken once unchanged this long (copies finish first)
+
+
+def _mtime(path) -> float:
+    """The newest modification time of a shard (a file, or a FITS folder and its files)."""
+    try:
+        times = [path.stat().st_mtime]
+        if path.is_dir():
+            times += [p.stat().st_mtime for p in path.iterdir()]
+        return max(times)
+    except OSError:
+        return time.time()  # vanished meanwhile: not settled
+
+
+def _state(path) -> str:
+    """Size and modification time of a shard, for its run key."""
+    try:
+        st = path.stat()
+        size = st.st_size if path.is_file() else sum(p.stat().st_size for p in path.iterdir())
+        return f"{size}-{int(_mtime(path))}"
+    except OSError:
+        return "unknown"
+
+
 @dg.sensor(
     name="survey_shards_sensor",
     jobs=[survey_job, ingest_shard_job, index_maintenance_job],
@@ -115,16 +142,32 @@ def survey_shards_sensor(
 ):
     found = survey.discover(home.home())
     existing = set(context.instance.get_dynamic_partitions(shard_partitions.name))
-    new = sorted(set(found) - existing)
+    # a file still being copied is taken once it has not changed for SETTLE_S seconds
+    now = time.time()
+    new = sorted(k for k in set(found) - existing if now - _mtime(found[k]) >= SETTLE_S)
+    waiting = len(set(found) - existing) - len(new)
     roots = survey.root_paths(home.home())
-    # a missing root (an unmounted disk) must not read as "every shard disappeared"
-    gone = sorted(existing - set(found)) if all(r.exists() for r in roots) else []
+    # a missing root, or one that holds no shard at all (an unmounted disk leaves its empty
+    # mount point), must not read as "every shard disappeared": nothing is deleted then
+    unavailable = [r for r in roots if not r.exists() or not find_shards(r)]
+    gone = sorted(existing - set(found))
+    if gone and unavailable:
+        context.log.warning(
+            f"{len(gone)} known shard(s) not found, but root(s) {[str(r) for r in unavailable]} "
+            "are missing or empty (an unmounted disk?): nothing is deleted. Remove a root from "
+            "survey.roots to drop its shards on purpose.")
+        gone = []
     if not new and not gone:
-        return dg.SkipReason(f"no new shards ({len(found)} known under {survey.roots or 'the mock survey'})")
+        note = f"; {waiting} still changing" if waiting else ""
+        return dg.SkipReason(
+            f"no new shards ({len(found)} known under {survey.roots or 'the mock survey'}{note})")
     indexed = context.instance.get_latest_materialization_event(dg.AssetKey("aligned_model"))
     job = ingest_shard_job if indexed is not None else survey_job
     context.log.info(f"{len(new)} new shard(s) for {job.name}: {new[:10]}; {len(gone)} gone: {gone[:10]}")
-    requests = [dg.RunRequest(partition_key=k, run_key=f"{job.name}:{k}", job_name=job.name)
+    # the run key names the file's state: a shard deleted and later restored, or replaced by
+    # another file of that name, runs again (the daemon skips a run key it has seen)
+    requests = [dg.RunRequest(partition_key=k, run_key=f"{job.name}:{k}:{_state(found[k])}",
+                              job_name=job.name)
                 for k in new]
     partition_requests = [shard_partitions.build_add_request(new)] if new else []
     if gone:

@@ -102,9 +102,14 @@ def test_maintenance_schedule_targets_index_maintenance():
     assert request.asset_selection in (None, [dg.AssetKey("index_maintenance")])
 
 
-def _fake_shard(path):
+def _fake_shard(path, age_s: float = 600.0):
+    import os
+    import time
+
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"\x89HDF\r\n\x1a\n")  # found by name; not read by the sensor
+    stamp = time.time() - age_s  # settled: unchanged for longer than the sensor waits
+    os.utime(path, (stamp, stamp))
 
 
 def test_survey_sensor_adds_new_shards_and_removes_vanished_ones(isolated_home, tmp_path):
@@ -137,6 +142,41 @@ def test_survey_sensor_adds_new_shards_and_removes_vanished_ones(isolated_home, 
         result = survey_shards_sensor(dg.build_sensor_context(instance=instance,
                                                               resources=missing))
         assert isinstance(result, dg.SkipReason)
+        # nor an existing but empty one (an unmounted disk leaves its mount point)
+        (tmp_path / "mnt").mkdir()
+        empty = {**resources, "survey": SurveyResource(roots=[str(tmp_path / "mnt")])}
+        result = survey_shards_sensor(dg.build_sensor_context(instance=instance,
+                                                              resources=empty))
+        assert isinstance(result, dg.SkipReason)
+
+
+def test_survey_sensor_waits_for_copies_and_keys_runs_by_file_state(isolated_home, tmp_path):
+    root = tmp_path / "survey"
+    _fake_shard(root / "healpix=1" / "001-of-001.hdf5")
+    _fake_shard(root / "healpix=2" / "001-of-001.hdf5", age_s=0)  # still being copied
+    resources = {"home": HomeResource(root=str(isolated_home)),
+                 "survey": SurveyResource(roots=[str(root)])}
+    with dg.instance_for_test() as instance:
+        result = survey_shards_sensor(dg.build_sensor_context(instance=instance,
+                                                              resources=resources))
+        (request,) = result.run_requests
+        assert request.partition_key == KEYS[0]
+        first_key = request.run_key
+        assert first_key.startswith(f"survey_job:{KEYS[0]}:8-")  # size and mtime of the file
+        # the same shard deleted and restored as another file runs again: a new run key
+        instance.add_dynamic_partitions(shard_partitions.name, [KEYS[0]])
+        instance.delete_dynamic_partition(shard_partitions.name, KEYS[0])
+        (root / "healpix=1" / "001-of-001.hdf5").write_bytes(b"\x89HDF\r\n\x1a\n-v2")
+        _fake_shard(root / "healpix=2" / "001-of-001.hdf5")  # the copy has finished
+        import os
+        import time
+
+        old = time.time() - 300
+        os.utime(root / "healpix=1" / "001-of-001.hdf5", (old, old))
+        result = survey_shards_sensor(dg.build_sensor_context(instance=instance,
+                                                              resources=resources))
+        keys = {r.partition_key: r.run_key for r in result.run_requests}
+        assert set(keys) == set(KEYS[:2]) and keys[KEYS[0]] != first_key
 
 
 def _register_champion(home) -> int:

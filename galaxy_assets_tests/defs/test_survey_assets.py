@@ -51,7 +51,8 @@ def _resources(home: Path, root: Path) -> dict:
     }
 
 
-def test_sensor_adds_new_shards_once(isolated_home, survey_root):
+def test_sensor_adds_new_shards_once(isolated_home, survey_root, monkeypatch):
+    monkeypatch.setattr("galaxy_assets.defs.survey.SETTLE_S", 0.0)  # files written just now
     resources = _resources(isolated_home, survey_root)
     with dg.instance_for_test() as instance:
         ctx = dg.build_sensor_context(instance=instance, resources=resources)
