@@ -14,6 +14,9 @@ frame}`` writes one file per partition, to the same paths single-partition runs 
 
 from __future__ import annotations
 
+import os
+import uuid
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -37,6 +40,22 @@ class ShardParquetIOManager(PolarsParquetIOManager):
             keys = list(context.asset_partition_keys)
             return {keys[0]: obj} if len(keys) == 1 else obj
         return obj
+
+    def dump_to_path(self, context: dg.OutputContext, obj: Any, path: Any) -> None:
+        """On a local disk the file is written beside ``path`` and renamed over it, so an
+        interrupted or failed write never leaves a truncated Parquet file that later reads
+        (another shard's duplicate-id check, a downstream asset) fail on. Object stores write
+        whole objects already."""
+        if getattr(path, "protocol", "") not in ("", "file", "local"):
+            return super().dump_to_path(context, obj, path)
+        final = Path(path.path)
+        tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            super().dump_to_path(context, obj, type(path)(str(tmp)))
+            os.replace(tmp, final)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return None
 
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
         if not (isinstance(obj, dict) and context.has_asset_partitions):

@@ -53,7 +53,11 @@ def raw_cutouts(
     )
     rejects.write_parquet(rejects_path)
     stored = home.outputs_dir() / "raw_cutouts"  # where the IO manager keeps manifests
-    others = [str(p) for p in stored.glob("*.parquet") if p.stem != key] if stored.exists() else []
+    # only the shards that are partitions now: a vanished or moved shard's old manifest is no
+    # rival (its rows leave the index at the next maintenance)
+    current = set(context.instance.get_dynamic_partitions(shard_partitions.name)) - {key}
+    others = [str(stored / f"{k}.parquet") for k in sorted(current)
+              if (stored / f"{k}.parquet").exists()]
     outcomes = [
         check_schema(frame),
         check_finite(frame),

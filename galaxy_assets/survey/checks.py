@@ -92,10 +92,15 @@ def check_unique_across_shards(
     ids = frame.select("object_id")
     dup_frames = []
     n_others = 0
+    unreadable = []
     for path in other_manifests:
         n_others += 1
-        other = pl.scan_parquet(path).select("object_id", "shard")
-        hits = other.join(ids.lazy(), on="object_id", how="inner").collect()
+        try:
+            other = pl.scan_parquet(path).select("object_id", "shard")
+            hits = other.join(ids.lazy(), on="object_id", how="inner").collect()
+        except (pl.exceptions.PolarsError, OSError) as exc:  # one bad manifest: recorded
+            unreadable.append(f"{Path(path).name} ({type(exc).__name__})")
+            continue
         if hits.height:
             dup_frames.append(hits)
     dups = pl.concat(dup_frames) if dup_frames else pl.DataFrame(
@@ -104,6 +109,9 @@ def check_unique_across_shards(
     passed = dups.height == 0
     if passed:
         desc = f"no object_id of {shard} appears in the {n_others} other shard manifests"
+        if unreadable:
+            desc += (f"; {len(unreadable)} could not be read and were not compared: "
+                     f"{unreadable[:5]} (rematerialize raw_cutouts for those shards)")
     else:
         shards = sorted(set(dups["shard"].to_list()))
         sample = dups["object_id"].head(5).to_list()
@@ -113,5 +121,6 @@ def check_unique_across_shards(
         )
     return CheckOutcome(
         "unique_object_ids", passed, desc,
-        {"duplicates": dups.height, "other_shards_checked": n_others},
+        {"duplicates": dups.height, "other_shards_checked": n_others - len(unreadable),
+         "unreadable_manifests": len(unreadable)},
     )

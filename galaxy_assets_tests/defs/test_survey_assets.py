@@ -125,3 +125,34 @@ def test_duplicate_ids_across_shards_fail_blocking_check(isolated_home, tmp_path
         checks = {c.check_name: c for c in res.get_asset_check_evaluations()}
         assert not checks["unique_object_ids"].passed
         assert "healpix=201" in checks["unique_object_ids"].description
+
+
+def test_the_duplicate_check_compares_current_shards_only(isolated_home, tmp_path):
+    """A vanished or moved shard's old manifest is no rival, and a damaged manifest of a
+    current shard is reported, not a crash; manifests are written whole (renamed into place)."""
+    root = tmp_path / "moved"
+    _shard(root / "healpix=301" / "001-of-001.hdf5", 5, "m", 1)
+    _shard(root / "healpix=302" / "001-of-001.hdf5", 5, "n", 2)
+    resources = _resources(isolated_home, root)
+    keys = ["healpix=301__001-of-001", "healpix=302__001-of-001"]
+    stored = isolated_home / "parquet" / "raw_cutouts"
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(shard_partitions.name, keys)
+        dg.materialize([raw_cutouts], partition_key=keys[0], instance=instance,
+                       resources=resources)
+        assert sorted(p.name for p in stored.iterdir()) == [f"{keys[0]}.parquet"]  # no temp
+        # the same galaxies under the shard's old key, which is no partition any more
+        (stored / f"{keys[0]}.parquet").rename(stored / "old_root__healpix=301.parquet")
+        (stored / f"{keys[0]}.parquet").write_bytes(b"PAR1 truncated")  # a damaged manifest
+        res = dg.materialize([raw_cutouts], partition_key=keys[1], instance=instance,
+                             resources=resources)
+        (check,) = [c for c in res.get_asset_check_evaluations()
+                    if c.check_name == "unique_object_ids"]
+        assert check.passed
+        assert "1 could not be read" in check.description and keys[0] in check.description
+        again = dg.materialize([raw_cutouts], partition_key=keys[0], instance=instance,
+                               resources=resources, raise_on_error=False)
+        (check,) = [c for c in again.get_asset_check_evaluations()
+                    if c.check_name == "unique_object_ids"]
+        assert check.passed  # the old copy under the vanished key is not compared
+        assert pl.read_parquet(stored / f"{keys[0]}.parquet").height == 5  # rewritten whole
