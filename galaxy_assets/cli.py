@@ -533,10 +533,15 @@ def _print_results(instance, args: argparse.Namespace) -> bool:
 
 
 def cmd_import_captions(args: argparse.Namespace) -> int:
+    from galaxy_assets.captioning.base import CaptionerError
     from galaxy_assets.captioning.store import CaptionStore
 
     home = Home.from_env(args.home).ensure()
-    n = CaptionStore(home.root / "captions").import_table(args.table, source=args.source)
+    try:
+        n = CaptionStore(home.root / "captions").import_table(args.table, source=args.source)
+    except CaptionerError as exc:
+        print(f"import-captions: {exc}", file=sys.stderr)
+        return 2
     print(
         f"imported {n} captions from {args.table}; they appear in vlm_captions for sampled galaxies"
     )

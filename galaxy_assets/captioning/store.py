@@ -128,7 +128,11 @@ class CaptionStore:
                 table = pl.read_parquet(path)
             elif suffix in (".csv", ".tsv"):
                 table = pl.read_csv(
-                    path, separator="\t" if suffix == ".tsv" else ",", infer_schema_length=10000
+                    path,
+                    separator="\t" if suffix == ".tsv" else ",",
+                    infer_schema_length=10000,
+                    # ids stay text: "000123" must not become 123, nor a long id a float
+                    schema_overrides={"object_id": pl.Utf8},
                 )
             else:
                 raise CaptionerError(

@@ -141,6 +141,22 @@ def test_import_captions(tmp_path):
     with pytest.raises(CaptionerError, match="unsupported"):
         (tmp_path / "x.json").write_text("{}")
         store.import_table(tmp_path / "x.json")
+    # numeric-looking ids stay text: leading zeros and 17-digit ids survive
+    ids = tmp_path / "ids.csv"
+    ids.write_text("object_id,caption\n000123,a bar\n9007199254740993,a ring\n")
+    assert store.import_table(ids, source="numeric") == 2
+    got = store.captions().filter(pl.col("model") == "numeric")
+    assert sorted(got["object_id"].to_list()) == ["000123", "9007199254740993"]
+
+
+def test_import_captions_command_says_what_is_wrong(tmp_path, capsys, monkeypatch):
+    from galaxy_assets.cli import main
+
+    monkeypatch.setenv("GALAXY_ASSETS_HOME", str(tmp_path / "home"))
+    assert main(["import-captions", str(tmp_path / "nope.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "import-captions: caption table" in err and "does not exist" in err
+    assert "Traceback" not in err
 
 
 def test_request_shape():
