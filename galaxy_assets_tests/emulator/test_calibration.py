@@ -93,8 +93,8 @@ def test_redshift_residuals_and_outliers_use_one_plus_z():
     assert m.bias == pytest.approx(0.05)
 
 
-def _metrics(label, head, subset, c68, c95):
-    return HeadMetrics(label, head, subset, 100, 0.1, 0.0, 0.0, 1.0, 0.2, c68, c95, 0.01, [10] * 10)
+def _metrics(label, head, subset, c68, c95, crps=0.2):
+    return HeadMetrics(label, head, subset, 100, 0.1, 0.0, 0.0, 1.0, crps, c68, c95, 0.01, [10] * 10)
 
 
 def test_gate():
@@ -132,6 +132,28 @@ def test_gate():
     assert not gate.passed and "z 68%" in gate.reason
     assert not worse.gate(0.03, labels=["q"]).passed  # a label never evaluated fails
     assert not CalibrationReport([], 0, 0, {}).gate().passed
+    # perfectly calibrated but no better than the population prior: a model that ignores
+    # its inputs must not become champion
+    useless = CalibrationReport(
+        [
+            _metrics("z", "diffusion", "all", 0.68, 0.95, crps=0.58),
+            _metrics("z", "gaussian", "all", 0.60, 0.90, crps=0.60),
+            _metrics("z", "prior", "all", 0.68, 0.95, crps=0.58),
+        ],
+        100,
+        100,
+        {"all": ["<all>"]},
+    )
+    gate = useless.gate(0.03)
+    assert not gate.passed and "no better than ignoring the inputs" in gate.reason
+    skilled = CalibrationReport(
+        [*useless.metrics[:2], _metrics("z", "diffusion", "all", 0.68, 0.95, crps=0.14)][1:],
+        100,
+        100,
+        {"all": ["<all>"]},
+    )
+    skilled.metrics.append(_metrics("z", "prior", "all", 0.68, 0.95, crps=0.58))
+    assert skilled.gate(0.03).passed
 
 
 def test_evaluation_on_subsets_and_figures(chain_model):
@@ -144,7 +166,9 @@ def test_evaluation_on_subsets_and_figures(chain_model):
         keep_samples=True,
     )
     frame = report.frame()
-    assert frame.height == 2 * 3 * 2  # subsets x labels x heads
+    assert frame.height == 2 * 3 * 3  # subsets x labels x heads (diffusion, gaussian, prior)
+    for label in ("a",):  # x informs a: better than the population prior
+        assert report.get(label, "diffusion", "all").crps < report.get(label, "prior", "all").crps
     a_all = report.get("a", "diffusion", "all")
     a_w = report.get("a", "diffusion", "only_w")
     assert a_all.crps < a_w.crps  # x informs a, w does not
