@@ -131,6 +131,23 @@ class TrainConfig:
     init_checkpoint: str | None = None
     num_threads: int | None = None
 
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise MorphologyError(
+                    f"morphology training: {name}={value!r}; it must be a whole number >= 1"
+                )
+        if not 0.0 < self.val_fraction < 1.0:
+            raise MorphologyError(
+                f"morphology training: val_fraction={self.val_fraction!r}; it must lie in (0, 1)"
+            )
+        if self.lr <= 0 or self.time_budget_s is not None and self.time_budget_s <= 0:
+            raise MorphologyError(
+                f"morphology training: lr={self.lr!r} and time_budget_s={self.time_budget_s!r} "
+                "must be > 0 (time_budget_s may be None for no limit)"
+            )
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["bands"] = list(self.bands)

@@ -165,3 +165,18 @@ def test_predictions_for_a_shard(result, tiny_survey):
     everything = predict_manifest(model, tiny_survey.manifest)
     assert everything.height == tiny_survey.manifest.height
     assert set(everything["object_id"]) == set(tiny_survey.manifest["object_id"])
+
+
+def test_bad_training_settings_are_named():
+    """epochs=0 ended in a bare AssertionError after loading the data; settings are checked
+    when the config is made, with the setting's name."""
+    from galaxy_assets.morphology.errors import MorphologyError
+    from galaxy_assets.morphology.train import TrainConfig
+
+    for bad, match in (({"epochs": 0}, "epochs=0"), ({"batch_size": 0}, "batch_size=0"),
+                       ({"val_fraction": 1.0}, "val_fraction=1.0"),
+                       ({"time_budget_s": 0}, "time_budget_s=0"),
+                       ({"colour": "red"}, "unknown training settings")):
+        with pytest.raises(MorphologyError, match=match):
+            TrainConfig.from_dict(bad)
+    assert TrainConfig.from_dict({"epochs": 3}).epochs == 3
