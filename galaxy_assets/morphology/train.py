@@ -470,6 +470,7 @@ def train_model(
     total_steps = steps_per_epoch * config.epochs
     if config.max_steps is not None:
         total_steps = min(total_steps, config.max_steps)
+    planned_steps, budget_cut = total_steps, False
     warmup = max(1, int(config.warmup_epochs * steps_per_epoch))
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
@@ -591,8 +592,22 @@ def train_model(
                 }
             else:
                 bad_epochs += 1
+            elapsed = time.perf_counter() - t_start
+            if config.time_budget_s is not None and epoch < 3:
+                # re-estimated over the first epochs: the cosine schedule ends where the budget
+                # does, so a cut run keeps annealed weights (not ones at nearly the full lr)
+                fits = max(int((config.time_budget_s - elapsed) / (elapsed / (epoch + 1))), 0)
+                horizon = min(config.epochs, epoch + 1 + fits) * steps_per_epoch
+                if horizon < planned_steps:
+                    total_steps = max(horizon, step)
+                    budget_cut = True
             if step >= total_steps and epoch + 1 < config.epochs:
-                stop_reason, stopped_early = f"reached max_steps={total_steps}", True
+                stop_reason = (
+                    f"learning rate annealed within the {config.time_budget_s:.0f} s budget"
+                    if budget_cut
+                    else f"reached max_steps={total_steps}"
+                )
+                stopped_early = True
                 break
             if bad_epochs >= config.patience and epoch + 1 >= config.min_epochs:
                 stop_reason = f"no held-out improvement for {config.patience} epochs"
