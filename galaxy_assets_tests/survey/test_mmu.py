@@ -123,6 +123,14 @@ def test_integer_and_mmu_style_ids_and_bands(raw_h5):
         assert reader.psf_fwhm.shape == (6, 4)
 
 
+def test_padded_fixed_width_ids_are_stripped(raw_h5):
+    """Fixed-width byte ids pad with spaces ('a  '); they must equal the same id stored as
+    variable-length text, or catalogues and captions never match them."""
+    ids = np.array([f"J{i:03d}".ljust(8).encode() for i in range(6)], dtype="S8")
+    with MMUShardReader(raw_h5("padded.hdf5", object_id=ids)) as reader:
+        assert reader.catalog()["object_id"].tolist() == [f"J{i:03d}" for i in range(6)]
+
+
 def test_psf_and_pixel_scale(make_shard):
     data = make_shard(psf_fwhm=[1.0, 1.1, 1.2, 1.3], scale=0.168)
     with MMUShardReader(data.path, bands=["z", "g"]) as reader:
