@@ -14,7 +14,6 @@ from galaxy_assets.survey.checks import (
     check_unique_across_shards,
 )
 from galaxy_assets.survey.manifest import build_manifest
-from galaxy_assets.survey.readers import find_shards
 from galaxy_assets.tables import to_markdown
 
 RAW_CUTOUTS_CHECKS = [
@@ -153,7 +152,8 @@ def survey_shards_sensor(
     roots = survey.root_paths(home.home())
     # a missing root, or one that holds no shard at all (an unmounted disk leaves its empty
     # mount point), must not read as "every shard disappeared": nothing is deleted then
-    unavailable = [r for r in roots if not r.exists() or not find_shards(r)]
+    unavailable = [r for r in roots
+                   if not r.exists() or not any(p.is_relative_to(r) for p in found.values())]
     gone = sorted(existing - set(found))
     if gone and unavailable:
         context.log.warning(

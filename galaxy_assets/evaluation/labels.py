@@ -599,14 +599,13 @@ def vote_relevance(
         | (pl.col("_votes") > pl.col("_total") + 1e-6)
     )
     bad = counted.filter(bad_expr)  # a null total is not bad, only unknown (left out below)
+    good = counted.filter(~bad_expr)
     if bad.height:
         where = (
             f"{source}: {bad.height} of {counted.height} rows have negative or infinite vote "
             f"counts, or more votes for {list(target.answers)} than {target.total_column} "
             f"(e.g. object_id {bad['object_id'][0]!r})"
         )
-    good = counted.filter(~bad_expr)
-    if bad.height:
         if good.filter(pl.col("_total") > 0).is_empty():
             raise CatalogueError(
                 f"{where}, and no other row has votes; vote columns must hold counts, not fractions"

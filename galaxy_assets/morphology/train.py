@@ -613,10 +613,7 @@ def train_model(
                 stop_reason = f"no held-out improvement for {config.patience} epochs"
                 stopped_early = True
                 break
-            if (
-                config.time_budget_s is not None
-                and time.perf_counter() - t_start > config.time_budget_s
-            ):
+            if config.time_budget_s is not None and elapsed > config.time_budget_s:
                 stop_reason, stopped_early = f"time budget {config.time_budget_s:.0f} s", True
                 break
     assert best_state is not None and best_eval is not None

@@ -612,21 +612,14 @@ def _exact_filtered(
 ) -> list[pl.DataFrame]:
     """:func:`lance_search`'s frames from an exact ranking of the rows that pass ``where``
     (read with their vectors; cosine distance ``1 - similarity``)."""
-    data = (
-        table.search().select([ID_COLUMN, *wanted, VECTOR_COLUMN]).where(where).limit(None)
-    ).to_arrow()
-    vec = data.column(VECTOR_COLUMN).combine_chunks()
-    if vec.null_count:
-        keep = np.asarray(vec.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
-        data, vec = data.filter(pa.array(keep)), vec.filter(pa.array(keep))
+    query = table.search().select([ID_COLUMN, *wanted, VECTOR_COLUMN]).where(where)
+    data, vectors = _vector_rows(table, query.limit(None).to_arrow())
     out_cols = [ID_COLUMN, DISTANCE_COLUMN, *wanted]
     rows = data.drop_columns([VECTOR_COLUMN])
     if rows.num_rows == 0:
         empty = pl.from_arrow(rows.append_column(DISTANCE_COLUMN, pa.array([], pa.float32())))
         return [empty.select(out_cols)] * q.shape[0]
-    vectors = vec.flatten().to_numpy(zero_copy_only=False).reshape(rows.num_rows, -1)
-    vectors = vectors.astype(np.float32, copy=False)
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)  # cosine, as LanceDB's search
     vectors = vectors / np.where(norms > 0, norms, 1.0)
     sims, idx = top_k_exact(vectors, q, min(k, rows.num_rows))
     frame = pl.from_arrow(rows)
@@ -662,28 +655,33 @@ def _short(result: pa.Table, n_queries: int, k: int) -> bool:
 # -- the serving index ---------------------------------------------------------------------------
 
 
-def _read_rows(table: Any, where: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(object_id, vector (n, dim) float32, row address) of the handle's version, rows with a
-    null vector dropped."""
-    query = table.search().select([ID_COLUMN, VECTOR_COLUMN, ROW_ADDRESS]).limit(None)
-    if where:
-        query = query.where(where)
-    data = query.to_arrow()
-    dim = vector_dim(table)
+def _vector_rows(table: Any, data: pa.Table) -> tuple[pa.Table, np.ndarray]:
+    """The rows of ``data`` (read from ``table``) that have a vector, and those vectors
+    ``(n, dim)`` float32; rows without one are logged and dropped."""
     vec = data.column(VECTOR_COLUMN).combine_chunks()
-    ids = np.asarray(data.column(ID_COLUMN).to_pylist(), dtype=object)
-    addr = data.column(ROW_ADDRESS).to_numpy().astype(np.int64, copy=False)
     if vec.null_count:
         keep = np.asarray(vec.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+        ids = np.asarray(data.column(ID_COLUMN).to_pylist(), dtype=object)
         log.warning(
             "%s: %d rows have no vector and cannot be searched, e.g. %s",
             _table_name(table),
             int((~keep).sum()),
             ids[~keep][:5].tolist(),
         )
-        vec, ids, addr = vec.filter(pa.array(keep)), ids[keep], addr[keep]
+        data, vec = data.filter(pa.array(keep)), vec.filter(pa.array(keep))
     values = vec.flatten().to_numpy(zero_copy_only=False)
-    vectors = np.ascontiguousarray(values.reshape(-1, dim), dtype=np.float32)
+    return data, np.ascontiguousarray(values.reshape(-1, vector_dim(table)), dtype=np.float32)
+
+
+def _read_rows(table: Any, where: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(object_id, vector (n, dim) float32, row address) of the handle's version, rows with a
+    null vector dropped."""
+    query = table.search().select([ID_COLUMN, VECTOR_COLUMN, ROW_ADDRESS]).limit(None)
+    if where:
+        query = query.where(where)
+    data, vectors = _vector_rows(table, query.to_arrow())
+    ids = np.asarray(data.column(ID_COLUMN).to_pylist(), dtype=object)
+    addr = data.column(ROW_ADDRESS).to_numpy().astype(np.int64, copy=False)
     return ids, vectors, addr
 
 
