@@ -30,11 +30,16 @@ keywords read (science HDU first, then the primary header):
 * ``PSFFWHM`` (arcsec; per band HDU, or ``PSFFWHM0`` … per cube plane; ``PSF_FWHM`` is
   read too) and ``PIXSCALE`` (arcsec / pixel, else from the WCS, else 0.262).
 
-The folder is scanned (headers only) when the reader opens. A file that cannot be used —
-unreadable or truncated, no position, unknown or missing bands, shapes that disagree —
-is recorded in :attr:`FitsFolderReader.rejected` and left out; only the good files are
-exposed, as rows 0 … len - 1 in sorted file-name order. Folder-level problems (no such
-folder, no FITS file, no usable file) raise :class:`SurveyFormatError`.
+The folder is scanned (headers only) when the reader opens. A file whose headers cannot be
+used — unreadable or truncated, no position, unknown bands, shapes that disagree — is
+recorded in :attr:`FitsFolderReader.rejected` and left out. Every other file is a row,
+0 … len - 1 in sorted file-name order, whatever ``bands`` and ``size`` the reader was opened
+with: the manifest, the encoders and the thumbnails open one folder with different bands and
+crop sizes, and must agree on which file a row is. A file that lacks a requested band, or
+whose size does not fit the reader's, keeps its row but reads as NaN pixels (zero ivar) and
+is recorded in ``rejected`` with that row, so the manifest leaves it out with the reason.
+Folder-level problems (no such folder, no FITS file, no usable file) raise
+:class:`SurveyFormatError`.
 """
 
 from __future__ import annotations
@@ -454,10 +459,11 @@ class FitsFolderReader:
     Attributes
     ----------
     files:
-        The good files, in row order.
+        The scanned files, in row order (those in ``rejected`` with a row read as NaN).
     rejected:
-        One dict per left-out file or unreadable galaxy: ``object_id`` (OBJID or file stem,
-        when known), ``file``, ``row`` (None for files left out when scanning) and ``reason``
+        One dict per left-out file or unusable galaxy: ``object_id`` (OBJID or file stem,
+        when known), ``file``, ``row`` (None for files whose headers could not be used) and
+        ``reason``
         (the :class:`SurveyFormatError` message, naming the file and keyword).
     """
 
@@ -513,59 +519,50 @@ class FitsFolderReader:
         self.bands: tuple[str, ...] = requested or ()
         self.size: int | None = int(size) if size is not None else None
 
-        with_bands: list[_FileInfo] = []
+        # Rows are the scanned files, independent of bands and size (see the module doc);
+        # a file this reader cannot serve keeps its row and reads as NaN.
+        problems: list[SurveyFormatError | None] = []
         for info in infos:
             missing = [b for b in self.bands if b not in info.planes]
-            if not missing:
-                with_bands.append(info)
-                continue
-            self._reject(
-                info.object_id,
-                info.path,
-                None,
+            problems.append(
                 SurveyFormatError(
                     info.path,
                     f"lacks band(s) {', '.join(missing)}; it holds {', '.join(info.bands)}",
                     field="BANDS" if info.planes[info.bands[0]].plane is not None else "BAND",
                     expected=f"every file to hold bands {', '.join(self.bands)}",
-                ),
+                )
+                if missing
+                else None
             )
         native: tuple[int, int] | None = None
+        with_bands = [i for i, p in zip(infos, problems, strict=True) if p is None]
         if self.size is None and with_bands:
             native = Counter(i.shape for i in with_bands).most_common(1)[0][0]
-        good: list[_FileInfo] = []
-        for info in with_bands:
+        for row, info in enumerate(infos):
+            if problems[row] is not None:
+                continue
             h, w = info.shape
             if self.size is not None and self.size > min(h, w):
-                self._reject(
-                    info.object_id,
+                problems[row] = SurveyFormatError(
                     info.path,
-                    None,
-                    SurveyFormatError(
-                        info.path,
-                        f"cutout is {h} × {w} px, smaller than the crop size {self.size}",
-                        field="NAXIS1/NAXIS2",
-                        expected=f"cutouts of at least {self.size} × {self.size} px",
-                    ),
+                    f"cutout is {h} × {w} px, smaller than the crop size {self.size}",
+                    field="NAXIS1/NAXIS2",
+                    expected=f"cutouts of at least {self.size} × {self.size} px",
                 )
-                continue
-            if native is not None and info.shape != native:
-                self._reject(
-                    info.object_id,
+            elif native is not None and info.shape != native:
+                problems[row] = SurveyFormatError(
                     info.path,
-                    None,
-                    SurveyFormatError(
-                        info.path,
-                        f"cutout is {h} × {w} px but most cutouts of the folder are "
-                        f"{native[0]} × {native[1]}",
-                        field="NAXIS1/NAXIS2",
-                        expected="every cutout of the folder the same size, or a crop "
-                        "size (size=) to centre-crop them all",
-                    ),
+                    f"cutout is {h} × {w} px but most cutouts of the folder are "
+                    f"{native[0]} × {native[1]}",
+                    field="NAXIS1/NAXIS2",
+                    expected="every cutout of the folder the same size, or a crop "
+                    "size (size=) to centre-crop them all",
                 )
-                continue
-            good.append(info)
-        if not good:
+        for row, (info, problem) in enumerate(zip(infos, problems, strict=True)):
+            if problem is not None:
+                self._reject(info.object_id, info.path, row, problem)
+        self._usable = np.asarray([p is None for p in problems], dtype=bool)
+        if not self._usable.any():
             first = self.rejected[0]["reason"] if self.rejected else "no file scanned"
             raise SurveyFormatError(
                 self.folder,
@@ -573,16 +570,17 @@ class FitsFolderReader:
                 expected="at least one valid FITS cutout (see the module documentation "
                 "of galaxy_assets.survey.fits for the layouts read)",
             )
-        self._infos = good
-        self.files: list[Path] = [i.path for i in good]
+        self._infos = infos
+        self.files: list[Path] = [i.path for i in infos]
         if self.size is not None:
             self.height = self.width = self.size
         else:
             assert native is not None
             self.height, self.width = native
+        good = [i for i, ok in zip(infos, self._usable.tolist(), strict=True) if ok]
         self.has_ivar = all(all(b in i.ivar for b in self.bands) for i in good)
         self._read_ivar = ivar and self.has_ivar
-        self._object_id = np.asarray([i.object_id for i in good], dtype=str)
+        self._object_id = np.asarray([i.object_id for i in infos], dtype=str)
         if self.rejected:
             log.warning(
                 "%s: %d of %d FITS files left out (see reader.rejected)",
@@ -641,7 +639,8 @@ class FitsFolderReader:
         return float(np.median([i.pixel_scale for i in self._infos]))
 
     def iter_batches(self, batch_size: int = 256) -> Iterator[CutoutBatch]:
-        """Yield the good files in row order, ``batch_size`` galaxies at a time."""
+        """Yield every row in order, ``batch_size`` galaxies at a time (unusable files as
+        NaN pixels, see the module doc)."""
         if batch_size <= 0:
             raise SurveyConfigError(f"batch_size={batch_size}: must be a positive integer")
         for start in range(0, len(self), batch_size):
@@ -664,6 +663,11 @@ class FitsFolderReader:
         ivar = np.empty(shape, dtype=np.float32) if self._read_ivar else None
         for k, row in enumerate(req.tolist()):
             info = self._infos[row]
+            if not self._usable[row]:  # recorded in `rejected` when the folder was scanned
+                images[k] = np.nan
+                if ivar is not None:
+                    ivar[k] = 0.0
+                continue
             try:
                 self._read_file(info, images[k], None if ivar is None else ivar[k])
             except Exception as exc:  # astropy raises many types for damaged data

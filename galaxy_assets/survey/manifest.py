@@ -197,11 +197,14 @@ def build_manifest(
 
     # Rows the reader itself gave up on (e.g. unreadable FITS pixels) keep its reason.
     reader_rejected: list[dict[str, Any]] = list(getattr(reader, "rejected", []) or [])
+    row_file: dict[int, str] = {}
     for entry in reader_rejected:
         row = entry.get("row")
         if row is not None and 0 <= int(row) < n:
             keep[int(row)] = False
             reason[int(row)] = f"reader: {entry.get('reason')}"
+            if "file" in entry:
+                row_file[int(row)] = entry["file"]
 
     # Identity and position.
     bad_pos = ~(
@@ -241,7 +244,14 @@ def build_manifest(
                 }
             )
     for row in np.flatnonzero(~keep).tolist():
-        rejected.append({"object_id": str(ids[row]), "row": row, "reason": reason[row]})
+        rejected.append(
+            {
+                "object_id": str(ids[row]),
+                "row": row,
+                "reason": reason[row],
+                **({"file": row_file[row]} if row in row_file else {}),
+            }
+        )
     reasons: dict[str, int] = {}
     for entry in rejected:
         entry["kind"] = str(entry["reason"]).split(":", 1)[0]

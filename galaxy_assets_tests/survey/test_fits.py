@@ -8,6 +8,7 @@ from astropy.io import fits
 
 from galaxy_assets.survey.base import CutoutReader
 from galaxy_assets.survey.fits import FitsFolderReader, fits_stem, write_fits_cutout
+from galaxy_assets.survey.manifest import build_manifest
 
 
 @pytest.mark.parametrize("layout", ["cube", "hdus"])
@@ -92,18 +93,53 @@ def test_bad_files_are_rejected_and_the_rest_read(make_fits_folder):
     write_fits_cutout(folder / "onlyg.fits", images[0][:1], ["g"], 1.0, 1.0, "onlyg")
     write_fits_cutout(folder / "big.fits", np.ones((4, 20, 20)), list("griz"), 1, 1, "big")
     with FitsFolderReader(folder) as reader:
-        assert len(reader) == 4
-        assert [p.name for p in reader.files] == [f"gal{i:03d}.fits" for i in range(4)]
+        # Unreadable headers: no row. Lacking a band or off-size: a row that reads as NaN.
+        assert len(reader) == 6
+        names = [p.name for p in reader.files]
+        assert names == ["big.fits"] + [f"gal{i:03d}.fits" for i in range(4)] + ["onlyg.fits"]
         by_file = {r["file"].rsplit("/", 1)[1]: r for r in reader.rejected}
         assert set(by_file) == {"broken.fits", "onlyg.fits", "big.fits"}
         assert "cannot be read as FITS" in by_file["broken.fits"]["reason"]
         assert "lacks band(s) r, i, z" in by_file["onlyg.fits"]["reason"]
         assert "20 × 20" in by_file["big.fits"]["reason"]
         assert by_file["onlyg.fits"]["object_id"] == "onlyg"
-        assert all(r["row"] is None for r in reader.rejected)
-    # A crop size every file can give admits the bigger cutout too.
+        assert by_file["broken.fits"]["row"] is None
+        assert (by_file["big.fits"]["row"], by_file["onlyg.fits"]["row"]) == (0, 5)
+        batch = reader.read_rows(range(6))
+        assert np.isnan(batch.images[[0, 5]]).all() and (batch.ivar[[0, 5]] == 0).all()
+        np.testing.assert_array_equal(batch.images[1:5], images)
+        result = build_manifest(reader, "fits")
+    assert result.frame["row"].to_list() == [1, 2, 3, 4]
+    kinds = {
+        r["object_id"]: (r["row"], r.get("file", "").rsplit("/", 1)[-1]) for r in result.rejected
+    }
+    assert kinds["big"] == (0, "big.fits") and kinds["onlyg"] == (5, "onlyg.fits")
+    # A crop size every file can give admits the bigger cutout too, at the same row.
     with FitsFolderReader(folder, size=12) as reader:
-        assert len(reader) == 5
+        assert len(reader) == 6
+        assert [r["row"] for r in reader.rejected if r["row"] is not None] == [5]
+        assert np.isfinite(reader.read_rows([0]).images).all()
+
+
+def test_rows_do_not_depend_on_bands_or_crop_size(make_fits_folder):
+    """The manifest, the encoders and the thumbnails open one folder with different bands and
+    crop sizes: a row must name the same file in each (a folder with cutouts of two sizes
+    and one file lacking a band used to number its rows differently in each)."""
+    folder, images = make_fits_folder(n=4, size=16)
+    write_fits_cutout(folder / "gal001b.fits", np.ones((4, 24, 24)), list("griz"), 1, 1, "wide")
+    write_fits_cutout(folder / "gal002b.fits", images[0][:2], ["g", "r"], 1, 1, "gr-only")
+    ids = None
+    for kwargs in ({}, {"size": 12}, {"bands": ["g", "r"]}, {"bands": ["r"], "size": 8}):
+        with FitsFolderReader(folder, **kwargs) as reader:
+            got = reader.object_id.tolist()
+            ids = ids or got
+            assert got == ids, kwargs
+            batch = reader.read_rows(range(len(reader)))
+            usable = np.isfinite(batch.images).all(axis=(1, 2, 3))
+            assert usable[[0, 1, 3, 5]].all(), kwargs  # the 16 × 16 griz cutouts
+            assert usable[2] == ("size" in kwargs), kwargs  # the 24 × 24 one needs a crop
+            assert usable[4] == (set(kwargs.get("bands", "griz")) <= {"g", "r"}), kwargs
+    assert ids == ["fits-0", "fits-1", "wide", "fits-2", "gr-only", "fits-3"]
 
 
 def test_unreadable_pixels_after_scan_become_nan_and_recorded(make_fits_folder):
