@@ -337,7 +337,9 @@ def read_fits_cutout(path: str | os.PathLike[str], bands: Sequence[str] | None) 
                         continue
                     if _is_ivar(hdu.header):
                         continue
-                    planes.append((hdu.header, np.asarray(hdu.data, dtype=np.float32)))
+                    # display order (row 0 on top), as the survey's FITS reader returns
+                    data = np.asarray(hdu.data, dtype=np.float32)
+                    planes.append((hdu.header, data[..., ::-1, :] if data.ndim >= 2 else data))
         truncated = [str(w.message) for w in caught if "truncated" in str(w.message)]
         if truncated:
             raise QueryError(f"{path}: the FITS file is truncated ({truncated[0]})")

@@ -19,6 +19,10 @@ its own bands the same way.
 ``'IMAGE_G'``, ``'DES-G'``). HDUs whose ``EXTNAME`` starts with ``IVAR`` / ``INVVAR`` (or
 with ``IMTYPE = 'IVAR'``) hold the inverse variance of the band they name.
 
+Pixels come back in display order: row 0 is the top of the picture as DS9 or the Legacy
+Survey viewer draw the file (FITS stores the bottom row first, so a north-up cutout reads
+north-up, east left, the way PNG and JPEG cutouts and the thumbnails show it).
+
 Band names are normalised like the MMU reader's (``'DES-G'`` → ``'g'``). Other header
 keywords read (science HDU first, then the primary header):
 
@@ -709,10 +713,12 @@ class FitsFolderReader:
                     data = cache[p.hdu]
                     return data[p.plane] if p.plane is not None else data
 
+                # FITS row 1 is the bottom of the picture: flip to display order (row 0 on
+                # top, as DS9 draws the file), the order every reader returns.
                 for k, band in enumerate(self.bands):
-                    out[k] = plane(info.planes[band])[ysl, xsl]
+                    out[k] = plane(info.planes[band])[::-1][ysl, xsl]
                     if ivar_out is not None:
-                        ivar_out[k] = plane(info.ivar[band])[ysl, xsl]
+                        ivar_out[k] = plane(info.ivar[band])[::-1][ysl, xsl]
 
     def close(self) -> None:
         """Nothing to release (files are opened per read); present for the protocol."""
@@ -748,8 +754,9 @@ def write_fits_cutout(
 ) -> Path:
     """Write one galaxy as a FITS file that :class:`FitsFolderReader` reads; return its path.
 
-    ``image`` (B, H, W) float32 in nanomaggies per pixel and ``ivar`` alike; ``bands`` names
-    the B planes; ``ra`` / ``dec`` in degrees are the position of the cutout's centre pixel.
+    ``image`` (B, H, W) float32 in nanomaggies per pixel and ``ivar`` alike, in display order
+    (row 0 on top: north when the cutout is north-up; written bottom row first, as FITS
+    stores a picture); ``bands`` names the B planes; ``ra`` / ``dec`` in degrees are the position of the cutout's centre pixel.
     ``layout='cube'`` writes a primary-HDU cube (``BANDS``, ``BAND0``…) plus an ``IVAR``
     extension; ``layout='hdus'`` writes an empty primary HDU and one image HDU per band
     (``EXTNAME`` and ``BAND`` = the band, ivar in ``IVAR_<band>`` HDUs). ``position_keywords``
@@ -769,6 +776,10 @@ def write_fits_cutout(
         ivar = np.asarray(ivar, dtype=np.float32).reshape(img.shape)
     if layout not in ("cube", "hdus"):
         raise ValueError(f"layout={layout!r}: expected 'cube' or 'hdus'")
+    # ``image`` is in display order (row 0 on top); FITS stores the bottom row first.
+    img = np.ascontiguousarray(img[:, ::-1])
+    if ivar is not None:
+        ivar = np.ascontiguousarray(ivar[:, ::-1])
     nb, h, w = img.shape
     psf = (
         None if psf_fwhm is None else np.broadcast_to(np.asarray(psf_fwhm, dtype=np.float64), (nb,))

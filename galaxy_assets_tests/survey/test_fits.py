@@ -157,3 +157,36 @@ def test_unreadable_pixels_after_scan_become_nan_and_recorded(make_fits_folder):
 def test_fits_stem():
     assert fits_stem("/a/b/x.fits.gz") == "x"
     assert fits_stem("y.FIT") == "y"
+
+
+def test_pixels_come_back_in_display_order(tmp_path):
+    """FITS stores the bottom row first: a file's first data row is the bottom of the picture
+    (south in a north-up cutout), so it reads as the last row, and the query reader agrees."""
+    from astropy.wcs import WCS
+
+    from galaxy_assets.search.query import read_fits_cutout
+
+    data = np.zeros((8, 6), np.float32)
+    data[0, 1] = 5.0  # FITS pixel (x=2, y=1): bottom of the picture
+    hdu = fits.PrimaryHDU(data)
+    hdu.header.update(BAND="r", RA=10.0, DEC=-5.0)
+    folder = tmp_path / "raw"
+    folder.mkdir()
+    hdu.writeto(folder / "a.fits")
+    with FitsFolderReader(folder) as reader:
+        image = reader.read_rows([0]).images[0, 0]
+    assert image[7, 1] == 5.0 and image.sum() == 5.0
+    np.testing.assert_array_equal(read_fits_cutout(folder / "a.fits", ["r"])[0], image)
+
+    # write_fits_cutout takes display order and writes a north-up WCS: the top row is north.
+    picture = np.zeros((1, 9, 9), np.float32)
+    picture[0, 0, 4] = 1.0
+    path = write_fits_cutout(tmp_path / "w" / "b.fits", picture, ["r"], 10.0, -5.0, "b")
+    with fits.open(path) as hdul:
+        stored, header = hdul[0].data[0], hdul[0].header
+    y, x = np.argwhere(stored == 1.0)[0]
+    assert y == 8  # last FITS row
+    _, dec_top = WCS(header, naxis=2).wcs_pix2world([[x, y]], 0)[0]
+    assert dec_top > -5.0
+    with FitsFolderReader(path.parent) as reader:
+        np.testing.assert_array_equal(reader.read_rows([0]).images[0], picture)
