@@ -686,9 +686,10 @@ def register_encoder(
     """Log ``result`` as an MLflow run, register a version, and maybe move ``alias``.
 
     ``alias`` moves to the new version when there is no holder yet, or when the new model's
-    held-out loss is lower than the holder's. The holder is re-evaluated on ``val_data``
-    (default: the held-out set ``result`` was trained against, ``result.val_data``), so both
-    losses are measured on the same galaxies; when neither is available, the holder's logged
+    held-out loss is lower than the holder's. The holder and the new model are both
+    evaluated on ``val_data`` (default: the held-out set ``result`` was trained against,
+    ``result.val_data``) in float32, so both losses are measured on the same galaxies the same
+    way (a bfloat16 training run's own figure is not compared with a float32 one); when neither is available, the holder's logged
     ``val_loss`` is compared, which is only fair when its ``val_fingerprint`` tag matches (the
     reason says when it does not).
     """
@@ -740,7 +741,9 @@ def register_encoder(
             champ_loss, note = _champion_loss_on(
                 tracker, registered_name, champ_v, val_data, result, device
             )
-            if fingerprint(val_data.object_ids) != result.val_fingerprint:
+            if not note or fingerprint(val_data.object_ids) != result.val_fingerprint:
+                # the champion was evaluated in float32 on val_data: measure the candidate the
+                # same way (its training-time loss may come from bfloat16 autocast)
                 candidate = evaluate(result.build_model(device), val_data, device=device).loss
         else:
             champ_loss = tracker.version_metric(registered_name, champ_v, "val_loss")

@@ -108,6 +108,15 @@ def test_register_promote_and_reload_in_a_fresh_process(result, datasets, tracke
     assert reg2.champion_loss == pytest.approx(reg2.candidate_loss)  # re-scored on same galaxies
     assert int(tracker.get_alias_version(REGISTERED_NAME, "champion").version) == 1
 
+    # a training-time loss measured another way (bfloat16 autocast on a GPU) is not compared
+    # with the champion's float32 one: the candidate is scored like the champion
+    import dataclasses
+
+    low = {**result.metrics, "val_loss": result.metrics["val_loss"] - 1.0}
+    reg3 = register_encoder(tracker, dataclasses.replace(result, metrics=low))
+    assert not reg3.promoted and reg3.candidate_loss == pytest.approx(reg3.champion_loss)
+    assert int(tracker.get_alias_version(REGISTERED_NAME, "champion").version) == 1
+
     expected = tmp_path / "expected.safetensors"
     from safetensors.torch import save_file
 
