@@ -1,5 +1,8 @@
 """Survey assets: the shard sensor and the per-shard ``raw_cutouts`` manifest."""
 
+import hashlib
+import json
+import os
 import time
 
 import dagster as dg
@@ -130,6 +133,21 @@ def _state(path) -> str:
         return "unknown"
 
 
+def _path_id(path) -> str:
+    """A short hash of a shard's absolute path (the sensor's cursor keeps one per shard)."""
+    return hashlib.sha256(os.path.abspath(path).encode()).hexdigest()[:12]
+
+
+def _cursor_paths(cursor: str | None) -> dict[str, str]:
+    """The sensor cursor's ``key → path hash`` map; an old or unreadable cursor is empty (the
+    next evaluation records the current paths without running anything)."""
+    try:
+        at = json.loads(cursor or "{}").get("at", {})
+    except (ValueError, AttributeError):
+        return {}
+    return {str(k): str(v) for k, v in at.items()} if isinstance(at, dict) else {}
+
+
 @dg.sensor(
     name="survey_shards_sensor",
     jobs=[survey_job, ingest_shard_job, index_maintenance_job],
@@ -137,7 +155,8 @@ def _state(path) -> str:
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Adds a survey_shards partition for every new shard file under the survey "
     "roots and requests its materialization down to galaxy_index (only raw_cutouts until an "
-    "aligner exists); removes the partitions of shard files that disappeared and requests "
+    "aligner exists); runs a known shard again when it is found at another path (a renamed "
+    "or remounted root); removes the partitions of shard files that disappeared and requests "
     "index_maintenance, which deletes their rows.",
 )
 def survey_shards_sensor(
@@ -161,21 +180,38 @@ def survey_shards_sensor(
             "are missing or empty (an unmounted disk?): nothing is deleted. Remove a root from "
             "survey.roots to drop its shards on purpose.")
         gone = []
-    if not new and not gone:
+    # where each known shard was found (a short hash of its path), kept in the cursor: a
+    # shard whose root was renamed or remounted elsewhere keeps its key, but its manifest
+    # and index rows still name the old path; it runs again to record the new one
+    seen = _cursor_paths(context.cursor)
+    moved = sorted(k for k in existing & set(found)
+                   if k in seen and seen[k] != _path_id(found[k])
+                   and now - _mtime(found[k]) >= SETTLE_S)
+    at = {k: v for k, v in seen.items() if k in found and k in existing}
+    at.update({k: _path_id(found[k]) for k in existing & set(found) if k not in seen or k in moved})
+    at.update({k: _path_id(found[k]) for k in new})
+    cursor = json.dumps({"at": at}, sort_keys=True, separators=(",", ":"))
+    if not new and not gone and not moved:
         note = f"; {waiting} still changing" if waiting else ""
+        context.update_cursor(cursor)
         return dg.SkipReason(
             f"no new shards ({len(found)} known under {survey.roots or 'the mock survey'}{note})")
     indexed = context.instance.get_latest_materialization_event(dg.AssetKey("aligned_model"))
     job = ingest_shard_job if indexed is not None else survey_job
-    context.log.info(f"{len(new)} new shard(s) for {job.name}: {new[:10]}; {len(gone)} gone: {gone[:10]}")
+    context.log.info(f"{len(new)} new shard(s) for {job.name}: {new[:10]}; {len(gone)} gone: "
+                     f"{gone[:10]}; {len(moved)} moved: {moved[:10]}")
     # the run key names the file's state: a shard deleted and later restored, or replaced by
     # another file of that name, runs again (the daemon skips a run key it has seen)
     requests = [dg.RunRequest(partition_key=k, run_key=f"{job.name}:{k}:{_state(found[k])}",
                               job_name=job.name)
                 for k in new]
+    requests += [dg.RunRequest(partition_key=k, job_name=job.name,
+                               run_key=f"{job.name}:{k}:at-{at[k]}:{_state(found[k])}")
+                 for k in moved]
     partition_requests = [shard_partitions.build_add_request(new)] if new else []
     if gone:
         partition_requests.append(shard_partitions.build_delete_request(gone))
         requests.append(dg.RunRequest(run_key=f"vanished:{','.join(gone)[:200]}",
                                       job_name=index_maintenance_job.name))
-    return dg.SensorResult(run_requests=requests, dynamic_partitions_requests=partition_requests)
+    return dg.SensorResult(run_requests=requests, dynamic_partitions_requests=partition_requests,
+                           cursor=cursor)

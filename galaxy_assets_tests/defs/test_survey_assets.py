@@ -72,6 +72,39 @@ def test_sensor_adds_new_shards_once(isolated_home, survey_root, monkeypatch):
         assert [r.partition_key for r in third.run_requests] == ["healpix=104__001-of-001"]
 
 
+def test_sensor_runs_a_shard_found_at_another_path_again(isolated_home, survey_root,
+                                                         monkeypatch):
+    """A renamed (or remounted) root keeps the partition keys, but the manifests and index
+    rows still name the old paths: the sensor runs those shards again, once."""
+    monkeypatch.setattr("galaxy_assets.defs.survey.SETTLE_S", 0.0)
+    keys = ["healpix=101__001-of-001", "healpix=102__001-of-001", "healpix=103__001-of-001"]
+
+    def tick(root, cursor):
+        ctx = dg.build_sensor_context(instance=instance, resources=_resources(isolated_home, root),
+                                      cursor=cursor)
+        result = survey_shards_sensor(ctx)
+        return result, (result.cursor if isinstance(result, dg.SensorResult) else ctx.cursor)
+
+    with dg.instance_for_test() as instance:
+        first, cursor = tick(survey_root, None)
+        assert sorted(r.partition_key for r in first.run_requests) == keys
+        instance.add_dynamic_partitions(shard_partitions.name, keys)
+        quiet, cursor = tick(survey_root, cursor)
+        assert isinstance(quiet, dg.SkipReason)
+        moved_root = survey_root.with_name("survey-new-disk")
+        survey_root.rename(moved_root)
+        moved, cursor = tick(moved_root, cursor)
+        assert isinstance(moved, dg.SensorResult)
+        assert sorted(r.partition_key for r in moved.run_requests) == keys
+        assert all(":at-" in r.run_key for r in moved.run_requests)
+        assert not moved.dynamic_partitions_requests  # same keys: nothing added or deleted
+        again, cursor = tick(moved_root, cursor)
+        assert isinstance(again, dg.SkipReason)
+        # a sensor that starts without a cursor (an upgrade) records the paths, runs nothing
+        fresh, _ = tick(moved_root, None)
+        assert isinstance(fresh, dg.SkipReason)
+
+
 def test_raw_cutouts_good_bad_and_checks(isolated_home, survey_root):
     resources = _resources(isolated_home, survey_root)
     keys = ["healpix=101__001-of-001", "healpix=102__001-of-001", "healpix=103__001-of-001"]
