@@ -32,6 +32,9 @@ class SearchEvaluationConfig(dg.Config):
     # top semantic results re-ranked; 0: the search settings' k_rerank (100 by default), so the
     # report measures the re-ranking `galaxy-assets search --rerank` gives
     rerank_depth: int = 0
+    # re-rank every query phrasing, so the per-phrasing table has both text methods; False:
+    # the primary phrasing only (with a VLM rater, a third of the requests)
+    rerank_phrasings: bool = True
     n_boot: int = 500
     n_sigma: float = 1.0  # a target fails the gate when nDCG@10 drops by more than n_sigma σ
 

@@ -58,6 +58,9 @@ class EvaluationConfig:
     rerank: bool = True
     rerank_depth: int = DEFAULT_K_RERANK  # top semantic results re-ranked, as search does
     rerank_samples: int = 1  # ratings averaged per galaxy (the search's rerank_samples)
+    # re-rank every phrasing of a target (the per-phrasing table then compares both text
+    # methods); False: the primary phrasing only (a VLM rater's requests fall to a third)
+    rerank_phrasings: bool = True
     n_boot: int = 500
     n_sigma: float = 1.0
     alias: str = "champion"
@@ -200,7 +203,7 @@ def run_search_evaluation(
     common = {"universe": cand_search.ids.tolist(), "n_boot": config.n_boot, "seed": config.seed}
     result = evaluate(labels, search_fn=cand_search, rerank_fn=rerank_fn,
                       image_embeddings=image_embeddings, rerank_depth=config.rerank_depth,
-                      rerank_all_phrasings=False, versions=versions,
+                      rerank_all_phrasings=config.rerank_phrasings, versions=versions,
                       captioned_ids=captioned_ids, **common)
     champion_result = None
     mismatch = None

@@ -204,3 +204,37 @@ def test_targets_file_errors_reach_the_user(world, tmp_path):
     with pytest.raises(TargetConfigError, match="targets file .*nope.yaml does not exist"):
         load_labels(manifest, EvaluationConfig(targets_file=str(tmp_path / "nope.yaml")))
     assert set(load_targets()) <= set(load_labels(manifest, EvaluationConfig()).targets)
+
+
+@pytest.mark.parametrize("every_phrasing", [True, False])
+def test_re_ranking_covers_every_phrasing_unless_told_not_to(monkeypatch, world, tmp_path,
+                                                            every_phrasing):
+    """The per-phrasing table compares both text methods for each wording (the default); a
+    VLM rater's cost can be cut to the primary phrasings."""
+    _patch(monkeypatch, world, {1: 0.3})
+    asked: list[str] = []
+
+    class Rerank:
+        n_rated = n_failed = 0
+        seconds = 0.0
+
+        def __init__(self, rater, manifest, search, n_samples=1):
+            pass
+
+        def __call__(self, query, ids):
+            asked.append(query)
+            return list(ids)[::-1]
+
+    monkeypatch.setattr(pipeline, "RerankCallable", Rerank)
+    cfg = EvaluationConfig(n_boot=20, rerank_depth=20, rerank_phrasings=every_phrasing)
+    out = run_search_evaluation(
+        candidate_version=1, image_embeddings=world.embeddings, manifest=world.manifest,
+        tracker=FakeTracker(), text_embedder=None, rater=object(), reports=tmp_path,
+        config=cfg, log=lambda msg: None)
+    targets = out.result.targets
+    primaries = {t["primary_query"] for t in targets.values()}
+    every = {q for t in targets.values() for q in t["queries"]}
+    assert set(asked) == (every if every_phrasing else primaries)
+    assert len(every) > len(primaries)
+    reranked = {s.query for s in out.result.phrasings if s.method == "semantic_rerank"}
+    assert reranked == set(asked)
