@@ -730,11 +730,13 @@ def create_app(
                     "path": "",
                 }
             else:
+                # one entry per re-ranked query, whatever page asked: a later page deeper than
+                # the entry extends it with the similarity order below, so the re-ranked head
+                # is rated once (a VLM's requests) and every page agrees with the first
                 key = (
                     version,
                     tuple(terms),
                     tuple(req.filters),
-                    fetch,
                     req.k_rerank,
                     req.nprobes,
                     req.refine_factor,
@@ -743,8 +745,8 @@ def create_app(
                 if req.rerank and cacheable:
                     with rerank_lock:
                         cached = rerank_cache.get(key)
-                if cached is not None:
-                    frame, summary, rerank_summary = cached
+                if cached is not None and cached[0] >= fetch:
+                    _, frame, summary, rerank_summary = cached
                 else:
                     results = search.search(
                         terms,
@@ -754,13 +756,26 @@ def create_app(
                         refine_factor=req.refine_factor,
                     )
                     frame, summary = results.frame, results.summary()
-                    if req.rerank:
+                    if cached is not None:  # deeper than the cached pages: extend them
+                        _, head, _, rerank_summary = cached
+                        tail = frame.filter(~pl.col("object_id").is_in(head["object_id"]))
+                        if "similarity_rank" in head.columns and "rank" in tail.columns:
+                            tail = tail.with_columns(pl.col("rank").alias("similarity_rank"))
+                        frame = pl.concat([head, tail], how="diagonal_relaxed").select(
+                            head.columns
+                        )
+                        if "rank" in frame.columns:
+                            frame = frame.with_columns(
+                                pl.int_range(1, pl.len() + 1, dtype=pl.Int64).alias("rank")
+                            )
+                    elif req.rerank:
                         frame, rerank_summary = _rerank(search, frame, terms, req)
-                        if cacheable:
-                            with rerank_lock:
-                                rerank_cache[key] = (frame, summary, rerank_summary)
-                                while len(rerank_cache) > 8:
-                                    rerank_cache.popitem(last=False)
+                    if req.rerank and cacheable:
+                        with rerank_lock:
+                            rerank_cache[key] = (fetch, frame, summary, rerank_summary)
+                            rerank_cache.move_to_end(key)
+                            while len(rerank_cache) > 8:
+                                rerank_cache.popitem(last=False)
         page = frame.slice(req.offset, req.k) if frame.height else frame
         records = to_json_records(page) if page.height else []
         for record in records:

@@ -362,6 +362,15 @@ def test_rerank_reorders_by_rating_and_pages_consistently(survey_app, rater):
     ids = [r["object_id"] for r in body["results"] + second["results"]]
     assert len(set(ids)) == 12
     assert [r["rank"] for r in second["results"]] == list(range(7, 13))
+    # a page below the re-ranked head extends the cached pages: nothing is rated again
+    third = survey_app.get("/api/search", params={**params, "offset": 12}).json()
+    assert rater.asked == [(12, "spiral arms")]
+    assert [r["rank"] for r in third["results"]] == list(range(13, 19))
+    assert not {r["object_id"] for r in third["results"]} & set(ids)
+    assert [r["similarity_rank"] for r in third["results"]] == list(range(13, 19))
+    assert all(r["rating"] is None for r in third["results"])
+    first_again = survey_app.get("/api/search", params=params).json()
+    assert first_again["results"] == body["results"] and len(rater.asked) == 1
     objects = survey_app.get(
         "/api/search", params={"object": body["results"][0]["object_id"], "rerank": "true"}
     )
