@@ -528,8 +528,11 @@ def survey_features(
     base = manifest.select("object_id").with_columns(pl.col("object_id").cast(pl.Utf8))
     frame = base
     if flux_errors is not None:
+        # one row per galaxy whatever the caller passed (a shard that repeats an id gives two)
         frame = frame.join(
-            flux_errors.with_columns(pl.col("object_id").cast(pl.Utf8)),
+            flux_errors.with_columns(pl.col("object_id").cast(pl.Utf8))
+            .drop("row", strict=False)
+            .unique("object_id", keep="first", maintain_order=True),
             on="object_id",
             how="left",
         )
@@ -658,9 +661,10 @@ def moffat_nea_arcsec2(fwhm: np.ndarray | float, beta: float = PSF_BETA) -> np.n
 def flux_errors_from_shard(
     shard_uri: str | Path, batch_size: int = 512, psf_beta: float = PSF_BETA
 ) -> pl.DataFrame:
-    """``object_id`` + ``flux_err_<band>`` (nanomaggies): point-source flux errors from the
-    shard's pixel inverse variance and PSF FWHM (see the module docstring). Bands without
-    ivar or PSF give NaN."""
+    """``object_id``, ``row`` (the shard's row, as the manifest's) and ``flux_err_<band>``
+    (nanomaggies): point-source flux errors from the shard's pixel inverse variance and PSF
+    FWHM (see the module docstring), one row per shard row (a repeated object_id too: match
+    them to a manifest by row). Bands without ivar or PSF give NaN."""
     from galaxy_assets.survey.readers import open_shard
 
     with open_shard(shard_uri, ivar=True) as reader:
@@ -688,6 +692,7 @@ def flux_errors_from_shard(
     err = sigma * np.sqrt(nea)
     data: dict[str, Any] = {
         "object_id": np.concatenate(ids) if ids else np.zeros(0, dtype=str),
+        "row": rows,
     }
     for j, b in enumerate(bands):
         data[f"flux_err_{b}"] = err[rows, j]

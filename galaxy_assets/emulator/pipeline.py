@@ -110,12 +110,18 @@ class EmulatorRunConfig:
 # --------------------------------------------------------------------------- inputs
 def shard_flux_errors(manifest: pl.DataFrame) -> pl.DataFrame:
     """Point-source flux errors (:func:`flux_errors_from_shard`) of the manifest's galaxies,
-    read from every shard file the manifest names."""
-    frames = [flux_errors_from_shard(uri) for uri in manifest["shard_uri"].unique().sort()]
+    read from every shard file the manifest names: one row per manifest row, matched by the
+    shard's row (a shard may repeat an object_id in a row the manifest left out)."""
+    frames = []
+    for uri in manifest["shard_uri"].unique().sort():
+        rows = manifest.filter(pl.col("shard_uri") == uri).select(
+            pl.col("row").cast(pl.Int64), pl.col("object_id").cast(pl.Utf8)
+        )
+        errors = flux_errors_from_shard(uri).drop("object_id")
+        frames.append(rows.join(errors, on="row", how="inner").drop("row"))
     if not frames:
         return pl.DataFrame(schema={"object_id": pl.Utf8})
-    out = pl.concat(frames, how="diagonal_relaxed")
-    return out.join(manifest.select(pl.col("object_id").cast(pl.Utf8)), on="object_id", how="semi")
+    return pl.concat(frames, how="diagonal_relaxed")
 
 
 def _concat(frames: Sequence[pl.DataFrame] | pl.DataFrame | None) -> pl.DataFrame | None:

@@ -3,6 +3,7 @@ serves, and the clear errors when the survey cannot be used."""
 
 from __future__ import annotations
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -130,3 +131,34 @@ def test_gate_on_a_user_table_checks_its_own_labels(tracker):
     assert "not evaluated" not in out.registration.reason
     assert " y" in out.registration.reason  # the gate looked at y
     assert out.report.labels == ["y"] and set(out.figures) == set()
+
+
+def test_flux_errors_follow_the_manifest_rows_when_a_shard_repeats_an_id(tmp_path):
+    """The manifest keeps one row of a repeated object_id; the flux errors must be that row's,
+    one per manifest row (both rows used to stay, and the features stopped lining up)."""
+    from galaxy_assets.emulator.data import survey_features
+    from galaxy_assets.survey.manifest import build_manifest
+    from galaxy_assets.survey.mmu import MMUShardReader, write_mmu_shard
+
+    n, size = 10, 16
+    rng = np.random.default_rng(1)
+    ids = [f"obj-{i:03d}" for i in range(n)]
+    ids[7] = ids[3]
+    images = rng.normal(0.0, 0.05, (n, 4, size, size)).astype(np.float32)
+    images[3] = np.nan  # row 3 is rejected for its pixels, so the manifest keeps row 7
+    ivar = np.full((n, 4, size, size), 1e4, np.float32)
+    ivar[7] = 1e2  # row 7's depth differs from every other row's
+    path = write_mmu_shard(
+        tmp_path / "healpix=7" / "001-of-001.hdf5", images=images, bands=list("griz"),
+        object_id=ids, ra=rng.uniform(10, 20, n), dec=rng.uniform(-5, 5, n), ivar=ivar,
+        psf_fwhm=1.1, fluxes={b: rng.lognormal(0, 1, n).astype(np.float32) for b in "griz"},
+        ebv=np.zeros(n, np.float32))
+    with MMUShardReader(path) as reader:
+        manifest = build_manifest(reader, "healpix=7__001-of-001").frame
+    assert manifest.height == 9 and manifest.filter(pl.col("object_id") == "obj-003")["row"][0] == 7
+    errors = shard_flux_errors(manifest)
+    assert errors.height == manifest.height and errors["object_id"].is_unique().all()
+    err = dict(zip(errors["object_id"], errors["flux_err_r"], strict=True))
+    assert err["obj-003"] == pytest.approx(10 * err["obj-000"], rel=1e-3)  # row 7's, not row 3's
+    features = survey_features(manifest, flux_errors=errors)
+    assert features.height == manifest.height and "mag_err_r" in features.columns
