@@ -577,6 +577,20 @@ def survey_features(
                 "build the training table with build_survey_table (which fits it)"
             )
         emb = embeddings.unique("object_id", keep="first")
+        if spec.embedding_encoder and "encoder" in emb.columns:
+            # the PCA projects one encoder's space: vectors of another encoder (a new encoder
+            # champion, other test-time views) of the same width would pass unnoticed
+            other = emb.filter(pl.col("encoder").cast(pl.Utf8) != spec.embedding_encoder)
+            if other.height:
+                log.warning(
+                    "%d galaxies' image embeddings come from %s, not %s whose space the "
+                    "emulator's PCA projects: their embedding inputs are left out; retrain "
+                    "property_emulator on the current embeddings",
+                    other.height,
+                    ", ".join(sorted(set(other.get_column("encoder").cast(pl.Utf8)))),
+                    spec.embedding_encoder,
+                )
+                emb = emb.filter(pl.col("encoder").cast(pl.Utf8) == spec.embedding_encoder)
         pcs = spec.pca.transform(_embedding_matrix(emb))
         pc_frame = pl.DataFrame(
             {
@@ -612,9 +626,16 @@ def build_survey_table(
     if embeddings is not None and spec.pca is None:
         ids = manifest.get_column("object_id").cast(pl.Utf8)
         emb = embeddings.filter(pl.col("object_id").cast(pl.Utf8).is_in(ids.implode()))
+        if "encoder" in emb.columns and emb.height:
+            encoders = sorted(set(emb.get_column("encoder").cast(pl.Utf8).to_list()))
+            if len(encoders) > 1:
+                raise EmulatorDataError(
+                    f"the image embeddings come from {len(encoders)} encoders "
+                    f"({', '.join(encoders)}): one PCA cannot describe them all; re-embed "
+                    "the shards with the current encoder (shard_embeddings_job) first"
+                )
+            spec.embedding_encoder = encoders[0]
         spec.pca = EmbeddingPCA.fit(_embedding_matrix(emb), n_components)
-        if "encoder" in embeddings.columns and embeddings.height:
-            spec.embedding_encoder = str(embeddings.get_column("encoder")[0])
     features = survey_features(
         manifest,
         predictions=predictions,

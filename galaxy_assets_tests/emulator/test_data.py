@@ -232,6 +232,32 @@ def test_survey_table_from_the_mock_survey(tiny_survey):
     assert "p_spiral" not in subsets["photometry"]
 
 
+def test_embedding_inputs_come_from_the_encoder_the_pca_was_fitted_on(tiny_survey, caplog):
+    """Vectors of another encoder with the same width (a new encoder champion) are not
+    projected with the old PCA; a training set mixing encoders is refused."""
+    manifest = tiny_survey.manifest
+    emb = _fake_embeddings(manifest)
+    table = build_survey_table(manifest, tiny_survey.truth, embeddings=emb, n_components=4)
+    spec = FeatureSpec.from_config(table.features)
+    assert spec.embedding_encoder == "morphology-encoder/v1"
+    half = manifest.height // 2
+    newer = emb.with_columns(
+        pl.when(pl.int_range(pl.len()) < half)
+        .then(pl.lit("morphology-encoder/v2"))
+        .otherwise(pl.col("encoder"))
+        .alias("encoder")
+    )
+    with caplog.at_level("WARNING"):
+        features = survey_features(manifest, embeddings=newer, spec=spec)
+    assert "not morphology-encoder/v1" in caplog.text and "retrain property_emulator" in caplog.text
+    by_id = dict(zip(features["object_id"], features["pc_1"], strict=True))
+    ids = newer["object_id"].to_list()
+    assert all(by_id[o] is None for o in ids[:half])
+    assert all(by_id[o] is not None for o in ids[half:])
+    with pytest.raises(EmulatorDataError, match="2 encoders.*re-embed"):
+        build_survey_table(manifest, tiny_survey.truth, embeddings=newer, n_components=4)
+
+
 def test_survey_table_drops_unusable_derived_columns(tiny_survey):
     manifest = tiny_survey.manifest.with_columns(pl.lit(None, dtype=pl.Float32).alias("flux_i"))
     table = build_survey_table(manifest, tiny_survey.truth)
