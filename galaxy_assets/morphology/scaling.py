@@ -487,7 +487,13 @@ def scaling_report(
                 f"{d:+.3f}, 95% CI [{lo:+.3f}, {hi:+.3f}])."
             )
         for j, q in enumerate(pb.questions):
-            dq, loq, hiq = _paired_diff(pb.per_galaxy[:, j], ps.per_galaxy[:, j], n_boot, rng)
+            # over the galaxies asked the question, as the loss columns beside it: a galaxy
+            # with no vote on it has an NLL of exactly 0 under both models
+            big_q, small_q = pb.per_galaxy[:, j], ps.per_galaxy[:, j]
+            answered = (big_q != 0) | (small_q != 0)
+            if not answered.any():
+                continue
+            dq, loq, hiq = _paired_diff(big_q[answered], small_q[answered], n_boot, rng)
             metrics[f"loss_diff/{q}"] = dq
             if hiq < 0:
                 helped.append(q)

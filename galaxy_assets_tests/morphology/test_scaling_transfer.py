@@ -73,6 +73,22 @@ def test_report_judges_parameters_per_question():
         scaling_report([*pts, ScalingPoint(50, "small", 1000, 1.0, {}, qs, pg, "other")])
 
 
+def test_per_question_difference_is_over_the_galaxies_asked():
+    """A question asked of a fifth of the galaxies: its difference is the gap between the two
+    loss columns (over those galaxies), not a fifth of it."""
+    qs = ["q1", "q2"]
+    asked = np.arange(300) % 5 == 0
+    pts = []
+    for size, params, q2 in (("small", 1000, 3.0), ("big", 9000, 2.0)):
+        for n in (100, 200):
+            pg = np.stack([np.full(300, 5.0), np.where(asked, q2, 0.0)], 1).astype(np.float32)
+            losses = {"q1": 5.0, "q2": q2}
+            pts.append(ScalingPoint(n, size, params, float(pg.sum(1).mean()), losses, qs, pg, "fp"))
+    rep = scaling_report(pts, n_boot=50)
+    assert rep.metrics["loss_diff/q2"] == pytest.approx(-1.0)
+    assert "| q2 | 3.000 | 2.000 | -1.000" in rep.markdown
+
+
 def test_tiny_two_by_two_sweep_reports_a_fitted_exponent(tiny_survey, tracker):
     votes = votes_from_truth(tiny_survey.manifest)
     points = run_sweep(
