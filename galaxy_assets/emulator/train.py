@@ -355,6 +355,16 @@ def train_emulator(
             f"{table.source}: {len(train_rows)} training and {len(val_rows)} held-out rows with "
             f"a known target (of {len(table)}); the emulator needs more rows with labels"
         )
+    # each label is scored on the held-out rows after training: refuse now, not after the run
+    known = np.isfinite(raw[:, tmask])
+    for j, label in enumerate(np.asarray(columns)[tmask].tolist()):
+        if known[:, j].any() and not known[is_val, j].any():
+            raise EmulatorDataError(
+                f"label {label!r} is known for {int(known[:, j].sum())} galaxies, none of them "
+                f"in the held-out split (val_fraction {cfg.val_fraction}), so it could not be "
+                f"evaluated after training: give more galaxies with a known {label!r}, raise "
+                "val_fraction, or leave it out of the labels"
+            )
     tokenizer = Tokenizer.fit(
         {c: raw[train_rows, j] for j, c in enumerate(columns)},
         columns,

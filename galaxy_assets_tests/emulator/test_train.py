@@ -148,6 +148,18 @@ def test_rows_without_a_target_are_skipped_and_counted():
     assert len(res.train_ids) + len(res.val_ids) == 260
 
 
+def test_a_label_never_held_out_is_refused_before_training():
+    """A label known only for galaxies of the training split could not be evaluated: the
+    error comes before the run, not after it."""
+    frame = gaussian_frame(400, seed=4)
+    val = split_rows(frame["object_id"].to_numpy(), 0.2)
+    b = np.full(400, np.nan)
+    b[np.flatnonzero(~val)[:10]] = np.arange(10.0)
+    table = make_table(frame.with_columns(pl.Series("b", b)), ["x"], ["y", "b"])
+    with pytest.raises(EmulatorDataError, match="'b' is known for 10 galaxies, none of them in"):
+        train_emulator(table, TrainConfig(epochs=1, val_fraction=0.2, model=TINY_MODEL))
+
+
 def test_bad_training_settings():
     table = make_table(gaussian_frame(100, seed=7), ["x"], ["y"])
     with pytest.raises(EmulatorConfigError, match="targets"):
