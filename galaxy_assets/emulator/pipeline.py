@@ -242,9 +242,10 @@ class EmulatorOutcome:
     report: CalibrationReport
     registration: EmulatorRegistration
     figures: dict[str, Path]
+    tolerance: float = 0.03  # the gate's coverage tolerance (the run's config)
 
     def metadata(self) -> dict[str, Any]:
-        gate = self.report.gate()
+        gate = self.report.gate(tolerance=self.tolerance)
         out: dict[str, Any] = {
             **{f"table_{k}": v for k, v in self.table.summary().items()},
             **self.result.metrics,
@@ -327,7 +328,7 @@ def train_evaluate_register(
             path = figure_dir / f"emulator_v{registration.version}_{name}.png"
             fig.savefig(path, dpi=80, bbox_inches="tight")
             paths[name] = path
-    return EmulatorOutcome(table, result, report, registration, paths)
+    return EmulatorOutcome(table, result, report, registration, paths, config.tolerance)
 
 
 # --------------------------------------------------------------------------- inference

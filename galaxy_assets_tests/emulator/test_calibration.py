@@ -194,3 +194,30 @@ def test_evaluation_on_subsets_and_figures(chain_model):
         assert buf.getvalue()[:8] == b"\x89PNG\r\n\x1a\n"
     picks = pick_examples(post, 8, flags=np.arange(len(post)) < 3)
     assert set(picks[:3]) == {0, 1, 2} and len(set(picks)) == 8
+
+
+def test_outcome_metadata_judges_all_labels_with_the_runs_tolerance():
+    """`gate_all_labels` in the asset metadata uses the run's tolerance, as the gate did."""
+    from types import SimpleNamespace
+
+    from galaxy_assets.emulator.pipeline import EmulatorOutcome
+
+    report = CalibrationReport(
+        [
+            _metrics("z", "diffusion", "all", 0.64, 0.95),  # 4 points off nominal
+            _metrics("z", "gaussian", "all", 0.67, 0.95),
+        ],
+        100,
+        100,
+        {"all": ["<all>"]},
+    )
+    assert report.gate(0.05).passed and not report.gate(0.03).passed
+    outcome = EmulatorOutcome(
+        table=SimpleNamespace(summary=lambda: {}),
+        result=SimpleNamespace(metrics={}),
+        report=report,
+        registration=SimpleNamespace(version=1, run_id="r", promoted=True, reason="ok"),
+        figures={},
+        tolerance=0.05,
+    )
+    assert outcome.metadata()["gate_all_labels"] == report.gate(0.05).reason
