@@ -197,6 +197,11 @@ def make_table(
         raise EmulatorConfigError(
             f"{source}: columns {both} are both inputs and labels; give each one role"
         )
+    if id_column and id_column in inputs + labels:
+        raise EmulatorConfigError(
+            f"{source}: the id column {id_column!r} is also an input or label; an identifier "
+            "carries no property: leave it out of inputs and labels"
+        )
     for what, names in (("inputs", inputs), ("labels", labels)):
         rep = sorted({c for c in names if names.count(c) > 1})
         if rep:
@@ -282,8 +287,10 @@ class TableConfig:
         def expand(entries: Sequence[str]) -> list[str]:
             out: list[str] = []
             for entry in entries:
-                if _GLOB & set(entry):
-                    hits = [c for c in columns if fnmatch.fnmatchcase(c, entry)]
+                if _GLOB & set(entry):  # a pattern never takes the id column
+                    hits = [
+                        c for c in columns if fnmatch.fnmatchcase(c, entry) and c != self.id_column
+                    ]
                 else:
                     hits = [entry] if entry in columns else []
                 if not hits:

@@ -69,6 +69,17 @@ def test_unknown_columns_and_double_roles_are_config_errors():
         make_table(_frame(), ["x", "y"], ["y"])
     with pytest.raises(EmulatorConfigError, match="unknown column"):
         make_table(_frame(), ["x"], ["y"], id_column="source_id")
+    with pytest.raises(EmulatorConfigError, match="id column 'object_id' is also an input"):
+        make_table(_frame(), ["x", "object_id"], ["y"])
+
+
+def test_an_input_pattern_does_not_take_the_id_column():
+    frame = pl.DataFrame(
+        {"source_id": [10**15 + i for i in range(20)], "bp_1": np.linspace(0, 1, 20),
+         "rp_1": np.linspace(1, 0, 20) ** 2, "teff": np.linspace(4000, 6000, 20)}
+    )
+    table = load_table(frame, {"id_column": "source_id", "inputs": ["*"], "labels": ["teff"]})
+    assert table.inputs == ("bp_1", "rp_1") and table.id_column == "source_id"
 
 
 def test_table_without_ids_numbers_its_rows():
