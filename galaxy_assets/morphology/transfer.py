@@ -289,11 +289,12 @@ def run_transfer(
     pool, test = frame.filter(pl.Series(~is_test)), frame.filter(pl.Series(is_test))
     y_pool = pool["label"].to_numpy().astype(bool)
     y_test = test["label"].to_numpy().astype(bool)
-    if y_test.sum() == 0 or y_pool.sum() == 0:
+    if y_test.sum() == 0 or y_pool.sum() == 0 or y_test.all() or y_pool.all():
         raise MorphologyError(
             f"label {cfg.label!r}: {int(y_pool.sum())} positives among {len(y_pool)} training "
             f"and {int(y_test.sum())} among {len(y_test)} test galaxies; a ROC-AUC needs "
-            "positives on both sides. Use a larger survey or a commoner class (has_ring)"
+            "positives and negatives on both sides. Use a larger survey or a class neither "
+            "rare nor universal (has_ring)"
         )
     mc = pretrained.config
     log.info(
@@ -398,9 +399,14 @@ def _labelled(manifest: pl.DataFrame, truth: pl.DataFrame | None, label: str) ->
                 "no truth tables beside the shards, so no downstream labels; the transfer "
                 "report needs the mock survey (or pass truth= with object_id and the label)"
             )
+    flags = [c for c, t in truth.schema.items() if t == pl.Boolean]
     if label not in truth.columns:
-        flags = [c for c, t in truth.schema.items() if t == pl.Boolean]
         raise MorphologyError(f"truth has no label column {label!r}; boolean columns: {flags}")
+    if truth.schema[label] != pl.Boolean:
+        raise MorphologyError(
+            f"truth column {label!r} is {truth.schema[label]}, not a yes/no label (a ROC-AUC "
+            f"needs one); boolean columns: {flags}"
+        )
     lab = truth.select(
         pl.col("object_id").cast(pl.Utf8),
         pl.col(label).cast(pl.Boolean).fill_null(False).alias("label"),

@@ -152,5 +152,13 @@ def test_transfer_without_positives_is_refused(tiny_survey):
 
     truth = tiny_survey.manifest.select("object_id").with_columns(pl.lit(False).alias("is_lens"))
     model = build_model(preset_config("tiny", image_size=32))
-    with pytest.raises(MorphologyError, match="positives on both sides"):
+    with pytest.raises(MorphologyError, match="positives and negatives on both sides"):
         run_transfer(model, tiny_survey.manifest, TransferConfig(label="is_lens"), truth=truth)
+    # every galaxy positive: no AUC either (the grid used to run and report NaN)
+    everyone = truth.with_columns(pl.lit(True).alias("is_lens"))
+    with pytest.raises(MorphologyError, match="positives and negatives on both sides"):
+        run_transfer(model, tiny_survey.manifest, TransferConfig(label="is_lens"), truth=everyone)
+    # a number is not a yes/no label (it used to be cast to True for every non-zero value)
+    redshift = truth.with_columns(pl.lit(0.1).alias("redshift"))
+    with pytest.raises(MorphologyError, match="'redshift' is Float64, not a yes/no label"):
+        run_transfer(model, tiny_survey.manifest, TransferConfig(label="redshift"), truth=redshift)
