@@ -84,6 +84,7 @@ def open_search(
     """A :class:`~galaxy_assets.search.query.GalaxySearch` over the configured table, with the
     table's own aligner version and the configured text embedder; ``image_queries`` also
     builds the image encoder the aligner was trained on (for FITS/PNG query files)."""
+    from galaxy_assets.alignment.errors import AlignmentError
     from galaxy_assets.alignment.model import load_aligner
     from galaxy_assets.search.query import GalaxySearch
     from galaxy_assets.search.table import open_table
@@ -93,7 +94,15 @@ def open_search(
     table = open_table(settings.search.uri or str(home.lancedb), name=settings.search.table)
     name, version = aligner_of_table(table)
     tracker = tracker_for(home)
-    aligner = load_aligner(tracker, name, version)
+    try:
+        aligner = load_aligner(tracker, name, version)
+    except AlignmentError as exc:
+        raise IndexMismatchError(
+            f"{table.name} holds vectors of {name}/v{version}, which the model registry "
+            f"({getattr(tracker, 'tracking_uri', 'unknown')}) cannot give: {exc}. Point the "
+            "home (GALAXY_ASSETS_HOME) or the MLflow settings at the registry that trained "
+            "it, or rebuild the index with the current champion (index_job)"
+        ) from exc
     encoder = None
     if image_queries:
         encoder = _image_encoder_for(aligner, tracker, settings)
