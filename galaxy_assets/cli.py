@@ -618,12 +618,22 @@ def run_search(args: argparse.Namespace, settings, home: Home):
         terms.append(f"object:{args.object}")
     if not terms:
         raise ValueError("give a query: text, --object ID or --image FILE")
-    search = open_search(home=home, settings=settings, image_queries=bool(args.image))
     query = [parse_term(t) for t in terms]  # one text term is a plain text query
     depth = settings.search.k_rerank if args.k_rerank is None else args.k_rerank
     if depth < 1:
         raise ValueError(f"--k-rerank {depth}: give a positive number of results to re-rank")
-    fetch = max(args.k, depth) if args.rerank else args.k
+    # the rater judges the wanted words only, as the web API does (not '-text:bar^0.5' syntax)
+    rated_text = " ".join(t.value for t in query if t.kind == "text" and not t.negative)
+    if args.rerank and not rated_text:
+        raise ValueError("re-ranking rates each galaxy against the query text; give a text "
+                         "query (or search without --rerank)")
+    # an image term (image:FILE, or --image) needs the encoder the aligner was trained on
+    search = open_search(home=home, settings=settings,
+                         image_queries=any(t.kind == "image" for t in query))
+    fetch = args.k
+    if args.rerank:  # the re-ranked head, within the table (the web API clamps it too)
+        n_rows = getattr(getattr(search, "table", None), "count_rows", lambda: depth)()
+        fetch = max(args.k, min(depth, int(n_rows)))
     results = search.search(query, fetch, filters=args.filter or None, nprobes=args.nprobes,
                             refine_factor=args.refine_factor)
     rerank = None
@@ -631,7 +641,7 @@ def run_search(args: argparse.Namespace, settings, home: Home):
         from galaxy_assets.search.rerank import vlm_rerank
 
         rater = build_rater(settings, search.text_embedder)
-        rerank = vlm_rerank(results.frame, rater, query=" ".join(args.query) or None,
+        rerank = vlm_rerank(results.frame, rater, query=rated_text,
                             k_rerank=depth, n_samples=settings.search.rerank_samples)
         results.frame = rerank.frame
     results.frame = results.frame.head(args.k)
@@ -906,7 +916,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     restore_interrupt_signals()  # a background launch ignores SIGINT, which Dagster copies
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    held: list[str] = []
+    command = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
+    if command is not None and argv[command] == "search":
+        # negative query terms ("-text:bar^0.5", "-halo") are terms, not options: argparse
+        # would read "-halo" as -h with the value "alo"
+        rest = argv[command + 1 :]
+        held = [a for a in rest if len(a) > 1 and a[0] == "-" and a[1] != "-" and a != "-h"]
+        argv = argv[: command + 1] + [a for a in rest if a not in held]
     args, extra = parser.parse_known_args(argv)
+    if held:
+        args.query = [*args.query, *held]
     if extra:
         # negative query terms ("-text:bar^0.5", "-object:ID") look like options to argparse
         terms = [a for a in extra if args.command == "search" and not a.startswith("--")]

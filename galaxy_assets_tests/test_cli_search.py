@@ -105,11 +105,19 @@ def test_rerank_depth_defaults_to_the_settings(monkeypatch, tmp_path):
             frame = pl.DataFrame({"rank": list(range(1, k + 1)), "object_id": [str(i) for i in range(k)]})
             return SimpleNamespace(frame=frame)
 
+    rated: list[str] = []
+    opened: list[dict] = []
+
     def fake_rerank(frame, rater, *, query, k_rerank, n_samples):
         depths.append(k_rerank)
+        rated.append(query)
         return SimpleNamespace(frame=frame)
 
-    monkeypatch.setattr(service, "open_search", lambda **kwargs: Search())
+    def fake_open(**kwargs):
+        opened.append(kwargs)
+        return Search()
+
+    monkeypatch.setattr(service, "open_search", fake_open)
     monkeypatch.setattr(service, "build_rater", lambda settings, embedder: object())
     monkeypatch.setattr(rerank_module, "vlm_rerank", fake_rerank)
     settings = Settings(search={"k_rerank": 37})
@@ -123,3 +131,32 @@ def test_rerank_depth_defaults_to_the_settings(monkeypatch, tmp_path):
     with pytest.raises(ValueError, match="--k-rerank 0"):
         run_search(parser.parse_args(["search", "spiral", "--rerank", "--k-rerank", "0"]), settings, home)
     assert len(fetched) == 2
+    # the rater judges the wanted words, not the term syntax; no text, no re-ranking
+    negative = parser.parse_args(["search", "spiral arms", "--rerank"])
+    negative.query.append("-text:bar^0.5")  # main() hands negative terms over like this
+    run_search(negative, settings, home)
+    assert rated[-1] == "spiral arms"
+    with pytest.raises(ValueError, match="give a text query"):
+        run_search(parser.parse_args(["search", "object:g7", "--rerank"]), settings, home)
+    # a table smaller than the re-rank depth: the depth is clamped, not refused
+    Search.table = SimpleNamespace(count_rows=lambda: 20)
+    run_search(parser.parse_args(["search", "spiral", "--k", "5", "--rerank"]), settings, home)
+    assert fetched[-1] == 20
+    # a positional image:FILE term builds the image encoder, as --image does
+    opened.clear()
+    run_search(parser.parse_args(["search", "spiral", "image:q.fits^0.5"]), settings, home)
+    assert opened[-1]["image_queries"] is True
+    run_search(parser.parse_args(["search", "spiral"]), settings, home)
+    assert opened[-1]["image_queries"] is False
+
+
+def test_negative_terms_are_query_terms_not_options(monkeypatch):
+    """'-halo' is a negative term, not -h with the value 'alo' (argparse's reading)."""
+    import galaxy_assets.cli as cli
+
+    seen = []
+    monkeypatch.setattr(cli, "cmd_search", lambda args: seen.append(args) or 0)
+    assert cli.main(["search", "spiral", "-halo", "--k", "3", "-text:bar^0.5"]) == 0
+    assert seen[-1].query == ["spiral", "-halo", "-text:bar^0.5"] and seen[-1].k == 3
+    assert cli.main(["-v", "search", "-hii", "spiral"]) == 0
+    assert seen[-1].query == ["spiral", "-hii"] and seen[-1].verbose
