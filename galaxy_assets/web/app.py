@@ -708,11 +708,13 @@ def create_app(
             )
         if req.k_rerank is None:
             req = req.model_copy(update={"k_rerank": k_rerank})
-        if req.offset + req.k > MAX_K:
+        if req.offset >= MAX_K:
             raise QueryError(
-                f"offset {req.offset} + k {req.k} is over {MAX_K}: results are served up to "
+                f"offset {req.offset} is at or past rank {MAX_K}: results are served up to "
                 f"rank {MAX_K}; narrow the query with filters instead"
             )
+        if req.offset + req.k > MAX_K:  # the last page stops at rank MAX_K
+            req = req.model_copy(update={"k": MAX_K - req.offset})
         search = engine.get()
         with engine.lock.read():
             version = int(search.version)

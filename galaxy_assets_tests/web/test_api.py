@@ -157,8 +157,10 @@ def test_request_limits(text_app):
     ]
     _error(text_app.get("/api/search", params={"q": "spiral", "k": MAX_K + 1}), 422)
     _error(text_app.get("/api/search", params={"q": "spiral", "k": 0}), 422)
-    over = text_app.get("/api/search", params={"q": "spiral", "k": 600, "offset": 500})
-    assert "over 1000" in _error(over, 400)["error"]
+    _error(text_app.get("/api/search", params={"q": "spiral", "offset": MAX_K}), 422)
+    # a last page that would cross rank MAX_K stops at it
+    last = text_app.get("/api/search", params={"q": "spiral", "k": 600, "offset": 500})
+    assert last.status_code == 200 and last.json()["k"] == MAX_K - 500
     many = text_app.get("/api/search", params={"q": "a", "filter": ["mag_r<20"] * 40})
     _error(many, 422)
     # k above the table size is clamped to it (paging past the end is not an error)
@@ -535,3 +537,21 @@ def test_rerank_depth_defaults_to_the_servers(survey_engine, rater, tmp_path):
     for bad in (0, 201, True, 2.5):
         with pytest.raises(ValueError, match="k_rerank"):
             create_app(survey_engine, k_rerank=bad)
+
+
+def test_paging_with_more_reaches_the_last_rank_served(text_app, monkeypatch):
+    """Pages of a size that does not divide the rank limit: "more" ends with a short last
+    page, not a 400 (24 per page against 1,000 ranks ended in an error at offset 984)."""
+    import galaxy_assets.web.app as app_module
+
+    monkeypatch.setattr(app_module, "MAX_K", 20)
+    offset, seen = 0, []
+    while True:
+        body = text_app.get("/api/search", params={"q": "spiral", "k": 8, "offset": offset})
+        assert body.status_code == 200, body.text
+        page = body.json()
+        seen += [r["object_id"] for r in page["results"]]
+        if not page["has_more"]:
+            break
+        offset += 8
+    assert len(seen) == 20 == len(set(seen)) and offset == 16
