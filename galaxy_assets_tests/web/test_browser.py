@@ -222,3 +222,37 @@ def test_search_detail_and_more_like_this_in_chromium(
         browser.get(base + "/?q=spiral&filter=nope%3C3")
         wait.until(lambda d: d.find_element(By.ID, "error").is_displayed())
         assert "nope" in browser.find_element(By.ID, "error").text
+
+
+@pytest.mark.slow
+def test_a_new_search_replaces_one_still_running(text_engine, browser):
+    """Clicking an example while a slow search (a VLM re-ranking, say) runs shows the
+    example's results, and the slow answer that comes back later is dropped (the page used
+    to ignore the click and keep the old results under the new URL)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    real = text_engine.search
+
+    def search(query, k, **kwargs):
+        if any(getattr(t, "value", "") == "slow query" for t in query):
+            time.sleep(4)
+        return real(query, k, **kwargs)
+
+    text_engine.search = search
+    app = create_app(text_engine, refresh_seconds=None)
+    with _Server(app) as base:
+        browser.get(f"{base}/?q=slow+query")
+        WebDriverWait(browser, WAIT_S).until(
+            lambda d: d.find_elements(By.CSS_SELECTOR, "#examples button")
+        )
+        time.sleep(0.5)  # the slow search is under way
+        example = browser.find_elements(By.CSS_SELECTOR, "#examples button")[0]
+        wanted = example.text
+        example.click()
+        label = browser.find_element(By.ID, "query-label")
+        WebDriverWait(browser, WAIT_S).until(lambda d: label.text == wanted)
+        time.sleep(5)  # the slow answer has come back by now
+        assert label.text == wanted
+        assert parse_qs(urlparse(browser.current_url).query)["q"] == [wanted]
+        assert browser.find_elements(By.CSS_SELECTOR, "#grid .card")

@@ -4,7 +4,8 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { info: null, shown: 0, last: null, loading: false };
+// seq numbers searches: a new search supersedes one still running, whose answer is dropped
+const state = { info: null, shown: 0, last: null, loading: false, seq: 0 };
 
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
@@ -189,9 +190,10 @@ function renderSummary(body, upload) {
 }
 
 async function runSearch(append) {
-  if (state.loading) return;
+  if (append && state.loading) return;  // "more" waits; a new search replaces the running one
   const s = state.current;
   if (!s || !hasQuery(s)) return;
+  const seq = ++state.seq;
   state.loading = true;
   showError("");
   const params = toParams(s);
@@ -200,6 +202,7 @@ async function runSearch(append) {
   $("go").disabled = true;
   try {
     const body = await api(`/api/search?${params}`);
+    if (seq !== state.seq) return;  // a newer search was started meanwhile
     if (!append) { $("grid").replaceChildren(); state.shown = 0; }
     for (const r of body.results) $("grid").append(card(r));
     state.shown += body.results.length;
@@ -208,11 +211,14 @@ async function runSearch(append) {
     $("more").hidden = !body.has_more;
     if (!append && body.results.length === 0) showError("no galaxy matches this query and these filters");
   } catch (err) {
+    if (seq !== state.seq) return;
     showError(err.message);
     if (!append) { $("grid").replaceChildren(); $("summary").hidden = true; $("more").hidden = true; }
   } finally {
-    state.loading = false;
-    $("go").disabled = false;
+    if (seq === state.seq) {
+      state.loading = false;
+      $("go").disabled = false;
+    }
   }
 }
 
