@@ -80,6 +80,24 @@ def _sql_number(x: float) -> str:
     return np.format_float_positional(float(x), trim="-")
 
 
+def _integer_sql(column: str, r: Range, arrow_type: pa.DataType) -> list[str]:
+    """``r`` on an integer column as SQL with integer literals the column's type can hold:
+    a bound past the type's range selects every galaxy with a value, or none, as the
+    comparison would (Lance refuses a literal its column cannot hold, e.g. ``height >
+    2147483648``, and reads ``-9223372036854775808`` as a float)."""
+    info = np.iinfo(np.dtype(arrow_type.to_pandas_dtype()))
+    lo, hi = int(info.min), int(info.max)
+    none, every = f"{column} > {hi}", f"{column} IS NOT NULL"
+    out = []
+    if r.low is not None:  # the smallest integer that passes
+        first = math.ceil(r.low) if r.low_inclusive else math.floor(r.low) + 1
+        out.append(none if first > hi else every if first <= lo else f"{column} >= {first}")
+    if r.high is not None:  # the largest integer that passes
+        last = math.floor(r.high) if r.high_inclusive else math.ceil(r.high) - 1
+        out.append(none if last < lo else every if last >= hi else f"{column} < {last + 1}")
+    return out
+
+
 @dataclass(frozen=True)
 class Range:
     """``low <= value <= high`` (either bound may be None; each may be strict)."""
@@ -423,6 +441,10 @@ class Filters:
         ranged += [*self.probabilities.items(), *self.ranges.items()]
         for name, r in ranged:
             sql = r.sql(name)
+            if sql and kinds.get(name) == "integer" and schema is not None:
+                sql = _integer_sql(name, r, schema.field(name).type)
+            elif sql and kinds.get(name) == "integer":
+                sql = _integer_sql(name, r, table_schema(1).field(name).type)
             if sql and kinds.get(name) == "number":
                 # Lance's SQL orders NaN above every number, so "p_spiral >= 0.8" would keep
                 # the galaxies whose prediction is NaN (unknown): a range holds numbers only
@@ -545,11 +567,19 @@ def _parse_one(expr: str, kinds: Mapping[str, str]) -> Filters:
         return Filters(shards=_parse_list(column, value, _SAFE_STRING, "shard keys"))
     if column == "aligner_version":
         equality_only()
-        (version,) = _parse_list(column, value, _SAFE_STRING, "one version")
-        return Filters(aligner_version=version)
+        versions = _parse_list(column, value, _SAFE_STRING, "one version")
+        if len(versions) != 1:
+            raise FilterError(
+                f"filter {expr!r}: give one aligner version (e.g. search-aligner/v3); a table "
+                "holds the vectors of one aligner"
+            )
+        return Filters(aligner_version=versions[0])
     if column == "healpix" and op == "=":
-        cells = _parse_list(column, value, _INTEGER, "cell numbers")
-        return Filters(healpix=[int(c) for c in cells])
+        cells = [int(c) for c in _parse_list(column, value, _INTEGER, "cell numbers")]
+        bad = [c for c in cells if not 0 <= c < 2**63]
+        if bad:
+            raise FilterError(f"filter {expr!r}: {bad[0]} is not a HEALPix cell number")
+        return Filters(healpix=cells)
     x = _parse_number(column, value)
     if kinds[column] == "integer" and op == "=" and not x.is_integer():
         raise FilterError(f"filter {expr!r}: {column} holds integers")
