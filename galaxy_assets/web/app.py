@@ -231,6 +231,14 @@ class _Engine:
         return n
 
 
+def thumbnail_url(object_id: Any) -> str:
+    """The thumbnail route of a galaxy, its id percent-encoded (ids from FITS headers may hold
+    '?', '#' or '/')."""
+    from urllib.parse import quote
+
+    return f"/api/galaxy/{quote(str(object_id), safe='')}/thumbnail"
+
+
 # --------------------------------------------------------------------------- request models
 class TermModel(BaseModel):
     """One term of a combined query: text or an indexed galaxy's object_id."""
@@ -557,7 +565,7 @@ def _detail(
         "dec": record.get("dec"),
         "healpix": record.get("healpix"),
         "viewer_url": viewer_url(record.get("ra"), record.get("dec")),
-        "thumbnail_url": f"/api/galaxy/{oid}/thumbnail",
+        "thumbnail_url": thumbnail_url(oid),
         "caption": caption,
         "photometry": photometry,
         "morphology": morphology,
@@ -781,7 +789,7 @@ def create_app(
         page = frame.slice(req.offset, req.k) if frame.height else frame
         records = to_json_records(page) if page.height else []
         for record in records:
-            record["thumbnail_url"] = f"/api/galaxy/{record['object_id']}/thumbnail"
+            record["thumbnail_url"] = thumbnail_url(record["object_id"])
         query_label = summary["query"]
         explanation = summary.get("explanation")
         shown = terms
@@ -1004,18 +1012,9 @@ def create_app(
                 message = str(exc).replace(str(target), name)
                 raise type(exc)(message) from None
 
-    @app.get("/api/galaxy/{object_id}", summary="Everything indexed about one galaxy")
-    def galaxy(
-        object_id: Annotated[str, PathParam(max_length=MAX_OBJECT_ID_CHARS)],
-    ) -> dict[str, Any]:
-        search = engine.get()
-        with engine.lock.read():
-            version = int(search.version)
-            frame = lookup(search, object_id)
-        return _json_safe(_detail(search, frame.row(0, named=True), version, store))
-
+    # an id may hold '/' (FITS OBJID): the thumbnail route must be tried first
     @app.get(
-        "/api/galaxy/{object_id}/thumbnail",
+        "/api/galaxy/{object_id:path}/thumbnail",
         summary="A PNG of the galaxy rendered from its shard pixels (Lupton RGB)",
         response_class=Response,
         responses={200: {"content": {"image/png": {}}}},
@@ -1036,5 +1035,15 @@ def create_app(
             media_type="image/png",
             headers={"Cache-Control": "public, max-age=86400", "X-Table-Version": str(version)},
         )
+
+    @app.get("/api/galaxy/{object_id:path}", summary="Everything indexed about one galaxy")
+    def galaxy(
+        object_id: Annotated[str, PathParam(max_length=MAX_OBJECT_ID_CHARS)],
+    ) -> dict[str, Any]:
+        search = engine.get()
+        with engine.lock.read():
+            version = int(search.version)
+            frame = lookup(search, object_id)
+        return _json_safe(_detail(search, frame.row(0, named=True), version, store))
 
     return app

@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pytest
 from astropy.io import fits
 from fastapi.testclient import TestClient
@@ -220,6 +221,38 @@ def test_detail_and_thumbnail_of_unknown_ids_are_404(text_app):
     for oid in ("gal9999", "x' OR '1'='1", "..%2F..%2Fetc%2Fpasswd"):
         _error(text_app.get(f"/api/galaxy/{oid}"), 404)
         _error(text_app.get(f"/api/galaxy/{oid}/thumbnail"), 404)
+
+
+def test_ids_with_url_characters_reach_their_galaxy(tmp_path, aligner, text_embedder):
+    """Ids from FITS OBJID headers may hold '?', '#', '/' or spaces: the API's URLs encode
+    them and its routes take them back (a '?' used to cut the id, a '/' was unreachable)."""
+    from urllib.parse import quote
+
+    from galaxy_assets.search.query import GalaxySearch
+    from galaxy_assets.search.table import build_shard_rows, upsert_shard
+    from galaxy_assets_tests.search.conftest import synthetic_shard_frames
+
+    odd = ["x?y", "a#b", "J1234+56/7", "NGC 1300", "plain"]
+    frames = synthetic_shard_frames(len(odd), "s-odd", seed=5, aligner=aligner)
+    rename = dict(zip(frames["manifest"]["object_id"], odd, strict=True))
+    frames = {k: f.with_columns(pl.col("object_id").replace(rename)) for k, f in frames.items()}
+    uri = tmp_path / "lancedb"
+    upsert_shard(uri, "s-odd", build_shard_rows("s-odd", frames["manifest"], frames["vectors"],
+                                                frames["predictions"], frames["captions"]))
+    engine = GalaxySearch(uri, text_embedder=text_embedder, aligner=aligner,
+                          serving_index=False)
+    app = create_app(engine, refresh_seconds=None, thumbnail_dir=tmp_path / "thumbs")
+    with TestClient(app, raise_server_exceptions=False) as client:
+        body = client.get("/api/search", params={"q": "spiral", "k": 5}).json()
+        assert sorted(r["object_id"] for r in body["results"]) == sorted(odd)
+        for record in body["results"]:
+            oid = record["object_id"]
+            assert record["thumbnail_url"] == f"/api/galaxy/{quote(oid, safe='')}/thumbnail"
+            detail = client.get(f"/api/galaxy/{quote(oid, safe='')}")
+            assert detail.status_code == 200 and detail.json()["object_id"] == oid
+            # no pixels behind these synthetic rows: the 404 names the galaxy, not a route
+            thumb = client.get(record["thumbnail_url"])
+            assert thumb.status_code == 404 and "no pixels" in thumb.json()["error"]
 
 
 def test_thumbnail_without_pixels_is_404_with_the_reason(text_app):
