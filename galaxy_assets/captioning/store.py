@@ -146,9 +146,27 @@ class CaptionStore:
                 f"{path}: missing column(s) {missing}; a caption table needs object_id and "
                 f"caption (found {table.columns[:10]})"
             )
-        table = table.select(
-            pl.col("object_id").cast(pl.Utf8), pl.col("caption").cast(pl.Utf8)
-        ).filter(pl.col("caption").is_not_null() & (pl.col("caption").str.strip_chars() != ""))
+        read = table.height
+        table = (
+            table.select(
+                pl.col("object_id").cast(pl.Utf8).str.strip_chars(), pl.col("caption").cast(pl.Utf8)
+            )
+            .filter(pl.col("caption").is_not_null() & (pl.col("caption").str.strip_chars() != ""))
+            .filter(pl.col("object_id").is_not_null() & (pl.col("object_id") != ""))
+        )
+        captioned = table.height
+        # one caption per galaxy and model (the store keeps one): the last row of an id wins
+        table = table.unique("object_id", keep="last", maintain_order=True)
+        if table.height < read:
+            log.warning(
+                "%s: %d of %d rows not imported (%d without an object_id or caption, %d repeating "
+                "an object_id: the last caption of each id is kept)",
+                path,
+                read - table.height,
+                read,
+                read - captioned,
+                captioned - table.height,
+            )
         name = source or path.stem
         rows = table.with_columns(
             pl.lit("import").alias("backend"),

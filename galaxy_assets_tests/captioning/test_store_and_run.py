@@ -147,6 +147,16 @@ def test_import_captions(tmp_path):
     assert store.import_table(ids, source="numeric") == 2
     got = store.captions().filter(pl.col("model") == "numeric")
     assert sorted(got["object_id"].to_list()) == ["000123", "9007199254740993"]
+    # ids are stripped; rows without an id are dropped; a repeated id counts once (the last
+    # caption wins), and the count says what was stored
+    messy = tmp_path / "messy.csv"
+    messy.write_text(
+        "object_id,caption\n gal9 ,a spiral\n,orphan caption\ngal7,first\ngal7,second\n"
+    )
+    assert store.import_table(messy, source="messy") == 2
+    got = store.captions().filter(pl.col("model") == "messy").sort("object_id")
+    assert got["object_id"].to_list() == ["gal7", "gal9"]
+    assert got["caption"].to_list() == ["second", "a spiral"]
 
 
 def test_import_captions_command_says_what_is_wrong(tmp_path, capsys, monkeypatch):
