@@ -93,6 +93,13 @@ def morphology_scaling_report(
     rows = pl.concat(list(morphology_scaling_point.values()), how="diagonal_relaxed")
     points = [ScalingPoint.from_dict(json.loads(p)) for p in rows["point"] if p]
     skipped = rows.filter(pl.col("point") == "").select("n_labelled", "model_size")
+    if not points and skipped.height:
+        sizes = sorted(set(skipped["n_labelled"].to_list()))
+        raise dg.Failure(
+            f"morphology_scaling_report: every point of the sweep was skipped: the survey's "
+            f"training split has fewer labelled galaxies than each N of the grid ({sizes}); "
+            "simulate a larger survey (galaxy-assets simulate --n …) or point the survey at "
+            "more labelled shards, then run the sweep's partitions again")
     report = scaling_report(points)
     context.add_output_metadata({
         **scalar_metadata(report.metrics), "verdict": report.verdict,

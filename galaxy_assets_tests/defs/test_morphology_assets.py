@@ -4,6 +4,7 @@ registered, predictions are made per shard, two sweep partitions feed a scaling 
 from __future__ import annotations
 
 import dagster as dg
+import polars as pl
 import pytest
 
 from galaxy_assets.defs.io import ShardParquetIOManager
@@ -84,3 +85,17 @@ def test_encoder_predictions_and_sweep(isolated_home, tmp_path):
         meta = report.asset_materializations_for_node("morphology_scaling_report")[0].metadata
         assert "alpha" in meta["report"].value and "plot" in meta
         assert "16000" in meta["skipped_points"].value
+
+
+def test_a_sweep_whose_every_point_was_skipped_says_why(isolated_home):
+    """Every N above the survey's labelled galaxies: the report names that, not 'run the
+    sweep's partitions first' (they did run)."""
+    points = {
+        f"{n}|tiny": pl.DataFrame([{"n_labelled": n, "model_size": "tiny", "val_loss": None,
+                                    "point": ""}], schema_overrides={"val_loss": pl.Float64})
+        for n in (16000, 32000)
+    }
+    context = dg.build_asset_context()
+    with pytest.raises(dg.Failure, match=r"every point of the sweep was skipped.*16000, 32000"):
+        morphology_scaling_report(context, morphology_scaling_point=points,
+                                  home=HomeResource(root=str(isolated_home)))
