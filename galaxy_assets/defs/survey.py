@@ -66,6 +66,21 @@ def raw_cutouts(
         check_consistency(frame, survey.bands),
         check_unique_across_shards(frame, key, others),
     ]
+    checks = [
+        dg.AssetCheckResult(check_name=o.name, passed=o.passed, description=o.description,
+                            metadata=o.metadata, severity=dg.AssetCheckSeverity.ERROR)
+        for o in outcomes
+    ]
+    failed = [o for o in outcomes if not o.passed]
+    if failed:
+        # blocking checks: the manifest is not stored, so no later run (caption_sample, the
+        # encoder's training set) reads a shard the checks refused
+        yield from checks
+        raise dg.Failure(
+            f"raw_cutouts[{key}]: blocking check(s) failed, the manifest was not stored: "
+            + "; ".join(f"{o.name}: {o.description}" for o in failed),
+            metadata={"rejected_table": dg.MetadataValue.path(str(rejects_path))},
+        )
     yield dg.Output(
         frame,
         metadata={
@@ -80,14 +95,7 @@ def raw_cutouts(
             "preview": dg.MetadataValue.md(to_markdown(frame, max_rows=5)),
         },
     )
-    for outcome in outcomes:
-        yield dg.AssetCheckResult(
-            check_name=outcome.name,
-            passed=outcome.passed,
-            description=outcome.description,
-            metadata=outcome.metadata,
-            severity=dg.AssetCheckSeverity.ERROR,
-        )
+    yield from checks
 
 
 survey_job = dg.define_asset_job(

@@ -158,6 +158,10 @@ def test_duplicate_ids_across_shards_fail_blocking_check(isolated_home, tmp_path
         checks = {c.check_name: c for c in res.get_asset_check_evaluations()}
         assert not checks["unique_object_ids"].passed
         assert "healpix=201" in checks["unique_object_ids"].description
+        # the refused shard's manifest is not stored: no later run reads its galaxies
+        assert not res.success
+        assert not (isolated_home / "parquet" / "raw_cutouts" / f"{keys[1]}.parquet").exists()
+        assert keys[1] not in instance.get_materialized_partitions(dg.AssetKey("raw_cutouts"))
 
 
 def test_the_duplicate_check_compares_current_shards_only(isolated_home, tmp_path):
