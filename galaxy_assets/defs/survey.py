@@ -146,11 +146,12 @@ def _path_id(path) -> str:
     return hashlib.sha256(os.path.abspath(path).encode()).hexdigest()[:12]
 
 
-def _cursor_paths(cursor: str | None) -> dict[str, str]:
-    """The sensor cursor's ``key → path hash`` map; an old or unreadable cursor is empty (the
-    next evaluation records the current paths without running anything)."""
+def _cursor_paths(cursor: str | None, field: str = "at") -> dict[str, str]:
+    """The sensor cursor's ``key → path hash`` map (``field="state"``: ``key → size-mtime``);
+    an old or unreadable cursor is empty (the next evaluation records the current values
+    without running anything)."""
     try:
-        at = json.loads(cursor or "{}").get("at", {})
+        at = json.loads(cursor or "{}").get(field, {})
     except (ValueError, AttributeError):
         return {}
     return {str(k): str(v) for k, v in at.items()} if isinstance(at, dict) else {}
@@ -191,14 +192,22 @@ def survey_shards_sensor(
     # where each known shard was found (a short hash of its path), kept in the cursor: a
     # shard whose root was renamed or remounted elsewhere keeps its key, but its manifest
     # and index rows still name the old path; it runs again to record the new one
-    seen = _cursor_paths(context.cursor)
-    moved = sorted(k for k in existing & set(found)
-                   if k in seen and seen[k] != _path_id(found[k])
-                   and now - _mtime(found[k]) >= SETTLE_S)
-    at = {k: v for k, v in seen.items() if k in found and k in existing}
-    at.update({k: _path_id(found[k]) for k in existing & set(found) if k not in seen or k in moved})
+    # (and its size and mtime: a file replaced in place under the same name keeps the key
+    # too, while the manifest's rows now point at other galaxies)
+    seen, seen_state = _cursor_paths(context.cursor), _cursor_paths(context.cursor, "state")
+    known = sorted(existing & set(found))
+    state = {k: _state(found[k]) for k in known}
+    moved = [k for k in known
+             if ((k in seen and seen[k] != _path_id(found[k]))
+                 or (k in seen_state and seen_state[k] != state[k]))
+             and now - _mtime(found[k]) >= SETTLE_S]
+    at = {k: seen[k] for k in known if k in seen and k not in moved}
+    at.update({k: _path_id(found[k]) for k in known if k not in at})
     at.update({k: _path_id(found[k]) for k in new})
-    cursor = json.dumps({"at": at}, sort_keys=True, separators=(",", ":"))
+    states = {k: seen_state[k] for k in known if k in seen_state and k not in moved}
+    states.update({k: state[k] for k in known if k not in states})
+    states.update({k: _state(found[k]) for k in new})
+    cursor = json.dumps({"at": at, "state": states}, sort_keys=True, separators=(",", ":"))
     if not new and not gone and not moved:
         note = f"; {waiting} still changing" if waiting else ""
         context.update_cursor(cursor)
@@ -207,7 +216,7 @@ def survey_shards_sensor(
     indexed = context.instance.get_latest_materialization_event(dg.AssetKey("aligned_model"))
     job = ingest_shard_job if indexed is not None else survey_job
     context.log.info(f"{len(new)} new shard(s) for {job.name}: {new[:10]}; {len(gone)} gone: "
-                     f"{gone[:10]}; {len(moved)} moved: {moved[:10]}")
+                     f"{gone[:10]}; {len(moved)} moved or replaced: {moved[:10]}")
     # the run key names the file's state: a shard deleted and later restored, or replaced by
     # another file of that name, runs again (the daemon skips a run key it has seen)
     requests = [dg.RunRequest(partition_key=k, run_key=f"{job.name}:{k}:{_state(found[k])}",

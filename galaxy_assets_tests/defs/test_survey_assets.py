@@ -100,6 +100,14 @@ def test_sensor_runs_a_shard_found_at_another_path_again(isolated_home, survey_r
         assert not moved.dynamic_partitions_requests  # same keys: nothing added or deleted
         again, cursor = tick(moved_root, cursor)
         assert isinstance(again, dg.SkipReason)
+        # a file replaced in place by another of that name runs again too
+        replaced = moved_root / "healpix=101" / "001-of-001.hdf5"
+        replaced.unlink()
+        _shard(replaced, 7, "z", 9)
+        rerun, cursor = tick(moved_root, cursor)
+        assert [r.partition_key for r in rerun.run_requests] == [keys[0]]
+        quiet, cursor = tick(moved_root, cursor)
+        assert isinstance(quiet, dg.SkipReason)
         # a sensor that starts without a cursor (an upgrade) records the paths, runs nothing
         fresh, _ = tick(moved_root, None)
         assert isinstance(fresh, dg.SkipReason)
