@@ -17,7 +17,12 @@ from galaxy_assets.defs.resources import (
     SearchIndexResource,
     TextEmbedderResource,
 )
-from galaxy_assets.embedding.image import EmbedStats, embed_shard, open_shard_for
+from galaxy_assets.embedding.image import (
+    EmbedStats,
+    embed_shard,
+    manifest_vectors,
+    open_shard_for,
+)
 from galaxy_assets.survey.manifest import shard_fingerprint
 
 
@@ -55,8 +60,8 @@ def image_embeddings(
         else:
             stats = EmbedStats()
             with open_shard_for(encoder, manifest["shard_uri"][0]) as reader:
-                vectors = embed_shard(reader, encoder, stats=stats)
-            out[key] = vectors.join(manifest.select("object_id"), on="object_id", how="semi")
+                vectors = embed_shard(reader, encoder, stats=stats, with_rows=True)
+            out[key] = manifest_vectors(vectors, manifest)
             meta.update(scalar_metadata(stats.as_metadata()))
         context.add_asset_metadata({"galaxies": out[key].height, **meta}, partition_key=key)
     return out

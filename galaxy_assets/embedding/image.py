@@ -78,6 +78,7 @@ __all__ = [
     "image_encoder_from_settings",
     "image_encoder_kind",
     "iter_shard_vectors",
+    "manifest_vectors",
     "open_shard_for",
     "prepare_aion_flux",
     "registry_encoder_id",
@@ -1192,6 +1193,17 @@ def iter_shard_vectors(
         batches.close()
 
 
+def manifest_vectors(vectors: pl.DataFrame, manifest: pl.DataFrame) -> pl.DataFrame:
+    """The rows of :func:`embed_shard` (``with_rows=True``) that are the manifest's galaxies,
+    matched by ``(object_id, row)``, without the ``row`` column: a shard that repeats an
+    object_id in a row its manifest left out (a broken duplicate) must not give that id a
+    second vector."""
+    import polars as pl
+
+    keys = manifest.select(pl.col("object_id").cast(pl.Utf8), pl.col("row").cast(pl.Int64))
+    return vectors.join(keys, on=["object_id", "row"], how="semi").drop("row")
+
+
 def embed_shard(
     reader: CutoutReader,
     encoder: ImageEncoder,
@@ -1200,9 +1212,12 @@ def embed_shard(
     *,
     prefetch: int = 2,
     stats: EmbedStats | None = None,
+    with_rows: bool = False,
 ) -> pl.DataFrame:
     """Vectors for every galaxy of an open shard: ``object_id`` (str), ``encoder`` (the
-    encoder id), ``vector`` (Array[Float32, dim], unit norm), in shard row order.
+    encoder id), ``vector`` (Array[Float32, dim], unit norm), in shard row order; with
+    ``with_rows`` also ``row`` (the shard row, to match a manifest: a shard may repeat an
+    object_id in a row its manifest left out).
 
     Batches of ``batch_size`` (default: the encoder's) are read ``prefetch`` batches ahead in
     a background thread (0: no thread), so the model never waits for the disk; pixels are
@@ -1239,6 +1254,7 @@ def embed_shard(
                 progress(done, total)
     vectors = vectors[:done]
     object_ids = np.concatenate(ids) if ids else np.zeros(0, dtype=str)
+    rows = np.arange(done, dtype=np.int64)  # iter_batches yields every row, in order
     good = np.isfinite(vectors).all(axis=1)
     n_bad = int((~good).sum())
     if n_bad:
@@ -1252,7 +1268,7 @@ def embed_shard(
             encoder.encoder_id,
             bad_ids[:5],
         )
-        vectors, object_ids = vectors[good], object_ids[good]
+        vectors, object_ids, rows = vectors[good], object_ids[good], rows[good]
     stats.n_read = done
     stats.n_embedded = int(vectors.shape[0])
     stats.n_skipped = n_bad
@@ -1266,9 +1282,14 @@ def embed_shard(
         stats.rate,
         stats.read_wait_seconds,
     )
-    return pl.DataFrame(
+    frame = pl.DataFrame(
         [
             pl.Series("object_id", object_ids, dtype=pl.Utf8),
+            pl.Series("row", rows, dtype=pl.Int64),
             pl.Series("vector", vectors, dtype=pl.Array(pl.Float32, dim)),
         ]
-    ).select("object_id", pl.lit(encoder.encoder_id, dtype=pl.Utf8).alias("encoder"), "vector")
+    )
+    columns = ["object_id", *(["row"] if with_rows else []), "encoder", "vector"]
+    return frame.with_columns(pl.lit(encoder.encoder_id, dtype=pl.Utf8).alias("encoder")).select(
+        columns
+    )

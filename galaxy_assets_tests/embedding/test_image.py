@@ -536,6 +536,32 @@ def test_embed_shard_skips_broken_galaxies_and_checks_bands(tmp_path):
             embed_shard(reader, enc)
 
 
+def test_vectors_follow_the_manifest_rows_when_a_shard_repeats_an_id(tmp_path):
+    """A repeated object_id: the manifest keeps one row (here the later one, the first being
+    broken); the image embeddings must hold that row's vector once, not both rows'."""
+    from galaxy_assets.embedding.image import manifest_vectors
+    from galaxy_assets.survey.manifest import build_manifest
+
+    imgs = _galaxies(10, 16, seed=6)
+    imgs[1] = np.nan
+    ids = [f"g{i:04d}" for i in range(10)]
+    ids[9], ids[7] = ids[1], ids[6]
+    path = write_mmu_shard(tmp_path / "healpix=8" / "001-of-001.hdf5", images=imgs,
+                           bands=list("griz"), object_id=ids, ra=np.linspace(10, 11, 10),
+                           dec=np.linspace(-1, 1, 10))
+    with open_shard(path, ivar=False) as reader:
+        manifest = build_manifest(reader, "healpix=8__001-of-001").frame
+        vectors = embed_shard(reader, _PixelMeanEncoder(), with_rows=True)
+    assert manifest.height == 8 and vectors.columns == ["object_id", "row", "encoder", "vector"]
+    kept = manifest_vectors(vectors, manifest)
+    assert kept.columns == ["object_id", "encoder", "vector"]
+    assert kept.height == 8 and kept["object_id"].is_unique().all()
+    by_id = dict(zip(kept["object_id"], kept["vector"].to_list(), strict=True))
+    row_of = dict(zip(manifest["object_id"], manifest["row"], strict=True))
+    assert row_of["g0001"] == 9  # the broken row 1 was left out, its duplicate kept
+    np.testing.assert_allclose(by_id["g0001"], vectors.filter(pl.col("row") == 9)["vector"][0])
+
+
 def test_embed_shard_propagates_errors_and_stops_the_reader(tmp_path):
     path = _shard(tmp_path, _galaxies(40, 16, seed=5))
     with open_shard(path, ivar=False) as reader, pytest.raises(RuntimeError, match="exploded"):
