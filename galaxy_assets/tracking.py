@@ -36,6 +36,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
@@ -348,6 +349,13 @@ class PromotionResult:
     reason: str
 
 
+def _is_remote_uri(text: str) -> bool:
+    """Whether ``text`` is a URI with a scheme other than file (s3://, gs://, …), not a path
+    (a Windows drive letter is a path)."""
+    match = re.match(r"^([A-Za-z][A-Za-z0-9+.-]+)://", text)
+    return match is not None and match.group(1).lower() != "file"
+
+
 class Tracker:
     """MLflow tracking + registry in ``tracking_uri`` (``sqlite:///…`` by default), with new
     experiments storing artifacts under ``artifact_root/<experiment>``."""
@@ -364,13 +372,20 @@ class Tracker:
             raise TrackingError("tracking_uri is empty; use e.g. sqlite:///path/to/mlflow.db")
         self.tracking_uri = tracking_uri
         self.registry_uri = registry_uri or tracking_uri
-        self.artifact_root = Path(artifact_root).expanduser().resolve()
+        # an object-store URI (s3://bucket/mlflow, gs://…) stays a URI: as a Path it became a
+        # local folder "s3:/bucket/…" and every model was written to one machine's disk
+        root = str(artifact_root)
+        self.artifact_uri: str | None = root.rstrip("/") if _is_remote_uri(root) else None
+        self.artifact_root = (
+            Path(artifact_root).expanduser().resolve() if self.artifact_uri is None else None
+        )
         self.allowed_loaders = tuple(allowed_loaders)
         self._client: MlflowClient | None = None
         local_db = _sqlite_path(tracking_uri)
         if local_db is not None:
             local_db.parent.mkdir(parents=True, exist_ok=True)
-        self.artifact_root.mkdir(parents=True, exist_ok=True)
+        if self.artifact_root is not None:
+            self.artifact_root.mkdir(parents=True, exist_ok=True)
 
     @classmethod
     def from_home(cls, home: Any) -> Tracker:
@@ -398,7 +413,7 @@ class Tracker:
         return self._client
 
     def __repr__(self) -> str:
-        return f"Tracker({self.tracking_uri!r}, {str(self.artifact_root)!r})"
+        return f"Tracker({self.tracking_uri!r}, {self.artifact_uri or str(self.artifact_root)!r})"
 
     # ------------------------------------------------------------- experiments / runs
     def experiment_id(self, name: str) -> str:
@@ -413,7 +428,11 @@ class Tracker:
             return exp.experiment_id
         from mlflow.exceptions import MlflowException
 
-        location = _file_uri(self.artifact_root / name)
+        location = (
+            f"{self.artifact_uri}/{name}"
+            if self.artifact_uri is not None
+            else _file_uri(self.artifact_root / name)  # type: ignore[operator]
+        )
         try:
             return self.client.create_experiment(name, artifact_location=location)
         except MlflowException:

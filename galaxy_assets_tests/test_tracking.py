@@ -178,3 +178,17 @@ def test_concurrent_first_runs_share_a_new_sqlite_store(tmp_path):
         [Tracker(uri, tmp_path / "art").experiment_id("race")]
     )
     assert sorted(r.info.run_name for r in runs) == ["p0", "p1", "p2"]
+
+
+def test_an_object_store_artifact_root_stays_a_uri(tmp_path, monkeypatch):
+    """The cluster profile's s3:// artifact root is handed to MLflow as is; as a Path it became
+    a local folder 's3:/…' and models were written to one machine's disk."""
+    monkeypatch.chdir(tmp_path)
+    t = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "s3://galaxy-assets/mlflow/")
+    assert t.artifact_uri == "s3://galaxy-assets/mlflow" and t.artifact_root is None
+    assert not (tmp_path / "s3:").exists()
+    exp = t.client.get_experiment(t.experiment_id("search-aligner"))
+    assert exp.artifact_location == "s3://galaxy-assets/mlflow/search-aligner"
+    assert "s3://galaxy-assets/mlflow" in repr(t)
+    local = Tracker(f"sqlite:///{tmp_path}/mlflow.db", tmp_path / "art")
+    assert local.artifact_uri is None and local.artifact_root == (tmp_path / "art").resolve()
