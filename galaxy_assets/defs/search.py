@@ -1,6 +1,8 @@
 """The searchable index: `galaxy_index` (LanceDB, upserted per shard), its upkeep, and the
 automation that keeps it in step with new shards and new champion aligners."""
 
+import time
+
 import dagster as dg
 import polars as pl
 from dagster_polars import DataFramePartitions
@@ -134,9 +136,12 @@ def search_aligner_champion_sensor(
             + ("no shards yet" if not keys else "the index already serves it")),
             cursor=version)
     context.log.info(f"search-aligner@{alias} → v{version}: re-indexing {len(keys)} shard(s)")
+    # the cursor already asks once per move; a run key naming only the version would be one
+    # the daemon has seen after a rollback (v1 → v2 → v1), and that re-index never ran
+    previous = context.cursor or "none"
     return dg.SensorResult(
         run_requests=[dg.RunRequest(
-            run_key=f"reindex:{alias}:v{version}",
+            run_key=f"reindex:{alias}:v{previous}->v{version}:{time.time_ns()}",
             tags={"dagster/asset_partition_range_start": keys[0],
                   "dagster/asset_partition_range_end": keys[-1]},
         )],

@@ -210,6 +210,11 @@ def test_champion_sensor_reindexes_every_shard_once_per_new_champion(isolated_ho
                                       cursor=str(version))
         skip = search_aligner_champion_sensor(ctx)
         assert isinstance(skip, dg.SkipReason) and "still version" in skip.skip_message
+        # a rollback (v1 → v2 → v1) asks again with a run key the daemon has not seen
+        ctx = dg.build_sensor_context(instance=instance, resources=resources, cursor="99")
+        back = search_aligner_champion_sensor(ctx)
+        assert back.run_requests[0].run_key != request.run_key
+        assert "v99->v" in back.run_requests[0].run_key
 
 
 def test_search_evaluation_without_embeddings_says_what_to_materialize():
