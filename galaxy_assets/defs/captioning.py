@@ -94,6 +94,17 @@ def vlm_captions(
         )
     finally:
         model.close()
+    if run.attempted and run.captioned == 0 and run.failed == run.attempted:
+        # a wrong key, base_url or model fails every galaxy: say so instead of an empty table
+        first = store.failures().filter(pl.col("object_id").is_in(
+            caption_sample["object_id"].to_list()))["reason"].head(1).to_list()
+        raise dg.Failure(
+            f"vlm_captions: all {run.attempted} caption requests failed "
+            f"({', '.join(f'{k}: {v}' for k, v in run.failure_reasons.items())}); first "
+            f"reason: {first[0] if first else 'unknown'}. Check the captioner settings (backend "
+            f"{model.backend}, model {model.model_id}); failures are in {store.failures_path}",
+            metadata={"failure_reasons": dg.MetadataValue.json(run.failure_reasons)},
+        )
     ids = caption_sample["object_id"]
     all_captions = store.captions().filter(pl.col("object_id").is_in(ids.to_list()))
     current = all_captions.filter(

@@ -107,6 +107,39 @@ def test_caption_assets_with_openai_backend(isolated_home, tmp_path, monkeypatch
         assert again.output_for_node("vlm_captions").height == 20
 
 
+@pytest.mark.slow
+def test_a_captioner_that_fails_every_galaxy_fails_the_asset(isolated_home, tmp_path):
+    """A wrong API key fails each request: vlm_captions says so and why, instead of
+    materializing an empty table that the aligner then cannot train on."""
+    root = tmp_path / "survey"
+    _survey(root, n=6)
+    with FakeOpenAIServer(api_key=KEY) as server, dg.instance_for_test() as instance:
+        resources = {
+            "home": HomeResource(root=str(isolated_home)),
+            "survey": SurveyResource(roots=[str(root)], bands=BANDS, cutout_size=0),
+            "compute": ComputeResource(device="cpu"),
+            "captioner": CaptionerResource(backend="openai", base_url=server.base_url,
+                                           model="fake-vlm", api_key="sk-wrong-key"),
+            "text_embedder": TextEmbedderResource(),
+            "io_manager": ShardParquetIOManager(base_dir=str(isolated_home / "parquet")),
+        }
+        keys = ["healpix=0__001-of-001", "healpix=1__001-of-001"]
+        instance.add_dynamic_partitions(shard_partitions.name, keys)
+        for key in keys:
+            dg.materialize([raw_cutouts], partition_key=key, instance=instance, resources=resources)
+        result = dg.materialize(
+            [raw_cutouts, caption_sample, vlm_captions], selection=[caption_sample, vlm_captions],
+            instance=instance, resources=resources, raise_on_error=False,
+            run_config={"ops": {"caption_sample": {"config": {"n": 4, "seed": 1}}}},
+        )
+        assert not result.success
+        (failure,) = [e for e in result.get_step_failure_events()
+                      if e.step_key == "vlm_captions"]
+        message = failure.event_specific_data.error.message
+        assert "all 4 caption requests failed" in message and "401" in message
+        assert "sk-wrong-key" not in message
+
+
 def test_captioner_resource_errors():
     with pytest.raises(CaptionerError, match="base_url"):
         CaptionerResource(backend="openai").build(ComputeResource(device="cpu"))
