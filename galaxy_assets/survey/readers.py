@@ -99,7 +99,15 @@ def find_shards(root: str | Path) -> list[Path]:
             "at folders holding MMU .hdf5 shards or FITS cutout folders"
         )
     shards: list[Path] = []
-    for folder, dirnames, filenames in os.walk(root):
+    # symlinked folders are followed (data on another disk is often linked in), each real
+    # folder once (a link cycle ends there)
+    visited: set[str] = set()
+    for folder, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in visited:
+            dirnames[:] = []
+            continue
+        visited.add(real)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         here = Path(folder)
         visible = [f for f in filenames if not f.startswith(".")]

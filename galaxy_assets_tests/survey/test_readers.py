@@ -66,6 +66,19 @@ def test_resolve_unknown_and_ambiguous(tmp_path, make_shard):
         resolve_shard([tmp_path / "a", tmp_path / "b"], "healpix=1__x")
 
 
+def test_symlinked_shard_folders_are_found_once(tmp_path, make_shard):
+    """A root whose cell folders are links to another disk finds their shards, as
+    resolve_shard does; a link cycle does not loop."""
+    make_shard("disk/healpix=7/001-of-001.hdf5", n=2)
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "healpix=7").symlink_to(tmp_path / "disk" / "healpix=7", target_is_directory=True)
+    (root / "healpix=7" / "loop").symlink_to(root, target_is_directory=True)
+    shards = find_shards(root)
+    assert [p.relative_to(root).as_posix() for p in shards] == ["healpix=7/001-of-001.hdf5"]
+    assert resolve_shard([root], "healpix=7__001-of-001") == shards[0]
+
+
 def test_find_shards_missing_root(tmp_path):
     with pytest.raises(SurveyConfigError, match="does not exist"):
         find_shards(tmp_path / "nowhere")
