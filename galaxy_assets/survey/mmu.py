@@ -690,7 +690,11 @@ def write_mmu_shard(
     if ids.dtype.kind in "iu":
         id_arr = ids.astype(np.int64)
     else:
-        encoded = [str(v).encode("utf-8") for v in ids.tolist()]
+        # bytes (ids copied from another MMU shard) are text already: str() would store "b'…'"
+        encoded = [
+            bytes(v) if isinstance(v, bytes | np.bytes_) else str(v).encode("utf-8")
+            for v in ids.tolist()
+        ]
         width = max((len(v) for v in encoded), default=1) or 1
         id_arr = np.asarray(encoded, dtype=f"S{width}")
     band_bytes = np.asarray([b.encode("utf-8") for b in band_list])

@@ -223,3 +223,16 @@ def test_close_is_idempotent_and_closed_reader_refuses(make_shard):
     reader.close()
     with pytest.raises(SurveyConfigError, match="closed"):
         reader.read_rows([0])
+
+
+def test_byte_string_ids_are_written_as_their_text(tmp_path):
+    """Ids copied from another MMU shard come back from h5py as bytes: they are stored as
+    their text, not as the literal "b'39627'"."""
+    from galaxy_assets.survey.mmu import MMUShardReader, write_mmu_shard
+
+    images = np.ones((2, 4, 8, 8), np.float32)
+    path = write_mmu_shard(tmp_path / "s.hdf5", images=images, bands=list("griz"),
+                           object_id=np.array([b"39627", b"39628"]), ra=[1.0, 2.0],
+                           dec=[0.0, 0.0])
+    with MMUShardReader(path) as reader:
+        assert reader.object_id.tolist() == ["39627", "39628"]
