@@ -83,6 +83,7 @@ class CaptionerSettings(BaseModel):
     api_key_env: str = Field("", description="name of the environment variable holding the API key")
     prompt: str = "describe_v1"
     max_new_tokens: int = Field(200, gt=0)
+    max_words: int = Field(200, gt=0, description="openai: longer replies are failures")
     temperature: float = Field(
         0.0, ge=0.0, description="0: deterministic decoding; transformers: > 0 samples"
     )

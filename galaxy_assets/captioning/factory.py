@@ -48,6 +48,7 @@ def _openai(cfg: dict[str, Any]) -> Captioner:
         api_key=cfg.get("api_key"),
         prompt=cfg.get("prompt", "describe_v1"),
         max_tokens=cfg.get("max_new_tokens", 300),
+        max_words=cfg.get("max_words", 200),
         concurrency=cfg.get("concurrency", 4),
         request_budget=cfg.get("request_budget"),
         temperature=cfg.get("temperature", 0.0),

@@ -101,6 +101,7 @@ class CaptionerResource(dg.ConfigurableResource):
     api_key: str | None = None
     prompt: str = "describe_v1"
     max_new_tokens: int = 200
+    max_words: int = 200  # openai: a longer reply is recorded as a failure (too_long)
     temperature: float = 0.0
     timeout_s: float = 60.0
     image_size: int | None = None
@@ -125,6 +126,7 @@ class CaptionerResource(dg.ConfigurableResource):
             api_key=self.api_key,
             prompt=self.prompt,
             max_new_tokens=self.max_new_tokens,
+            max_words=self.max_words,
             temperature=self.temperature,
             timeout_s=self.timeout_s,
             image_size=self.image_size,
@@ -263,6 +265,7 @@ def default_resources() -> dict[str, object]:
             api_key=_secret(settings.captioner.api_key_env),
             prompt=settings.captioner.prompt,
             max_new_tokens=settings.captioner.max_new_tokens,
+            max_words=settings.captioner.max_words,
             temperature=settings.captioner.temperature,
             timeout_s=settings.captioner.timeout_s,
             image_size=settings.captioner.image_size,

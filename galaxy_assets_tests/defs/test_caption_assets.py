@@ -158,11 +158,12 @@ def test_every_captioner_setting_reaches_the_captioner(isolated_home, tmp_path, 
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text("captioner:\n  backend: openai\n  base_url: http://127.0.0.1:9/v1\n"
                    "  model: vlm\n  temperature: 0.7\n  timeout_s: 5\n  image_size: 64\n"
-                   "  request_budget: 10\n")
+                   "  request_budget: 10\n  max_words: 300\n")
     monkeypatch.setenv("GALAXY_ASSETS_CONFIG", str(cfg))
     built = default_resources()["captioner"].build(ComputeResource(device="cpu"))
     assert (built.temperature, built.image_size) == (0.7, 64)
     assert (built.client.timeout_s, built.client.request_budget) == (5.0, 10)
+    assert built.max_words == 300  # the too_long message names this setting
 
 
 def test_caption_vectors_are_not_reused_across_captioners():
