@@ -351,6 +351,10 @@ def shard_fingerprint(manifest: pl.DataFrame) -> str:
         if path.exists():
             st = path.stat()
             digest.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+            if path.is_dir():  # a FITS folder: a file edited in place leaves the folder's own
+                for f in sorted(path.iterdir()):  # size and mtime as they were
+                    fst = f.stat()
+                    digest.update(f"{f.name}:{fst.st_size}:{fst.st_mtime_ns}".encode())
     for column in ("object_id", "row"):
         digest.update(cols[column].cast(pl.Utf8).str.join("\x1f").item().encode())
     return digest.hexdigest()[:16]

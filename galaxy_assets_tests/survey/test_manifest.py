@@ -135,3 +135,25 @@ def test_frame_is_polars_with_exact_dtypes(make_shard):
     assert isinstance(frame, pl.DataFrame)
     for name, dtype in MANIFEST_COLUMNS.items():
         assert frame.schema[name] == dtype, name
+
+
+def test_a_fits_folder_fingerprint_follows_its_files(make_fits_folder):
+    """Pixels fixed in place in one FITS file leave the folder's own size and mtime alone; the
+    fingerprint (which decides whether image embeddings are reused) must still change."""
+    import os
+
+    from astropy.io import fits
+
+    from galaxy_assets.survey.fits import FitsFolderReader
+    from galaxy_assets.survey.manifest import build_manifest, shard_fingerprint
+
+    folder, _ = make_fits_folder(n=3)
+    with FitsFolderReader(folder) as reader:
+        manifest = build_manifest(reader, "fits").frame
+    before = shard_fingerprint(manifest)
+    folder_mtime = folder.stat().st_mtime_ns
+    path = sorted(folder.iterdir())[1]
+    with fits.open(path, mode="update") as hdul:
+        hdul[0].data = hdul[0].data * 2.0
+    os.utime(folder, ns=(folder_mtime, folder_mtime))
+    assert shard_fingerprint(manifest) != before
