@@ -511,4 +511,17 @@ def build_text_embedder(kind: str = "sentence-transformers", **cfg: Any) -> Text
         raise TextEmbedderError(
             f"text_embedder ({key}): unknown setting(s) {unknown}; valid: {valid}"
         )
+    required = [
+        name
+        for name, p in params.items()
+        if name != "self"
+        and p.default is inspect.Parameter.empty
+        and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        and name not in cfg
+    ]
+    if required:
+        raise TextEmbedderError(
+            f"text_embedder ({key}) needs {', '.join(f'text_embedder.{n}' for n in required)}; "
+            "set them in the settings file or the GALAXY_ASSETS_TEXT_EMBEDDER_* variables"
+        )
     return cls(**cfg)

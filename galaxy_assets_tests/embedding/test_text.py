@@ -115,6 +115,9 @@ def test_factory_errors():
         build_text_embedder("st", model="/no/such/folder", base_url=None, device="cpu")
     with pytest.raises(TextEmbedderError, match="set only one of"):
         build_text_embedder("sentence-transformers", model="/a", model_path="/b")
+    # empty settings arrive as None and are dropped: the error names them, not a TypeError
+    with pytest.raises(TextEmbedderError, match="text_embedder.base_url, text_embedder.model"):
+        build_text_embedder("openai", base_url=None, model=None, device="cpu")
 
 
 # -- OpenAI-compatible endpoint ----------------------------------------------------------------
