@@ -118,7 +118,21 @@ class ImageEncoderSettings(BaseModel):
     name: str = Field("", description="timm: the backbone name, e.g. convnext_nano")
     checkpoint: str = Field("", description="timm: a local checkpoint file (e.g. Zoobot's)")
     model: str = Field("", description="aion: the weights folder or hub id")
+    bands: list[str] = Field(
+        default_factory=list,
+        description="timm, aion: the bands read, in order (empty: g, r, i, z); e.g. g, r, z",
+    )
     batch_size: int = Field(256, gt=0)
+
+    @field_validator("bands")
+    @classmethod
+    def _known_bands(cls, bands: list[str]) -> list[str]:
+        unknown = [b for b in bands if b not in KNOWN_BANDS]
+        if unknown or len(set(bands)) != len(bands):
+            raise ValueError(
+                f"image_encoder.bands {bands}: give distinct bands among {list(KNOWN_BANDS)}"
+            )
+        return bands
     # test-time views each vector averages over: rot4 (quarter turns, 4 passes), d8 (and their
     # mirror images, 8 passes) or none; on the demo survey rot4 raised semantic mergers from
     # 0.64 to 0.84 and on unseen surveys from 0.31 to 0.45 (means of three aligner seeds;
@@ -259,7 +273,12 @@ class Settings(BaseModel):
         return [self.home_folder().mock_survey]
 
 
-_LIST_KEYS = {("survey", "roots"), ("survey", "bands"), ("cluster", "k8s_env_secrets")}
+_LIST_KEYS = {
+    ("survey", "roots"),
+    ("survey", "bands"),
+    ("image_encoder", "bands"),
+    ("cluster", "k8s_env_secrets"),
+}
 # YAML-valued variables: GALAXY_ASSETS_CLUSTER_GPU_NODE_SELECTOR='{cloud.google.com/gke-accelerator: nvidia-h100-80gb}'
 _YAML_KEYS = {("cluster", "gpu_node_selector"), ("cluster", "gpu_tolerations")}
 

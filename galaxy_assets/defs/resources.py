@@ -187,6 +187,7 @@ class ImageEncoderResource(dg.ConfigurableResource):
     name: str = ""  # timm backbone name
     checkpoint: str = ""  # timm: local checkpoint file
     model: str = ""  # aion: weights folder or hub id
+    bands: list[str] = []  # timm, aion: the bands read (empty: g, r, i, z)
     batch_size: int = 256
     tta: str = "rot4"  # test-time views: rot4, d8 or none
 

@@ -313,6 +313,25 @@ def test_image_queries_rebuild_a_timm_encoder_from_the_settings(tmp_path, monkey
         _image_encoder_for(aligner, None, load_settings())
 
 
+def test_a_three_band_survey_sets_the_timm_encoders_bands(tmp_path, monkeypatch):
+    """image_encoder.bands (e.g. g, r, z for a survey without i) reaches a timm encoder, whose
+    input convolution takes that many planes; the shard opens with those bands."""
+    from galaxy_assets.defs.resources import ComputeResource, ImageEncoderResource
+    from galaxy_assets.settings import load_settings
+
+    monkeypatch.setenv("GALAXY_ASSETS_IMAGE_ENCODER_KIND", "timm")
+    monkeypatch.setenv("GALAXY_ASSETS_IMAGE_ENCODER_NAME", "resnet10t")
+    monkeypatch.setenv("GALAXY_ASSETS_IMAGE_ENCODER_BANDS", "g,r,z")
+    monkeypatch.setenv("GALAXY_ASSETS_IMAGE_ENCODER_TTA", "none")
+    resource = ImageEncoderResource.from_settings(load_settings())
+    encoder = resource.build(ComputeResource(device="cpu"), None)
+    assert tuple(encoder.bands) == ("g", "r", "z")
+    path = _shard(tmp_path, _galaxies(3, 32)[:, [0, 1, 3]], bands=("g", "r", "z"))
+    with open_shard_for(encoder, path) as reader:
+        frame = embed_shard(reader, encoder)
+    assert frame.height == 3
+
+
 # --------------------------------------------------------------------------- AION
 def test_aion_band_mapping():
     with pytest.raises(ImageEncoderError, match="image_encoder.model is not set"):
