@@ -453,6 +453,9 @@ def _validate_views(
     return {"view_loss": float(loss), "view_t2i_recall_at_5": float(hit)}
 
 
+VIEW_TARGET_BLOCK = 1024  # views compared at once in _view_targets
+
+
 def _view_targets(
     pairs: PairedData, val_obj: np.ndarray, threshold: float = VIEW_DUPLICATE_THRESHOLD
 ) -> tuple[np.ndarray, torch.Tensor]:
@@ -469,10 +472,15 @@ def _view_targets(
     if rows.size == 0:
         return rows, torch.zeros((0, len(val_obj)))
     v = torch.nn.functional.normalize(torch.from_numpy(pairs.text[rows]).float(), dim=-1)
-    same = (v @ v.T) >= threshold
-    onehot = torch.zeros((len(rows), len(val_obj)))
-    onehot[torch.arange(len(rows)), torch.from_numpy(owner)] = 1.0
-    return rows, ((same.float() @ onehot) > 0).float()
+    owner_t = torch.from_numpy(owner)
+    target = torch.zeros((len(rows), len(val_obj)))
+    # in blocks of views: the views × views similarity would be n_views² floats at once
+    for s in range(0, len(rows), VIEW_TARGET_BLOCK):
+        same = ((v[s : s + VIEW_TARGET_BLOCK] @ v.T) >= threshold).float()
+        hits = torch.zeros((same.shape[0], len(val_obj)))
+        hits.index_add_(1, owner_t, same)
+        target[s : s + VIEW_TARGET_BLOCK] = (hits > 0).float()
+    return rows, target
 
 
 def train_aligner(
@@ -582,7 +590,8 @@ def train_on_pairs(
         starts = torch.from_numpy(pairs.caption_start[train_obj])
         counts = torch.from_numpy(pairs.caption_count[train_obj])
         train_obj_t = torch.from_numpy(train_obj)
-        view_rows, view_target = _view_targets(pairs, val_obj)
+        # the view metrics use the first eval_max validation galaxies, as _validate does
+        view_rows, view_target = _view_targets(pairs, val_obj[: tc.eval_max])
         val_views = text_all[torch.from_numpy(view_rows).to(text_all.device)]
 
         gen = torch.Generator().manual_seed(int(tc.seed))
@@ -652,7 +661,14 @@ def train_on_pairs(
             val = _validate(model, val_image, val_text, batch, dims, tc.eval_max, device, amp_dtype)
             if len(view_rows):
                 val.update(
-                    _validate_views(model, val_image, val_views, view_target, device, amp_dtype)
+                    _validate_views(
+                        model,
+                        val_image[: tc.eval_max],
+                        val_views,
+                        view_target,
+                        device,
+                        amp_dtype,
+                    )
                 )
             if not math.isfinite(val["loss"]):
                 raise AlignmentError(
@@ -771,10 +787,14 @@ def _train_ensemble(
     val_text = text_all[torch.from_numpy(pairs.caption_start[val_obj])]
     batch = min(tc.batch_size, max(2, int((~is_val).sum())))
     best = _validate(model, val_image, val_text, batch, None, tc.eval_max, device, amp_dtype)
-    view_rows, view_target = _view_targets(pairs, val_obj)
+    view_rows, view_target = _view_targets(pairs, val_obj[: tc.eval_max])
     if len(view_rows):
         val_views = text_all[torch.from_numpy(view_rows)]
-        best.update(_validate_views(model, val_image, val_views, view_target, device, amp_dtype))
+        best.update(
+            _validate_views(
+                model, val_image[: tc.eval_max], val_views, view_target, device, amp_dtype
+            )
+        )
     model = model.to("cpu").eval()
     history = [{**row, "member": float(k)} for k, r in enumerate(results) for row in r.history]
     log.info(

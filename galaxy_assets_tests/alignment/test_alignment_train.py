@@ -206,3 +206,26 @@ def test_bad_settings_are_named(data):
         train_aligner(images, captions, train_config={"epoch": 3})
     with pytest.raises(AlignmentError, match="comes from the training data"):
         train_aligner(images, captions, model_config={"image_dim": 3})
+
+
+def test_view_targets_in_blocks_match_the_dense_matrix(monkeypatch):
+    """The validation views' targets are built a block of views at a time (the views × views
+    similarity would need n_views² floats): the same matrix as all at once."""
+    from types import SimpleNamespace
+
+    import galaxy_assets.alignment.train as T
+
+    rng = np.random.default_rng(0)
+    counts = rng.integers(1, 6, 300)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    text = rng.normal(size=(int(counts.sum()), 16)).astype(np.float32)
+    text[5], text[77] = text[40], text[3]  # texts two galaxies share
+    pairs = SimpleNamespace(caption_count=counts, caption_start=starts, text=text)
+    val = np.arange(0, 300, 2)
+    monkeypatch.setattr(T, "VIEW_TARGET_BLOCK", 7)
+    rows, blocked = T._view_targets(pairs, val)
+    monkeypatch.setattr(T, "VIEW_TARGET_BLOCK", 10**6)
+    rows_all, dense = T._view_targets(pairs, val)
+    assert np.array_equal(rows, rows_all) and torch.equal(blocked, dense)
+    owner = np.repeat(np.arange(len(val)), np.maximum(counts[val] - 1, 0))
+    assert bool((dense[np.arange(len(rows)), owner] == 1).all())  # each view finds its galaxy
