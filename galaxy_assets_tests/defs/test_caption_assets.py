@@ -42,6 +42,23 @@ def _survey(root, n=30):
                         dec=np.full(n, 2.0), ivar=np.ones_like(images))
 
 
+def _ingested(instance, home, root, captioner: CaptionerResource) -> dict:
+    """The resources of the caption assets, with both shards of ``_survey`` materialized."""
+    resources = {
+        "home": HomeResource(root=str(home)),
+        "survey": SurveyResource(roots=[str(root)], bands=BANDS, cutout_size=0),
+        "compute": ComputeResource(device="cpu"),
+        "captioner": captioner,
+        "text_embedder": TextEmbedderResource(),
+        "io_manager": ShardParquetIOManager(base_dir=str(home / "parquet")),
+    }
+    keys = ["healpix=0__001-of-001", "healpix=1__001-of-001"]
+    instance.add_dynamic_partitions(shard_partitions.name, keys)
+    for key in keys:
+        dg.materialize([raw_cutouts], partition_key=key, instance=instance, resources=resources)
+    return resources
+
+
 @pytest.mark.slow
 def test_caption_assets_with_openai_backend(isolated_home, tmp_path, monkeypatch):
     root = tmp_path / "survey"
@@ -49,21 +66,10 @@ def test_caption_assets_with_openai_backend(isolated_home, tmp_path, monkeypatch
     monkeypatch.setenv("FAKE_VLM_KEY", KEY)
     with FakeOpenAIServer(api_key=KEY) as server, dg.instance_for_test() as instance:
         server.add_fault("refusal", times=1)  # the first galaxy asked gets a refusal
-        resources = {
-            "home": HomeResource(root=str(isolated_home)),
-            "survey": SurveyResource(roots=[str(root)], bands=BANDS, cutout_size=0),
-            "compute": ComputeResource(device="cpu"),
-            "captioner": CaptionerResource(
-                backend="openai", base_url=server.base_url, model="fake-vlm",
-                api_key=dg.EnvVar("FAKE_VLM_KEY"), concurrency=2,
-            ),
-            "text_embedder": TextEmbedderResource(),
-            "io_manager": ShardParquetIOManager(base_dir=str(isolated_home / "parquet")),
-        }
-        keys = ["healpix=0__001-of-001", "healpix=1__001-of-001"]
-        instance.add_dynamic_partitions(shard_partitions.name, keys)
-        for key in keys:
-            dg.materialize([raw_cutouts], partition_key=key, instance=instance, resources=resources)
+        resources = _ingested(instance, isolated_home, root, CaptionerResource(
+            backend="openai", base_url=server.base_url, model="fake-vlm",
+            api_key=dg.EnvVar("FAKE_VLM_KEY"), concurrency=2,
+        ))
         run_config = {"ops": {"caption_sample": {"config": {"n": 20, "seed": 1}}}}
         result = dg.materialize(
             [raw_cutouts, caption_sample, vlm_captions, caption_embeddings],
@@ -114,19 +120,9 @@ def test_a_captioner_that_fails_every_galaxy_fails_the_asset(isolated_home, tmp_
     root = tmp_path / "survey"
     _survey(root, n=6)
     with FakeOpenAIServer(api_key=KEY) as server, dg.instance_for_test() as instance:
-        resources = {
-            "home": HomeResource(root=str(isolated_home)),
-            "survey": SurveyResource(roots=[str(root)], bands=BANDS, cutout_size=0),
-            "compute": ComputeResource(device="cpu"),
-            "captioner": CaptionerResource(backend="openai", base_url=server.base_url,
-                                           model="fake-vlm", api_key="sk-wrong-key"),
-            "text_embedder": TextEmbedderResource(),
-            "io_manager": ShardParquetIOManager(base_dir=str(isolated_home / "parquet")),
-        }
-        keys = ["healpix=0__001-of-001", "healpix=1__001-of-001"]
-        instance.add_dynamic_partitions(shard_partitions.name, keys)
-        for key in keys:
-            dg.materialize([raw_cutouts], partition_key=key, instance=instance, resources=resources)
+        resources = _ingested(instance, isolated_home, root, CaptionerResource(
+            backend="openai", base_url=server.base_url, model="fake-vlm", api_key="sk-wrong-key",
+        ))
         result = dg.materialize(
             [raw_cutouts, caption_sample, vlm_captions], selection=[caption_sample, vlm_captions],
             instance=instance, resources=resources, raise_on_error=False,
