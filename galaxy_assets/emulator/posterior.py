@@ -331,6 +331,18 @@ def posterior_summaries(
     for label in labels:
         model.target_index(label)
     ids = _ids(frame, id_column)
+    # one summary row per galaxy, joined label by label on the id: a repeated or empty id
+    # would multiply rows (k repeats became k² rows)
+    seen, repeated = set(), []
+    for oid in ids.tolist():
+        if oid == "" or oid in seen:
+            repeated.append(oid)
+        seen.add(oid)
+    if repeated:
+        raise EmulatorDataError(
+            f"{len(repeated)} row(s) of the frame have an empty or repeated {id_column} (e.g. "
+            f"{sorted(set(repeated))[:5]}); give one row per galaxy with an id"
+        )
     out = pl.DataFrame({"object_id": ids}, schema={"object_id": pl.Utf8})
     skipped_all: set[str] = set()
     for i, label in enumerate(labels):

@@ -62,6 +62,11 @@ def test_summaries_and_skipped_rows(gaussian_model):
     np.testing.assert_allclose((p84 - p16) / 2, 0.5, atol=0.12)
     assert not summary.frame["y_multimodal"].any()
     assert summary.metadata()["skipped"] == 1
+    # one row per galaxy: repeated or missing ids are refused (they multiplied the rows)
+    for ids in (["a", "a", "b"], ["a", None, "b"]):
+        bad = pl.DataFrame({"object_id": ids, "x": [0.0, 1.0, 2.0]})
+        with pytest.raises(EmulatorDataError, match="empty or repeated object_id"):
+            posterior_summaries(model, bad, n_samples=50, seed=0)
 
 
 def test_sample_posterior_counts_and_restricts_inputs(chain_model):
