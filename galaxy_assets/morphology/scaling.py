@@ -345,10 +345,13 @@ def fit_power_law(
         )
     order = np.argsort(n_arr)
     form, p, err = _fit(n_arr[order], l_arr[order])
+    n_values = len(np.unique(n_arr))
     note = (
         ""
         if form == "a*N^-alpha+c"
-        else (f"{len(np.unique(n_arr))} N values: c fixed at 0 (four or more needed to fit c)")
+        else f"{n_values} N values: c fixed at 0 (four or more needed to fit c)"
+        if n_values < 4
+        else f"{n_values} N values, but the fit with c did not converge: c fixed at 0"
     )
     return PowerLawFit(
         model_size,

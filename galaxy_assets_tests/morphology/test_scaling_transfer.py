@@ -42,6 +42,18 @@ def test_power_law_fit_recovers_the_exponent():
         fit_power_law([1000, 1000], [3.0, 2.0])
 
 
+def test_a_failed_fit_with_c_says_so(monkeypatch):
+    import scipy.optimize
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("no convergence")
+
+    monkeypatch.setattr(scipy.optimize, "curve_fit", fails)
+    fit = fit_power_law([500, 1000, 2000, 4000, 8000], [40.0, 35.0, 32.0, 30.0, 29.0])
+    assert fit.form == "a*N^-alpha" and "did not converge" in fit.note
+    assert "four or more needed" not in fit.note
+
+
 def test_report_judges_parameters_per_question():
     rng = np.random.default_rng(1)
     qs = ["q1", "q2"]
