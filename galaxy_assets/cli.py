@@ -136,6 +136,7 @@ def ensure_mock_survey(home: Home, n: int, size: int, seed: int, workers: int) -
 
     marker = home.mock_survey / SIMULATION_MARKER
     wanted = {"n": n, "size": size, "seed": seed, "generator": GENERATOR_VERSION}
+    marker_existed = marker.is_file()
     if marker.is_file():
         have = json.loads(marker.read_text())
         if {k: have.get(k) for k in wanted} == wanted:
@@ -146,14 +147,16 @@ def ensure_mock_survey(home: Home, n: int, size: int, seed: int, workers: int) -
         home.mock_survey.mkdir(parents=True)
     info = _simulate(home.mock_survey, n, size, seed, nside=16, workers=workers)
     print(f"mock survey: simulated {info['n']} galaxies in {info['shards']} shard(s) in {info['seconds']:.1f} s")
-    return info
+    # a survey simulated again keeps its shard keys (healpix=N__001-of-001) but holds other
+    # galaxies: whatever was built from the old one must be built again
+    return {**info, "resimulated": marker_existed}
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     home = Home.from_env(args.home)
     prepare_dagster_home(home)
     print(f"home: {home.root}")
-    ensure_mock_survey(home, args.n, args.size, args.seed, args.workers)
+    survey_info = ensure_mock_survey(home, args.n, args.size, args.seed, args.workers)
     # the demo reads the cutouts at the size it simulated them (unless configured otherwise)
     os.environ.setdefault("GALAXY_ASSETS_SURVEY_CUTOUT_SIZE", str(args.size))
 
@@ -167,6 +170,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     survey = defs.resources["survey"]
     found = survey.discover(home)
     known = set(instance.get_dynamic_partitions(shard_partitions.name))
+    if survey_info.get("resimulated"):
+        # same shard keys, other galaxies: every manifest, model and index row is rebuilt
+        # (as --force), and the shards the new survey lacks leave the partitions and the index
+        args.force = True
+        for key in sorted(known - set(found)):
+            instance.delete_dynamic_partition(shard_partitions.name, key)
+        vanished = sorted(known - set(found))
+        if vanished:
+            print(f"survey: {len(vanished)} shard(s) of the old survey are gone; dropping them")
+            if home.lancedb.exists():  # their index rows go too
+                defs.resolve_job_def("index_maintenance_job").execute_in_process(
+                    instance=instance, run_config=QUIET, raise_on_error=False
+                )
+        known = set(instance.get_dynamic_partitions(shard_partitions.name))
     new = sorted(set(found) - known)
     if new:
         instance.add_dynamic_partitions(shard_partitions.name, new)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from galaxy_assets.cli import (
     _embeddings_outdated,
     _encoder_epochs,
@@ -66,3 +68,33 @@ def test_an_aligner_whose_evaluation_failed_is_evaluated_and_indexed_on_rerun():
     assert _unevaluated_aligner({"aligner_version": "search-aligner/v3"}, {"candidate_version": 2})
     assert _unevaluated_aligner({"aligner_version": "search-aligner/v1"}, {})
     assert not _unevaluated_aligner({}, {"candidate_version": 2})  # no aligner yet
+
+
+@pytest.mark.slow
+def test_a_survey_simulated_again_is_ingested_again(isolated_home, monkeypatch):
+    """Another --seed simulates the survey again under the same shard keys: every manifest is
+    rebuilt from the new files and the model stages run as with --force (the old manifests
+    were kept and pointed at rows that now hold other galaxies)."""
+    import polars as pl
+
+    from galaxy_assets import cli
+
+    seen = []
+    monkeypatch.setattr(cli, "_run_captions", lambda defs, instance, args: True)
+    monkeypatch.setattr(cli, "_run_models",
+                        lambda defs, instance, keys, args: seen.append(args.force) or True)
+    home = isolated_home
+    # set here, so that they are restored after the test (the demo sets them for its process)
+    monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster"))
+    monkeypatch.setenv("GALAXY_ASSETS_SURVEY_CUTOUT_SIZE", "32")
+    common = ["demo", "--n", "40", "--size", "32", "--workers", "1", "--home", str(home)]
+    assert cli.main([*common, "--seed", "0"]) == 0
+    assert cli.main([*common, "--seed", "1"]) == 0
+    assert seen == [False, True]
+    from galaxy_assets.survey.readers import find_shards, shard_key
+
+    survey = home / "mock_survey"
+    keys = [shard_key(survey, p) for p in find_shards(survey)]
+    manifests = [home / "parquet" / "raw_cutouts" / f"{k}.parquet" for k in keys]
+    ids = pl.concat([pl.read_parquet(p) for p in manifests])["object_id"]
+    assert ids.len() == 40 and all(str(o).startswith("mock1-") for o in ids)
