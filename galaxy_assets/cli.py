@@ -408,6 +408,19 @@ def _unevaluated_aligner(aligned: dict, evaluated: dict) -> bool:
     return str(evaluated.get("candidate_version")) != version.rsplit("/v", 1)[1]
 
 
+def _captions_changed(aligned: dict, captions: dict) -> bool:
+    """Whether the caption texts or their embedder differ from those the last aligner learned
+    from (a smaller --captions sample, imported captions, a cached captioner switched back to,
+    another text embedder: nothing is described anew, yet the training texts changed). An
+    aligner from before this was recorded counts as unchanged."""
+    pairs = (("caption_texts_fingerprint", "texts_fingerprint"), ("caption_embedder", "embedder"))
+    return any(
+        aligned.get(mine) is not None and captions.get(theirs) is not None
+        and aligned[mine] != captions[theirs]
+        for mine, theirs in pairs
+    )
+
+
 def _report_outdated(meta: dict) -> bool:
     """Whether the latest evaluation (its metadata) was written by code whose report held less
     than this code's (no ``report_version``, or an older one)."""
@@ -440,7 +453,9 @@ def _run_models(defs, instance, keys: list[str], args: argparse.Namespace) -> bo
         if _embeddings_outdated(_partition_metadata(instance, "image_embeddings", k), champion)]
     shards = keys if retrain else sorted(set(outdated) | set(missing("image_embeddings"))
                                          | set(missing("morphology_predictions")))
-    new_captions = bool(_latest_metadata(instance, "vlm_captions").get("described_now"))
+    new_captions = bool(_latest_metadata(instance, "vlm_captions").get("described_now")) or (
+        _captions_changed(_latest_metadata(instance, "aligned_model"),
+                          _latest_metadata(instance, "caption_embeddings")))
     realign = bool(retrain or shards or new_captions or absent("aligned_model"))
     reemulate = bool(retrain or shards or absent("property_emulator"))
     # a new rating rule or another captioner makes the re-ranked figures stale

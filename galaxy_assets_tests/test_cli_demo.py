@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from galaxy_assets.cli import (
+    _captions_changed,
     _embeddings_outdated,
     _encoder_epochs,
     _encoder_schedule_changed,
@@ -98,3 +99,15 @@ def test_a_survey_simulated_again_is_ingested_again(isolated_home, monkeypatch):
     manifests = [home / "parquet" / "raw_cutouts" / f"{k}.parquet" for k in keys]
     ids = pl.concat([pl.read_parquet(p) for p in manifests])["object_id"]
     assert ids.len() == 40 and all(str(o).startswith("mock1-") for o in ids)
+
+
+def test_changed_caption_texts_retrain_the_aligner():
+    """A smaller --captions sample, imported captions or another embedder describe nothing
+    new, yet change what the aligner learns from: the demo retrains it."""
+    aligned = {"caption_texts_fingerprint": "abc", "caption_embedder": "minilm"}
+    assert not _captions_changed(aligned, {"texts_fingerprint": "abc", "embedder": "minilm"})
+    assert _captions_changed(aligned, {"texts_fingerprint": "def", "embedder": "minilm"})
+    assert _captions_changed(aligned, {"texts_fingerprint": "abc", "embedder": "other"})
+    # an aligner from before the texts were recorded, or no captions yet: no evidence
+    assert not _captions_changed({}, {"texts_fingerprint": "def", "embedder": "minilm"})
+    assert not _captions_changed(aligned, {})

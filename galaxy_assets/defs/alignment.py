@@ -112,7 +112,15 @@ def aligned_model(
         progress=lambda m: context.log.info(f"aligner epoch: {m}"),
     )
     reg = register_aligner(result, tracker)
-    context.add_output_metadata({**scalar_metadata(result.summary()),
+    # which captions it learned from: a rerun retrains when they change (galaxy-assets demo)
+    captions = context.instance.get_latest_materialization_event(
+        dg.AssetKey("caption_embeddings"))
+    texts = {}
+    if captions is not None and captions.asset_materialization is not None:
+        meta = captions.asset_materialization.metadata
+        texts = {f"caption_{k}": meta[k].value for k in ("texts_fingerprint", "embedder")
+                 if k in meta}
+    context.add_output_metadata({**scalar_metadata(result.summary()), **texts,
                                  "aligner_version": reg.aligner_version, "run_id": reg.run_id})
     return pl.DataFrame([{"name": reg.name, "version": reg.version, "alias": reg.alias,
                           "aligner_version": reg.aligner_version, "run_id": reg.run_id}])

@@ -118,6 +118,11 @@ def test_demo_with_one_corrupt_shard(isolated_home):
 
     with dg.DagsterInstance.from_config(str(home.dagster)) as instance:
         meta = _latest_metadata(instance, "search_evaluation")
+        aligned = _latest_metadata(instance, "aligned_model")
+        captions = _latest_metadata(instance, "caption_embeddings")
+    # the aligner records the captions it learned from (a rerun retrains when they change)
+    assert aligned["caption_texts_fingerprint"] == captions["texts_fingerprint"]
+    assert aligned["caption_embedder"] == captions["embedder"]
     for target in ("spirals", "mergers", "lenses"):
         assert meta[f"grid_{target}"].startswith(f"![{target}](data:image/png;base64,"), target
         assert str(meta[f"grid_{target}_path"]).endswith(f"grids/{target}.png")
