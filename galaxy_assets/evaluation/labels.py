@@ -427,7 +427,9 @@ class TargetLabels:
         if self.expected is None or self.n_candidates == 0:
             return None
         order = np.lexsort((self.object_ids, -self.expected))
-        return ndcg_at_k(self.object_ids[order].tolist(), self.as_mapping(), k)
+        value = ndcg_at_k(self.object_ids[order].tolist(), self.as_mapping(), k)
+        # undefined (NaN) when no galaxy is relevant at all: no ceiling to state
+        return float(value) if value is not None and np.isfinite(value) else None
 
     def to_frame(self) -> pl.DataFrame:
         return pl.DataFrame(

@@ -436,7 +436,8 @@ class EvaluationResult:
             rr = self.ndcg(t, "semantic_rerank", k)
             bar = info.get("min_ndcg_at_10")
             fin = math.isfinite
-            meets = None if bar is None else (fin(sem) and sem >= bar)
+            # a target with no relevant galaxy has no defined nDCG: its bar cannot be checked
+            meets = None if bar is None or not fin(sem) else sem >= bar
             out.append(
                 QualityCheck(
                     target=t,

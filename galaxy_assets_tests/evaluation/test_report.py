@@ -221,3 +221,30 @@ def test_report_shows_the_label_ceiling_beside_the_bar(world, tmp_path: Path):
     text = write_report(res, tmp_path / "report", {}).text
     assert "label ceiling" in text and f"{ceiling:.3f}" in text
     assert EvaluationResult.from_json(res.to_json()).to_dict() == res.to_dict()
+
+
+def test_a_target_with_no_relevant_galaxy_is_not_called_a_failure(world, tmp_path):
+    """A survey with no lens: nDCG is undefined, so the lenses bar cannot be checked (it was
+    reported as FAIL, "semantic n/a < bar"); a vote target with no relevant galaxy has no label
+    ceiling, and the report still writes (a NaN ceiling broke its JSON)."""
+    import polars as pl
+
+    from galaxy_assets.evaluation.labels import EvaluationLabels, TargetLabels
+
+    truth = world.truth.with_columns(pl.lit(False).alias("is_lens"))
+    res = evaluate(labels_from_truth(truth), search_fn=world.search_fn(),
+                   image_embeddings=world.embeddings, n_boot=20, n_random=2)
+    lenses = {q.target: q for q in res.quality_bar()}["lenses"]
+    assert lenses.meets_bar is None and lenses.passed is None and lenses.reasons() == []
+    assert res.summary()["quality_bar"]["lenses"] is None
+
+    target = default_targets()["mergers"]
+    ids = np.array([f"g{i}" for i in range(50)])
+    quiet = TargetLabels(target, ids, np.zeros(50), "mock truth tables", 0,
+                         expected=np.full(50, 0.02))
+    assert quiet.label_ceiling(10) is None
+    none = evaluate(EvaluationLabels({"mergers": quiet}),
+                    search_fn=lambda qs, k: [ids[:k].tolist()] * len(qs), n_boot=10, n_random=2)
+    none.to_json(tmp_path / "evaluation.json")  # no NaN in the JSON
+    assert json.loads((tmp_path / "evaluation.json").read_text())["targets"]["mergers"][
+        "label_ceiling_ndcg@10"] is None
