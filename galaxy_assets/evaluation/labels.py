@@ -1026,7 +1026,28 @@ def labels_from_lens_catalogue(
             f"target {t.name!r} is {t.kind}; a lens catalogue gives binary labels"
         )
     frame, source = _as_frame(catalogue)
-    matched, report = _match(
+    if grade_column in frame.columns:
+        # graded before matching: a galaxy matched by a near low-grade entry and a farther
+        # confirmed one of the same system must keep the confirmed one (the crossmatch keeps
+        # the nearest row of each galaxy)
+        grades = {str(g).strip().upper() for g in positive_grades}
+        graded = frame.filter(
+            pl.col(grade_column)
+            .cast(pl.Utf8)
+            .str.strip_chars()
+            .str.to_uppercase()
+            .is_in(list(grades))
+        )
+        if graded.height < frame.height:
+            log.info(
+                "lens catalogue %s: %d of %d rows have a grade outside %s and are not lenses",
+                source,
+                frame.height - graded.height,
+                frame.height,
+                sorted(grades),
+            )
+        frame = graded
+    positive, report = _match(
         frame,
         manifest,
         match_on=match_on,
@@ -1036,17 +1057,6 @@ def labels_from_lens_catalogue(
         dec_column=dec_column,
         source=source,
     )
-    if grade_column in matched.columns:
-        grades = {str(g).strip().upper() for g in positive_grades}
-        positive = matched.filter(
-            pl.col(grade_column)
-            .cast(pl.Utf8)
-            .str.strip_chars()
-            .str.to_uppercase()
-            .is_in(list(grades))
-        )
-    else:
-        positive = matched
     ids = manifest["object_id"].cast(pl.Utf8).unique(maintain_order=True)
     pos = set(positive["object_id"].to_list())
     rel = np.fromiter(

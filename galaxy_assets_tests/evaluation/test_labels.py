@@ -434,3 +434,17 @@ def test_label_ceiling_ranks_by_the_expected_vote_fractions(world):
     assert labels_from_truth(world.truth)["spirals"].label_ceiling() is None
     with pytest.raises(EvaluationError, match="expected relevances"):
         TargetLabels(sp.target, sp.object_ids, sp.relevance, "x", 0, sp.expected[:-1])
+
+
+def test_a_confirmed_lens_is_kept_beside_a_nearer_low_grade_entry():
+    """A merged lens list repeats a system: a grade-D entry 0.2" away and a grade-A one 0.5"
+    away. The galaxy is a lens (the D row used to win the nearest-row match and the A row was
+    dropped before grades were looked at)."""
+    from galaxy_assets.evaluation.labels import labels_from_lens_catalogue
+
+    manifest = pl.DataFrame({"object_id": ["g0", "g1"], "ra": [150.0, 151.0], "dec": [2.0, 2.0]})
+    catalogue = pl.DataFrame({"ra": [150.0 + 0.5 / 3600, 150.0 + 0.2 / 3600],
+                              "dec": [2.0, 2.0], "grade": ["A", "D"]})
+    labels = labels_from_lens_catalogue(catalogue, manifest)["lenses"]
+    assert dict(zip(labels.object_ids.tolist(), labels.relevance.tolist(), strict=True)) == {
+        "g0": 1.0, "g1": 0.0}
