@@ -785,14 +785,27 @@ def _require_manifest(manifest: pl.DataFrame, cols: Sequence[str]) -> None:
 def _degrees(frame: pl.DataFrame, column: str, source: str) -> np.ndarray:
     """``frame[column]`` as float degrees (null → NaN); a CatalogueError for text such as
     sexagesimal coordinates."""
-    try:
-        return frame[column].cast(pl.Float64).fill_null(math.nan).to_numpy()
-    except pl.exceptions.PolarsError as exc:
-        raise CatalogueError(
-            f"{source}: column {column!r} ({frame[column].dtype}) must hold decimal degrees "
-            f"(e.g. {frame[column][0]!r} is not); convert sexagesimal coordinates first, "
-            "e.g. with astropy.coordinates.SkyCoord"
-        ) from exc
+    raw = frame[column]
+    values = raw.cast(pl.Float64, strict=False)
+    failed = raw.is_not_null() & values.is_null()
+    if failed.any():
+        bad = raw.filter(failed)
+        if failed.sum() == raw.is_not_null().sum():  # nothing parses: a format, not a typo
+            raise CatalogueError(
+                f"{source}: column {column!r} ({raw.dtype}) must hold decimal degrees (e.g. "
+                f"{bad[0]!r} is not); convert sexagesimal coordinates first, e.g. with "
+                "astropy.coordinates.SkyCoord"
+            )
+        # a placeholder such as '--' in a few rows: those rows have no position (counted and
+        # left unmatched), the rest are read
+        log.warning(
+            "%s: %d value(s) of column %r are not numbers (e.g. %r); those rows are left out",
+            source,
+            int(failed.sum()),
+            column,
+            bad[0],
+        )
+    return values.fill_null(math.nan).to_numpy()
 
 
 def crossmatch(

@@ -322,6 +322,20 @@ def test_crossmatch_errors():
                    source="lenses.csv")
 
 
+def test_a_placeholder_in_a_few_coordinates_leaves_those_rows_out(caplog):
+    """One '--' made the whole column text and the error blamed sexagesimal coordinates,
+    quoting a valid value; now that row has no position and the rest are matched."""
+    from galaxy_assets.evaluation.labels import labels_from_lens_catalogue
+
+    manifest = pl.DataFrame({"object_id": ["g0", "g1"], "ra": [150.0, 151.0], "dec": [2.0, 2.0]})
+    catalogue = pl.DataFrame({"ra": ["150.0", "--", "151.0"], "dec": ["2.0", "--", "2.0"],
+                              "grade": ["A", "B", "C"]})
+    with caplog.at_level("WARNING"):
+        labels = labels_from_lens_catalogue(catalogue, manifest)["lenses"]
+    assert labels.n_targets == 2
+    assert "are not numbers (e.g. '--')" in caplog.text
+
+
 def test_match_by_id():
     cat = pl.DataFrame({"object_id": ["A", "A", "Z", "C"], "v": [1, 2, 3, 4]})
     kept, rep = match_by_id(cat, _manifest())
