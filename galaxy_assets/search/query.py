@@ -386,6 +386,12 @@ def read_fits_cutout(path: str | os.PathLike[str], bands: Sequence[str] | None) 
                 f"{path}: an image HDU has no BAND, FILTER or EXTNAME naming its band; name "
                 "every band's HDU"
             )
+        if band in named:  # e.g. a mask or variance HDU carrying the band's FILTER keyword
+            raise QueryError(
+                f"{path}: two image HDUs name band {band!r} (the second is "
+                f"{header.get('EXTNAME') or 'unnamed'}); keep one image per band, or mark "
+                "inverse variance with EXTNAME='IVAR_<band>' (as the survey's FITS reader does)"
+            )
         named[band] = data
     order = want or list(named)
     missing = [b for b in order if b not in named]

@@ -108,6 +108,23 @@ def test_truncated_and_blank_fits(engine, survey_index, tmp_path):
         engine.search_image(tmp_path / "missing.fits", k=1)
 
 
+def test_a_band_named_by_two_hdus_is_refused(tmp_path):
+    """A mask HDU that copies the image's FILTER keyword used to replace the image plane
+    silently (the query then searched with zeros)."""
+    from galaxy_assets.search.query import read_fits_cutout
+
+    hdus = [fits.PrimaryHDU()]
+    for kind, value in (("IMAGE", 1.0), ("MASK", 0.0)):
+        for band in "griz":
+            hdu = fits.ImageHDU(np.full((8, 8), value, np.float32), name=f"{kind}_{band.upper()}")
+            hdu.header["FILTER"] = band
+            hdus.append(hdu)
+    path = tmp_path / "masked.fits"
+    fits.HDUList(hdus).writeto(path)
+    with pytest.raises(QueryError, match=r"two image HDUs name band 'g' \(the second is MASK_G\)"):
+        read_fits_cutout(path, list("griz"))
+
+
 def test_png_queries_need_an_rgb_encoder(survey_index, text_embedder, aligner, tmp_path):
     from PIL import Image
 
