@@ -52,7 +52,8 @@ class ShardParquetIOManager(PolarsParquetIOManager):
         tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex}.tmp")
         try:
             super().dump_to_path(context, obj, type(path)(str(tmp)))
-            os.replace(tmp, final)
+            if tmp.exists():  # an Optional output that is None writes nothing
+                os.replace(tmp, final)
         finally:
             tmp.unlink(missing_ok=True)
         return None

@@ -201,3 +201,16 @@ def test_the_duplicate_check_compares_current_shards_only(isolated_home, tmp_pat
                     if c.check_name == "unique_object_ids"]
         assert check.passed  # the old copy under the vanished key is not compared
         assert pl.read_parquet(stored / f"{keys[0]}.parquet").height == 5  # rewritten whole
+
+
+def test_an_optional_output_that_is_none_writes_nothing(tmp_path):
+    """dagster-polars skips an Optional output that is None; the atomic write must not then
+    try to move a file that was never written."""
+
+    @dg.asset
+    def maybe_frame() -> pl.DataFrame | None:
+        return None
+
+    io = ShardParquetIOManager(base_dir=str(tmp_path))
+    assert dg.materialize([maybe_frame], resources={"io_manager": io}).success
+    assert not list(tmp_path.rglob("*.parquet")) and not list(tmp_path.rglob("*.tmp"))
