@@ -8,7 +8,9 @@ text ever names a file.
 
 :class:`ThumbnailCache` keeps PNG bytes in an in-memory LRU and, when given a folder, in
 files named by a hash of (object_id, table version, size): a new table version renders
-again (its rows may point at other pixels), and a restarted server finds its files.
+again (its rows may point at other pixels), and a restarted server finds its files. Every
+table commit is a new version, so the folder is held under ``max_bytes``: every
+``prune_every`` writes, the files used longest ago go first.
 """
 
 from __future__ import annotations
@@ -51,9 +53,19 @@ class ThumbnailCache:
     """PNG bytes keyed by (object_id, table version, size): an LRU of ``max_items`` in memory,
     backed by files under ``folder`` when one is given (written atomically)."""
 
-    def __init__(self, folder: str | os.PathLike[str] | None = None, max_items: int = 2048) -> None:
+    def __init__(
+        self,
+        folder: str | os.PathLike[str] | None = None,
+        max_items: int = 2048,
+        *,
+        max_bytes: int = 512 * 2**20,
+        prune_every: int = 200,
+    ) -> None:
         self.folder = Path(folder) if folder is not None else None
         self.max_items = max(1, int(max_items))
+        self.max_bytes = int(max_bytes)
+        self.prune_every = max(1, int(prune_every))
+        self._writes = 0
         self._memory: OrderedDict[str, bytes] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = 0
@@ -91,6 +103,10 @@ class ThumbnailCache:
                 log.warning("thumbnail cache file %s unreadable (%s)", path, exc)
                 data = None
             if data:
+                try:  # the files used longest ago are pruned first
+                    os.utime(path)
+                except OSError:
+                    pass
                 self._remember(key, data)
                 with self._lock:
                     self.hits += 1
@@ -107,11 +123,41 @@ class ThumbnailCache:
                 with os.fdopen(fd, "wb") as fh:
                     fh.write(data)
                 os.replace(tmp, path)
+                with self._lock:
+                    self._writes += 1
+                    due = self._writes % self.prune_every == 0
+                if due:
+                    self.prune()
             except OSError as exc:  # a read-only cache folder only costs re-rendering
                 log.warning("cannot write thumbnail cache file %s (%s)", path, exc)
                 if tmp is not None:
                     Path(tmp).unlink(missing_ok=True)
         return data
+
+    def prune(self) -> int:
+        """Delete the least recently used files until the folder holds at most 80% of
+        ``max_bytes``; returns how many were deleted."""
+        if self.folder is None or not self.folder.is_dir():
+            return 0
+        files = []
+        for f in self.folder.glob("*/*.png"):
+            try:
+                st = f.stat()
+            except OSError:  # removed meanwhile
+                continue
+            files.append((st.st_mtime, st.st_size, f))
+        total = sum(size for _, size, _ in files)
+        if total <= self.max_bytes:
+            return 0
+        deleted = 0
+        for _, size, f in sorted(files, key=lambda t: t[0]):
+            if total <= 0.8 * self.max_bytes:
+                break
+            f.unlink(missing_ok=True)
+            total -= size
+            deleted += 1
+        log.info("thumbnail cache: %d old files removed (%d bytes kept)", deleted, total)
+        return deleted
 
     def __len__(self) -> int:
         with self._lock:

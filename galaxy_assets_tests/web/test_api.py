@@ -588,3 +588,23 @@ def test_paging_with_more_reaches_the_last_rank_served(text_app, monkeypatch):
             break
         offset += 8
     assert len(seen) == 20 == len(set(seen)) and offset == 16
+
+
+def test_the_thumbnail_folder_is_held_under_its_size_limit(tmp_path):
+    """Every table commit is a new version and renders again: the folder prunes the files
+    used longest ago instead of growing without bound."""
+    import os
+
+    from galaxy_assets.web.thumbnails import ThumbnailCache
+
+    cache = ThumbnailCache(tmp_path, max_items=2, max_bytes=10_000, prune_every=5)
+    png = b"\x89PNG" + b"x" * 996
+    for version in range(50):
+        cache.get("gal0001", version, 128, lambda: png)
+    files = list(tmp_path.glob("*/*.png"))
+    assert len(files) <= 10 and sum(f.stat().st_size for f in files) <= 10_000
+    # a file read from disk counts as used: the newest versions are the ones kept
+    newest = ThumbnailCache(tmp_path).key("gal0001", 49, 128)
+    assert any(f.stem == newest for f in files)
+    assert not any(f.stem == ThumbnailCache.key("gal0001", 0, 128) for f in files)
+    assert os.listdir(tmp_path)  # the folder itself stays
