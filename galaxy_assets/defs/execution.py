@@ -420,6 +420,13 @@ def _claim(slots, instance, pool: str, step_key: str, priority: int) -> bool:
         return slots.claim(pool, step_key, priority)
 
 
+def _run_is_over(instance, run_id: str) -> bool:
+    """Whether the run has finished or is being cancelled: its queued steps must not start
+    (the run's pool slots were freed when it ended, so they would run unguarded)."""
+    run = instance.get_run_by_id(run_id)
+    return run is None or run.is_finished or run.status == dg.DagsterRunStatus.CANCELING
+
+
 def run_step_on_dask_worker(dependencies, payload: bytes):
     """The dask task of one step: claim its pool slot, then dagster-dask's step execution.
 
@@ -434,7 +441,11 @@ def run_step_on_dask_worker(dependencies, payload: bytes):
         pickle.loads(payload)
     )
     with DagsterInstance.from_ref(instance_ref) as instance:
+        if _run_is_over(instance, dagster_run.run_id):
+            return []  # the run ended (interrupted, failed) while this step was queued
         with pool_slot(instance, dagster_run, step_key, pool, priority):
+            if _run_is_over(instance, dagster_run.run_id):
+                return []  # it ended while the step waited for its slot
             return query_on_dask_worker(
                 dependencies,
                 recon_job,
@@ -506,9 +517,14 @@ def pooled_dask_executor() -> dg.ExecutorDefinition:
                             )
                             futures.append(future)
                             by_key[step.key] = future
-                    done = dask.distributed.as_completed(futures, with_results=True)
-                    for _, events in iterate_with_context(raise_execution_interrupts, done):
-                        yield from events
+                    try:
+                        done = dask.distributed.as_completed(futures, with_results=True)
+                        for _, events in iterate_with_context(raise_execution_interrupts, done):
+                            yield from events
+                    finally:
+                        # an interrupted or failed run: its queued steps must not start after
+                        # its slots are freed below (a step already running finishes alone)
+                        client.cancel([f for f in futures if not f.done()])
             finally:
                 instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
                 if not isinstance(cluster, str):

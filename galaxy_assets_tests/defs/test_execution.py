@@ -738,3 +738,30 @@ def test_two_processes_never_both_claim_the_one_slot_of_a_sqlite_pool(tmp_path):
         for p in procs:
             p.join(timeout=60)
     assert claimed == [1] * rounds  # exactly one process holds the slot in every round
+
+
+def test_a_queued_step_of_a_run_that_ended_does_not_start(tmp_path, monkeypatch):
+    """An interrupted or failed dask run frees its pool slots; a step of it still queued on a
+    worker must not start then (two lancedb writers ran side by side)."""
+    import pickle
+
+    import dagster_dask.executor as dask_exec
+
+    from galaxy_assets.defs.execution import run_step_on_dask_worker
+
+    started = []
+    monkeypatch.setattr(dask_exec, "query_on_dask_worker",
+                        lambda *args: started.append(args) or ["events"])
+    with _instance(tmp_path) as instance:
+        instance.event_log_storage.set_concurrency_slots("lancedb_writer", 1)
+        run = instance.create_run_for_job(dg.GraphDefinition("g").to_job(), run_id=None)
+
+        def payload(r):
+            return pickle.dumps((None, r, {}, "write", "lancedb_writer", 0, instance.get_ref(),
+                                 None))
+
+        instance.handle_run_event(run.run_id, dg.DagsterEvent(
+            event_type_value="PIPELINE_START", job_name=run.job_name))
+        assert run_step_on_dask_worker([], payload(run)) == ["events"] and len(started) == 1
+        instance.report_run_failed(instance.get_run_by_id(run.run_id))
+        assert run_step_on_dask_worker([], payload(run)) == [] and len(started) == 1
