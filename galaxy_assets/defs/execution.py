@@ -420,6 +420,31 @@ def _claim(slots, instance, pool: str, step_key: str, priority: int) -> bool:
         return slots.claim(pool, step_key, priority)
 
 
+def _check_worker_resources(client, needs: dict[str, dict[str, float]]) -> None:
+    """Refuse a run whose steps ask for a dask resource (``GPU``) that none of the cluster's
+    workers offers: dask would hold those steps forever, with no message."""
+    workers = (client.scheduler_info().get("workers") or {}).values()
+    if not workers:
+        return  # an adaptive cluster may add workers later
+    offered: dict[str, float] = {}
+    for worker in workers:
+        for name, amount in (worker.get("resources") or {}).items():
+            offered[name] = max(offered.get(name, 0.0), float(amount))
+    short = {
+        step: {name: amount for name, amount in need.items() if offered.get(name, 0.0) < amount}
+        for step, need in needs.items()
+    }
+    short = {step: need for step, need in short.items() if need}
+    if short:
+        step, need = next(iter(short.items()))
+        raise ExecutionError(
+            f"{len(short)} step(s) need dask worker resources no worker offers (e.g. {step} "
+            f"needs {need}; the workers offer {offered or 'none'}): start each dask worker with "
+            "--resources GPU=1 (one per GPU, or one per worker on a CPU-only cluster, where it "
+            "is the slot a torch step runs in)"
+        )
+
+
 def _run_is_over(instance, run_id: str) -> bool:
     """Whether the run has finished or is being cancelled: its queued steps must not start
     (the run's pool slots were freed when it ended, so they would run unguarded)."""
@@ -487,10 +512,22 @@ def pooled_dask_executor() -> dg.ExecutorDefinition:
             if self.cluster_type == "existing":
                 cluster = self.cluster_configuration["address"]
             else:
-                cluster = dask.distributed.LocalCluster(**self.build_dict(plan_context.job_name))
+                kwargs = self.build_dict(plan_context.job_name)
+                # each local worker offers one GPU slot (a CPU torch step runs in it too): GPU
+                # steps ask for one, and a cluster with no GPU resource never schedules them
+                kwargs.setdefault("resources", {"GPU": 1})
+                cluster = dask.distributed.LocalCluster(**kwargs)
             try:
                 with dask.distributed.Client(cluster) as client:
                     client.register_plugin(gpu_pinning_plugin())
+                    _check_worker_resources(
+                        client,
+                        {
+                            step.key: get_dask_resource_requirements(step.tags)
+                            for level in execution_plan.get_steps_to_execute_by_level()
+                            for step in level
+                        },
+                    )
                     futures, by_key = [], {}
                     for level in execution_plan.get_steps_to_execute_by_level():
                         for step in level:

@@ -765,3 +765,21 @@ def test_a_queued_step_of_a_run_that_ended_does_not_start(tmp_path, monkeypatch)
         assert run_step_on_dask_worker([], payload(run)) == ["events"] and len(started) == 1
         instance.report_run_failed(instance.get_run_by_id(run.run_id))
         assert run_step_on_dask_worker([], payload(run)) == [] and len(started) == 1
+
+
+def test_gpu_steps_on_workers_without_the_resource_are_refused_at_once():
+    """A dask cluster whose workers declare no GPU resource never schedules a GPU step: the run
+    used to wait forever without a word."""
+    from types import SimpleNamespace
+
+    from galaxy_assets.defs.execution import ExecutionError, _check_worker_resources
+
+    def client(*resources):
+        workers = {f"tcp://w{i}": {"resources": r} for i, r in enumerate(resources)}
+        return SimpleNamespace(scheduler_info=lambda: {"workers": workers})
+
+    needs = {"image_embeddings": {"GPU": 1}, "raw_cutouts": {}}
+    with pytest.raises(ExecutionError, match=r"image_embeddings needs \{'GPU': 1\}.*--resources GPU=1"):
+        _check_worker_resources(client({}, {}), needs)
+    _check_worker_resources(client({}, {"GPU": 1}), needs)  # one worker offers it
+    _check_worker_resources(client(), needs)  # no worker yet (adaptive): nothing to judge
