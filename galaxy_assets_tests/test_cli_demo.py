@@ -72,28 +72,40 @@ def test_an_aligner_whose_evaluation_failed_is_evaluated_and_indexed_on_rerun():
 
 
 @pytest.mark.slow
-def test_a_survey_simulated_again_is_ingested_again(isolated_home, monkeypatch):
+def test_a_survey_simulated_again_is_ingested_again(tmp_path):
     """Another --seed simulates the survey again under the same shard keys: every manifest is
     rebuilt from the new files and the model stages run as with --force (the old manifests
-    were kept and pointed at rows that now hold other galaxies)."""
+    were kept and pointed at rows that now hold other galaxies). The demo runs in its own
+    process (its definitions read the home when imported), with the model stages stubbed."""
+    import os
+    import subprocess
+    import sys
+
     import polars as pl
 
-    from galaxy_assets import cli
-
-    seen = []
-    monkeypatch.setattr(cli, "_run_captions", lambda defs, instance, args: True)
-    monkeypatch.setattr(cli, "_run_models",
-                        lambda defs, instance, keys, args: seen.append(args.force) or True)
-    home = isolated_home
-    # set here, so that they are restored after the test (the demo sets them for its process)
-    monkeypatch.setenv("DAGSTER_HOME", str(home / "dagster"))
-    monkeypatch.setenv("GALAXY_ASSETS_SURVEY_CUTOUT_SIZE", "32")
-    common = ["demo", "--n", "40", "--size", "32", "--workers", "1", "--home", str(home)]
-    assert cli.main([*common, "--seed", "0"]) == 0
-    assert cli.main([*common, "--seed", "1"]) == 0
-    assert seen == [False, True]
     from galaxy_assets.survey.readers import find_shards, shard_key
 
+    home = tmp_path / "home"
+    driver = (
+        "import sys, galaxy_assets.cli as c\n"
+        "c._run_captions = lambda defs, instance, args: True\n"
+        "c._run_models = lambda defs, instance, keys, args: print('FORCE', args.force) or True\n"
+        "sys.exit(c.main(sys.argv[1:]))\n"
+    )
+    env = {k: v for k, v in os.environ.items()
+           if k != "DAGSTER_HOME" and not k.startswith("GALAXY_ASSETS_")}
+    env["GALAXY_ASSETS_HOME"] = str(home)
+    forced = []
+    for seed in ("0", "1"):
+        proc = subprocess.run(
+            [sys.executable, "-c", driver, "demo", "--n", "40", "--size", "32", "--workers",
+             "1", "--seed", seed],
+            env=env, capture_output=True, text=True, timeout=600,
+        )
+        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+        forced += [line.split()[1] for line in proc.stdout.splitlines()
+                   if line.startswith("FORCE ")]
+    assert forced == ["False", "True"]
     survey = home / "mock_survey"
     keys = [shard_key(survey, p) for p in find_shards(survey)]
     manifests = [home / "parquet" / "raw_cutouts" / f"{k}.parquet" for k in keys]
