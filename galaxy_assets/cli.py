@@ -797,7 +797,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     p.add_argument("--home", default=None, help=f"home folder (default ${HOME_ENV} or ./.galaxy_home)")
-    p.add_argument("--force", action="store_true", help="rematerialize shards that already exist")
+    p.add_argument("--force", action="store_true",
+                   help="redo every stage: ingest every shard again, retrain the encoder and "
+                   "everything after it")
     p.add_argument(
         "--captions", type=int, default=2000, help="galaxies in the caption sample (default 2000)"
     )
@@ -972,6 +974,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     if not args.verbose:
         logging.getLogger("galaxy_assets").setLevel(logging.INFO)
+    if getattr(args, "home", None):
+        # --home stands for $GALAXY_ASSETS_HOME for the whole command, so the home's
+        # config.yaml (read by load_settings through the variable) is that home's
+        os.environ[HOME_ENV] = str(Home.from_env(args.home).root)
     return int(args.func(args) or 0)
 
 

@@ -160,3 +160,13 @@ def test_negative_terms_are_query_terms_not_options(monkeypatch):
     assert seen[-1].query == ["spiral", "-halo", "-text:bar^0.5"] and seen[-1].k == 3
     assert cli.main(["-v", "search", "-hii", "spiral"]) == 0
     assert seen[-1].query == ["spiral", "-hii"] and seen[-1].verbose
+
+
+def test_home_option_reads_that_homes_config(isolated_home, tmp_path, capsys):
+    # --home stands for GALAXY_ASSETS_HOME: the home's config.yaml decides the table searched
+    other = tmp_path / "other_home"
+    other.mkdir()
+    (other / "config.yaml").write_text("search:\n  table: my_table\n")
+    assert main(["search", "spiral", "--home", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert "no 'my_table' table" in err and str(other / "lancedb") in err
