@@ -183,10 +183,11 @@ def open_table(
     db = uri if hasattr(uri, "open_table") else connect(uri)  # type: ignore[arg-type]
     if not table_exists(db, name):  # type: ignore[arg-type]
         raise IndexMissingError(
-            f"there is no {name!r} table in the LanceDB database at {_uri_of(db)}; materialize "  # type: ignore[arg-type]
-            "the galaxy_index asset first (e.g. `dagster asset materialize --select "
-            "galaxy_index`), or point the search at the right database (GALAXY_ASSETS_HOME or "
-            "the table URI setting)"
+            f"there is no {name!r} table in the LanceDB database at {_uri_of(db)}; build the "  # type: ignore[arg-type]
+            "index first (`galaxy-assets demo` on the mock survey, or materialize the graph "
+            "through `galaxy_index` for every survey shard in `galaxy-assets dev`), or point "
+            "the search at the right database (GALAXY_ASSETS_HOME, --home, or the search.uri "
+            "setting)"
         )
     return db.open_table(name)  # type: ignore[union-attr]
 

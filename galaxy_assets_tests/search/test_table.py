@@ -236,7 +236,7 @@ def test_dimension_mismatch_asks_for_a_rebuild(tmp_path):
 
 
 def test_missing_table_is_a_clear_error(tmp_path):
-    with pytest.raises(IndexMissingError, match="materialize the galaxy_index asset") as info:
+    with pytest.raises(IndexMissingError, match="build the index first") as info:
         T.open_table(tmp_path / "nothing-here")
     assert str(tmp_path / "nothing-here") in str(info.value)
 
