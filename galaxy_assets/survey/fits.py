@@ -142,8 +142,9 @@ def _is_image(hdu: Any) -> bool:
 
 def _is_ivar(header: fits.Header) -> bool:
     ext = str(header.get("EXTNAME", "")).strip().upper()
-    kind = str(header.get("IMTYPE", "")).strip().upper()
-    return ext.startswith(("IVAR", "INVVAR")) or kind in ("IVAR", "INVVAR")
+    # IMTYPE, or IMAGETYP as the Legacy Survey viewer's cutouts label their ivar cube
+    kinds = {str(header.get(k, "")).strip().upper() for k in ("IMTYPE", "IMAGETYP")}
+    return ext.startswith(("IVAR", "INVVAR")) or bool(kinds & {"IVAR", "INVVAR"})
 
 
 def _known_band(path: Path, raw: Any, keyword: str) -> str:
@@ -166,6 +167,9 @@ def _cube_band_names(
     for header in headers:
         if "BANDS" in header:
             raw = str(header["BANDS"]).replace(",", " ").split()
+            if len(raw) == 1 and nplanes > 1 and len(raw[0]) == nplanes:
+                # one letter per plane run together, as the Legacy Survey viewer writes 'griz'
+                raw = list(raw[0])
             if len(raw) != nplanes:
                 raise SurveyFormatError(
                     path,

@@ -190,3 +190,26 @@ def test_pixels_come_back_in_display_order(tmp_path):
     assert dec_top > -5.0
     with FitsFolderReader(path.parent) as reader:
         np.testing.assert_array_equal(reader.read_rows([0]).images[0], picture)
+
+
+def test_legacy_survey_viewer_cutout_with_its_invvar_cube(tmp_path):
+    """The Legacy Survey viewer's fits-cutout writes BANDS='griz' (letters run together) beside
+    BAND0..BAND3, a TAN WCS, and with invvar a second cube labelled IMAGETYP='INVVAR'."""
+    rng = np.random.default_rng(1)
+    cube = rng.normal(size=(4, 12, 12)).astype(np.float32)
+    header = fits.Header()
+    header["BANDS"] = "griz"
+    for i, band in enumerate("griz"):
+        header[f"BAND{i}"] = band
+    header.update(CTYPE1="RA---TAN", CTYPE2="DEC--TAN", CRVAL1=150.0, CRVAL2=2.0, CRPIX1=6.5,
+                  CRPIX2=6.5, CD1_1=-0.262 / 3600, CD1_2=0.0, CD2_1=0.0, CD2_2=0.262 / 3600,
+                  IMAGETYP="IMAGE")
+    inv = header.copy()
+    inv["IMAGETYP"] = "INVVAR"
+    fits.HDUList([fits.PrimaryHDU(cube, header=header),
+                  fits.ImageHDU(np.full_like(cube, 4.0), header=inv)]).writeto(tmp_path / "c.fits")
+    with FitsFolderReader(tmp_path, bands=["z", "g"]) as reader:
+        assert reader.has_ivar and reader.rejected.height == 0
+        batch = reader.read_rows([0])
+    np.testing.assert_array_equal(batch.images[0], cube[[3, 0], ::-1])  # display order
+    np.testing.assert_array_equal(batch.ivar[0], np.full((2, 12, 12), 4.0, np.float32))
