@@ -457,7 +457,7 @@ class FitsFolderReader:
         The folder; FITS files directly inside it are the shard's galaxies.
     bands:
         Bands to return, in this order; None picks the band set most files hold, in
-        wavelength order (g, r, i, z, y). Files lacking a band are rejected.
+        wavelength order (u, g, r, i, z, y). Files lacking a band are rejected.
     size:
         Centre-crop to ``size`` × ``size`` px; None keeps the native size, which every file
         must then share with most files of the folder (others are rejected).

@@ -292,14 +292,15 @@ class MMUShardReader:
                     "the same band order on every row",
                 )
         native = tuple(normalize_band(b) for b in raw_bands[0])
-        for raw, name in zip(raw_bands[0], native, strict=True):
-            if name not in schema.KNOWN_BANDS:
-                raise self._fail(
-                    f"unknown band name {_as_text(raw)!r}",
-                    schema.MMU_BAND,
-                    f"bands among {', '.join(schema.KNOWN_BANDS)} "
-                    "(optionally with a survey prefix such as 'DES-G' or 'HSC-I')",
-                )
+        # planes of bands this package does not know (narrow-band filters, say) stay unread;
+        # a shard must hold at least one known band
+        if not any(name in schema.KNOWN_BANDS for name in native):
+            raise self._fail(
+                f"names no known band: {[_as_text(b) for b in raw_bands[0]]}",
+                schema.MMU_BAND,
+                f"bands among {', '.join(schema.KNOWN_BANDS)} "
+                "(optionally with a survey prefix such as 'DES-G' or 'HSC-I')",
+            )
         if len(set(native)) != len(native):
             raise self._fail(
                 f"repeats a band: {list(native)}", schema.MMU_BAND, "each band once per row"
@@ -307,7 +308,7 @@ class MMUShardReader:
         self.native_bands: tuple[str, ...] = native
 
         if bands is None:
-            selected = native
+            selected = tuple(b for b in native if b in schema.KNOWN_BANDS)
         else:
             selected = tuple(normalize_band(b) for b in bands)
             unknown = [b for b in selected if b not in schema.KNOWN_BANDS]

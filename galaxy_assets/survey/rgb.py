@@ -39,8 +39,8 @@ __all__ = [
 # Multipliers applied to each band (nanomaggies) before the asinh mapping; those of the
 # Legacy Survey viewer (legacypipe's rgbscales), y extrapolated. They make a typical galaxy
 # roughly neutral and the sky noise of the three bands comparable.
-BAND_SCALES: dict[str, float] = {"g": 6.0, "r": 3.4, "i": 3.0, "z": 2.2, "y": 2.0}
-_WAVELENGTH_ORDER = ("g", "r", "i", "z", "y")
+BAND_SCALES: dict[str, float] = {"u": 9.0, "g": 6.0, "r": 3.4, "i": 3.0, "z": 2.2, "y": 2.0}
+_WAVELENGTH_ORDER = ("u", "g", "r", "i", "z", "y")
 # stretch = linear range (scaled nanomaggies) of the asinh; Q = its softening. With the
 # scales above, Legacy-Survey-depth sky noise maps to ~6% grey, the core of an r ≈ 20
 # galaxy to ~50% and of an r ≈ 17 galaxy to ~90%.

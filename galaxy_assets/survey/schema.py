@@ -5,8 +5,9 @@ from __future__ import annotations
 import pandera.polars as pa
 import polars as pl
 
-# Bands the Legacy Survey (g, r, i, z) and HSC (g, r, i, z, y) parent samples carry.
-KNOWN_BANDS: tuple[str, ...] = ("g", "r", "i", "z", "y")
+# Bands the Legacy Survey (g, r, i, z) and HSC (g, r, i, z, y) parent samples carry, and u
+# (SDSS, CFHT, LSST). Other names (narrow bands) are left unread in MMU shards.
+KNOWN_BANDS: tuple[str, ...] = ("u", "g", "r", "i", "z", "y")  # blue to red
 DEFAULT_BANDS: tuple[str, ...] = ("g", "r", "i", "z")
 PIXEL_SCALE_ARCSEC = 0.262  # Legacy Survey DR10 pixel scale
 

@@ -168,11 +168,11 @@ HDF5_CASES: list[tuple[str, Build, dict[str, Any], str | None, tuple[str, ...]]]
     (
         "unknown_band",
         lambda raw, tmp: raw(
-            "unknown.hdf5", image_band=np.array([[b"DES-G", b"DES-R", b"DES-I", b"DES-U"]] * N)
+            "unknown.hdf5", image_band=np.array([[b"N419", b"N501", b"N673", b"N921"]] * N)
         ),
         {},
         "image_band",
-        ("unknown band name 'DES-U'", "bands among g, r, i, z, y"),
+        ("names no known band: ['N419', 'N501', 'N673', 'N921']", "bands among u, g, r, i, z, y"),
     ),
     (
         "repeated_band",
@@ -363,10 +363,10 @@ FITS_CASES: list[tuple[str, Callable[[Path], Path], str | None, tuple[str, ...]]
     (
         "unknown_band",
         lambda d: _fits_primary(
-            d / "uband.fits", np.ones((8, 8), np.float32), BAND="u", RA=1.0, DEC=2.0
+            d / "uband.fits", np.ones((8, 8), np.float32), BAND="N501", RA=1.0, DEC=2.0
         ),
         "BAND",
-        ("unknown band name 'u'", "a band among g, r, i, z, y"),
+        ("unknown band name 'N501'", "a band among u, g, r, i, z, y"),
     ),
     (
         "hdu_without_band",

@@ -209,7 +209,7 @@ def test_legacy_survey_viewer_cutout_with_its_invvar_cube(tmp_path):
     fits.HDUList([fits.PrimaryHDU(cube, header=header),
                   fits.ImageHDU(np.full_like(cube, 4.0), header=inv)]).writeto(tmp_path / "c.fits")
     with FitsFolderReader(tmp_path, bands=["z", "g"]) as reader:
-        assert reader.has_ivar and reader.rejected.height == 0
+        assert reader.has_ivar and reader.rejected == []
         batch = reader.read_rows([0])
     np.testing.assert_array_equal(batch.images[0], cube[[3, 0], ::-1])  # display order
     np.testing.assert_array_equal(batch.ivar[0], np.full((2, 12, 12), 4.0, np.float32))

@@ -123,6 +123,21 @@ def test_integer_and_mmu_style_ids_and_bands(raw_h5):
         assert reader.psf_fwhm.shape == (6, 4)
 
 
+def test_u_band_and_unknown_narrow_bands(raw_h5):
+    """A u band is read like any other; a plane of a band the package does not know (a
+    narrow-band filter) is left unread instead of refusing the shard."""
+    images = np.arange(6 * 4 * 8 * 8, dtype=np.float32).reshape(6, 4, 8, 8)
+    path = raw_h5("ugrN.hdf5", image_array=images, image_ivar=np.ones_like(images),
+                  image_band=np.array([[b"SDSS-U", b"g", b"N501", b"r"]] * 6))
+    with MMUShardReader(path) as reader:
+        assert reader.bands == ("u", "g", "r")
+        np.testing.assert_array_equal(reader.read_rows([2]).images[0], images[2][[0, 1, 3]])
+    with MMUShardReader(path, bands=["r", "u"]) as reader:
+        np.testing.assert_array_equal(reader.read_rows([1]).images[0], images[1][[3, 0]])
+    with pytest.raises(SurveyConfigError, match="unknown band"):
+        MMUShardReader(path, bands=["N501"])
+
+
 def test_padded_fixed_width_ids_are_stripped(raw_h5):
     """Fixed-width byte ids pad with spaces ('a  '); they must equal the same id stored as
     variable-length text, or catalogues and captions never match them."""
