@@ -544,10 +544,13 @@ def lance_search(
             f"its columns are {names}"
         )
     if nprobes is None or refine_factor is None:
-        derived = index_params(n_rows, dim)
-        if derived is not None:
-            nprobes = derived.nprobes if nprobes is None else nprobes
-            refine_factor = derived.refine_factor if refine_factor is None else refine_factor
+        # derived whatever the size: an index built when the table was larger still serves it
+        # after rows were removed, and without the exact re-scoring its scores would be the
+        # PQ codes' approximate distances (on a flat scan, refining costs nothing)
+        derived = index_params(max(n_rows, MIN_PARTITIONS * 64), dim, brute_force_max_rows=0)
+        assert derived is not None
+        nprobes = derived.nprobes if nprobes is None else nprobes
+        refine_factor = derived.refine_factor if refine_factor is None else refine_factor
     select = [ID_COLUMN, *wanted, DISTANCE_COLUMN]
 
     def run(exact: bool) -> pa.Table:
@@ -564,8 +567,8 @@ def lance_search(
         else:
             if nprobes is not None:
                 builder = builder.nprobes(int(nprobes))
-            if refine_factor is not None and int(refine_factor) > 1:
-                builder = builder.refine_factor(int(refine_factor))
+            # 1 still re-scores the k candidates exactly: returned scores are true cosines
+            builder = builder.refine_factor(max(1, int(refine_factor)))
         try:
             return builder.to_arrow()
         except Exception as exc:
@@ -612,10 +615,11 @@ def _exact_filtered(
 ) -> list[pl.DataFrame]:
     """:func:`lance_search`'s frames from an exact ranking of the rows that pass ``where``
     (read with their vectors; cosine distance ``1 - similarity``)."""
-    query = table.search().select([ID_COLUMN, *wanted, VECTOR_COLUMN]).where(where)
+    read = [ID_COLUMN, *(c for c in wanted if c != VECTOR_COLUMN), VECTOR_COLUMN]
+    query = table.search().select(read).where(where)
     data, vectors = _vector_rows(table, query.limit(None).to_arrow())
     out_cols = [ID_COLUMN, DISTANCE_COLUMN, *wanted]
-    rows = data.drop_columns([VECTOR_COLUMN])
+    rows = data if VECTOR_COLUMN in wanted else data.drop_columns([VECTOR_COLUMN])
     if rows.num_rows == 0:
         empty = pl.from_arrow(rows.append_column(DISTANCE_COLUMN, pa.array([], pa.float32())))
         return [empty.select(out_cols)] * q.shape[0]

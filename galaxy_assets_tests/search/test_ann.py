@@ -207,6 +207,35 @@ def test_a_selective_filter_on_an_indexed_table_still_gets_k_rows(db, monkeypatc
     assert one["object_id"].to_list() == want[0]
 
 
+@pytest.mark.parametrize("refine_factor", [None, 1])
+def test_scores_are_cosines_on_an_indexed_table_of_any_size(db, refine_factor):
+    """An index stays when a table shrinks below the size that would build one (a shard
+    removed): its candidates are still re-scored exactly, so scores are true cosines."""
+    table = db.create_table("galaxy_index", rows(unit_vectors(2048, 7)))
+    ann.ensure_vector_index(table, params=SMALL)
+    ids, vec, _ = table_contents(table)
+    q = unit_vectors(3, 8)
+    for query, frame in zip(q, ann.lance_search(table, q, 10, refine_factor=refine_factor),
+                            strict=True):
+        got = 1.0 - frame["_distance"].to_numpy()
+        rows_of = [ids.index(i) for i in frame["object_id"].to_list()]
+        np.testing.assert_allclose(got, vec[rows_of] @ query, atol=1e-5)
+
+
+def test_a_selective_filter_on_an_indexed_table_can_return_the_vectors(db):
+    """Combined queries ask for the vector column: the exact filtered path must not read it
+    twice (LanceDB refuses a duplicate column)."""
+    table = db.create_table("galaxy_index", rows(unit_vectors(4000, 7)))
+    ann.ensure_vector_index(table, params=SMALL)
+    ids, vec, _ = table_contents(table)
+    (frame,) = ann.lance_search(table, unit_vectors(1, 8), 5, where="mag_r < 14.15",
+                                columns=["vector", "mag_r"])
+    assert frame.columns == ["object_id", "_distance", "vector", "mag_r"]
+    assert frame.height == 5 and (frame["mag_r"] < 14.15).all()
+    got = np.stack(frame["vector"].to_list())
+    np.testing.assert_allclose(got, vec[[ids.index(i) for i in frame["object_id"]]], atol=0)
+
+
 def test_lance_search_rejects_bad_input(db):
     table = db.create_table("galaxy_index", rows(unit_vectors(50, 9)))
     with pytest.raises(ann.VectorIndexError, match="shape"):
