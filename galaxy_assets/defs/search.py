@@ -111,11 +111,20 @@ reindex_job = dg.define_asset_job(
 )
 
 
+# re-index runs the champion sensor requests for one champion before it gives up and says so
+MAX_REINDEX_ATTEMPTS = 3
+_RUN_IN_FLIGHT = {
+    dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING,
+}
+
+
 @dg.sensor(
     name="search_aligner_champion_sensor", job=reindex_job, minimum_interval_seconds=60,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Re-indexes every shard (one run over all of them) when the MLflow alias "
-    "search-aligner@<served alias> moves to another version.",
+    "search-aligner@<served alias> moves to another version, and again when that run failed "
+    f"and the index does not serve the champion (at most {MAX_REINDEX_ATTEMPTS} runs).",
 )
 def search_aligner_champion_sensor(
     context: dg.SensorEvaluationContext, home: HomeResource, mlflow: MLflowResource,
@@ -126,27 +135,75 @@ def search_aligner_champion_sensor(
     if mv is None:
         return dg.SkipReason(f"search-aligner has no '{alias}' alias yet")
     version = str(mv.version)
-    if context.cursor == version:
-        return dg.SkipReason(f"search-aligner@{alias} is still version {version}")
+    state = _sensor_state(context.cursor)
     keys = context.instance.get_dynamic_partitions(shard_partitions.name)
     served = _served_versions(home, search_index)
     if not keys or served == {f"search-aligner/v{version}"}:
+        if state.get("version") == version:
+            return dg.SkipReason(f"search-aligner@{alias} is still version {version}")
         return dg.SensorResult(skip_reason=dg.SkipReason(
             f"search-aligner@{alias} = v{version}; "
             + ("no shards yet" if not keys else "the index already serves it")),
-            cursor=version)
+            cursor=_dump_state({"version": version}))
+    attempts = 0
+    if state.get("version") == version:
+        # a re-index was requested for this champion, and the index does not serve it (yet)
+        run = _run_of_key(context.instance, state.get("run_key"))
+        if run is not None and run.status in _RUN_IN_FLIGHT:
+            return dg.SkipReason(f"re-indexing for search-aligner@{alias} = v{version}: run "
+                                 f"{run.run_id} is {run.status.value.lower()}")
+        attempts = int(state.get("attempts", 1))
+        if attempts >= MAX_REINDEX_ATTEMPTS:
+            return dg.SkipReason(
+                f"the index serves {sorted(served) or 'nothing'}, not search-aligner/v{version}"
+                f", after {attempts} re-index runs (the last: "
+                f"{run.run_id if run else 'not found'}, {run.status.value if run else '-'}); "
+                "fix the cause in that run's logs and launch reindex_job over every shard")
+        context.log.warning(f"the re-index to v{version} did not finish (run "
+                            f"{run.run_id if run else 'not found'}, "
+                            f"{run.status.value if run else '-'}); the index serves "
+                            f"{sorted(served)}: asking again")
     context.log.info(f"search-aligner@{alias} → v{version}: re-indexing {len(keys)} shard(s)")
-    # the cursor already asks once per move; a run key naming only the version would be one
-    # the daemon has seen after a rollback (v1 → v2 → v1), and that re-index never ran
-    previous = context.cursor or "none"
+    # a run key naming only the version would be one the daemon has seen after a rollback
+    # (v1 → v2 → v1), and that re-index would never run
+    previous = state.get("version") or "none"
+    run_key = f"reindex:{alias}:v{previous}->v{version}:{time.time_ns()}"
     return dg.SensorResult(
         run_requests=[dg.RunRequest(
-            run_key=f"reindex:{alias}:v{previous}->v{version}:{time.time_ns()}",
+            run_key=run_key,
             tags={"dagster/asset_partition_range_start": keys[0],
                   "dagster/asset_partition_range_end": keys[-1]},
         )],
-        cursor=version,
+        cursor=_dump_state({"version": version, "run_key": run_key, "attempts": attempts + 1}),
     )
+
+
+def _sensor_state(cursor: str | None) -> dict:
+    """The champion sensor's cursor: the champion version it last acted on, the run key it
+    requested and how many runs it requested for that version (an older cursor is the bare
+    version)."""
+    import json
+
+    if not cursor:
+        return {}
+    try:
+        state = json.loads(cursor)
+    except ValueError:
+        return {"version": cursor}
+    return state if isinstance(state, dict) else {"version": str(state)}
+
+
+def _dump_state(state: dict) -> str:
+    import json
+
+    return json.dumps(state, sort_keys=True)
+
+
+def _run_of_key(instance: dg.DagsterInstance, run_key: str | None):
+    if not run_key:
+        return None
+    runs = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/run_key": run_key}), limit=1)
+    return runs[0] if runs else None
 
 
 def _served_versions(home: HomeResource, search_index: SearchIndexResource) -> set[str]:

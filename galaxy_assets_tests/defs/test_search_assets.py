@@ -6,6 +6,7 @@ from __future__ import annotations
 import dagster as dg
 import polars as pl
 import pytest
+from dagster import DagsterRunStatus
 
 from galaxy_assets.alignment.model import CODE_REF
 from galaxy_assets.defs.io import ShardParquetIOManager
@@ -193,26 +194,60 @@ def _register_champion(home) -> int:
 
 @pytest.mark.slow
 def test_champion_sensor_reindexes_every_shard_once_per_new_champion(isolated_home):
+    import json
+
+    import lancedb
+    import pyarrow as pa
+    from dagster._core.test_utils import create_run_for_test
+
     resources = {"home": HomeResource(root=str(isolated_home)), "mlflow": MLflowResource(),
                  "search_index": SearchIndexResource()}
+
+    def tick(instance, cursor=None):
+        ctx = dg.build_sensor_context(instance=instance, resources=resources, cursor=cursor)
+        return search_aligner_champion_sensor(ctx)
+
+    def serve(*versions):  # the index's rows name these aligner versions
+        db = lancedb.connect(str(isolated_home / "lancedb"))
+        db.create_table("galaxy_index", pa.table({
+            "object_id": [f"g{i}" for i in range(len(versions))],
+            "aligner_version": list(versions)}), mode="overwrite")
+
     with dg.instance_for_test() as instance:
-        ctx = dg.build_sensor_context(instance=instance, resources=resources)
-        skip = search_aligner_champion_sensor(ctx)
+        skip = tick(instance)
         assert isinstance(skip, dg.SkipReason) and "no 'champion'" in skip.skip_message
         instance.add_dynamic_partitions(shard_partitions.name, KEYS)
         version = _register_champion(isolated_home)
-        ctx = dg.build_sensor_context(instance=instance, resources=resources)
-        result = search_aligner_champion_sensor(ctx)
+        result = tick(instance)
         (request,) = result.run_requests
         assert request.tags == RANGE  # one run over every shard: the aligner loads once
-        assert result.cursor == str(version)
-        ctx = dg.build_sensor_context(instance=instance, resources=resources,
-                                      cursor=str(version))
-        skip = search_aligner_champion_sensor(ctx)
+        state = json.loads(result.cursor)
+        assert state == {"version": str(version), "run_key": request.run_key, "attempts": 1}
+        # the run is under way: wait for it
+        run = create_run_for_test(instance, job_name="reindex_job", status=DagsterRunStatus.STARTED,
+                                  tags={"dagster/run_key": request.run_key})
+        skip = tick(instance, result.cursor)
+        assert isinstance(skip, dg.SkipReason) and f"run {run.run_id} is started" in skip.skip_message
+        # it failed half-way: the index serves two aligners, every query is refused; ask again
+        instance.report_run_failed(run)
+        serve(f"search-aligner/v{version}", "search-aligner/v0")
+        again = tick(instance, result.cursor)
+        (retry,) = again.run_requests
+        assert retry.run_key != request.run_key and json.loads(again.cursor)["attempts"] == 2
+        # ... until it gives up and says so
+        state["attempts"] = 3
+        skip = tick(instance, json.dumps(state))
+        assert isinstance(skip, dg.SkipReason) and "after 3 re-index runs" in skip.skip_message
+        assert "launch reindex_job" in skip.skip_message
+        # once the index serves the champion there is nothing to do
+        serve(f"search-aligner/v{version}")
+        skip = tick(instance, again.cursor)
         assert isinstance(skip, dg.SkipReason) and "still version" in skip.skip_message
+        done = tick(instance, json.dumps({"version": "7"}))
+        assert not done.run_requests and "already serves it" in done.skip_reason.skip_message
         # a rollback (v1 → v2 → v1) asks again with a run key the daemon has not seen
-        ctx = dg.build_sensor_context(instance=instance, resources=resources, cursor="99")
-        back = search_aligner_champion_sensor(ctx)
+        serve("search-aligner/v99")
+        back = tick(instance, "99")  # a cursor of older code: the bare version
         assert back.run_requests[0].run_key != request.run_key
         assert "v99->v" in back.run_requests[0].run_key
 
