@@ -42,6 +42,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -74,6 +75,7 @@ from galaxy_assets.settings import MAX_K_RERANK
 from galaxy_assets.web.errors import (
     NotFoundError,
     PayloadTooLarge,
+    StalePageError,
     UnavailableError,
     UploadError,
     WebError,
@@ -267,6 +269,33 @@ class SearchRequest(BaseModel):
     k_rerank: int | None = Field(None, ge=1, le=MAX_K_RERANK)
     nprobes: int | None = Field(None, ge=1, le=100_000)
     refine_factor: int | None = Field(None, ge=1, le=1000)
+    # a later page names the table version its first page came from, so that every page
+    # continues the same ranking (the server answers 409 once it holds none of that version)
+    table_version: int | None = Field(None, ge=0)
+
+
+# rankings (query x table version) the server keeps for later pages, and how many pages a
+# first page ranks ahead
+PAGE_CACHE_QUERIES = 64
+PAGES_AHEAD = 4
+
+
+@dataclass(frozen=True)
+class _Ranking:
+    """A query's ranking at one table version: ``depth`` rows asked for, ``frame`` (fewer
+    when fewer matched), the search summary, the re-ranking summary and the table's rows."""
+
+    depth: int
+    frame: pl.DataFrame
+    summary: dict[str, Any]
+    rerank: dict[str, Any] | None
+    n_rows: int
+
+
+def _covers(ranking: _Ranking, want: int) -> bool:
+    """Whether ``ranking`` answers a page ending at rank ``want``: it is that deep, or it
+    holds every matching row."""
+    return ranking.depth >= want or ranking.frame.height < ranking.depth
 
 
 def _terms_of(req: SearchRequest, extra: Sequence[str] = ()) -> list[QueryTerm]:
@@ -617,8 +646,8 @@ def create_app(
     store = Path(caption_store) if caption_store is not None else None
     rater_state: dict[str, Any] = {"rater": rater}
     rater_lock = threading.Lock()
-    rerank_cache: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
-    rerank_lock = threading.Lock()
+    page_cache: OrderedDict[tuple[Any, ...], _Ranking] = OrderedDict()
+    page_lock = threading.Lock()
 
     app = FastAPI(
         title="galaxy-assets search",
@@ -723,14 +752,46 @@ def create_app(
             )
         if req.offset + req.k > MAX_K:  # the last page stops at rank MAX_K
             req = req.model_copy(update={"k": MAX_K - req.offset})
+        # One ranking per query and table version, in a small cache: a later page extends it
+        # (the rows below its depth, in similarity order), so pages never repeat or skip a
+        # galaxy, a re-ranked head is rated once (a VLM's requests), and a page that names
+        # its first page's table_version is served from that ranking after the index moved.
+        query_key = (
+            tuple(terms),
+            tuple(req.filters),
+            req.rerank,
+            req.k_rerank if req.rerank else None,
+            req.nprobes,
+            req.refine_factor,
+        )
+        rerank_summary = None
         search = engine.get()
         with engine.lock.read():
             version = int(search.version)
             n_rows = engine.n_rows(search)
+            cached = None
+            if cacheable:
+                with page_lock:
+                    if req.table_version is not None and req.table_version != version:
+                        cached = page_cache.get((req.table_version, *query_key))
+                        if cached is None or not _covers(cached, req.offset + req.k):
+                            raise StalePageError(
+                                f"the index moved from table version {req.table_version} to "
+                                f"{version} since the first page, and the server no longer "
+                                "holds that ranking; search again from the first page",
+                                detail={"kind": "stale_page", "table_version": version},
+                            )
+                        version, n_rows = req.table_version, cached.n_rows
+                    else:
+                        cached = page_cache.get((version, *query_key))
             want = min(req.offset + req.k, n_rows)
-            fetch = max(want, min(req.k_rerank, n_rows)) if req.rerank else want
-            rerank_summary = None
-            if fetch < 1 or req.offset >= n_rows:
+            # a first page ranks a few pages ahead, so "more" can continue it after the
+            # index moved on
+            ahead = want if req.offset else min(max(want, PAGES_AHEAD * req.k, 1), MAX_K, n_rows)
+            fetch = max(ahead, min(req.k_rerank, n_rows)) if req.rerank else ahead
+            if cached is not None and _covers(cached, want):
+                frame, summary, rerank_summary = cached.frame, cached.summary, cached.rerank
+            elif fetch < 1 or req.offset >= n_rows:
                 frame = pl.DataFrame()
                 summary = {
                     "query": " ".join(t.label for t in terms),
@@ -740,52 +801,34 @@ def create_app(
                     "path": "",
                 }
             else:
-                # one entry per re-ranked query, whatever page asked: a later page deeper than
-                # the entry extends it with the similarity order below, so the re-ranked head
-                # is rated once (a VLM's requests) and every page agrees with the first
-                key = (
-                    version,
-                    tuple(terms),
-                    tuple(req.filters),
-                    req.k_rerank,
-                    req.nprobes,
-                    req.refine_factor,
+                results = search.search(
+                    terms,
+                    fetch,
+                    filters=list(req.filters) or None,
+                    nprobes=req.nprobes,
+                    refine_factor=req.refine_factor,
                 )
-                cached = None
-                if req.rerank and cacheable:
-                    with rerank_lock:
-                        cached = rerank_cache.get(key)
-                if cached is not None and cached[0] >= fetch:
-                    _, frame, summary, rerank_summary = cached
-                else:
-                    results = search.search(
-                        terms,
-                        fetch,
-                        filters=list(req.filters) or None,
-                        nprobes=req.nprobes,
-                        refine_factor=req.refine_factor,
-                    )
-                    frame, summary = results.frame, results.summary()
-                    if cached is not None:  # deeper than the cached pages: extend them
-                        _, head, _, rerank_summary = cached
-                        tail = frame.filter(~pl.col("object_id").is_in(head["object_id"]))
-                        if "similarity_rank" in head.columns and "rank" in tail.columns:
-                            tail = tail.with_columns(pl.col("rank").alias("similarity_rank"))
-                        frame = pl.concat([head, tail], how="diagonal_relaxed").select(
-                            head.columns
+                frame, summary = results.frame, results.summary()
+                if cached is not None:  # deeper than the cached pages: extend them
+                    head, rerank_summary = cached.frame, cached.rerank
+                    tail = frame.filter(~pl.col("object_id").is_in(head["object_id"]))
+                    if "similarity_rank" in head.columns and "rank" in tail.columns:
+                        tail = tail.with_columns(pl.col("rank").alias("similarity_rank"))
+                    frame = pl.concat([head, tail], how="diagonal_relaxed").select(head.columns)
+                    if "rank" in frame.columns:
+                        frame = frame.with_columns(
+                            pl.int_range(1, pl.len() + 1, dtype=pl.Int64).alias("rank")
                         )
-                        if "rank" in frame.columns:
-                            frame = frame.with_columns(
-                                pl.int_range(1, pl.len() + 1, dtype=pl.Int64).alias("rank")
-                            )
-                    elif req.rerank:
-                        frame, rerank_summary = _rerank(search, frame, terms, req)
-                    if req.rerank and cacheable:
-                        with rerank_lock:
-                            rerank_cache[key] = (fetch, frame, summary, rerank_summary)
-                            rerank_cache.move_to_end(key)
-                            while len(rerank_cache) > 8:
-                                rerank_cache.popitem(last=False)
+                elif req.rerank:
+                    frame, rerank_summary = _rerank(search, frame, terms, req)
+                if cacheable:
+                    with page_lock:
+                        page_cache[(version, *query_key)] = _Ranking(
+                            fetch, frame, summary, rerank_summary, n_rows
+                        )
+                        page_cache.move_to_end((version, *query_key))
+                        while len(page_cache) > PAGE_CACHE_QUERIES:
+                            page_cache.popitem(last=False)
         page = frame.slice(req.offset, req.k) if frame.height else frame
         records = to_json_records(page) if page.height else []
         for record in records:
@@ -947,6 +990,10 @@ def create_app(
         ] = None,
         nprobes: Annotated[int | None, Query(ge=1, le=100_000)] = None,
         refine_factor: Annotated[int | None, Query(ge=1, le=1000)] = None,
+        table_version: Annotated[
+            int | None,
+            Query(ge=0, description="a later page: the table_version its first page returned"),
+        ] = None,
     ) -> dict[str, Any]:
         req = SearchRequest(
             q=q,
@@ -958,6 +1005,7 @@ def create_app(
             k_rerank=k_rerank,
             nprobes=nprobes,
             refine_factor=refine_factor,
+            table_version=table_version,
         )
         return run_query(req, _terms_of(req, term))
 

@@ -17,6 +17,7 @@ from typing import Any
 __all__ = [
     "NotFoundError",
     "PayloadTooLarge",
+    "StalePageError",
     "UnavailableError",
     "UploadError",
     "WebError",
@@ -55,6 +56,13 @@ class NotFoundError(WebError):
 
     status = 404
     error = "not found"
+
+
+class StalePageError(WebError):
+    """A later page asked for a table version the server no longer holds a ranking of."""
+
+    status = 409
+    error = "index changed"
 
 
 class UnavailableError(WebError):

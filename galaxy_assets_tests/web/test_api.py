@@ -472,6 +472,64 @@ def test_the_server_sees_new_table_versions(text_index, text_embedder, aligner):
     assert after["table_version"] > before["table_version"]
 
 
+def test_later_pages_continue_the_first_pages_ranking_after_the_index_moved(
+    text_index, text_embedder, aligner
+):
+    """"More" names the table version of its first page: the next pages continue that
+    ranking (no galaxy twice, none skipped) though a shard was indexed in between, and a page
+    beyond what the server ranked then is a 409 that says to search again."""
+    from galaxy_assets.search.query import GalaxySearch
+    from galaxy_assets.search.table import build_shard_rows, upsert_shard
+    from galaxy_assets_tests.search.conftest import synthetic_shard_frames
+
+    engine = GalaxySearch(text_index.uri, text_embedder=text_embedder, aligner=aligner)
+    app = create_app(engine, refresh_seconds=0)
+    params = {"q": "spiral arms", "k": 5}
+    with TestClient(app) as client:
+        first = client.get("/api/search", params=params).json()
+        old = first["table_version"]
+        before = engine.search_text("spiral arms", 20).frame["object_id"].to_list()
+        f = synthetic_shard_frames(30, "s-c", seed=7, start=100, aligner=aligner)
+        upsert_shard(text_index.uri, "s-c", build_shard_rows(
+            "s-c", f["manifest"], f["vectors"], f["predictions"], f["captions"]))
+        pages = [first]
+        for offset in (5, 10, 15):
+            pages.append(client.get("/api/search", params={
+                **params, "offset": offset, "table_version": old}).json())
+        assert [p["table_version"] for p in pages] == [old] * 4
+        ids = [r["object_id"] for p in pages for r in p["results"]]
+        assert ids == before  # the ranking of the first page's version, continued
+        beyond = client.get("/api/search", params={**params, "offset": 20, "table_version": old})
+        body = _error(beyond, 409)
+        assert "search again from the first page" in body["error"]
+        new = client.get("/api/search", params={**params, "offset": 5}).json()
+        assert new["table_version"] > old and new["n_indexed"] == 90
+
+
+def test_pages_never_repeat_a_galaxy_when_a_deeper_search_reorders(text_app, monkeypatch):
+    """An approximate search asked for more rows can order the head differently: a later
+    page extends the ranking already served instead of slicing a new one."""
+    from galaxy_assets.search.query import GalaxySearch
+
+    real = GalaxySearch.search
+
+    def reordering(self, terms, k, **kw):  # a deeper answer ranks its best row last
+        result = real(self, terms, k, **kw)
+        if k > 20:
+            frame = result.frame
+            order = [*range(1, frame.height), 0]
+            result.frame = frame[order].with_columns(pl.Series("rank", range(1, frame.height + 1)))
+        return result
+
+    monkeypatch.setattr(GalaxySearch, "search", reordering)
+    seen = []
+    for offset in range(0, 60, 10):
+        body = text_app.get("/api/search", params={"q": "spiral", "k": 10, "offset": offset}).json()
+        seen += [r["object_id"] for r in body["results"]]
+        assert [r["rank"] for r in body["results"]] == list(range(offset + 1, offset + 11))
+    assert len(seen) == 60 == len(set(seen))
+
+
 def test_the_server_follows_a_reindex_with_a_new_aligner(text_index, text_embedder, aligner):
     """A new champion re-indexes every shard with its vectors: the server builds its engine
     again from the factory instead of refusing every query until restarted."""

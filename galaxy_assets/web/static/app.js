@@ -198,7 +198,11 @@ async function runSearch(append) {
   showError("");
   const params = toParams(s);
   const offset = append ? state.shown : 0;
-  if (offset) params.set("offset", String(offset));
+  if (offset) {
+    params.set("offset", String(offset));
+    // continue the first page's ranking even if the index moved since
+    if (state.last) params.set("table_version", String(state.last.table_version));
+  }
   $("go").disabled = true;
   try {
     const body = await api(`/api/search?${params}`);
@@ -213,6 +217,7 @@ async function runSearch(append) {
   } catch (err) {
     if (seq !== state.seq) return;
     showError(err.message);
+    if (append && err.status === 409) $("more").hidden = true;  // search again from the top
     if (!append) { $("grid").replaceChildren(); $("summary").hidden = true; $("more").hidden = true; }
   } finally {
     if (seq === state.seq) {
