@@ -515,6 +515,15 @@ def _table_info(table: Any) -> tuple[int, list[str], int]:
     return info
 
 
+def forget_table_info(table: Any) -> None:
+    """Drop the cached width, columns and row count of a handle (after it moved to another
+    version, which may add columns)."""
+    try:
+        _INFO.pop(table, None)
+    except TypeError:
+        pass
+
+
 def lance_search(
     table: Any,
     queries: np.ndarray,

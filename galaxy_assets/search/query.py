@@ -211,7 +211,11 @@ class SearchResults:
         return self.frame.height
 
     def to_json_records(self) -> list[dict[str, Any]]:
-        return to_json_records(self.frame)
+        """The rows as JSON-safe dicts, each naming the table version it was read from."""
+        records = to_json_records(self.frame)
+        for record in records:
+            record["table_version"] = self.table_version
+        return records
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -458,6 +462,7 @@ class _State:
     version: int
     n_rows: int
     aligner_versions: dict[str, int]
+    columns: tuple[str, ...]  # the result columns (all but the vector) at this version
 
 
 # --------------------------------------------------------------------------- the engine
@@ -518,7 +523,6 @@ class GalaxySearch:
             self.serving_mode: bool | str = serving_index
         else:
             self.serving_mode, self._serving = "auto", serving_index
-        self._columns = [c for c in self.table.schema.names if c != "vector"]
         self._aligner_dim: int | None = None
         if aligner is not None:
             cfg = aligner.config
@@ -536,6 +540,9 @@ class GalaxySearch:
         """Move to the table's latest version (drops caches); returns it."""
         self.table.checkout_latest()
         self._state_cache = None
+        ann = _ann_module()
+        if ann is not None:  # its cached columns are those of the old version
+            ann.forget_table_info(self.table)
         return table_version(self.table)
 
     @property
@@ -547,8 +554,17 @@ class GalaxySearch:
         if self._state_cache is None or self._state_cache.version != version:
             n = int(self.table.count_rows())
             versions = column_counts(self.table, "aligner_version") if n else {}
-            self._state_cache = _State(version, n, {str(k): v for k, v in versions.items()})
+            columns = tuple(c for c in self.table.schema.names if c != "vector")
+            self._state_cache = _State(
+                version, n, {str(k): v for k, v in versions.items()}, columns
+            )
         return self._state_cache
+
+    @property
+    def _columns(self) -> list[str]:
+        """The result columns of the version held: columns added later (posteriors indexed
+        after the first shards) appear once the engine moves to that version."""
+        return list(self._state().columns)
 
     def table_aligner_version(self) -> str | None:
         """The aligner version of the table's vectors at the version held, or None when the

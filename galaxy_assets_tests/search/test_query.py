@@ -232,6 +232,8 @@ def test_to_json_records(engine):
     text = json.dumps(records)
     assert "NaN" not in text and "vector" not in text
     assert res.to_json_records()[0]["object_id"] == records[0]["object_id"]
+    # what `galaxy-assets search --json` prints: each record names its table version
+    assert {r["table_version"] for r in res.to_json_records()} == {res.table_version}
     assert viewer_url(None, 1.0) is None
 
 
@@ -297,6 +299,20 @@ def test_refresh_sees_new_rows_and_versions(engine, text_index):
     assert engine.refresh() == stats.version
     res = engine.search_text("spiral", k=65)
     assert res.table_version == stats.version and res.frame.height == 65
+
+
+def test_columns_added_later_appear_in_results_after_refresh(engine, text_index):
+    """Posteriors indexed after the first shards add post_* columns: a running engine that
+    moves to that version returns them, not only filters on them."""
+    f = text_index.frames["s-a"]
+    post = pl.DataFrame({"object_id": f["manifest"]["object_id"],
+                         "redshift_median": np.linspace(0.01, 0.3, f["manifest"].height)})
+    assert "post_redshift_median" not in engine.search_text("spiral", k=3).frame.columns
+    upsert_shard(text_index.uri, "s-a", build_shard_rows(
+        "s-a", f["manifest"], f["vectors"], f["predictions"], f["captions"], post))
+    engine.refresh()
+    res = engine.search_text("spiral", k=3, filters=["post_redshift_median<0.1"])
+    assert res.frame.height == 3 and (res.frame["post_redshift_median"] < 0.1).all()
 
 
 def test_keyword_search(engine, text_index):
