@@ -496,9 +496,11 @@ def _prompt_by_sha(sha: str | None) -> dict[str, Any] | None:
 
 
 def _caption_lineage(
-    store: Path | None, object_id: str, backend: str | None, model: str | None
+    store: Path | None, object_id: str, backend: str | None, model: str | None, text: str
 ) -> dict[str, Any]:
-    """prompt_sha / created_at / source of the galaxy's caption in the caption store."""
+    """prompt_sha / created_at / source of the galaxy's caption in the caption store: of the
+    store's row holding the indexed ``text`` (a galaxy captioned again since the index was
+    built has a newer row whose prompt and date are not those of the text shown)."""
     if store is None:
         return {}
     path = store / "captions.parquet"
@@ -521,6 +523,11 @@ def _caption_lineage(
         frame = frame.filter(pl.col("model") == model)
     if frame.height == 0:
         return {}
+    if "caption" in frame.columns:
+        frame = frame.filter(pl.col("caption") == text)
+        if frame.height == 0:
+            return {"note": "the caption store holds another caption of this galaxy now (it "
+                    "was captioned again after it was indexed); its prompt is not known here"}
     if "created_at" in frame.columns:
         frame = frame.sort("created_at")
     row = frame.row(-1, named=True)
@@ -558,7 +565,7 @@ def _detail(
             "source": record.get("caption_source"),
             "backend": backend,
             "model": model,
-            **_caption_lineage(store, oid, backend, model),
+            **_caption_lineage(store, oid, backend, model, record["caption"]),
         }
     morphology = {c: record.get(c) for c in P_COLUMNS if c in record}
     morphology.update(

@@ -217,6 +217,26 @@ def test_detail_has_every_column_caption_lineage_and_viewer(text_app, text_index
     assert body["posteriors"] == {}
 
 
+def test_detail_names_the_prompt_of_the_indexed_caption(text_app, caption_store):
+    """A galaxy captioned again after indexing has a newer store row: the detail view shows
+    the indexed caption, so it must not borrow that row's prompt and date."""
+    from datetime import UTC, datetime
+
+    path = caption_store / "captions.parquet"
+    store = pl.read_parquet(path)
+    newer = store.filter(pl.col("object_id") == "gal0002").with_columns(
+        pl.lit("a smooth red elliptical").alias("caption"), pl.lit("f00dfeed").alias("prompt_sha"),
+        pl.lit(datetime(2099, 1, 1, tzinfo=UTC)).alias("created_at"))
+    pl.concat([store, newer], how="vertical_relaxed").write_parquet(path)
+    caption = text_app.get("/api/galaxy/gal0002").json()["caption"]
+    assert caption["text"] == CAPTIONS[2] and caption["prompt"]["name"] == "describe_v1"
+    assert caption["prompt_sha"] != "f00dfeed" and not caption["created_at"].startswith("2099")
+    # only the newer caption left in the store: the view says it cannot tell the prompt
+    newer.write_parquet(path)
+    caption = text_app.get("/api/galaxy/gal0002").json()["caption"]
+    assert "captioned again" in caption["note"] and "prompt" not in caption
+
+
 def test_detail_and_thumbnail_of_unknown_ids_are_404(text_app):
     for oid in ("gal9999", "x' OR '1'='1", "..%2F..%2Fetc%2Fpasswd"):
         _error(text_app.get(f"/api/galaxy/{oid}"), 404)

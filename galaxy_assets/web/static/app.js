@@ -326,6 +326,7 @@ async function openDetail(objectId, push) {
         (d.caption.prompt ? ` · prompt ${d.caption.prompt.name}` : "") +
         (d.caption.prompt_sha ? ` (sha ${d.caption.prompt_sha})` : "") }));
     if (d.caption.prompt) facts.append(el("pre", { class: "prompt", text: d.caption.prompt.text }));
+    if (d.caption.note) facts.append(el("div", { class: "muted small", text: d.caption.note }));
   } else {
     facts.append(el("p", { class: "muted", text: "no caption: found through its image vector alone" }));
   }
