@@ -37,8 +37,13 @@ def read_cutouts(
     results: pl.DataFrame, *, bands: Sequence[str] | None = None
 ) -> dict[str, Cutout | str]:
     """``object_id → Cutout`` (or the reason there is none) for every row of ``results``
-    (columns object_id, shard_uri, row). ``bands``: the bands to read (default: all the
-    shard holds, in its order)."""
+    (columns object_id, shard_uri, row).
+
+    The pixels are those the graph read when it ingested the galaxy: the bands of the row's
+    ``bands`` column and the centre crop of its ``height`` × ``width`` (the manifest's), so a
+    re-ranker, a thumbnail and a contact sheet see what the captioner and the encoder saw.
+    ``bands`` overrides the row's bands; without the columns, every band the shard holds is
+    read at its native size."""
     from galaxy_assets.survey.readers import open_shard
 
     for column in ("object_id", "shard_uri", "row"):
@@ -48,15 +53,30 @@ def read_cutouts(
                 "shard_uri and row)"
             )
     out: dict[str, Cutout | str] = {}
-    by_shard: dict[str, list[tuple[str, int]]] = defaultdict(list)
-    for oid, uri, row in results.select("object_id", "shard_uri", "row").iter_rows():
+    n = results.height
+    row_bands = (
+        results["bands"].to_list() if bands is None and "bands" in results.columns else [None] * n
+    )
+    sizes = (
+        [
+            h if h is not None and h == w and h > 0 else None
+            for h, w in zip(results["height"].to_list(), results["width"].to_list(), strict=True)
+        ]
+        if {"height", "width"} <= set(results.columns)
+        else [None] * n
+    )
+    fixed = tuple(bands) if bands else None
+    by_shard: dict[tuple, list[tuple[str, int]]] = defaultdict(list)
+    located = results.select("object_id", "shard_uri", "row").iter_rows()
+    for (oid, uri, row), listed, size in zip(located, row_bands, sizes, strict=True):
         if uri is None or row is None:
             out[oid] = "no shard_uri/row in the index for this galaxy"
-        else:
-            by_shard[uri].append((oid, int(row)))
-    for uri, items in by_shard.items():
+            continue
+        wanted = fixed or (tuple(b for b in str(listed).split(",") if b) if listed else None)
+        by_shard[(uri, wanted or None, size)].append((oid, int(row)))
+    for (uri, wanted, size), items in by_shard.items():
         try:
-            reader = open_shard(uri, bands=list(bands) if bands else None, ivar=False)
+            reader = open_shard(uri, bands=list(wanted) if wanted else None, size=size, ivar=False)
         except Exception as exc:  # noqa: BLE001 - recorded per galaxy
             reason = f"cannot open shard {uri}: {type(exc).__name__}: {exc}"
             log.warning("%s", reason)

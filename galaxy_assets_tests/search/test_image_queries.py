@@ -172,3 +172,27 @@ def test_pixels_of_a_changed_or_missing_shard_are_reported(survey_index):
     assert "changed since it was indexed" in out[manifest["object_id"][0]]
     gone = manifest.with_columns(pl.lit("/nowhere/x.hdf5").alias("shard_uri"))
     assert all("cannot open shard" in v for v in read_cutouts(gone).values())
+
+
+def test_result_pixels_are_those_the_graph_read(tmp_path):
+    """A re-ranker, thumbnail or contact sheet reads a galaxy with the bands and centre crop
+    its manifest row records (survey.bands, survey.cutout_size), as the captioner and the
+    encoder did, not every band of the shard at its native size."""
+    from galaxy_assets.survey.manifest import build_manifest
+    from galaxy_assets.survey.mmu import write_mmu_shard
+    from galaxy_assets.survey.readers import open_shard
+
+    rng = np.random.default_rng(3)
+    images = rng.normal(size=(2, 4, 96, 96)).astype(np.float32)
+    path = write_mmu_shard(tmp_path / "healpix=5" / "001-of-001.hdf5", images=images,
+                           bands=["g", "r", "i", "z"], object_id=["a", "b"], ra=[10.0, 10.1],
+                           dec=[0.0, 0.1])
+    with open_shard(path, bands=["g", "r", "z"], size=64) as reader:
+        manifest = build_manifest(reader, "healpix=5__001-of-001").frame
+        seen = reader.read_rows([1]).images[0]
+    cut = read_cutouts(manifest)["b"]
+    assert cut.bands == ("g", "r", "z") and cut.image.shape == (3, 64, 64)
+    np.testing.assert_array_equal(cut.image, seen)
+    # without those columns: every band, native size
+    bare = read_cutouts(manifest.select("object_id", "shard_uri", "row"))["b"]
+    assert bare.bands == ("g", "r", "i", "z") and bare.image.shape == (4, 96, 96)
