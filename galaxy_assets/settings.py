@@ -96,6 +96,7 @@ class CaptionerSettings(BaseModel):
         0.0, ge=0.0, description="0: deterministic decoding; transformers: > 0 samples"
     )
     timeout_s: float = Field(60.0, gt=0)
+    max_retries: int = Field(4, ge=0, description="openai: retries of a failed request")
     image_size: int | None = Field(None, description="resize the RGB image sent to the VLM")
     concurrency: int = Field(4, gt=0)
     request_budget: int | None = Field(None, description="openai: most requests per run")
@@ -113,6 +114,12 @@ class TextEmbedderSettings(BaseModel):
     base_url: str = ""
     api_key_env: str = ""
     batch_size: int = Field(64, gt=0)
+    # openai only (None: the backend's default)
+    dim: int | None = Field(None, gt=0, description="openai: vector size (None: probed once)")
+    concurrency: int | None = Field(None, gt=0, description="openai: requests in flight (2)")
+    timeout_s: float | None = Field(None, gt=0, description="openai: seconds per request (60)")
+    max_retries: int | None = Field(None, ge=0, description="openai: retries per request (4)")
+    request_budget: int | None = Field(None, ge=0, description="openai: most requests per run")
 
 
 class ImageEncoderSettings(BaseModel):
@@ -130,6 +137,11 @@ class ImageEncoderSettings(BaseModel):
         default_factory=list,
         description="timm, aion: the bands read, in order (empty: g, r, i, z); e.g. g, r, z",
     )
+    image_size: int | None = Field(
+        None, gt=0, description="timm: the input crop in pixels (None: 64; Zoobot's 224)"
+    )
+    normalize: str = Field("", description="timm: asinh or none (empty: asinh)")
+    survey: str = Field("", description="aion: legacysurvey or hsc (empty: legacysurvey)")
     batch_size: int = Field(256, gt=0)
 
     @field_validator("bands")

@@ -177,3 +177,46 @@ def test_restore_interrupt_signals_changes_only_ignored_handlers():
     finally:
         signal.signal(signal.SIGINT, before[0])
         signal.signal(signal.SIGTERM, before[1])
+
+
+def test_backend_settings_the_errors_name_are_settings(tmp_path, isolated_home, monkeypatch):
+    """Every setting an error message tells the user to set exists and reaches its backend:
+    the openai text embedder's dim, budget and HTTP knobs, the captioner's retries, a timm
+    encoder's input size and normalisation, AION's survey."""
+    from types import SimpleNamespace
+
+    from galaxy_assets.defs.resources import default_resources
+    from galaxy_assets.embedding import image as image_mod
+    from galaxy_assets.embedding import text as text_mod
+    from galaxy_assets.embedding.image import image_encoder_from_settings
+    from galaxy_assets.search.service import build_text_embedder_from
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(
+        "text_embedder:\n  backend: openai\n  base_url: http://127.0.0.1:9/v1\n  model: emb\n"
+        "  dim: 1536\n  concurrency: 8\n  timeout_s: 5\n  max_retries: 1\n  request_budget: 10\n"
+        "captioner:\n  max_retries: 7\n"
+        "image_encoder:\n  kind: timm\n  name: resnet10t\n  image_size: 96\n  normalize: none\n"
+        "  survey: hsc\n")
+    monkeypatch.setenv("GALAXY_ASSETS_CONFIG", str(cfg))
+    settings = load_settings()
+    embedder = build_text_embedder_from(settings)  # dim given: no probe request is sent
+    assert isinstance(embedder, text_mod.OpenAIEmbedder) and embedder.dim == 1536
+    client = embedder.client
+    assert (client.concurrency, client.timeout_s, client.max_retries, client.request_budget) == (
+        8, 5.0, 1, 10)
+    resources = default_resources()
+    assert resources["captioner"].max_retries == 7
+    resource_embedder = resources["text_embedder"].build(SimpleNamespace(torch_device=lambda: "cpu"))
+    assert resource_embedder.dim == 1536 and resource_embedder.client.request_budget == 10
+    timm_encoder = image_encoder_from_settings(settings.image_encoder).base  # rot4 wraps it
+    assert (timm_encoder.image_size, timm_encoder.normalize) == (96, "none")
+    seen = {}
+    monkeypatch.setattr(image_mod, "build_image_encoder",
+                        lambda kind, tta, **kw: seen.update(kind=kind, **kw))
+    image_encoder_from_settings(settings.image_encoder.model_copy(update={"kind": "aion"}))
+    assert seen["kind"] == "aion" and seen["survey"] == "hsc"
+    # a local sentence-transformers model ignores the HTTP settings instead of refusing them
+    local = settings.text_embedder.model_copy(update={"backend": "sentence-transformers", "base_url": "",
+                                                      "model": ""})
+    assert build_text_embedder_from(settings.model_copy(update={"text_embedder": local})).dim == 384

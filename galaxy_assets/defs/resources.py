@@ -104,6 +104,7 @@ class CaptionerResource(dg.ConfigurableResource):
     max_words: int = 200  # openai: a longer reply is recorded as a failure (too_long)
     temperature: float = 0.0
     timeout_s: float = 60.0
+    max_retries: int = 4
     image_size: int | None = None
     concurrency: int = 4
     request_budget: int | None = None
@@ -129,6 +130,7 @@ class CaptionerResource(dg.ConfigurableResource):
             max_words=self.max_words,
             temperature=self.temperature,
             timeout_s=self.timeout_s,
+            max_retries=self.max_retries,
             image_size=self.image_size,
             concurrency=self.concurrency,
             request_budget=self.request_budget,
@@ -147,6 +149,11 @@ class TextEmbedderResource(dg.ConfigurableResource):
     base_url: str = ""
     api_key: str | None = None
     batch_size: int = 64
+    dim: int | None = None  # openai only from here on; None: the backend's default
+    concurrency: int | None = None
+    timeout_s: float | None = None
+    max_retries: int | None = None
+    request_budget: int | None = None
 
     def build(self, compute: ComputeResource):
         from galaxy_assets.embedding.text import build_text_embedder
@@ -157,6 +164,11 @@ class TextEmbedderResource(dg.ConfigurableResource):
             base_url=self.base_url or None,
             api_key=self.api_key,
             batch_size=self.batch_size,
+            dim=self.dim,
+            concurrency=self.concurrency,
+            timeout_s=self.timeout_s,
+            max_retries=self.max_retries,
+            request_budget=self.request_budget,
             device=compute.torch_device(),
         )
 
@@ -188,6 +200,9 @@ class ImageEncoderResource(dg.ConfigurableResource):
     checkpoint: str = ""  # timm: local checkpoint file
     model: str = ""  # aion: weights folder or hub id
     bands: list[str] = []  # timm, aion: the bands read (empty: g, r, i, z)
+    image_size: int | None = None  # timm: input crop (None: 64)
+    normalize: str = ""  # timm: asinh or none (empty: asinh)
+    survey: str = ""  # aion: legacysurvey or hsc (empty: legacysurvey)
     batch_size: int = 256
     tta: str = "rot4"  # test-time views: rot4, d8 or none
 
@@ -259,27 +274,14 @@ def default_resources() -> dict[str, object]:
             uri=lancedb_uri, table=settings.search.table,
             aligner_alias=settings.search.aligner_alias,
         ),
+        # every setting of the section but the key's variable name (the key itself goes in
+        # as an EnvVar) and the sample, which caption_sample reads
         "captioner": CaptionerResource(
-            backend=settings.captioner.backend,
-            model=settings.captioner.model,
-            base_url=settings.captioner.base_url,
             api_key=_secret(settings.captioner.api_key_env),
-            prompt=settings.captioner.prompt,
-            max_new_tokens=settings.captioner.max_new_tokens,
-            max_words=settings.captioner.max_words,
-            temperature=settings.captioner.temperature,
-            timeout_s=settings.captioner.timeout_s,
-            image_size=settings.captioner.image_size,
-            concurrency=settings.captioner.concurrency,
-            request_budget=settings.captioner.request_budget,
-            workers=settings.captioner.workers,
-            batch_size=settings.captioner.batch_size,
+            **settings.captioner.model_dump(exclude={"api_key_env", "sample_size", "sample_seed"}),
         ),
         "text_embedder": TextEmbedderResource(
-            backend=settings.text_embedder.backend,
-            model=settings.text_embedder.model,
-            base_url=settings.text_embedder.base_url,
             api_key=_secret(settings.text_embedder.api_key_env),
-            batch_size=settings.text_embedder.batch_size,
+            **settings.text_embedder.model_dump(exclude={"api_key_env"}),
         ),
     }

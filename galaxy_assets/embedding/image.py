@@ -1003,8 +1003,9 @@ def image_encoder_from_settings(
     section: Any, *, tracker: Any = None, device: str = "cpu", dtype: str = "float32"
 ) -> ImageEncoder:
     """The encoder an ``image_encoder`` settings section names: any object with the attributes
-    ``kind``, ``model_name``, ``alias`` (registry), ``name``, ``checkpoint`` (timm), ``model``
-    (aion), ``bands`` (timm, aion; empty: their g, r, i, z), ``batch_size`` and ``tta`` (:class:`~galaxy_assets.settings.ImageEncoderSettings`,
+    ``kind``, ``model_name``, ``alias`` (registry), ``name``, ``checkpoint``, ``image_size``,
+    ``normalize`` (timm), ``model``, ``survey`` (aion), ``bands`` (timm, aion; empty: their g,
+    r, i, z), ``batch_size`` and ``tta`` (:class:`~galaxy_assets.settings.ImageEncoderSettings`,
     or the graph's resource). ``tracker`` serves the registry kind."""
     kind = image_encoder_kind(section.kind)
     common = {"device": device, "dtype": dtype, "batch_size": section.batch_size}
@@ -1012,11 +1013,17 @@ def image_encoder_from_settings(
     if kind == "registry":  # the registered model knows its own bands
         cfg = {"model_name": section.model_name, "alias": section.alias, "tracker": tracker}
     elif kind == "timm":
-        cfg = {"name": section.name, "checkpoint": section.checkpoint or None}
+        cfg = {
+            "name": section.name,
+            "checkpoint": section.checkpoint or None,
+            "size": getattr(section, "image_size", None),
+            "normalize": getattr(section, "normalize", "") or None,
+        }
         if bands:  # e.g. g, r, z for a survey without i: the input convolution takes 3
             cfg.update(bands=bands, in_chans=len(bands))
     else:
-        cfg = {"model": section.model, **({"bands": bands} if bands else {})}
+        cfg = {"model": section.model, "survey": getattr(section, "survey", "") or None,
+               **({"bands": bands} if bands else {})}
     return build_image_encoder(kind, tta=section.tta, **cfg, **common)
 
 

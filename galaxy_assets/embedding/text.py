@@ -475,7 +475,11 @@ _ALIASES = {"sentence_transformers": "sentence-transformers", "st": "sentence-tr
 
 
 # Settings every backend accepts although only some use them (the compute resource's device).
-_IGNORED_BY = {"openai": {"device"}}
+_IGNORED_BY = {
+    "openai": {"device"},
+    # the HTTP settings of the settings' text_embedder section mean nothing to a local model
+    "sentence-transformers": {"dim", "concurrency", "timeout_s", "max_retries", "request_budget"},
+}
 
 
 def build_text_embedder(kind: str = "sentence-transformers", **cfg: Any) -> TextEmbedder:

@@ -51,7 +51,8 @@ def build_text_embedder_from(settings: Settings, device: str = "cpu"):
         model=cfg.model or None,
         base_url=cfg.base_url or None,
         api_key=key,
-        batch_size=cfg.batch_size,
+        **cfg.model_dump(include={"batch_size", "dim", "concurrency", "timeout_s",
+                                  "max_retries", "request_budget"}),
         device=device,
     )
 
@@ -200,9 +201,13 @@ def build_rater(settings: Settings | None = None, text_embedder: Any | None = No
         max_new_tokens=cfg.max_new_tokens,
         temperature=cfg.temperature,
         timeout_s=cfg.timeout_s,
+        max_retries=cfg.max_retries,
         image_size=cfg.image_size,
         concurrency=cfg.concurrency,
-        request_budget=cfg.request_budget,
+        # no request budget: it counts over the client's life, and a server's rater lives
+        # across queries (it stopped re-ranking for good once spent); each query's requests
+        # are bounded by its re-ranking depth (at most search.k_rerank, 200)
+        request_budget=None,
         batch_size=cfg.batch_size,
         device=settings.compute.device,
         dtype=settings.compute.dtype,
