@@ -165,7 +165,7 @@ def caption_embeddings(
         embedder=embedder.embedder_id, texts_fingerprint=fingerprint)
     reused = vectors is not None
     if vectors is None:
-        vectors = embed_captions(texts, embedder, batch_size=text_embedder.batch_size)
+        vectors = embed_captions(texts, embedder)  # the embedder batches by its batch_size
     else:
         context.log.info("captions and text embedder unchanged: vectors reused")
     n_sentences = int((vectors["view"] == SENTENCE_VIEW).sum())

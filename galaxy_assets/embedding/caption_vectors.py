@@ -7,27 +7,45 @@ import logging
 import numpy as np
 import polars as pl
 
+from galaxy_assets.embedding.text import TextEmbedderError
+
 log = logging.getLogger(__name__)
 
 __all__ = ["embed_captions"]
 
 
-def embed_captions(captions: pl.DataFrame, embedder, batch_size: int = 256) -> pl.DataFrame:
+# distinct texts handed to the embedder per call: it batches them itself (an HTTP embedder
+# sends its batches concurrently), so a call holds many of its batches; one log line each
+CHUNK_TEXTS = 4096
+
+
+def embed_captions(captions: pl.DataFrame, embedder, chunk_size: int = CHUNK_TEXTS) -> pl.DataFrame:
     """Unit-normalised text vectors for every caption.
 
     ``captions`` needs object_id, caption, model, prompt_sha, and may have ``view`` ("caption"
     for whole captions, "sentence" for sentence views), which is kept. Each distinct text is
-    embedded once (templated captions and generic sentences repeat word for word). Returns the
-    keys plus ``embedder`` (the embedder id) and ``vector`` (Array[Float32, dim]).
+    embedded once (templated captions and generic sentences repeat word for word), in calls of
+    ``chunk_size`` texts. Returns the keys plus ``embedder`` (the embedder id) and ``vector``
+    (Array[Float32, dim]).
     """
     texts = captions["caption"].to_list()
     unique = list(dict.fromkeys(texts))
     if not texts:
         vectors = np.zeros((0, int(getattr(embedder, "dim", 0) or 0)), dtype=np.float32)
     else:
-        chunks = [
-            embedder.embed(unique[i : i + batch_size]) for i in range(0, len(unique), batch_size)
-        ]
+        chunks = []
+        for start in range(0, len(unique), chunk_size):
+            part = unique[start : start + chunk_size]
+            try:
+                chunks.append(embedder.embed(part))
+            except Exception as exc:
+                # the embedder counts from the start of its call: say where that call began
+                raise TextEmbedderError(
+                    f"embedding distinct captions {start}..{start + len(part) - 1} of "
+                    f"{len(unique)} (positions below count from {start}): {exc}"
+                ) from exc
+            if len(unique) > chunk_size:
+                log.info("embedded %d of %d distinct texts", start + len(part), len(unique))
         distinct = np.concatenate(chunks).astype(np.float32, copy=False)
         if distinct.shape[0] != len(unique):
             raise RuntimeError(

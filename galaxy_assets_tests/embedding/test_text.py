@@ -189,3 +189,24 @@ def test_openai_embedder_budget_and_config(server):
         OpenAIEmbedder("http://localhost:8000/v1", "")
     with pytest.raises(TextEmbedderError, match="probe request"):
         OpenAIEmbedder(server.base_url.replace("/v1", "/nope"), "m", max_retries=0)
+
+
+def test_caption_embedding_keeps_an_endpoint_busy_and_names_where_it_failed():
+    """caption_embeddings hands the embedder many of its batches per call, so an endpoint gets
+    `concurrency` requests at once (they went one at a time), and a failure names the
+    distinct captions of that call."""
+    import polars as pl
+
+    from galaxy_assets.embedding.caption_vectors import embed_captions
+
+    caps = pl.DataFrame({"object_id": [str(i) for i in range(40)],
+                         "caption": [f"galaxy number {i} is a spiral" for i in range(40)],
+                         "model": "m", "prompt_sha": "p"})
+    with FakeOpenAIServer(api_key=KEY, embedding_dim=32, latency_s=0.05) as srv:
+        embedder = make(srv, batch_size=4, concurrency=3, dim=32)
+        out = embed_captions(caps, embedder)
+        assert out.height == 40 and srv.max_in_flight == 3
+        srv.add_fault("garbage", times=None, match="galaxy number 33 ")
+        with pytest.raises(TextEmbedderError, match=r"distinct captions 30\.\.39 of 40 .*"
+                           r"count from 30\): .*texts 0\.\.3: invalid JSON"):
+            embed_captions(caps, make(srv, batch_size=4, dim=32, max_retries=0), chunk_size=10)
