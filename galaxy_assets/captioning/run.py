@@ -65,8 +65,9 @@ def caption_galaxies(
 ) -> CaptionRun:
     """Caption every sampled galaxy that has no caption for the captioner's (model, prompt).
 
-    Pixels are read shard by shard (``open_reader(shard_uri)``), in batches; results are
-    stored after each batch, so an interrupted run keeps what it finished. A galaxy whose
+    Pixels are read shard by shard (``open_reader(shard_uri)``); the captioner gets batches
+    of ``batch_size`` galaxies gathered across shards, and results are stored after each
+    batch, so an interrupted run keeps what it finished. A galaxy whose
     pixels cannot be read or whose caption failed is recorded in the failure table.
     """
     run = CaptionRun()
@@ -87,6 +88,36 @@ def caption_galaxies(
             "smaller sample (captioner.sample_size); nothing was sent"
         )
     todo = sample.filter(pl.col("object_id").is_in(list(todo_ids)))
+    # Requests gather across shards: a sample spread over thousands of shards holds a galaxy
+    # or two per shard, and batches of those would leave an endpoint's concurrency idle.
+    pending: list[CaptionRequest] = []
+
+    def record(results: list[CaptionResult]) -> None:
+        captions, failures = results_to_frames(
+            results, captioner.backend, captioner.model_id, captioner.prompt_sha
+        )
+        store.add(captions, failures)
+        run.attempted += len(results)
+        run.captioned += captions.height
+        run.failed += failures.height
+        for reason in failures["reason"].to_list():
+            key = reason.split(":")[0][:80]
+            run.failure_reasons[key] = run.failure_reasons.get(key, 0) + 1
+        if progress:
+            progress(len(results))
+
+    def flush(n: int) -> None:
+        batch, pending[:] = pending[:n], pending[n:]
+        got = {r.object_id: r for r in captioner.caption(batch)}
+        record(
+            [
+                got.get(
+                    r.object_id, CaptionResult(r.object_id, None, "captioner returned no result")
+                )
+                for r in batch
+            ]
+        )
+
     for (uri,), group in todo.group_by(["shard_uri"], maintain_order=True):
         rows = group["row"].to_list()
         ids = group["object_id"].to_list()
@@ -94,63 +125,41 @@ def caption_galaxies(
             reader = open_reader(uri)
         except Exception as exc:  # a bad shard: record its galaxies, go on with the others
             log.warning("cannot open shard %s: %s", uri, exc)
-            results = [CaptionResult(oid, None, f"shard unreadable: {exc}") for oid in ids]
-            _, failures = results_to_frames(
-                results, captioner.backend, captioner.model_id, captioner.prompt_sha
-            )
-            store.add(None, failures)
-            run.attempted += len(ids)
-            run.failed += len(ids)
-            run.failure_reasons["shard unreadable"] = run.failure_reasons.get(
-                "shard unreadable", 0
-            ) + len(ids)
-            if progress:
-                progress(len(ids))
+            record([CaptionResult(oid, None, f"shard unreadable: {exc}") for oid in ids])
             continue
         with reader:
             for start in range(0, len(rows), batch_size):
-                batch_rows, batch_ids = (
-                    rows[start : start + batch_size],
-                    ids[start : start + batch_size],
+                requests, unread = _read_requests(
+                    reader, rows[start : start + batch_size], ids[start : start + batch_size]
                 )
-                results = _caption_batch(reader, captioner, batch_rows, batch_ids)
-                captions, failures = results_to_frames(
-                    results, captioner.backend, captioner.model_id, captioner.prompt_sha
-                )
-                store.add(captions, failures)
-                run.attempted += len(results)
-                run.captioned += captions.height
-                run.failed += failures.height
-                for reason in failures["reason"].to_list():
-                    key = reason.split(":")[0][:80]
-                    run.failure_reasons[key] = run.failure_reasons.get(key, 0) + 1
-                if progress:
-                    progress(len(results))
+                if unread:
+                    record(unread)
+                pending.extend(requests)
+                while len(pending) >= batch_size:
+                    flush(batch_size)
+    while pending:
+        flush(batch_size)
     return run
 
 
-def _caption_batch(
-    reader: CutoutReader, captioner: Captioner, rows: list[int], ids: list[str]
-) -> list[CaptionResult]:
+def _read_requests(
+    reader: CutoutReader, rows: list[int], ids: list[str]
+) -> tuple[list[CaptionRequest], list[CaptionResult]]:
+    """The caption requests of these rows, and the failures of galaxies that could not be
+    read (the whole batch when its rows cannot be read)."""
     try:
         batch = reader.read_rows(rows)
     except Exception as exc:  # an unreadable batch: record every galaxy in it
         log.warning("cannot read rows %s… of %s: %s", rows[:3], reader.uri, exc)
-        return [CaptionResult(oid, None, f"pixels unreadable: {exc}") for oid in ids]
+        return [], [CaptionResult(oid, None, f"pixels unreadable: {exc}") for oid in ids]
     by_id = {str(o): i for i, o in enumerate(batch.object_id)}
-    requests = []
-    results: dict[str, CaptionResult] = {}
+    requests, failed = [], []
     for oid in ids:
         i = by_id.get(oid)
         if i is None:
-            results[oid] = CaptionResult(
-                oid, None, f"object_id not found at its row in {reader.uri}"
+            failed.append(
+                CaptionResult(oid, None, f"object_id not found at its row in {reader.uri}")
             )
             continue
         requests.append(CaptionRequest(oid, batch.images[i], tuple(batch.bands)))
-    if requests:
-        for res in captioner.caption(requests):
-            results[res.object_id] = res
-    return [
-        results.get(oid, CaptionResult(oid, None, "captioner returned no result")) for oid in ids
-    ]
+    return requests, failed

@@ -108,6 +108,22 @@ def test_caption_run_is_incremental_and_records_failures(tmp_path):
     assert cap4.calls == 12 and store.captions().height == 30
 
 
+def test_batches_gather_galaxies_across_shards(tmp_path):
+    """A sample spread thin over many shards (a galaxy or two in each, as on a real survey)
+    still reaches the captioner in full batches, so an endpoint's concurrency is used."""
+    manifest = pl.concat([_manifest(tmp_path / f"part{p}", n_per=2) for p in range(5)])
+    sizes = []
+
+    class Counting(BrightnessCaptioner):
+        def caption(self, requests):
+            sizes.append(len(requests))
+            return super().caption(requests)
+
+    run = caption_galaxies(manifest, Counting(), CaptionStore(tmp_path / "c"),
+                           lambda u: open_shard(u), batch_size=8)
+    assert sizes == [8, 8, 4] and run.attempted == 20 and run.captioned == 10
+
+
 def test_unreadable_shard_records_every_galaxy(tmp_path):
     manifest = _manifest(tmp_path)
     bad_uri = manifest["shard_uri"][0]
