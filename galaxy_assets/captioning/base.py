@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -67,13 +69,27 @@ class Prompt:
 
 
 def load_prompt(name: str = "describe_v1") -> Prompt:
-    """A versioned prompt from ``galaxy_assets/captioning/prompts/<name>.txt``."""
+    """A versioned prompt from ``galaxy_assets/captioning/prompts/<name>.txt``, or your own
+    prompt file when ``name`` is a path to one (``*.txt``; for another survey's bands, pixel
+    scale or units). Either way its sha is stored with every caption."""
+    own = Path(name).expanduser()
+    if name.endswith(".txt") or "/" in name or os.sep in name:
+        if not own.is_file():
+            raise CaptionerError(
+                f"prompt file {name!r} does not exist; give a text file holding the prompt, "
+                "or the name of a packaged prompt (e.g. describe_v1)"
+            )
+        text = own.read_text(encoding="utf-8").strip()
+        if not text:
+            raise CaptionerError(f"prompt file {name!r} is empty")
+        return Prompt(own.stem, text)
     folder = resources.files("galaxy_assets.captioning") / "prompts"
     path = folder / f"{name}.txt"
     if not path.is_file():
         available = sorted(p.name[:-4] for p in folder.iterdir() if p.name.endswith(".txt"))
         raise CaptionerError(
-            f"prompt {name!r} not found in {folder}; available prompts: {available}"
+            f"prompt {name!r} not found in {folder}; available prompts: {available}, or "
+            "give the path of your own prompt file (*.txt)"
         )
     return Prompt(name, path.read_text(encoding="utf-8").strip())
 

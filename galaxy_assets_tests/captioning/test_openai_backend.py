@@ -77,6 +77,20 @@ def test_captions_and_what_was_sent(server):
     assert sent == {encode_image(r.image, r.bands) for r in requests}
 
 
+def test_a_prompt_file_of_your_own_is_sent_and_recorded(server, tmp_path):
+    """captioner.prompt may name a file: another survey's bands, pixel scale or units."""
+    own = tmp_path / "describe_hsc.txt"
+    own.write_text("Describe this HSC cutout (g, r, i as blue, green, red; 0.168 arcsec/px).\n")
+    captioner = make(server, prompt=str(own))
+    assert captioner.prompt_sha == load_prompt(str(own)).sha != load_prompt("describe_v1").sha
+    (result,) = captioner.caption([galaxy(1)])
+    assert result.ok and server.routed("chat")[0].text == own.read_text().strip()
+    with pytest.raises(CaptionerError, match="prompt file .*missing.txt' does not exist"):
+        make(server, prompt=str(tmp_path / "missing.txt"))
+    with pytest.raises(CaptionerError, match="available prompts: .*your own prompt file"):
+        make(server, prompt="describe_v9")
+
+
 def test_image_size_resizes(server):
     captioner = make(server, image_size=96)
     assert captioner.caption([galaxy(0)])[0].ok
