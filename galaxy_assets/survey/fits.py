@@ -50,9 +50,10 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import uuid
 import warnings
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -274,6 +275,38 @@ def _float(headers: Sequence[fits.Header], *keys: str) -> float:
                 except (TypeError, ValueError):
                     return float("nan")
     return float("nan")
+
+
+# Header scans by (path, size, mtime): a folder is opened again for every thumbnail, contact
+# sheet and re-ranking, and reading each file's headers costs ~0.25 ms (5 s for 20,000 files)
+# against a few µs for its stat. A file replaced in place has another size or mtime.
+_SCANS: OrderedDict[tuple[str, int, int], _FileInfo | SurveyFormatError] = OrderedDict()
+_SCANS_LOCK = threading.Lock()
+SCAN_CACHE_FILES = 200_000
+
+
+def _scan_file_cached(path: Path) -> _FileInfo:
+    try:
+        st = path.stat()
+    except OSError:
+        return _scan_file(path)  # says what is wrong with it
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    with _SCANS_LOCK:
+        hit = _SCANS.get(key)
+        if hit is not None:
+            _SCANS.move_to_end(key)
+    if hit is None:
+        try:
+            hit = _scan_file(path)
+        except SurveyFormatError as exc:
+            hit = exc
+        with _SCANS_LOCK:
+            _SCANS[key] = hit
+            while len(_SCANS) > SCAN_CACHE_FILES:
+                _SCANS.popitem(last=False)
+    if isinstance(hit, SurveyFormatError):
+        raise hit
+    return hit  # shared: readers only read a scan
 
 
 def _scan_file(path: Path) -> _FileInfo:
@@ -517,7 +550,7 @@ class FitsFolderReader:
         infos: list[_FileInfo] = []
         for path in files:
             try:
-                infos.append(_scan_file(path))
+                infos.append(_scan_file_cached(path))
             except SurveyFormatError as exc:
                 self._reject(fits_stem(path), path, None, exc)
         if requested is None and infos:

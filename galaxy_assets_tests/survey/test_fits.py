@@ -213,3 +213,24 @@ def test_legacy_survey_viewer_cutout_with_its_invvar_cube(tmp_path):
         batch = reader.read_rows([0])
     np.testing.assert_array_equal(batch.images[0], cube[[3, 0], ::-1])  # display order
     np.testing.assert_array_equal(batch.ivar[0], np.full((2, 12, 12), 4.0, np.float32))
+
+
+def test_a_folder_opened_again_reads_only_changed_headers(tmp_path, monkeypatch):
+    """Thumbnails and re-ranking open a folder per request: its headers are scanned once and
+    kept by (path, size, mtime), so only a file replaced since is read again."""
+    import galaxy_assets.survey.fits as fits_mod
+
+    for k in range(4):
+        write_fits_cutout(tmp_path / f"g{k}.fits", np.ones((1, 8, 8), np.float32), ["r"],
+                          10.0 + k, 0.0, f"g{k}")
+    scanned = []
+    real = fits_mod._scan_file
+    monkeypatch.setattr(fits_mod, "_scan_file", lambda p: scanned.append(p.name) or real(p))
+    FitsFolderReader(tmp_path).close()
+    FitsFolderReader(tmp_path).close()
+    assert sorted(scanned) == ["g0.fits", "g1.fits", "g2.fits", "g3.fits"]
+    write_fits_cutout(tmp_path / "g2.fits", np.ones((1, 9, 9), np.float32), ["r"], 12.0, 0.0, "x2")
+    scanned.clear()
+    with FitsFolderReader(tmp_path, size=8) as reader:
+        assert reader.catalog()["object_id"].tolist() == ["g0", "g1", "x2", "g3"]
+    assert scanned == ["g2.fits"]
