@@ -40,7 +40,7 @@ class SearchEvaluationConfig(dg.Config):
 
 
 @dg.asset(
-    group_name="search", kinds={"mlflow", "polars"}, **gpu_step(),
+    group_name="search", kinds={"mlflow", "polars", "pytorch"}, **gpu_step(),
     ins={"image_embeddings": ALL, "raw_cutouts": ALL,
          # only which galaxies have a training caption (the report's caption split)
          "caption_embeddings": dg.AssetIn(metadata={"columns": ["object_id"]})},

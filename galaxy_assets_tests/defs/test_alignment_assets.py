@@ -59,8 +59,15 @@ def test_image_embeddings_are_reused_until_the_shard_or_encoder_changes(isolated
         shard = root / "healpix=0" / "001-of-001.hdf5"
         os.utime(shard, ns=(shard.stat().st_atime_ns, shard.stat().st_mtime_ns + 10**9))
         dg.materialize([raw_cutouts], partition_key=KEY, instance=instance, resources=resources)
-        _, reused = _embed(instance, resources)
+        third, reused = _embed(instance, resources)
         assert not reused  # the shard file changed: re-embedded
+        # another encoder (other test-time views here): re-embedded with its id
+        other = {**resources, "image_encoder": ImageEncoderResource(
+            kind="timm", name="resnet10t", batch_size=8, tta="none")}
+        fourth, reused = _embed(instance, other)
+        assert not reused and set(fourth["encoder"]) != set(third["encoder"])
+        _, reused = _embed(instance, other)
+        assert reused
 
 
 def test_the_configured_encoder_id_without_loading_weights():

@@ -40,12 +40,43 @@ def test_definitions_content():
     from galaxy_assets.definitions import defs
 
     graph = defs.resolve_asset_graph()
-    keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
-    assert "raw_cutouts" in keys
-    assert defs.resolve_job_def("survey_job") is not None
-    assert defs.resolve_sensor_def("survey_shards_sensor") is not None
-    for name in ("home", "compute", "survey", "io_manager"):
-        assert name in defs.resources
+    # the graph of docs/architecture.md: each asset and what it reads
+    upstream = {
+        k.to_user_string(): sorted(p.to_user_string() for p in graph.get(k).parent_keys)
+        for k in graph.get_all_asset_keys()
+    }
+    assert upstream == {
+        "raw_cutouts": [],
+        "caption_sample": ["raw_cutouts"],
+        "vlm_captions": ["caption_sample"],
+        "caption_embeddings": ["vlm_captions"],
+        "morphology_encoder": ["raw_cutouts"],
+        "morphology_predictions": ["morphology_encoder", "raw_cutouts"],
+        "morphology_scaling_point": ["raw_cutouts"],
+        "morphology_scaling_report": ["morphology_scaling_point"],
+        "morphology_transfer_report": ["morphology_encoder", "raw_cutouts"],
+        "image_embeddings": ["morphology_encoder", "raw_cutouts"],
+        "aligned_model": ["caption_embeddings", "image_embeddings"],
+        "search_evaluation": ["aligned_model", "caption_embeddings", "image_embeddings",
+                              "raw_cutouts"],
+        "search_vectors": ["aligned_model", "image_embeddings", "search_evaluation"],
+        "property_emulator": ["image_embeddings", "morphology_predictions", "raw_cutouts"],
+        "property_posteriors": ["image_embeddings", "morphology_predictions",
+                                "property_emulator", "raw_cutouts"],
+        "galaxy_index": ["morphology_predictions", "property_posteriors", "raw_cutouts",
+                         "search_vectors", "vlm_captions"],
+        "index_maintenance": ["galaxy_index"],
+    }
+    assert sorted(j.name for j in defs.jobs) == [
+        "aligner_job", "captions_job", "emulator_job", "evaluation_job", "index_job",
+        "index_maintenance_job", "ingest_shard_job", "morphology_job", "posteriors_job",
+        "reindex_job", "shard_embeddings_job", "survey_job"]
+    assert sorted(s.name for s in defs.sensors) == [
+        "search_aligner_champion_sensor", "survey_shards_sensor"]
+    assert [s.name for s in defs.schedules] == ["index_maintenance_nightly"]
+    assert sorted(defs.resources) == [
+        "captioner", "compute", "home", "image_encoder", "io_manager", "mlflow", "search_index",
+        "survey", "text_embedder"]
 
 
 def test_dagster_yaml_pools_and_home(isolated_home):

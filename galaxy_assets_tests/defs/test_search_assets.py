@@ -101,6 +101,11 @@ def test_maintenance_schedule_targets_index_maintenance():
     request = index_maintenance_schedule.evaluate_tick(context).run_requests[0]
     assert index_maintenance_schedule.cron_schedule == "0 3 * * *"
     assert request.asset_selection in (None, [dg.AssetKey("index_maintenance")])
+    # the job the schedule runs materializes index_maintenance, and nothing else
+    from galaxy_assets.definitions import defs
+
+    job = defs.resolve_job_def(index_maintenance_schedule.job_name)
+    assert job.asset_layer.selected_asset_keys == {dg.AssetKey("index_maintenance")}
 
 
 def _fake_shard(path, age_s: float = 600.0):

@@ -214,3 +214,47 @@ def test_an_optional_output_that_is_none_writes_nothing(tmp_path):
     io = ShardParquetIOManager(base_dir=str(tmp_path))
     assert dg.materialize([maybe_frame], resources={"io_manager": io}).success
     assert not list(tmp_path.rglob("*.parquet")) and not list(tmp_path.rglob("*.tmp"))
+
+
+def test_a_failed_write_keeps_the_previous_file_whole(tmp_path, monkeypatch):
+    """A write that fails half-way leaves the previous Parquet file as it was (the new one is
+    written beside it and renamed over it), and no temporary file behind."""
+    import dagster_polars
+
+    @dg.asset
+    def frame() -> pl.DataFrame:
+        return pl.DataFrame({"x": list(range(1000))})
+
+    io = ShardParquetIOManager(base_dir=str(tmp_path))
+    assert dg.materialize([frame], resources={"io_manager": io}).success
+    (path,) = tmp_path.rglob("frame.parquet")
+    before = path.read_bytes()
+
+    def half_written(self, context, df, path):  # writes part of the file, then fails
+        with open(path.path, "wb") as f:
+            f.write(b"PAR1 half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(dagster_polars.PolarsParquetIOManager, "write_df_to_path", half_written)
+    assert not dg.materialize([frame], resources={"io_manager": io},
+                              raise_on_error=False).success
+    assert path.read_bytes() == before and not list(tmp_path.rglob("*.tmp"))
+
+
+def test_a_partitioned_asset_must_return_every_partition_of_its_run(tmp_path):
+    parts = dg.StaticPartitionsDefinition(["a", "b", "c"])
+
+    @dg.asset(partitions_def=parts,
+              backfill_policy=dg.BackfillPolicy.single_run())
+    def shards(context) -> dict[str, pl.DataFrame]:
+        return {k: pl.DataFrame({"k": [k]}) for k in context.partition_keys if k != "b"}
+
+    io = ShardParquetIOManager(base_dir=str(tmp_path))
+    result = dg.materialize([shards], resources={"io_manager": io}, raise_on_error=False,
+                            tags={"dagster/asset_partition_range_start": "a",
+                                  "dagster/asset_partition_range_end": "c"})
+    assert not result.success
+    (failure,) = [e for e in result.all_events if e.is_step_failure]
+    assert "shards returned no frame for partition(s) ['b'] of this run" in str(
+        failure.step_failure_data.error)
+    assert not list(tmp_path.rglob("*.parquet"))

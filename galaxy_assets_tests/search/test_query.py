@@ -351,7 +351,6 @@ def test_keyword_search_in_a_cone_widens_until_k_remain(tmp_path, text_embedder,
 
 
 def test_serving_copy_answers_only_for_the_version_read(text_index, text_embedder, aligner):
-    pytest.importorskip("galaxy_assets.search.ann")
     served = GalaxySearch(
         text_index.uri, text_embedder=text_embedder, aligner=aligner, serving_index=True
     )

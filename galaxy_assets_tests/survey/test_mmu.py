@@ -199,6 +199,22 @@ def test_writer_is_atomic_and_creates_parents(tmp_path):
             dec=[0, 0],
             ivar=np.zeros((3, 1, 4, 4)),
         )
+    # A write that fails half-way through the file keeps the shard already there whole.
+    before = path.read_bytes()
+    real = h5py.File.create_dataset
+
+    def fail_on_ra(self, name, *args, **kwargs):
+        if name == "ra":
+            raise OSError("disk full")
+        return real(self, name, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(h5py.Group, "create_dataset", fail_on_ra)
+        with pytest.raises(OSError, match="disk full"):
+            write_mmu_shard(path, images=np.ones((2, 1, 4, 4), np.float32), bands=["r"],
+                            object_id=["c", "d"], ra=[3, 4], dec=[0, 0])
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in path.parent.iterdir()) == ["x.hdf5"]
 
 
 @pytest.mark.parametrize(
