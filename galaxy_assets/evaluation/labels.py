@@ -25,6 +25,7 @@ Plain Python + polars + astropy; knows nothing of Dagster.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import math
@@ -463,6 +464,9 @@ class CrossmatchReport:
     n_bad_coordinates: int  # rows without finite ra/dec (counted in n_unmatched too)
     n_matched_twice: int  # survey galaxies claimed by two or more rows
     n_dropped_doubles: int  # rows dropped because a nearer row claimed the same galaxy
+    # lens catalogues: rows left out before matching, their grade not a lens grade (counted
+    # in n_rows, not in the other counts)
+    n_other_grade: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -475,6 +479,7 @@ class CrossmatchReport:
             "n_bad_coordinates": self.n_bad_coordinates,
             "n_matched_twice": self.n_matched_twice,
             "n_dropped_doubles": self.n_dropped_doubles,
+            "n_other_grade": self.n_other_grade,
         }
 
     @classmethod
@@ -490,6 +495,7 @@ class CrossmatchReport:
             n_bad_coordinates=int(data.get("n_bad_coordinates", 0)),
             n_matched_twice=int(data["n_matched_twice"]),
             n_dropped_doubles=int(data.get("n_dropped_doubles", 0)),
+            n_other_grade=int(data.get("n_other_grade", 0)),
         )
 
     def describe(self) -> str:
@@ -500,6 +506,8 @@ class CrossmatchReport:
         )
         if self.n_bad_coordinates:
             text += f" ({self.n_bad_coordinates} without valid coordinates)"
+        if self.n_other_grade:
+            text += f", {self.n_other_grade} not matched for their grade (not a lens grade)"
         text += f"; {self.n_matched_twice} survey galaxies matched twice"
         if self.n_dropped_doubles:
             keep = "the nearest row kept" if self.method == "position" else "the first row kept"
@@ -998,6 +1006,18 @@ def labels_from_vote_catalogue(
             skipped.append(t.name)
             continue
         rel, n_ex = vote_relevance(matched, t, source=source)
+        # two rows within the radius of one galaxy: the nearest wins it, so a nearer row with
+        # too few votes on this question would hide one with enough; match only the rows
+        # with enough votes for this target
+        usable, _ = vote_relevance(
+            frame.with_row_index("_row").with_columns(pl.col("_row").cast(pl.Utf8).alias(
+                "object_id")), t, source=source)
+        if usable.height < frame.height and report.n_matched_twice:
+            rows = usable["object_id"].cast(pl.Int64).to_list()
+            again, _ = _match(frame[rows], manifest, match_on=match_on,
+                              radius_arcsec=radius_arcsec, id_column=id_column,
+                              ra_column=ra_column, dec_column=dec_column, source=source)
+            rel, _ = vote_relevance(again, t, source=source)
         out[t.name] = TargetLabels(
             t, rel["object_id"].to_numpy(), rel["relevance"].to_numpy(), source, n_ex
         )
@@ -1059,7 +1079,10 @@ def labels_from_lens_catalogue(
                 frame.height,
                 sorted(grades),
             )
+        n_other_grade = frame.height - graded.height
         frame = graded
+    else:
+        n_other_grade = 0
     positive, report = _match(
         frame,
         manifest,
@@ -1070,6 +1093,9 @@ def labels_from_lens_catalogue(
         dec_column=dec_column,
         source=source,
     )
+    if n_other_grade:
+        report = dataclasses.replace(report, n_rows=report.n_rows + n_other_grade,
+                                     n_other_grade=n_other_grade)
     ids = manifest["object_id"].cast(pl.Utf8).unique(maintain_order=True)
     pos = set(positive["object_id"].to_list())
     rel = np.fromiter(

@@ -228,7 +228,8 @@ def run_search_evaluation(
         decision = replaces_unservable_champion(f"{ALIGNER} v{champion_version}", mismatch,
                                                 result, n_sigma=config.n_sigma)
     else:
-        decision = compare_to_champion(result, champion_result, n_sigma=config.n_sigma)
+        decision = compare_to_champion(result, champion_result, n_sigma=config.n_sigma,
+                                       n_boot=config.n_boot, seed=config.seed)
     promoted = decision.passed and champion_version != candidate_version
     verdict = ("passed: " if decision.passed else "FAILED: ") + "; ".join(decision.reasons)
     log(f"gate {verdict}")

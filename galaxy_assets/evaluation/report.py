@@ -571,8 +571,9 @@ def evaluate(
     """Score every method given on every labelled target (or those named in ``targets``).
 
     ``search_fn(queries, k)`` returns ranked object_ids per query (one batched call, ``k =
-    fetch_k``: ask for enough that at least max(k_list) labelled galaxies remain after the
-    unlabelled ones are dropped; the result notes when a list ran short). ``rerank_fn(query,
+    fetch_k``; a query whose results hold fewer than max(k_list, curve_k) labelled galaxies
+    of its target is asked again, four times deeper, until they do or the search runs out;
+    the result notes a list that still ran short). ``rerank_fn(query,
     ids)`` re-orders the first ``rerank_depth`` semantic results (every phrasing, or only the
     primary one with ``rerank_all_phrasings=False``). ``image_embeddings`` enables the
     image-similarity baseline. Random rankings are always scored.
@@ -628,7 +629,29 @@ def evaluate(
             split_rankings = run_search(search_fn, primaries, max(n_all, fetch_k))
             results = {q: ids[:fetch_k] for q, ids in split_rankings.items()}
         results |= run_search(search_fn, [q for q in queries if q not in results], fetch_k)
-        log.info("semantic search: %d queries, %d results each asked", len(results), fetch_k)
+        # Unlabelled galaxies are dropped from a ranking before it is scored: where labels
+        # cover a small part of the survey (a catalogue of a few per cent), fetch_k results
+        # hold too few labelled ones, so those rankings are asked again, deeper.
+        asked = fetch_k
+        while True:
+            short = [
+                q for q in dict.fromkeys(queries)
+                if len(results[q]) >= asked
+                and any(
+                    ranked_indices(results[q], labels[n].index).size
+                    < min(depth, labels[n].n_candidates)
+                    for n in names if q in labels[n].target.queries
+                )
+            ]
+            if not short:
+                break
+            asked *= 4
+            for q in short:
+                if q in split_rankings:  # ranked through already
+                    results[q] = split_rankings[q][:asked]
+            results |= run_search(search_fn, [q for q in short if q not in split_rankings], asked)
+        log.info("semantic search: %d queries, %d results each asked at most", len(results),
+                 asked)
 
     target_info: dict[str, dict[str, Any]] = {}
     scores: list[Scores] = []
@@ -666,8 +689,8 @@ def evaluate(
                 note = ""
                 if ranked.size < need:
                     note = (
-                        f"only {ranked.size} labelled galaxies in the top {len(ids)} "
-                        f"results (wanted {need}); raise fetch_k"
+                        f"only {ranked.size} labelled galaxies in the {len(ids)} results "
+                        f"the search returned (wanted {need})"
                     )
                     notes.append(f"{name}/{method} “{q}”: {note}")
                 # one seed per target: every text ranking of a target is scored on the same

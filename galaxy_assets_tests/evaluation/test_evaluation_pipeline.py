@@ -132,6 +132,25 @@ def test_a_better_candidate_replaces_the_champion(monkeypatch, world, tmp_path):
     assert out.decision.per_target.height > 0  # compared target by target
 
 
+def test_the_gate_resamples_as_the_config_says(monkeypatch, world, tmp_path):
+    """The gate's paired bootstrap uses the evaluation's n_boot and seed, as the report's
+    uncertainties do (it used its own 1,000 resamples and seed 0)."""
+    _patch(monkeypatch, world, {1: 3.0, 2: 0.05})
+    seen = {}
+    real = pipeline.compare_to_champion
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "compare_to_champion", spy)
+    run_search_evaluation(
+        candidate_version=2, image_embeddings=world.embeddings, manifest=world.manifest,
+        tracker=FakeTracker(champion=1), text_embedder=None, rater=None, reports=tmp_path,
+        config=EvaluationConfig(rerank=False, n_boot=40, seed=7), log=lambda msg: None)
+    assert (seen["n_boot"], seen["seed"]) == (40, 7)
+
+
 # --------------------------------------------------------------------------- load_labels
 def _survey_on_disk(world, tmp_path: Path, truth: pl.DataFrame | None) -> pl.DataFrame:
     shard = tmp_path / "healpix=1" / "001-of-001.hdf5"

@@ -462,3 +462,22 @@ def test_a_confirmed_lens_is_kept_beside_a_nearer_low_grade_entry():
     labels = labels_from_lens_catalogue(catalogue, manifest)["lenses"]
     assert dict(zip(labels.object_ids.tolist(), labels.relevance.tolist(), strict=True)) == {
         "g0": 1.0, "g1": 0.0}
+    # every catalogue row is counted: the D row was left out for its grade, not lost
+    (report,) = labels_from_lens_catalogue(catalogue, manifest).crossmatch
+    assert (report.n_rows, report.n_matched, report.n_other_grade) == (2, 1, 1)
+    assert "1 not matched for their grade" in report.describe()
+
+
+def test_a_well_voted_row_is_kept_beside_a_nearer_row_with_too_few_votes():
+    """Two vote rows of one galaxy: a 1-vote row 0.1" away and a 40-vote row 0.6" away. The
+    galaxy keeps the 40 votes (the 1-vote row won the nearest-row match and the galaxy then
+    left the candidate set for having too few votes)."""
+    manifest = pl.DataFrame({"object_id": ["a"], "ra": [50.0], "dec": [20.0]})
+    catalogue = pl.DataFrame({
+        "ra": [50.0 + 0.1 * ARCSEC, 50.0 + 0.6 * ARCSEC], "dec": [20.0, 20.0],
+        "has-spiral-arms_yes": [1, 38], "has-spiral-arms_no": [0, 2],
+        "has-spiral-arms_total-votes": [1, 40]})
+    labels = labels_from_vote_catalogue(catalogue, manifest,
+                                        {"spirals": default_targets()["spirals"]})["spirals"]
+    assert labels.object_ids.tolist() == ["a"]
+    assert labels.relevance.tolist() == pytest.approx([38 / 40])

@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pytest
 from PIL import Image
 
@@ -143,8 +144,35 @@ def test_short_result_lists_are_noted(world):
         targets=["rings"],
     )
     assert res.target_names == ["rings"]
-    assert any("raise fetch_k" in n for n in res.notes)
+    assert any("in the 5 results the search returned" in n for n in res.notes)
     assert res.score("rings", "semantic").n_ranked == 5
+
+
+def test_sparse_labels_are_searched_deep_enough():
+    """Labels of a few per cent of the survey (a vote catalogue): fetch_k results hold too
+    few labelled galaxies, so the rankings are asked again deeper, and score as a full
+    ranking does."""
+    from galaxy_assets_tests.evaluation.conftest import make_world
+
+    world = make_world(n=3000, seed=3)
+    keep = np.random.default_rng(0).random(world.truth.height) < 0.05
+    sparse = labels_from_truth(world.truth.filter(pl.Series(keep)))
+    asked = []
+
+    def search(queries, k):
+        asked.append(k)
+        return world.search_fn(noise=0.3)(queries, k)
+
+    n = world.object_ids.size
+    deep = evaluate(sparse, search_fn=search, universe=world.object_ids.tolist(), fetch_k=150,
+                    n_boot=20, n_random=2, targets=["spirals"])
+    full = evaluate(sparse, search_fn=world.search_fn(noise=0.3),
+                    universe=world.object_ids.tolist(), fetch_k=n, n_boot=20, n_random=2,
+                    targets=["spirals"])
+    assert asked[0] == 150 and max(asked) > 150
+    got, want = deep.score("spirals", "semantic"), full.score("spirals", "semantic")
+    assert got.ndcg_at(100) == pytest.approx(want.ndcg_at(100))
+    assert got.recall[100] == pytest.approx(want.recall[100]) and not deep.notes
 
 
 def test_universe_restricts_every_candidate_set(world):
