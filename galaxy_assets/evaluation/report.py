@@ -360,7 +360,8 @@ class EvaluationResult:
 
     def summary(self) -> dict[str, Any]:
         """What ``galaxy-assets evaluate --json`` prints: for each target and method nDCG@10
-        (± its bootstrap σ), recall@100 and targets in the top 100, and the versions read.
+        (± its bootstrap σ), recall@100 and targets in the top 100, the versions read, and
+        each target's labels (source, fingerprint, counts).
         (The smallest and largest k of ``k_list`` stand in for 10 and 100 if those are absent.)"""
         k_lo = 10 if 10 in self.k_list else min(self.k_list)
         k_hi = 100 if 100 in self.k_list else max(self.k_list)
@@ -390,9 +391,14 @@ class EvaluationResult:
             }
             for t, sp in self.caption_splits().items()
         }
+        labels = {
+            t: {k: i.get(k) for k in ("source", "fingerprint", "n_candidates", "n_targets")}
+            for t, i in self.targets.items()
+        }
         return {
             "created_at": self.created_at,
             "versions": dict(self.versions),
+            "labels": labels,  # which labels the figures are on (the gate compares these)
             "targets": out,
             "quality_bar": {q.target: q.passed for q in self.quality_bar()},
             **({"caption_split": splits} if splits else {}),

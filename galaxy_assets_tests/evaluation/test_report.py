@@ -88,6 +88,9 @@ def test_result_json_round_trip(world, tmp_path: Path):
         "targets_in_top_100",
     }
     assert summary["versions"]["table_version"] == "7"
+    lens_labels = summary["labels"]["lenses"]  # which labels the figures are on
+    assert lens_labels["fingerprint"] == res.labels["lenses"].fingerprint
+    assert lens_labels["n_candidates"] == res.labels["lenses"].n_candidates
     flat = back.flat_metrics()
     assert "spirals/semantic/ndcg_at_10" in flat
     assert all(math.isfinite(v) for v in flat.values())
