@@ -228,7 +228,7 @@ def validate_votes(
         raise MorphologyError(f"vote table {source} is empty")
     ids = frame["object_id"].cast(pl.Utf8).to_numpy().astype(str)
     raw = frame.select([pl.col(c).cast(pl.Float64) for c in answer_cols]).to_numpy()
-    nulls = ~np.isfinite(raw)
+    nulls = np.isnan(raw)  # null or NaN: no votes recorded for that answer
     nulls_as_zero = int(nulls.any(axis=1).sum())
     counts = np.where(nulls, 0.0, raw)
 
@@ -241,6 +241,7 @@ def validate_votes(
         _fail_or_skip(reason, bad, ids, what, on_bad, skipped, examples, source)
         keep[bad] = False
 
+    check("infinite_counts", np.isinf(counts).any(axis=1), "have infinite vote counts")
     check("negative_counts", (counts < 0).any(axis=1), "have negative vote counts")
     check(
         "non_integer_counts",
@@ -248,9 +249,11 @@ def validate_votes(
         "have non-integer vote counts",
     )
     check("no_votes", counts.sum(axis=1) == 0, "have no votes at all (all-zero rows)")
-    _, first = np.unique(ids, return_index=True)
-    dup = np.ones(n_input, dtype=bool)
-    dup[first] = False
+    # the first usable row of an id is kept (a bad first copy does not cost the good one)
+    usable = np.flatnonzero(keep)
+    _, first = np.unique(ids[usable], return_index=True)
+    dup = keep.copy()
+    dup[usable[first]] = False
     check("duplicate_id", dup, "repeat an object_id already in the table")
     known = set(manifest["object_id"].cast(pl.Utf8).to_list())
     unmatched = np.fromiter((oid not in known for oid in ids), dtype=bool, count=n_input)

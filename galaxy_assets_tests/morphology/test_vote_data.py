@@ -94,6 +94,24 @@ def test_bad_rows_are_skipped_and_counted(manifest):
         validate_votes(votes, manifest, on_bad="raise")
 
 
+def test_infinite_counts_are_bad_rows_and_a_bad_first_copy_keeps_the_good_one(manifest):
+    """An infinite count is bad input, not zero votes; when an id's first row is bad, its
+    later good row is kept instead of dropped as a duplicate."""
+    votes = _votes().with_columns(
+        pl.when(pl.col("object_id") == "g001").then(float("inf"))
+        .otherwise(pl.col("bar_no").cast(pl.Float64)).alias("bar_no"))
+    bad_first = _votes(1, seed=5).with_columns(pl.lit("g002").alias("object_id"),
+                                                pl.lit(-1).alias("bar_no"))
+    good = votes.filter(pl.col("object_id") == "g002")
+    table = validate_votes(pl.concat(
+        [votes.filter(pl.col("object_id") != "g002"), bad_first, good], how="vertical_relaxed"),
+        manifest)
+    assert table.skipped == {"infinite_counts": 1, "negative_counts": 1}
+    assert "g001" not in table.object_ids and "g002" in table.object_ids
+    with pytest.raises(MorphologyError, match="infinite vote counts.*g001"):
+        validate_votes(votes, manifest, on_bad="raise")
+
+
 def test_nulls_count_as_zero_and_totals_are_recomputed(manifest):
     votes = _votes().with_columns(
         pl.when(pl.col("object_id") == "g004")
