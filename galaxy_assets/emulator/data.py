@@ -467,6 +467,8 @@ class FeatureSpec:
     morphology: tuple[str, ...] = MORPHOLOGY_COLUMNS
     pca: EmbeddingPCA | None = None
     embedding_encoder: str | None = None
+    # the morphology encoder whose vote fractions (the p_* inputs) it was trained on
+    morphology_encoder: str | None = None
 
     def to_config(self) -> dict[str, Any]:
         return {
@@ -477,6 +479,7 @@ class FeatureSpec:
             "morphology": list(self.morphology),
             "pca": self.pca.to_config() if self.pca is not None else None,
             "embedding_encoder": self.embedding_encoder,
+            "morphology_encoder": self.morphology_encoder,
         }
 
     @classmethod
@@ -494,6 +497,7 @@ class FeatureSpec:
             morphology=tuple(config.get("morphology", ())),
             pca=EmbeddingPCA.from_config(pca) if pca else None,
             embedding_encoder=config.get("embedding_encoder"),
+            morphology_encoder=config.get("morphology_encoder"),
         )
 
 
@@ -572,6 +576,22 @@ def survey_features(
     out = base.with_columns(pl.Series(name, cols[name], dtype=pl.Float64) for name in order)
     if predictions is not None:
         have = [c for c in spec.morphology if c in predictions.columns]
+        if have and spec.morphology_encoder and "encoder" in predictions.columns:
+            # vote fractions of another encoder (a new champion) mean other things to the
+            # emulator than those it learned from
+            other = predictions.filter(pl.col("encoder").cast(pl.Utf8) != spec.morphology_encoder)
+            if other.height:
+                log.warning(
+                    "%d galaxies' vote fractions come from %s, not %s the emulator was "
+                    "trained on: their morphology inputs are left out; retrain "
+                    "property_emulator on the current predictions",
+                    other.height,
+                    ", ".join(sorted(set(other.get_column("encoder").cast(pl.Utf8)))),
+                    spec.morphology_encoder,
+                )
+                predictions = predictions.filter(
+                    pl.col("encoder").cast(pl.Utf8) == spec.morphology_encoder
+                )
         if have:
             pred = predictions.select(
                 pl.col("object_id").cast(pl.Utf8), *[pl.col(c).cast(pl.Float64) for c in have]
@@ -643,6 +663,21 @@ def build_survey_table(
                 )
             spec.embedding_encoder = encoders[0]
         spec.pca = EmbeddingPCA.fit(_embedding_matrix(emb), n_components)
+    if (
+        predictions is not None
+        and spec.morphology_encoder is None
+        and ("encoder" in predictions.columns)
+    ):
+        ids = manifest.get_column("object_id").cast(pl.Utf8)
+        used = predictions.filter(pl.col("object_id").cast(pl.Utf8).is_in(ids.implode()))
+        encoders = sorted(set(used.get_column("encoder").cast(pl.Utf8).drop_nulls().to_list()))
+        if len(encoders) > 1:
+            raise EmulatorDataError(
+                f"the vote fractions come from {len(encoders)} morphology encoders "
+                f"({', '.join(encoders)}): predict every shard with the current encoder "
+                "(shard_embeddings_job) first"
+            )
+        spec.morphology_encoder = encoders[0] if encoders else None
     features = survey_features(
         manifest,
         predictions=predictions,

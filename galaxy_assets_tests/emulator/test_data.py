@@ -269,6 +269,30 @@ def test_embedding_inputs_come_from_the_encoder_the_pca_was_fitted_on(tiny_surve
         build_survey_table(manifest, tiny_survey.truth, embeddings=newer, n_components=4)
 
 
+def test_morphology_inputs_come_from_the_encoder_the_emulator_learned(tiny_survey, caplog):
+    """The p_* inputs are one morphology encoder's vote fractions: the recipe names it,
+    another encoder's fractions (a new champion) are left out with a warning, and a training
+    set mixing encoders is refused, as for the image embeddings."""
+    manifest = tiny_survey.manifest
+    preds = _fake_predictions(manifest).with_columns(pl.lit("morphology-encoder/v1").alias("encoder"))
+    table = build_survey_table(manifest, tiny_survey.truth, predictions=preds)
+    spec = FeatureSpec.from_config(table.features)
+    assert spec.morphology_encoder == "morphology-encoder/v1"
+    half = manifest.height // 2
+    newer = preds.with_columns(
+        pl.when(pl.int_range(pl.len()) < half).then(pl.lit("morphology-encoder/v2"))
+        .otherwise(pl.col("encoder")).alias("encoder"))
+    with caplog.at_level("WARNING"):
+        features = survey_features(manifest, predictions=newer, spec=spec)
+    assert "not morphology-encoder/v1 the emulator was trained on" in caplog.text
+    by_id = dict(zip(features["object_id"], features["p_spiral"], strict=True))
+    ids = newer["object_id"].to_list()
+    assert all(by_id[o] is None for o in ids[:half])
+    assert all(by_id[o] is not None for o in ids[half:])
+    with pytest.raises(EmulatorDataError, match="2 morphology encoders"):
+        build_survey_table(manifest, tiny_survey.truth, predictions=newer)
+
+
 def test_survey_table_drops_unusable_derived_columns(tiny_survey):
     manifest = tiny_survey.manifest.with_columns(pl.lit(None, dtype=pl.Float32).alias("flux_i"))
     table = build_survey_table(manifest, tiny_survey.truth)
