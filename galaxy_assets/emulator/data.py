@@ -576,22 +576,16 @@ def survey_features(
     out = base.with_columns(pl.Series(name, cols[name], dtype=pl.Float64) for name in order)
     if predictions is not None:
         have = [c for c in spec.morphology if c in predictions.columns]
-        if have and spec.morphology_encoder and "encoder" in predictions.columns:
+        if have:
             # vote fractions of another encoder (a new champion) mean other things to the
             # emulator than those it learned from
-            other = predictions.filter(pl.col("encoder").cast(pl.Utf8) != spec.morphology_encoder)
-            if other.height:
-                log.warning(
-                    "%d galaxies' vote fractions come from %s, not %s the emulator was "
-                    "trained on: their morphology inputs are left out; retrain "
-                    "property_emulator on the current predictions",
-                    other.height,
-                    ", ".join(sorted(set(other.get_column("encoder").cast(pl.Utf8)))),
-                    spec.morphology_encoder,
-                )
-                predictions = predictions.filter(
-                    pl.col("encoder").cast(pl.Utf8) == spec.morphology_encoder
-                )
+            predictions = _of_encoder(
+                predictions,
+                spec.morphology_encoder,
+                "vote fractions",
+                "the emulator was trained on: their morphology inputs",
+                "predictions",
+            )
         if have:
             pred = predictions.select(
                 pl.col("object_id").cast(pl.Utf8), *[pl.col(c).cast(pl.Float64) for c in have]
@@ -604,20 +598,15 @@ def survey_features(
                 "build the training table with build_survey_table (which fits it)"
             )
         emb = embeddings.unique("object_id", keep="first")
-        if spec.embedding_encoder and "encoder" in emb.columns:
-            # the PCA projects one encoder's space: vectors of another encoder (a new encoder
-            # champion, other test-time views) of the same width would pass unnoticed
-            other = emb.filter(pl.col("encoder").cast(pl.Utf8) != spec.embedding_encoder)
-            if other.height:
-                log.warning(
-                    "%d galaxies' image embeddings come from %s, not %s whose space the "
-                    "emulator's PCA projects: their embedding inputs are left out; retrain "
-                    "property_emulator on the current embeddings",
-                    other.height,
-                    ", ".join(sorted(set(other.get_column("encoder").cast(pl.Utf8)))),
-                    spec.embedding_encoder,
-                )
-                emb = emb.filter(pl.col("encoder").cast(pl.Utf8) == spec.embedding_encoder)
+        # the PCA projects one encoder's space: vectors of another encoder (a new encoder
+        # champion, other test-time views) of the same width would pass unnoticed
+        emb = _of_encoder(
+            emb,
+            spec.embedding_encoder,
+            "image embeddings",
+            "whose space the emulator's PCA projects: their embedding inputs",
+            "embeddings",
+        )
         pcs = spec.pca.transform(_embedding_matrix(emb))
         pc_frame = pl.DataFrame(
             {
@@ -627,6 +616,30 @@ def survey_features(
         )
         out = out.join(pc_frame, on="object_id", how="left")
     return out.with_columns(pl.col(pl.Float64).fill_nan(None))
+
+
+def _of_encoder(
+    frame: pl.DataFrame, expected: str | None, what: str, whose: str, retrain_on: str
+) -> pl.DataFrame:
+    """The rows of ``frame`` made by the ``expected`` encoder (its ``encoder`` column); the
+    others are left out with a warning. Unchanged without an expectation or the column."""
+    if not expected or "encoder" not in frame.columns:
+        return frame
+    mine = pl.col("encoder").cast(pl.Utf8) == expected
+    other = frame.filter(~mine)
+    if not other.height:
+        return frame
+    log.warning(
+        "%d galaxies' %s come from %s, not %s %s are left out; retrain property_emulator "
+        "on the current %s",
+        other.height,
+        what,
+        ", ".join(sorted(set(other.get_column("encoder").cast(pl.Utf8)))),
+        expected,
+        whose,
+        retrain_on,
+    )
+    return frame.filter(mine)
 
 
 def build_survey_table(
