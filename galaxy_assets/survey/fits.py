@@ -277,12 +277,17 @@ def _float(headers: Sequence[fits.Header], *keys: str) -> float:
     return float("nan")
 
 
-# Header scans by (path, size, mtime): a folder is opened again for every thumbnail, contact
-# sheet and re-ranking, and reading each file's headers costs ~0.25 ms (5 s for 20,000 files)
-# against a few µs for its stat. A file replaced in place has another size or mtime.
-_SCANS: OrderedDict[tuple[str, int, int], _FileInfo | SurveyFormatError] = OrderedDict()
+# Header scans by file state: a folder is opened again for every thumbnail, contact sheet
+# and re-ranking, and reading each file's headers costs ~0.25-0.6 ms (5 s for 20,000 files)
+# against a few µs for its stat. The key holds the inode and ctime besides size and mtime: a
+# header fixed in place keeps the size (FITS files are whole 2,880-byte blocks), and a copy
+# made with `cp -p` or `rsync -a` keeps the mtime, but every write changes the ctime. A file
+# that cannot be scanned keeps the reason's parts, never the exception (its traceback would
+# hold every reader that raised it).
+_ScanKey = tuple[str, int, int, int, int]
+_SCANS: OrderedDict[_ScanKey, _FileInfo | tuple[str, str, str | None, str | None]] = OrderedDict()
 _SCANS_LOCK = threading.Lock()
-SCAN_CACHE_FILES = 200_000
+SCAN_CACHE_FILES = 50_000  # about 3 KB each
 
 
 def _scan_file_cached(path: Path) -> _FileInfo:
@@ -290,7 +295,7 @@ def _scan_file_cached(path: Path) -> _FileInfo:
         st = path.stat()
     except OSError:
         return _scan_file(path)  # says what is wrong with it
-    key = (str(path), st.st_size, st.st_mtime_ns)
+    key = (str(path), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
     with _SCANS_LOCK:
         hit = _SCANS.get(key)
         if hit is not None:
@@ -299,13 +304,14 @@ def _scan_file_cached(path: Path) -> _FileInfo:
         try:
             hit = _scan_file(path)
         except SurveyFormatError as exc:
-            hit = exc
+            hit = (exc.path, exc.problem, exc.field, exc.expected)
         with _SCANS_LOCK:
             _SCANS[key] = hit
             while len(_SCANS) > SCAN_CACHE_FILES:
                 _SCANS.popitem(last=False)
-    if isinstance(hit, SurveyFormatError):
-        raise hit
+    if isinstance(hit, tuple):
+        where, problem, fld, expected = hit
+        raise SurveyFormatError(where, problem, field=fld, expected=expected)
     return hit  # shared: readers only read a scan
 
 
@@ -631,7 +637,7 @@ class FitsFolderReader:
             )
 
     def _reject(self, object_id: str, path: Path, row: int | None, exc: SurveyFormatError) -> None:
-        log.warning("skipping %s", exc)
+        log.warning("skipping %s", str(exc))  # the text: a record must not hold the reader
         self.rejected.append(
             {"object_id": object_id, "file": str(path), "row": row, "reason": str(exc)}
         )

@@ -234,3 +234,34 @@ def test_a_folder_opened_again_reads_only_changed_headers(tmp_path, monkeypatch)
     with FitsFolderReader(tmp_path, size=8) as reader:
         assert reader.catalog()["object_id"].tolist() == ["g0", "g1", "x2", "g3"]
     assert scanned == ["g2.fits"]
+
+
+def test_the_scan_cache_keeps_no_reader_and_sees_headers_fixed_in_place(tmp_path):
+    """A bad file's reason is raised afresh on every open (a cached exception's traceback
+    kept every reader that raised it alive); a header edited in place with its size and
+    mtime kept (cp -p, rsync -a) is read again."""
+    import gc
+    import os
+    import weakref
+
+    write_fits_cutout(tmp_path / "good.fits", np.ones((1, 8, 8), np.float32), ["r"], 10.0, 0.0,
+                      "good")
+    (tmp_path / "bad.fits").write_bytes(b"SIMPLE  = T" + b" " * 100)
+    refs = []
+    for _ in range(3):
+        reader = FitsFolderReader(tmp_path)
+        assert len(reader.rejected) == 1
+        refs.append(weakref.ref(reader))
+        reader.close()
+        del reader
+    gc.collect()
+    assert all(r() is None for r in refs)
+
+    path = tmp_path / "good.fits"
+    st = path.stat()
+    with fits.open(path, mode="update") as hdul:
+        hdul[0].header["RA"] = 123.0
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.stat().st_size == st.st_size and path.stat().st_mtime_ns == st.st_mtime_ns
+    with FitsFolderReader(tmp_path) as reader:
+        assert reader.catalog()["ra"].tolist() == [123.0]
