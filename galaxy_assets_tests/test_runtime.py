@@ -203,8 +203,9 @@ def test_backend_settings_the_errors_name_are_settings(tmp_path, isolated_home, 
     embedder = build_text_embedder_from(settings)  # dim given: no probe request is sent
     assert isinstance(embedder, text_mod.OpenAIEmbedder) and embedder.dim == 1536
     client = embedder.client
+    # a query embedder lives as long as the server: no budget that, once spent, refuses all
     assert (client.concurrency, client.timeout_s, client.max_retries, client.request_budget) == (
-        8, 5.0, 1, 10)
+        8, 5.0, 1, None)
     resources = default_resources()
     assert resources["captioner"].max_retries == 7
     resource_embedder = resources["text_embedder"].build(SimpleNamespace(torch_device=lambda: "cpu"))

@@ -119,7 +119,9 @@ def _example_grids(result: EvaluationResult, manifest: pl.DataFrame) -> dict[str
     from galaxy_assets.survey.rgb import lupton_rgb
 
     grids: dict[str, list[np.ndarray]] = {}
-    rows = manifest.select("object_id", "shard_uri", "row")
+    # bands and crop of each manifest row: the picture the encoder saw
+    rows = manifest.select(c for c in ("object_id", "shard_uri", "row", "bands", "height", "width")
+                           if c in manifest.columns)
     for target in result.targets:
         try:
             ids = example_ids(result, target, n=16)

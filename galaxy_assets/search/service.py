@@ -40,8 +40,9 @@ def tracker_for(home: Home):
 
 
 def build_text_embedder_from(settings: Settings, device: str = "cpu"):
-    """The text embedder of ``settings.text_embedder`` (the one the aligner was trained with,
-    unless the settings changed since — :class:`GalaxySearch` then refuses text queries)."""
+    """The query-time text embedder of ``settings.text_embedder`` (the one the aligner was
+    trained with, unless the settings changed since — :class:`GalaxySearch` then refuses
+    text queries), without the section's request budget, which is for embedding runs."""
     from galaxy_assets.embedding.text import build_text_embedder
 
     cfg = settings.text_embedder
@@ -51,8 +52,10 @@ def build_text_embedder_from(settings: Settings, device: str = "cpu"):
         model=cfg.model or None,
         base_url=cfg.base_url or None,
         api_key=key,
+        # no request budget: it counts over the client's life, and a query embedder lives as
+        # long as the server (a budget spent once would refuse every later query)
         **cfg.model_dump(include={"batch_size", "dim", "concurrency", "timeout_s",
-                                  "max_retries", "request_budget"}),
+                                  "max_retries"}),
         device=device,
     )
 

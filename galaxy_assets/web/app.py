@@ -274,6 +274,9 @@ class SearchRequest(BaseModel):
     table_version: int | None = Field(None, ge=0)
 
 
+# what read_cutouts needs to read a galaxy's pixels as the graph read them
+PIXEL_COLUMNS = ("object_id", "shard_uri", "row", "bands", "height", "width")
+
 # rankings (query x table version) the server keeps for later pages, and how many pages a
 # first page ranks ahead
 PAGE_CACHE_QUERIES = 64
@@ -1082,7 +1085,9 @@ def create_app(
         search = engine.get()
         with engine.lock.read():
             version = int(search.version)
-            row = lookup(search, object_id, ["object_id", "shard_uri", "row"])
+            # bands and crop of the galaxy's manifest row: the picture the encoder saw
+            names = set(search.table.schema.names)
+            row = lookup(search, object_id, [c for c in PIXEL_COLUMNS if c in names])
         oid = str(row["object_id"][0])
         data = thumbs.get(oid, version, size, lambda: render_thumbnail(row, size))
         return Response(

@@ -49,6 +49,11 @@ def render_thumbnail(row: pl.DataFrame, size: int) -> bytes:
     return to_png(lupton_rgb(cut.image, cut.bands), size=int(size))
 
 
+# a new revision draws every thumbnail again (2: the galaxy's own bands and crop, as the
+# encoder read them, instead of every band of the shard at its native size)
+RENDER_REVISION = 2
+
+
 class ThumbnailCache:
     """PNG bytes keyed by (object_id, table version, size): an LRU of ``max_items`` in memory,
     backed by files under ``folder`` when one is given (written atomically)."""
@@ -73,7 +78,7 @@ class ThumbnailCache:
 
     @staticmethod
     def key(object_id: str, version: int, size: int) -> str:
-        raw = f"{object_id}\x00{int(version)}\x00{int(size)}".encode()
+        raw = f"{object_id}\x00{int(version)}\x00{int(size)}\x00{RENDER_REVISION}".encode()
         return hashlib.sha256(raw).hexdigest()[:40]
 
     def _file(self, key: str) -> Path | None:

@@ -314,6 +314,20 @@ def test_thumbnails_are_rendered_from_pixels_and_cached(survey_app, survey_index
     _error(survey_app.get(f"/api/galaxy/{oid}/thumbnail", params={"size": 5000}), 422)
 
 
+def test_a_thumbnail_is_drawn_from_the_bands_and_crop_the_graph_read(survey_app, survey_index,
+                                                                      monkeypatch):
+    from galaxy_assets.web import app as app_module
+
+    seen = []
+    real = app_module.render_thumbnail
+    monkeypatch.setattr(app_module, "render_thumbnail",
+                        lambda row, size: seen.append(row) or real(row, size))
+    oid, _ = _one_cutout(survey_index)
+    assert survey_app.get(f"/api/galaxy/{oid}/thumbnail", params={"size": 64}).status_code == 200
+    (row,) = seen
+    assert {"bands", "height", "width"} <= set(row.columns)
+
+
 def _fits_bytes(cut: Cutout) -> bytes:
     hdu = fits.PrimaryHDU(cut.image)
     hdu.header["BANDS"] = ",".join(cut.bands)
