@@ -149,9 +149,10 @@ def search_aligner_champion_sensor(
     if state.get("version") == version:
         # a re-index was requested for this champion, and the index does not serve it (yet)
         run = _run_of_key(context.instance, state.get("run_key"))
-        if run is not None and run.status in _RUN_IN_FLIGHT:
+        busy = _reindex_in_flight(context.instance)  # also one the cursor does not name
+        if busy is not None:
             return dg.SkipReason(f"re-indexing for search-aligner@{alias} = v{version}: run "
-                                 f"{run.run_id} is {run.status.value.lower()}")
+                                 f"{busy.run_id} is {busy.status.value.lower()}")
         attempts = int(state.get("attempts", 1))
         if attempts >= MAX_REINDEX_ATTEMPTS:
             return dg.SkipReason(
@@ -197,6 +198,14 @@ def _dump_state(state: dict) -> str:
     import json
 
     return json.dumps(state, sort_keys=True)
+
+
+def _reindex_in_flight(instance: dg.DagsterInstance):
+    """A reindex_job run that is queued or running, or None."""
+    runs = instance.get_runs(
+        filters=dg.RunsFilter(job_name=reindex_job.name, statuses=list(_RUN_IN_FLIGHT)), limit=1
+    )
+    return runs[0] if runs else None
 
 
 def _run_of_key(instance: dg.DagsterInstance, run_key: str | None):

@@ -244,6 +244,13 @@ def test_champion_sensor_reindexes_every_shard_once_per_new_champion(isolated_ho
         skip = tick(instance, json.dumps(state))
         assert isinstance(skip, dg.SkipReason) and "after 3 re-index runs" in skip.skip_message
         assert "launch reindex_job" in skip.skip_message
+        # a re-index running that the cursor does not name (one started before an upgrade,
+        # whose cursor was the bare version): wait for it too
+        other = create_run_for_test(instance, job_name="reindex_job",
+                                    status=DagsterRunStatus.STARTING)
+        skip = tick(instance, str(version))
+        assert isinstance(skip, dg.SkipReason) and f"run {other.run_id} is starting" in skip.skip_message
+        instance.report_run_failed(other)
         # once the index serves the champion there is nothing to do
         serve(f"search-aligner/v{version}")
         skip = tick(instance, again.cursor)
