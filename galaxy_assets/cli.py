@@ -156,9 +156,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     home = Home.from_env(args.home)
     prepare_dagster_home(home)
     print(f"home: {home.root}")
-    survey_info = ensure_mock_survey(home, args.n, args.size, args.seed, args.workers)
-    # the demo reads the cutouts at the size it simulated them (unless configured otherwise)
-    os.environ.setdefault("GALAXY_ASSETS_SURVEY_CUTOUT_SIZE", str(args.size))
+    size = _demo_read_size(args.size)
+    survey_info = ensure_mock_survey(home, args.n, size, args.seed, args.workers)
 
     import dagster as dg
 
@@ -188,6 +187,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if new:
         instance.add_dynamic_partitions(shard_partitions.name, new)
     done = instance.get_materialized_partitions(dg.AssetKey("raw_cutouts"))
+    if not args.force:
+        changed = _shards_changed(instance, survey, found, done)
+        if changed:
+            # another survey under the same keys (survey.roots now names real MMU shards keyed
+            # by HEALPix cell), files replaced, or other bands or crop: the manifests, models
+            # and index rows were built from other pixels, so every stage runs again
+            key, why = changed[0]
+            print(f"survey: {len(changed)} shard(s) are not what the graph was built from "
+                  f"(e.g. {key}: {why}); rebuilding everything, as --force")
+            args.force = True
     todo = sorted(k for k in found if args.force or k not in done)
     print(f"survey: {len(found)} shard(s); materializing raw_cutouts for {len(todo)}")
     job = defs.resolve_job_def("survey_job")
@@ -212,6 +221,37 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "(http://127.0.0.1:3000)."
     )
     return 0 if ok else 1
+
+
+def _demo_read_size(size: int | None) -> int:
+    """The mock survey's cutout size (``--size``, else DEMO_SIZE). The demo reads cutouts at
+    that size, unless the settings (the home's config.yaml or the environment) give a
+    ``survey.cutout_size`` and ``--size`` was not given."""
+    from galaxy_assets.settings import load_settings
+
+    if size is not None or "cutout_size" not in load_settings().survey.model_fields_set:
+        os.environ["GALAXY_ASSETS_SURVEY_CUTOUT_SIZE"] = str(size or DEMO_SIZE)
+    return size or DEMO_SIZE
+
+
+def _shards_changed(instance, survey, found: dict, done) -> list[tuple[str, str]]:
+    """(key, why) for every built shard whose manifest came from another file, or was read
+    with other bands or another crop than the settings now give."""
+    from galaxy_assets.defs.survey import shard_changed
+
+    bands = ",".join(survey.bands)
+    out = []
+    for key in sorted(k for k in found if k in done):
+        meta = _partition_metadata(instance, "raw_cutouts", key)
+        why = shard_changed(meta, found[key])
+        if why is None and meta.get("bands") not in (None, bands):
+            why = f"read with bands {meta['bands']}, the settings now say {bands}"
+        size = meta.get("cutout_size")
+        if why is None and size is not None and int(size) != int(survey.cutout_size):
+            why = f"read at cutout_size {size}, the settings now say {survey.cutout_size}"
+        if why is not None:
+            out.append((key, why))
+    return out
 
 
 def _partition_metadata(instance, asset: str, key: str) -> dict:
@@ -266,6 +306,7 @@ def _run_captions(defs, instance, args: argparse.Namespace) -> bool:
 
 
 RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
+DEMO_SIZE = 64  # pixels: the mock survey's cutouts and, unless configured, the read crop
 DEMO_QUERIES = ("a galaxy with visible spiral arms", "merging galaxies with tidal tails",
                 "gravitational lens with a blue arc")
 # A semantic query with a posterior filter: spirals whose photometric redshift is below 0.07
@@ -793,7 +834,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="simulate a mock survey into the home and run the graph")
     p.add_argument("--n", type=int, default=3000, help="galaxies in the mock survey (default 3000)")
-    p.add_argument("--size", type=int, default=64, help="cutout size in pixels (default 64)")
+    p.add_argument("--size", type=int, default=None,
+                   help=f"cutout size in pixels (default {DEMO_SIZE}; it also sets "
+                   "survey.cutout_size unless the settings give one)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     p.add_argument("--home", default=None, help=f"home folder (default ${HOME_ENV} or ./.galaxy_home)")

@@ -170,3 +170,21 @@ def test_home_option_reads_that_homes_config(isolated_home, tmp_path, capsys):
     assert main(["search", "spiral", "--home", str(other)]) == 2
     err = capsys.readouterr().err
     assert "no 'my_table' table" in err and str(other / "lancedb") in err
+
+
+def test_the_demo_keeps_a_configured_cutout_size(isolated_home, monkeypatch):
+    """The demo reads its mock cutouts at the size it simulated them, unless config.yaml says
+    otherwise and --size was not given (it overrode the file through the environment)."""
+    import os
+
+    from galaxy_assets.cli import _demo_read_size
+    from galaxy_assets.settings import load_settings
+
+    monkeypatch.delenv("GALAXY_ASSETS_SURVEY_CUTOUT_SIZE", raising=False)
+    assert _demo_read_size(None) == 64 and load_settings().survey.cutout_size == 64
+    monkeypatch.delenv("GALAXY_ASSETS_SURVEY_CUTOUT_SIZE")
+    (isolated_home / "config.yaml").write_text("survey:\n  cutout_size: 48\n")
+    assert _demo_read_size(None) == 64  # simulated at 64 ...
+    assert "GALAXY_ASSETS_SURVEY_CUTOUT_SIZE" not in os.environ
+    assert load_settings().survey.cutout_size == 48  # ... read at the configured 48
+    assert _demo_read_size(96) == 96 and load_settings().survey.cutout_size == 96

@@ -92,6 +92,8 @@ def raw_cutouts(
                 to_markdown(rejects) if rejects.height else "No galaxy was rejected."
             ),
             "bands": ",".join(survey.bands),
+            "cutout_size": int(survey.cutout_size),
+            "shard_state": _state(path),  # size-mtime: a file replaced in place differs
             "preview": dg.MetadataValue.md(to_markdown(frame, max_rows=5)),
         },
     )
@@ -157,6 +159,34 @@ def _cursor_paths(cursor: str | None, field: str = "at") -> dict[str, str]:
     return {str(k): str(v) for k, v in at.items()} if isinstance(at, dict) else {}
 
 
+def _built_from(instance: dg.DagsterInstance, keys: list[str]) -> dict[str, dict]:
+    """The latest raw_cutouts metadata of each of these partitions that has one."""
+    out = {}
+    for key in keys:
+        records = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey("raw_cutouts"), asset_partitions=[key]),
+            limit=1,
+        ).records
+        event = records[0].asset_materialization if records else None
+        if event is not None:
+            out[key] = {k: v.value for k, v in event.metadata.items()}
+    return out
+
+
+def shard_changed(meta: dict, path, state: str | None = None) -> str | None:
+    """Why the shard file at ``path`` is not the one the manifest with ``meta`` (raw_cutouts'
+    metadata) was built from, or None: another path (another root: the same HEALPix keys as
+    the mock survey, a remount), or another size or mtime (replaced in place)."""
+    was = meta.get("shard_uri")
+    if was is not None and os.path.abspath(str(was)) != os.path.abspath(str(path)):
+        return f"was read from {was}, now found at {path}"
+    before = meta.get("shard_state")
+    now = state if state is not None else _state(path)
+    if before is not None and before != now:
+        return f"its file changed since it was read ({before} → {now}, size-mtime)"
+    return None
+
+
 @dg.sensor(
     name="survey_shards_sensor",
     jobs=[survey_job, ingest_shard_job, index_maintenance_job],
@@ -197,9 +227,14 @@ def survey_shards_sensor(
     seen, seen_state = _cursor_paths(context.cursor), _cursor_paths(context.cursor, "state")
     known = sorted(existing & set(found))
     state = {k: _state(found[k]) for k in known}
+    # a shard the cursor has not seen yet (the first tick after `galaxy-assets demo`, or
+    # after survey.roots changed) is compared with what its manifest was built from
+    unseen = [k for k in known if k not in seen]
+    built = _built_from(context.instance, unseen)
     moved = [k for k in known
              if ((k in seen and seen[k] != _path_id(found[k]))
-                 or (k in seen_state and seen_state[k] != state[k]))
+                 or (k in seen_state and seen_state[k] != state[k])
+                 or (k in built and shard_changed(built[k], found[k], state[k])))
              and now - _mtime(found[k]) >= SETTLE_S]
     at = {k: seen[k] for k in known if k in seen and k not in moved}
     at.update({k: _path_id(found[k]) for k in known if k not in at})

@@ -113,6 +113,39 @@ def test_sensor_runs_a_shard_found_at_another_path_again(isolated_home, survey_r
         assert isinstance(fresh, dg.SkipReason)
 
 
+def test_another_survey_under_the_same_keys_is_built_again(isolated_home, survey_root,
+                                                           tmp_path, monkeypatch):
+    """survey.roots moved to other data with the same HEALPix keys (real MMU shards after the
+    mock demo): a sensor without a cursor entry for a shard compares it with what its
+    manifest was built from, and the demo rebuilds, as it does for other bands or crop."""
+    from galaxy_assets.cli import _shards_changed
+
+    monkeypatch.setattr("galaxy_assets.defs.survey.SETTLE_S", 0.0)
+    key = "healpix=101__001-of-001"
+    other = tmp_path / "real"
+    _shard(other / "healpix=101" / "001-of-001.hdf5", 5, "real", 7)
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(shard_partitions.name, [key])
+        dg.materialize([raw_cutouts], partition_key=key, instance=instance,
+                       resources=_resources(isolated_home, survey_root))
+        done = instance.get_materialized_partitions(dg.AssetKey("raw_cutouts"))
+        same = _resources(isolated_home, survey_root)["survey"]
+        assert _shards_changed(instance, same, same.discover(isolated_home), done) == []
+        moved = _resources(isolated_home, other)
+        [(k, why)] = _shards_changed(instance, moved["survey"],
+                                     moved["survey"].discover(isolated_home), done)
+        assert k == key and "now found at" in why and str(other) in why
+        result = survey_shards_sensor(dg.build_sensor_context(instance=instance,
+                                                              resources=moved))
+        assert [r.partition_key for r in result.run_requests] == [key]
+        fewer = SurveyResource(roots=[str(survey_root)], bands=["g", "r", "z"], cutout_size=16)
+        [(_, why)] = _shards_changed(instance, fewer, fewer.discover(isolated_home), done)
+        assert "bands g,r,i,z, the settings now say g,r,z" in why
+        smaller = SurveyResource(roots=[str(survey_root)], bands=BANDS, cutout_size=12)
+        [(_, why)] = _shards_changed(instance, smaller, smaller.discover(isolated_home), done)
+        assert "cutout_size 16, the settings now say 12" in why
+
+
 def test_raw_cutouts_good_bad_and_checks(isolated_home, survey_root):
     resources = _resources(isolated_home, survey_root)
     keys = ["healpix=101__001-of-001", "healpix=102__001-of-001", "healpix=103__001-of-001"]
