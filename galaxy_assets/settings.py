@@ -47,7 +47,8 @@ class SurveySettings(BaseModel):
     roots: list[str] = Field(
         default_factory=list,
         description="Folders searched for shards (MMU HDF5 files, FITS folders). "
-        "Empty: the mock survey in the home folder.",
+        "Empty: the mock survey in the home folder. A relative folder is the config "
+        "file's folder's (from GALAXY_ASSETS_SURVEY_ROOTS: the current folder's).",
     )
     bands: list[str] = Field(default_factory=lambda: list(DEFAULT_BANDS))
     cutout_size: int = Field(64, ge=0, description="Centre crop in pixels; 0 keeps the native size.")
@@ -338,6 +339,20 @@ def _merge(base: dict, over: dict) -> dict:
     return merged
 
 
+def _absolute_roots(data: dict, base: Path) -> dict:
+    """``data`` with its relative ``survey.roots`` made absolute against ``base``."""
+    survey = data.get("survey")
+    roots = survey.get("roots") if isinstance(survey, dict) else None
+    if not isinstance(roots, list):
+        return data
+    fixed = [
+        str(base / Path(r).expanduser()) if isinstance(r, str) and r
+        and not Path(r).expanduser().is_absolute() else r
+        for r in roots
+    ]
+    return {**data, "survey": {**survey, "roots": fixed}}
+
+
 def load_settings(environ: dict[str, str] | None = None) -> Settings:
     """Read settings from the config file (if any) and the environment."""
     env = dict(os.environ if environ is None else environ)
@@ -354,7 +369,10 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
             raise SettingsError(f"{path}: not valid YAML ({exc})") from exc
         if not isinstance(data, dict):
             raise SettingsError(f"{path}: expected a mapping with sections survey/compute/…")
-    data = _merge(data, _env_overrides(env))
+        data = _absolute_roots(data, path.parent.resolve())
+    # a relative root is the config file's folder's (the environment's: the current folder's)
+    # now, not each process's working directory: `galaxy-assets dev` runs from the repository
+    data = _merge(data, _absolute_roots(_env_overrides(env), Path.cwd()))
     if "GALAXY_ASSETS_HOME" in env:
         data["home"] = env["GALAXY_ASSETS_HOME"]
     try:

@@ -221,3 +221,17 @@ def test_backend_settings_the_errors_name_are_settings(tmp_path, isolated_home, 
     local = settings.text_embedder.model_copy(update={"backend": "sentence-transformers", "base_url": "",
                                                       "model": ""})
     assert build_text_embedder_from(settings.model_copy(update={"text_embedder": local})).dim == 384
+
+
+def test_relative_survey_roots_belong_to_the_config_files_folder(tmp_path, isolated_home,
+                                                                   monkeypatch):
+    """`roots: [own]` in a home's config.yaml means the folder beside the file, whichever
+    folder a process runs in (`galaxy-assets dev` runs from the repository)."""
+    (isolated_home / "config.yaml").write_text("survey:\n  roots: [own, /abs/data]\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert load_settings().survey_roots() == [(isolated_home / "own").resolve(),
+                                              Path("/abs/data")]
+    monkeypatch.setenv("GALAXY_ASSETS_SURVEY_ROOTS", "env_rel")  # the current folder's
+    assert load_settings().survey_roots() == [(elsewhere / "env_rel").resolve()]
