@@ -652,7 +652,23 @@ def cmd_dev(args: argparse.Namespace) -> int:
     cmd = [str(exe if exe.exists() else "dagster"), "dev", "-w", str(REPO_ROOT / "workspace.yaml"),
            "-h", args.host, "-p", str(args.port)]
     print(f"DAGSTER_HOME={dagster_home}\n$ {' '.join(cmd)}")
-    return subprocess.call(cmd, cwd=REPO_ROOT)
+    return run_until_done(cmd, cwd=REPO_ROOT)
+
+
+def run_until_done(cmd: list[str], **kwargs) -> int:
+    """Run ``cmd`` and return its exit code. Ctrl-C reaches the child too (same process
+    group): it is given time to shut down its own services instead of being killed half-way,
+    and the command ends quietly with 130."""
+    proc = subprocess.Popen(cmd, **kwargs)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        try:
+            proc.wait(timeout=60)
+        except (subprocess.TimeoutExpired, KeyboardInterrupt):  # a second Ctrl-C: stop now
+            proc.kill()
+            proc.wait()
+        return 130
 
 
 def cmd_search(args: argparse.Namespace) -> int:

@@ -235,3 +235,29 @@ def test_relative_survey_roots_belong_to_the_config_files_folder(tmp_path, isola
                                               Path("/abs/data")]
     monkeypatch.setenv("GALAXY_ASSETS_SURVEY_ROOTS", "env_rel")  # the current folder's
     assert load_settings().survey_roots() == [(elsewhere / "env_rel").resolve()]
+
+
+def test_ctrl_c_lets_the_child_shut_down_and_ends_quietly(tmp_path):
+    """`galaxy-assets dev` on Ctrl-C: dagster dev gets the signal too and finishes its own
+    shutdown (it was killed half-way, with a traceback)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = tmp_path / "parent.py"
+    done = tmp_path / "child_done"
+    script.write_text(textwrap.dedent(f"""
+        import os, signal, sys, threading, time
+        from galaxy_assets.cli import run_until_done
+        child = ("import signal, time, pathlib\\n"
+                 "signal.signal(signal.SIGINT, lambda *a: (time.sleep(0.5), "
+                 "pathlib.Path({str(done)!r}).write_text('clean'), exit(0)))\\n"
+                 "print('ready', flush=True)\\n"
+                 "time.sleep(30)\\n")
+        threading.Timer(2.0, lambda: os.killpg(os.getpgid(0), signal.SIGINT)).start()
+        sys.exit(run_until_done([sys.executable, "-c", child]))
+    """))
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=60, start_new_session=True)
+    assert run.returncode == 130, run.stderr
+    assert "Traceback" not in run.stderr and done.read_text() == "clean"
