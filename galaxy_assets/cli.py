@@ -610,15 +610,48 @@ def cmd_import_captions(args: argparse.Namespace) -> int:
     from galaxy_assets.captioning.store import CaptionStore
 
     home = Home.from_env(args.home).ensure()
+    store = CaptionStore(home.root / "captions")
     try:
-        n = CaptionStore(home.root / "captions").import_table(args.table, source=args.source)
+        n = store.import_table(args.table, source=args.source)
     except CaptionerError as exc:
         print(f"import-captions: {exc}", file=sys.stderr)
         return 2
-    print(
-        f"imported {n} captions from {args.table}; they appear in vlm_captions for sampled galaxies"
-    )
+    print(f"imported {n} captions from {args.table}")
+    import polars as pl
+
+    mine = pl.col("source") == f"import:{Path(args.table).name}"
+    ids = store.captions().filter(mine)["object_id"]
+    surveyed, sampled = _ids_known(home, ids.to_list())
+    if surveyed is None:
+        print("no survey manifest yet: run the graph (galaxy-assets demo) to see which of them "
+              "are galaxies of the survey")
+        return 0
+    print(f"{surveyed} of them are galaxies of the survey; {sampled} are in caption_sample "
+          "and appear in vlm_captions at its next run")
+    if surveyed == 0:
+        print(f"warning: no imported id is a survey object_id (they look like {ids[:3].to_list()}"
+              "); the table may use another id scheme: match it to the survey first",
+              file=sys.stderr)
     return 0
+
+
+def _ids_known(home: Home, ids: list[str]) -> tuple[int | None, int]:
+    """How many of ``ids`` the stored manifests hold (None: no manifest yet), and how many
+    the stored caption_sample holds."""
+    import polars as pl
+
+    manifests = sorted((home.parquet / "raw_cutouts").glob("*.parquet"))
+    if not manifests:
+        return None, 0
+    wanted = pl.Series("object_id", ids, dtype=pl.Utf8).implode()
+    surveyed = pl.scan_parquet(manifests).filter(pl.col("object_id").is_in(wanted))
+    n_surveyed = surveyed.select(pl.len()).collect().item()
+    sample = home.parquet / "caption_sample.parquet"
+    n_sampled = 0
+    if sample.is_file():
+        n_sampled = (pl.scan_parquet(sample).filter(pl.col("object_id").is_in(wanted))
+                     .select(pl.len()).collect().item())
+    return int(n_surveyed), int(n_sampled)
 
 
 def _print_survey_summary(instance, keys: list[str], failed: list[str]) -> None:

@@ -185,6 +185,31 @@ def test_import_captions_command_says_what_is_wrong(tmp_path, capsys, monkeypatc
     assert "Traceback" not in err
 
 
+def test_import_captions_command_counts_the_survey_galaxies_among_the_ids(tmp_path, capsys,
+                                                                         monkeypatch):
+    """A table whose ids are not the survey's (another id scheme) imports, but says so:
+    none of its captions can ever reach vlm_captions."""
+    from galaxy_assets.cli import main
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("GALAXY_ASSETS_HOME", str(home))
+    (home / "parquet" / "raw_cutouts").mkdir(parents=True)
+    pl.DataFrame({"object_id": ["g1", "g2", "g3"]}).write_parquet(
+        home / "parquet" / "raw_cutouts" / "k.parquet")
+    pl.DataFrame({"object_id": ["g2"]}).write_parquet(home / "parquet" / "caption_sample.parquet")
+    ours = tmp_path / "ours.csv"
+    pl.DataFrame({"object_id": ["g1", "g2"], "caption": ["a spiral", "a lens"]}).write_csv(ours)
+    assert main(["import-captions", str(ours)]) == 0
+    out = capsys.readouterr()
+    assert "2 of them are galaxies of the survey; 1 are in caption_sample" in out.out
+    foreign = tmp_path / "foreign.csv"
+    pl.DataFrame({"object_id": ["J1", "J2"], "caption": ["x y z", "u v w"]}).write_csv(foreign)
+    assert main(["import-captions", str(foreign)]) == 0
+    out = capsys.readouterr()
+    assert "0 of them are galaxies of the survey" in out.out
+    assert "no imported id is a survey object_id" in out.err and "'J1'" in out.err
+
+
 def test_request_shape():
     req = CaptionRequest("a", np.zeros((4, 8, 8), np.float32), ("g", "r", "i", "z"))
     assert req.image.shape == (4, 8, 8)
