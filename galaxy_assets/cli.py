@@ -449,6 +449,14 @@ def _unevaluated_aligner(aligned: dict, evaluated: dict) -> bool:
     return str(evaluated.get("candidate_version")) != version.rsplit("/v", 1)[1]
 
 
+def _gate_refused(aligned: dict, evaluated: dict) -> bool:
+    """Whether a failed evaluation run is the gate refusing the latest aligner (it was
+    evaluated, not promoted): an outcome, not a failure, so the demo exits 0 as a rerun that
+    reuses that evaluation does; the champion still serves. Anything else failed."""
+    return bool(aligned) and not _unevaluated_aligner(aligned, evaluated) and not evaluated.get(
+        "promoted")
+
+
 def _captions_changed(aligned: dict, captions: dict) -> bool:
     """Whether the caption texts or their embedder differ from those the last aligner learned
     from (a smaller --captions sample, imported captions, a cached captioner switched back to,
@@ -531,7 +539,12 @@ def _run_models(defs, instance, keys: list[str], args: argparse.Namespace) -> bo
         passed = _run_stage(defs, instance, job_name, stage_keys, run_config, batched=batched)
         if not passed and job_name != "evaluation_job":
             return False
-        ok = ok and passed  # a failed gate keeps the champion; the index still serves it
+        if not passed and _gate_refused(_latest_metadata(instance, "aligned_model"),
+                                        _latest_metadata(instance, "search_evaluation")):
+            print("evaluation_job: the champion gate kept the champion; the candidate stays a "
+                  "candidate (the report says why)")
+            passed = True
+        ok = ok and passed
     index_keys = keys if realign or unevaluated else sorted(set(missing("galaxy_index")) | set(posterior_keys))
     if index_keys:
         if not _run_stage(defs, instance, "index_job", index_keys, batched=True):

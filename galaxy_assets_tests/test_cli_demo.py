@@ -71,6 +71,18 @@ def test_an_aligner_whose_evaluation_failed_is_evaluated_and_indexed_on_rerun():
     assert not _unevaluated_aligner({}, {"candidate_version": 2})  # no aligner yet
 
 
+def test_a_gate_that_keeps_the_champion_is_an_outcome_not_a_failure():
+    """The first run whose gate refuses a candidate exits as the rerun that reuses that
+    evaluation does (it exited 1, then 0); an evaluation that did not run is a failure."""
+    from galaxy_assets.cli import _gate_refused
+
+    v2 = {"aligner_version": "search-aligner/v2"}
+    assert _gate_refused(v2, {"candidate_version": 2, "promoted": False})
+    assert not _gate_refused(v2, {"candidate_version": 1, "promoted": True})  # v2 not scored
+    assert not _gate_refused(v2, {})
+    assert not _gate_refused({}, {"candidate_version": 2})
+
+
 @pytest.mark.slow
 def test_a_survey_simulated_again_is_ingested_again(tmp_path):
     """Another --seed simulates the survey again under the same shard keys: every manifest is
