@@ -162,6 +162,13 @@ def test_negative_terms_are_query_terms_not_options(monkeypatch):
     assert seen[-1].query == ["spiral", "-hii"] and seen[-1].verbose
 
 
+def test_a_mistyped_home_is_left_as_it_was(isolated_home, tmp_path, capsys):
+    missing = tmp_path / "no_such_home"
+    assert main(["search", "spiral", "--home", str(missing)]) == 2
+    assert "no LanceDB database at" in capsys.readouterr().err
+    assert not missing.exists()  # connecting used to create <home>/lancedb
+
+
 def test_home_option_reads_that_homes_config(isolated_home, tmp_path, capsys):
     # --home stands for GALAXY_ASSETS_HOME: the home's config.yaml decides the table searched
     other = tmp_path / "other_home"

@@ -35,6 +35,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -180,6 +181,17 @@ def open_table(
     uri: str | os.PathLike[str] | DBConnection | None = None, *, name: str = TABLE_NAME
 ) -> Table:
     """The existing ``galaxy_index`` table; :class:`IndexMissingError` when there is none."""
+    if not hasattr(uri, "open_table"):
+        local = default_uri() if uri in (None, "") else os.fspath(uri)  # type: ignore[arg-type]
+        if "://" not in str(local) and not Path(local).expanduser().exists():
+            # connecting would create the folder: a mistyped home would gain a lancedb/
+            raise IndexMissingError(
+                f"there is no {name!r} table: no LanceDB database at {local}; build the "
+                "index first "
+                "(`galaxy-assets demo` on the mock survey, or materialize the graph through "
+                "`galaxy_index` in `galaxy-assets dev`), or point the search at the right "
+                "database (GALAXY_ASSETS_HOME, --home, or the search.uri setting)"
+            )
     db = uri if hasattr(uri, "open_table") else connect(uri)  # type: ignore[arg-type]
     if not table_exists(db, name):  # type: ignore[arg-type]
         raise IndexMissingError(
@@ -841,5 +853,3 @@ def ensure_indexes(table: Table) -> dict[str, Any]:
     if table.count_rows() == 0:
         return {"skipped": "empty table"}
     return {"scalar": ensure_scalar_indexes(table), "fts": ensure_fts_index(table)}
-
-
