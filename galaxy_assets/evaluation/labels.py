@@ -1018,6 +1018,7 @@ def labels_from_vote_catalogue(
                               radius_arcsec=radius_arcsec, id_column=id_column,
                               ra_column=ra_column, dec_column=dec_column, source=source)
             rel, _ = vote_relevance(again, t, source=source)
+            n_ex = matched.height - rel.height  # matched galaxies left without a usable row
         out[t.name] = TargetLabels(
             t, rel["object_id"].to_numpy(), rel["relevance"].to_numpy(), source, n_ex
         )

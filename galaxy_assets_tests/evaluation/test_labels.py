@@ -481,3 +481,4 @@ def test_a_well_voted_row_is_kept_beside_a_nearer_row_with_too_few_votes():
                                         {"spirals": default_targets()["spirals"]})["spirals"]
     assert labels.object_ids.tolist() == ["a"]
     assert labels.relevance.tolist() == pytest.approx([38 / 40])
+    assert labels.n_excluded == 0  # the galaxy kept its votes: nothing is left out
