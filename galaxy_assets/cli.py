@@ -256,14 +256,9 @@ def _shards_changed(instance, survey, found: dict, done) -> list[tuple[str, str]
 
 def _partition_metadata(instance, asset: str, key: str) -> dict:
     """The metadata of partition ``key``'s latest materialization of ``asset`` ({} if none)."""
-    import dagster as dg
+    from galaxy_assets.defs.metadata import partition_metadata
 
-    records = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[key]), limit=1
-    ).records
-    if not records or records[0].asset_materialization is None:
-        return {}
-    return {k: v.value for k, v in records[0].asset_materialization.metadata.items()}
+    return partition_metadata(instance, asset, key)
 
 
 def _latest_metadata(instance, asset: str) -> dict:

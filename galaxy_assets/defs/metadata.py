@@ -81,3 +81,14 @@ def reusable_output(
         if got is None or str(getattr(got, "value", got)) != str(want):
             return None
     return pl.read_parquet(str(path))
+
+
+def partition_metadata(instance: dg.DagsterInstance, asset: str, key: str) -> dict:
+    """The metadata values of partition ``key``'s latest materialization of ``asset`` ({}
+    when it has none)."""
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[key]), limit=1
+    ).records
+    if not records or records[0].asset_materialization is None:
+        return {}
+    return {k: v.value for k, v in records[0].asset_materialization.metadata.items()}

@@ -136,19 +136,26 @@ def search_aligner_champion_sensor(
         return dg.SkipReason(f"search-aligner has no '{alias}' alias yet")
     version = str(mv.version)
     state = _sensor_state(context.cursor)
+    run = _run_of_key(context.instance, state.get("run_key"))
+    if state.get("version") == version and (
+        state.get("served") or (run is not None and run.status == dg.DagsterRunStatus.SUCCESS)
+    ):
+        # acted on already, and its re-index (if any) succeeded: no need to read the table
+        # on every tick
+        return dg.SkipReason(f"search-aligner@{alias} is still version {version}")
     keys = context.instance.get_dynamic_partitions(shard_partitions.name)
     served = _served_versions(home, search_index)
     if not keys or served == {f"search-aligner/v{version}"}:
         if state.get("version") == version:
             return dg.SkipReason(f"search-aligner@{alias} is still version {version}")
+        # "served" lets the next ticks skip without reading the table
         return dg.SensorResult(skip_reason=dg.SkipReason(
             f"search-aligner@{alias} = v{version}; "
             + ("no shards yet" if not keys else "the index already serves it")),
-            cursor=_dump_state({"version": version}))
+            cursor=_dump_state({"version": version, "served": bool(keys)}))
     attempts = 0
     if state.get("version") == version:
         # a re-index was requested for this champion, and the index does not serve it (yet)
-        run = _run_of_key(context.instance, state.get("run_key"))
         busy = _reindex_in_flight(context.instance)  # also one the cursor does not name
         if busy is not None:
             return dg.SkipReason(f"re-indexing for search-aligner@{alias} = v{version}: run "

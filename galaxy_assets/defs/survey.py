@@ -8,6 +8,7 @@ import time
 import dagster as dg
 import polars as pl
 
+from galaxy_assets.defs.metadata import partition_metadata
 from galaxy_assets.defs.partitions import shard_partitions
 from galaxy_assets.defs.resources import HomeResource, SurveyResource
 from galaxy_assets.survey.checks import (
@@ -161,16 +162,8 @@ def _cursor_paths(cursor: str | None, field: str = "at") -> dict[str, str]:
 
 def _built_from(instance: dg.DagsterInstance, keys: list[str]) -> dict[str, dict]:
     """The latest raw_cutouts metadata of each of these partitions that has one."""
-    out = {}
-    for key in keys:
-        records = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=dg.AssetKey("raw_cutouts"), asset_partitions=[key]),
-            limit=1,
-        ).records
-        event = records[0].asset_materialization if records else None
-        if event is not None:
-            out[key] = {k: v.value for k, v in event.metadata.items()}
-    return out
+    found = {key: partition_metadata(instance, "raw_cutouts", key) for key in keys}
+    return {key: meta for key, meta in found.items() if meta}
 
 
 def shard_changed(meta: dict, path, state: str | None = None) -> str | None:

@@ -1009,10 +1009,12 @@ def labels_from_vote_catalogue(
         # two rows within the radius of one galaxy: the nearest wins it, so a nearer row with
         # too few votes on this question would hide one with enough; match only the rows
         # with enough votes for this target
-        usable, _ = vote_relevance(
-            frame.with_row_index("_row").with_columns(pl.col("_row").cast(pl.Utf8).alias(
-                "object_id")), t, source=source)
-        if usable.height < frame.height and report.n_matched_twice:
+        usable = None
+        if report.n_matched_twice:  # only a galaxy matched twice can lose a usable row
+            usable, _ = vote_relevance(
+                frame.with_row_index("_row").with_columns(pl.col("_row").cast(pl.Utf8).alias(
+                    "object_id")), t, source=source)
+        if usable is not None and usable.height < frame.height:
             rows = usable["object_id"].cast(pl.Int64).to_list()
             again, _ = _match(frame[rows], manifest, match_on=match_on,
                               radius_arcsec=radius_arcsec, id_column=id_column,
