@@ -20,9 +20,13 @@ For held-out rows with a known true value ``y`` of a label, per head:
 
 :func:`evaluate_emulator` runs both heads on several input subsets (all inputs, photometry
 only, two bands, the image embedding only…) and returns a :class:`CalibrationReport`;
-:meth:`CalibrationReport.gate` is the champion rule of the registry: the diffusion head's
-68% and 95% coverage must each be within ``tolerance`` (3 points) of nominal, or at least as
-close to nominal as the Gaussian head's, for every label on the ``all`` subset.
+:meth:`CalibrationReport.gate` is the champion rule of the registry, for every gated label
+(the run's ``gate_labels``; default all) on the ``all`` subset: the diffusion head's 68% and
+95% coverage must each be within ``tolerance`` (3 points) of nominal, or at least as close to
+nominal as the Gaussian head's; its CRPS must be below the population prior's (the training
+rows' values of the label given to every galaxy: a model that ignores its inputs is
+calibrated too, but tells nothing); and the label needs at least :data:`GATE_MIN_ROWS`
+held-out rows, since coverage on a handful of rows is noise.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from galaxy_assets.emulator.model import PropertyEmulator
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "GATE_MIN_ROWS",
     "NOMINAL",
     "OUTLIER_THRESHOLDS",
     "CalibrationReport",
@@ -62,6 +67,8 @@ __all__ = [
 NOMINAL: dict[str, tuple[float, float]] = {"68": (0.16, 0.84), "95": (0.025, 0.975)}
 OUTLIER_THRESHOLDS: dict[str, float] = {"redshift": 0.15, "log_stellar_mass": 0.5}
 HEADS = ("diffusion", "gaussian")
+# the fewest held-out rows on which the gate judges a label's coverage (one row covers 0 or 1)
+GATE_MIN_ROWS = 30
 
 
 # --------------------------------------------------------------------------- scores
@@ -318,11 +325,13 @@ class CalibrationReport:
         tolerance: float = 0.03,
         subset: str = "all",
         labels: Sequence[str] | None = None,
+        min_rows: int = GATE_MIN_ROWS,
     ) -> GateResult:
         """Champion rule: for every label (default: all evaluated) on ``subset``, the
         diffusion head's 68% and 95% coverage is within ``tolerance`` of nominal, or no
         further from it than the Gaussian head's; and its CRPS is below the population
-        prior's (a model that ignores its inputs is calibrated too, but tells nothing)."""
+        prior's (a model that ignores its inputs is calibrated too, but tells nothing). A
+        label scored on fewer than ``min_rows`` held-out rows cannot be judged: it fails."""
         details, failed = [], []
         chosen = list(labels) if labels is not None else self.labels
         for label in chosen:
@@ -331,6 +340,15 @@ class CalibrationReport:
                 gau = self.get(label, "gaussian", subset)
             except KeyError:
                 failed.append(f"{label}: not evaluated on subset {subset!r}")
+                continue
+            if dif.n < min_rows:
+                line = (
+                    f"{label}: only {dif.n} held-out rows with a true value, too few to judge "
+                    f"coverage (the gate needs {min_rows}): give more galaxies with a known "
+                    f"{label!r}, raise val_fraction, or leave it out of gate_labels"
+                )
+                details.append(line)
+                failed.append(line)
                 continue
             try:
                 prior = self.get(label, PRIOR_HEAD, subset)
@@ -380,6 +398,16 @@ class EvaluationSamples:
     truth: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
 
 
+def _prior_quantiles(values: np.ndarray | None, truth: np.ndarray, n: int = 512) -> np.ndarray:
+    """At most ``n`` evenly spaced order statistics of the prior's finite ``values`` (None or
+    none finite: of ``truth``, in sample)."""
+    v = np.asarray(values, dtype=np.float64) if values is not None else np.empty(0)
+    v = np.sort(v[np.isfinite(v)])
+    if v.size == 0:
+        v = np.sort(truth)
+    return v[np.linspace(0, v.size - 1, min(v.size, n)).astype(int)]
+
+
 def evaluate_emulator(
     model: PropertyEmulator,
     table: EmulatorTable,
@@ -392,6 +420,7 @@ def evaluate_emulator(
     pit_bins: int = 10,
     thresholds: Mapping[str, float] | None = None,
     keep_samples: bool = False,
+    prior_values: Mapping[str, np.ndarray] | None = None,
     **sampler: Any,
 ) -> tuple[CalibrationReport, EvaluationSamples | None]:
     """Score both heads on the rows of ``table`` (held-out rows: pass
@@ -400,10 +429,14 @@ def evaluate_emulator(
     ``subsets``: name → allowed input columns (None: all of ``table.inputs``; default
     ``{"all": None}``); the table's labels are never inputs here, so a label is not scored
     with the true values of the others in hand;
-    ``max_rows``: evaluate at most that many rows (a hash-stable choice); ``thresholds``:
-    outlier thresholds per label (default :data:`OUTLIER_THRESHOLDS`, else the label's
-    robust scale). Rows without a true value of a label do not count for it; rows with no
-    input in a subset are skipped there and counted in ``report.skipped``.
+    ``max_rows``: evaluate each label on at most that many of the rows with a true value of
+    it (a hash-stable choice, made per label so that a label known for few galaxies keeps all
+    of them); ``thresholds``: outlier thresholds per label (default
+    :data:`OUTLIER_THRESHOLDS`, else the label's robust scale); ``prior_values``: label →
+    the values the population prior is drawn from (pass the training rows' values; default:
+    the evaluated truths themselves, an in-sample prior that is hard to beat on few rows).
+    Rows without a true value of a label do not count for it; rows with no input in a subset
+    are skipped there and counted in ``report.skipped``.
     """
     from galaxy_assets.emulator.posterior import gaussian_posterior, sample_posterior
 
@@ -412,13 +445,24 @@ def evaluate_emulator(
         raise EmulatorConfigError("no label to evaluate: the table's labels are not targets")
     subsets = dict(subsets) if subsets is not None else {"all": None}
     frame = table.frame
-    if max_rows is not None and frame.height > max_rows:
-        # a hash of the id, not the lowest ids: catalogue ids often encode the sky position
-        from galaxy_assets.morphology.data import hash_unit
+    rows_of: dict[str, pl.DataFrame] = {}
+    for label in labels:
+        rows = frame.filter(pl.col(label).is_not_nan() & pl.col(label).is_not_null())
+        if rows.height == 0:
+            raise EmulatorDataError(
+                f"{table.source}: none of the {frame.height} evaluation rows has a true "
+                f"{label!r}: give galaxies with a known {label!r} to the held-out split, or "
+                "leave it out of the labels"
+            )
+        if max_rows is not None and rows.height > max_rows:
+            # a hash of the id, not the lowest ids: catalogue ids often encode the sky position
+            from galaxy_assets.morphology.data import hash_unit
 
-        ids = frame[table.id_column].cast(pl.Utf8).to_list()
-        order = np.argsort(hash_unit(ids, "emulator-evaluation-rows"), kind="stable")[:max_rows]
-        frame = frame[np.sort(order).tolist()]
+            ids = rows[table.id_column].cast(pl.Utf8).to_list()
+            order = np.argsort(hash_unit(ids, "emulator-evaluation-rows"), kind="stable")
+            rows = rows[np.sort(order[:max_rows]).tolist()]
+        rows_of[label] = rows
+    n_rows = len(set().union(*(r[table.id_column].to_list() for r in rows_of.values())))
     thresholds = {**OUTLIER_THRESHOLDS, **(thresholds or {})}
     metrics: list[HeadMetrics] = []
     skipped: dict[str, int] = {}
@@ -432,9 +476,7 @@ def evaluate_emulator(
                 f"hold input columns ({list(table.inputs)})"
             )
         for li, label in enumerate(labels):
-            rows = frame.filter(pl.col(label).is_not_nan() & pl.col(label).is_not_null())
-            if rows.height == 0:
-                raise EmulatorDataError(f"no evaluation row has a true {label!r}")
+            rows = rows_of[label]
             truth_by_id = dict(
                 zip(rows[table.id_column].to_list(), rows[label].to_numpy(), strict=True)
             )
@@ -466,10 +508,12 @@ def evaluate_emulator(
                     gauss.mean, gauss.std, truth, label, subset=name, threshold=thr, bins=pit_bins
                 )
             )
-            # the population prior (every galaxy gets the evaluated values themselves): a
-            # model that ignores its inputs is perfectly calibrated, so the gate also asks
-            # for a lower CRPS than this
-            pop = np.sort(truth)[np.linspace(0, truth.size - 1, min(truth.size, 512)).astype(int)]
+            # the population prior (every galaxy gets the label's distribution over the
+            # training rows): a model that ignores its inputs is perfectly calibrated, so the
+            # gate also asks for a lower CRPS than this
+            pop = _prior_quantiles(
+                prior_values.get(label) if prior_values is not None else None, truth
+            )
             metrics.append(
                 metrics_samples(
                     np.broadcast_to(pop, (truth.size, pop.size)),
@@ -487,7 +531,7 @@ def evaluate_emulator(
                 kept.truth[(name, label)] = truth
     report = CalibrationReport(
         metrics=metrics,
-        n_rows=frame.height,
+        n_rows=n_rows,
         n_samples=n_samples,
         subsets={k: list(v) if v is not None else list(table.inputs) for k, v in subsets.items()},
         skipped=skipped,

@@ -285,6 +285,7 @@ def train_evaluate_register(
 
     result = train_emulator(table, config.train_config(device), progress=progress)
     held_out = table.subset(np.isin(table.object_ids, result.val_ids))
+    training = table.subset(np.isin(table.object_ids, result.train_ids))
     subsets = survey_input_subsets(table.inputs) if table.features else {"all": None}
     report, kept = evaluate_emulator(
         result.model,
@@ -294,6 +295,8 @@ def train_evaluate_register(
         max_rows=config.eval_rows,
         seed=config.seed,
         keep_samples=True,
+        # the skill floor is the label's distribution over the training rows (out of sample)
+        prior_values={lab: training.frame[lab].to_numpy() for lab in table.labels},
     )
     figures: dict[str, Any] = {
         "calibration_coverage": coverage_figure(report),
@@ -346,9 +349,10 @@ class ServingEmulator:
 def serving_emulator(
     tracker: Any, alias: str = "champion", device: str = "cpu", *, required: bool = True
 ) -> ServingEmulator | None:
-    """``property-emulator@alias``; before any version passed the gate, the newest version
-    (``source`` says which). With no version registered at all: an error, or None when not
-    ``required``."""
+    """``property-emulator@alias``; before any version passed the gate (``champion`` unset),
+    the newest version (``source`` says which). Another alias that is not set is an error: a
+    mistyped alias must not serve a version that failed the gate. With no version registered
+    at all: an error, or None when not ``required``."""
     if tracker.get_alias_version(REGISTERED_NAME, alias) is not None:
         model, version = load_emulator(tracker, alias, device=device)
         return ServingEmulator(model, version, alias)
@@ -358,6 +362,12 @@ def serving_emulator(
             return None
         raise EmulatorConfigError(
             f"no {REGISTERED_NAME} is registered yet: materialize property_emulator first"
+        )
+    if alias != "champion":
+        raise EmulatorConfigError(
+            f"{REGISTERED_NAME} has no version with alias {alias!r} (newest: "
+            f"v{latest.version}): check the alias in the run config, set it in the MLflow UI, "
+            "or use 'champion'"
         )
     model, version = load_emulator(tracker, int(latest.version), device=device)
     return ServingEmulator(model, version, f"newest version (no {alias} yet)")

@@ -293,7 +293,10 @@ class Tokenizer:
         posterior code, so its own value can never be an input).
         """
         raw, _ = values_matrix(data, self.columns, on_infinite=on_infinite, source=source)
-        z = self.standardize(raw)
+        # in float32, as training sees them: a value beyond float32's range is unknown, not
+        # an infinite token that turns every output of the row into NaN
+        with np.errstate(over="ignore"):
+            z = self.standardize(raw).astype(np.float32)
         known = np.isfinite(z)
         if use is not None:
             keep = np.zeros(len(self.columns), dtype=bool)
@@ -301,7 +304,7 @@ class Tokenizer:
             known &= keep[None, :]
         if drop:
             known[:, self.indices(list(drop))] = False
-        values = np.where(known, z, 0.0).astype(np.float32)
+        values = np.where(known, z, np.float32(0.0))
         return TokenBatch(torch.from_numpy(values), torch.from_numpy(known))
 
     # ------------------------------------------------------------------ persistence

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import polars as pl
 import pytest
 from scipy import integrate, stats
 
@@ -154,6 +155,49 @@ def test_gate():
     )
     skilled.metrics.append(_metrics("z", "prior", "all", 0.68, 0.95, crps=0.58))
     assert skilled.gate(0.03).passed
+
+
+def test_gate_refuses_to_judge_a_label_on_a_handful_of_rows():
+    """Coverage on 10 rows is noise: the label fails and the reason says what to do."""
+    few = CalibrationReport(
+        [
+            HeadMetrics("z", "diffusion", "all", 10, 0.1, 0.0, 0.0, 1.0, 0.1, 0.7, 0.9, 0.01,
+                        [1] * 10),
+            HeadMetrics("z", "gaussian", "all", 10, 0.1, 0.0, 0.0, 1.0, 0.2, 0.6, 0.9, 0.01,
+                        [1] * 10),
+        ],
+        10,
+        100,
+        {"all": ["<all>"]},
+    )
+    gate = few.gate(0.03)
+    assert not gate.passed and "only 10 held-out rows" in gate.reason
+    assert "gate_labels" in gate.reason
+    assert few.gate(0.03, min_rows=10).passed
+
+
+def test_sparse_label_keeps_its_rows_and_the_prior_is_out_of_sample(chain_model):
+    """`b` is known for 3 of 300 rows: sampling 40 rows in all lost them; now each label is
+    sampled among its own known rows. The prior comes from the values given (the training
+    rows'), not from the 3 evaluated truths, which no model could beat."""
+    frame = chain_frame(300, seed=78)
+    frame = frame.with_columns(
+        pl.when(pl.int_range(pl.len()) < 3).then(pl.col("b")).otherwise(None).alias("b")
+    )
+    test = make_table(frame, ["x", "w"], ["a", "b", "m"])
+    report, _ = evaluate_emulator(chain_model.model, test, n_samples=100, max_rows=40)
+    assert report.get("b", "diffusion").n == 3 and report.get("a", "diffusion").n == 40
+    in_sample = report.get("b", "prior").crps
+    train_b = chain_model.table.frame["b"].to_numpy()
+    report, _ = evaluate_emulator(chain_model.model, test, n_samples=100, max_rows=40,
+                                  prior_values={"b": train_b})
+    out_of_sample = report.get("b", "prior").crps
+    assert out_of_sample > in_sample
+    # the prior is the training distribution: its CRPS is that of those quantiles
+    truth = frame["b"].drop_nulls().to_numpy()
+    pop = np.quantile(train_b, np.linspace(0, 1, 512), method="inverted_cdf")
+    assert out_of_sample == pytest.approx(
+        crps_samples(np.broadcast_to(pop, (3, 512)), truth).mean(), rel=0.05)
 
 
 def test_evaluation_on_subsets_and_figures(chain_model):

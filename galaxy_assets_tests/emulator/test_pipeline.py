@@ -68,6 +68,9 @@ def test_serving_falls_back_to_the_newest_version_and_user_models_refuse_shards(
     assert serving.emulator_version == "property-emulator/v1"
     tracker.set_alias("property-emulator", "champion", 1)
     assert serving_emulator(tracker).source == "champion"
+    # only an unset champion falls back: a mistyped alias must not serve an ungated version
+    with pytest.raises(EmulatorConfigError, match="no version with alias 'champoin'"):
+        serving_emulator(tracker, "champoin")
     # trained on a user table (x → y): it cannot read survey shards
     with pytest.raises(EmulatorConfigError, match="user table"):
         shard_posteriors(serving, tiny_survey.manifest)

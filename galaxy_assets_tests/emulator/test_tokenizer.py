@@ -111,6 +111,15 @@ def test_infinities_at_encode_raise_or_are_masked():
     assert batch.known[:, 0].tolist() == [False, True]
 
 
+def test_a_value_beyond_float32_is_unknown_as_in_training():
+    """Training casts the standardized values to float32 and masks what overflows; encode
+    did the cast after masking, so 1e39 became an infinite token (NaN posteriors)."""
+    tok = Tokenizer.fit(_frame(), ["a", "b", "c"])
+    batch = tok.encode(pl.DataFrame({"a": [1e39, 1.0], "b": [1.0, 2.0]}))
+    assert batch.known[:, 0].tolist() == [False, True]
+    assert torch.isfinite(batch.values).all()
+
+
 def test_config_round_trip_is_exact():
     tok = Tokenizer.fit(_frame(), ["a", "b", "c"])
     again = Tokenizer.from_config(tok.to_config())
