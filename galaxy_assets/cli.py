@@ -309,27 +309,6 @@ DEMO_QUERIES = ("a galaxy with visible spiral arms", "merging galaxies with tida
 DEMO_FILTERED = ("spiral galaxies", "post_redshift_p84 < 0.07")
 
 
-def contiguous_ranges(instance, keys: list[str]) -> list[tuple[str, str]]:
-    """``keys`` as (first, last) runs of consecutive survey_shards partitions: a partition
-    range covers every partition between its ends, so shards left out (a failed one) split
-    the range."""
-    from galaxy_assets.defs.partitions import shard_partitions
-
-    wanted = set(keys)
-    ranges: list[tuple[str, str]] = []
-    start = prev = None
-    for key in instance.get_dynamic_partitions(shard_partitions.name):
-        if key in wanted:
-            start = start or key
-            prev = key
-        elif start is not None:
-            ranges.append((start, prev))
-            start = None
-    if start is not None:
-        ranges.append((start, prev))
-    return ranges
-
-
 def _run_stage(defs, instance, job_name: str, keys: list[str] | None, run_config=None,
                *, batched: bool = False) -> bool:
     """Run one job: once (``keys`` None), per partition, or over all ``keys`` in one run
@@ -346,6 +325,8 @@ def _run_stage(defs, instance, job_name: str, keys: list[str] | None, run_config
                                         raise_on_error=False)
         failures = [] if result.success else [("", result)]
     elif batched:
+        from galaxy_assets.defs.partitions import contiguous_ranges
+
         for first, last in contiguous_ranges(instance, keys):
             result = job.execute_in_process(
                 instance=instance, run_config=config, raise_on_error=False,

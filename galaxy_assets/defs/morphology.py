@@ -82,9 +82,20 @@ def morphology_predictions(
     compute: ComputeResource, mlflow: MLflowResource,
 ) -> DataFramePartitions:
     """Expected Galaxy Zoo vote fractions (p_smooth, p_featured, p_spiral, p_merger…) for every
-    galaxy of the shard(s), from `morphology-encoder@champion` (loaded once per run)."""
-    model, version = load_encoder(mlflow.tracker(home.home()), "champion")
+    galaxy of the shard(s), from `morphology-encoder@champion` (loaded once per run). Until an
+    encoder holds `champion` (a survey without a vote catalogue, searched with a timm or AION
+    image encoder) every shard gets an empty frame, so new shards still reach the index."""
+    tracker = mlflow.tracker(home.home())
     out: dict[str, pl.DataFrame] = {}
+    if tracker.get_alias_version("morphology-encoder", "champion") is None:
+        context.log.warning("no morphology-encoder@champion yet: no vote fractions "
+                            "(materialize morphology_encoder, then these partitions again)")
+        for key in context.partition_keys:
+            out[key] = pl.DataFrame(schema={"object_id": pl.Utf8})
+            context.add_asset_metadata({"galaxies": 0, "encoder_version": "none"},
+                                       partition_key=key)
+        return out
+    model, version = load_encoder(tracker, "champion")
     for key in context.partition_keys:
         manifest = raw_cutouts[key]
         predictions = predict_shard(

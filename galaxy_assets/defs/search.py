@@ -8,7 +8,7 @@ import polars as pl
 from dagster_polars import DataFramePartitions
 
 from galaxy_assets.defs.metadata import scalar_metadata
-from galaxy_assets.defs.partitions import shard_partitions
+from galaxy_assets.defs.partitions import contiguous_ranges, shard_partitions
 from galaxy_assets.defs.resources import HomeResource, MLflowResource, SearchIndexResource
 from galaxy_assets.search import ann
 from galaxy_assets.search.table import (
@@ -122,9 +122,10 @@ _RUN_IN_FLIGHT = {
 @dg.sensor(
     name="search_aligner_champion_sensor", job=reindex_job, minimum_interval_seconds=60,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Re-indexes every shard (one run over all of them) when the MLflow alias "
-    "search-aligner@<served alias> moves to another version, and again when that run failed "
-    f"and the index does not serve the champion (at most {MAX_REINDEX_ATTEMPTS} runs).",
+    description="Re-indexes every shard with image embeddings (one run per contiguous range "
+    "of them) when the MLflow alias search-aligner@<served alias> moves to another version, "
+    "and again when a run failed and the index does not serve the champion (at most "
+    f"{MAX_REINDEX_ATTEMPTS} rounds).",
 )
 def search_aligner_champion_sensor(
     context: dg.SensorEvaluationContext, home: HomeResource, mlflow: MLflowResource,
@@ -136,10 +137,10 @@ def search_aligner_champion_sensor(
         return dg.SkipReason(f"search-aligner has no '{alias}' alias yet")
     version = str(mv.version)
     state = _sensor_state(context.cursor)
-    run = _run_of_key(context.instance, state.get("run_key"))
-    if state.get("version") == version and (
-        state.get("served") or (run is not None and run.status == dg.DagsterRunStatus.SUCCESS)
-    ):
+    runs = [_run_of_key(context.instance, k) for k in _run_keys(state)]
+    succeeded = bool(runs) and all(
+        r is not None and r.status == dg.DagsterRunStatus.SUCCESS for r in runs)
+    if state.get("version") == version and (state.get("served") or succeeded):
         # acted on already, and its re-index (if any) succeeded: no need to read the table
         # on every tick
         return dg.SkipReason(f"search-aligner@{alias} is still version {version}")
@@ -161,28 +162,43 @@ def search_aligner_champion_sensor(
             return dg.SkipReason(f"re-indexing for search-aligner@{alias} = v{version}: run "
                                  f"{busy.run_id} is {busy.status.value.lower()}")
         attempts = int(state.get("attempts", 1))
+        last = ", ".join(f"{r.run_id} {r.status.value}" if r else "not found" for r in runs)
         if attempts >= MAX_REINDEX_ATTEMPTS:
             return dg.SkipReason(
                 f"the index serves {sorted(served) or 'nothing'}, not search-aligner/v{version}"
-                f", after {attempts} re-index runs (the last: "
-                f"{run.run_id if run else 'not found'}, {run.status.value if run else '-'}); "
-                "fix the cause in that run's logs and launch reindex_job over every shard")
-        context.log.warning(f"the re-index to v{version} did not finish (run "
-                            f"{run.run_id if run else 'not found'}, "
-                            f"{run.status.value if run else '-'}); the index serves "
-                            f"{sorted(served)}: asking again")
-    context.log.info(f"search-aligner@{alias} → v{version}: re-indexing {len(keys)} shard(s)")
+                f", after {attempts} re-index rounds (the last: {last or 'none'}); fix the "
+                "cause in those runs' logs and launch reindex_job over every shard")
+        context.log.warning(f"the re-index to v{version} did not finish ({last or 'no run'});"
+                            f" the index serves {sorted(served)}: asking again")
+    # a range covers every partition between its ends, and one shard without outputs (its
+    # checks failed, its ingest is queued) would fail the whole run: only shards with a
+    # manifest and image embeddings, in runs of consecutive ones
+    out = home.outputs_dir()
+    ready = [k for k in keys if (out / "raw_cutouts" / f"{k}.parquet").exists()
+             and (out / "image_embeddings" / f"{k}.parquet").exists()]
+    if len(ready) < len(keys):
+        context.log.warning(f"{len(keys) - len(ready)} shard(s) have no image embeddings yet "
+                            f"and are left out (e.g. {sorted(set(keys) - set(ready))[:3]})")
+    if not ready:
+        return dg.SkipReason(f"search-aligner@{alias} = v{version}, but no shard has image "
+                             "embeddings to re-index (materialize shard_embeddings_job)")
+    ranges = contiguous_ranges(context.instance, ready)
+    context.log.info(f"search-aligner@{alias} → v{version}: re-indexing {len(ready)} shard(s) "
+                     f"in {len(ranges)} run(s)")
     # a run key naming only the version would be one the daemon has seen after a rollback
     # (v1 → v2 → v1), and that re-index would never run
     previous = state.get("version") or "none"
-    run_key = f"reindex:{alias}:v{previous}->v{version}:{time.time_ns()}"
+    stamp = time.time_ns()
+    requests = [
+        dg.RunRequest(run_key=f"reindex:{alias}:v{previous}->v{version}:{stamp}:{i}",
+                      tags={"dagster/asset_partition_range_start": first,
+                            "dagster/asset_partition_range_end": last})
+        for i, (first, last) in enumerate(ranges)
+    ]
     return dg.SensorResult(
-        run_requests=[dg.RunRequest(
-            run_key=run_key,
-            tags={"dagster/asset_partition_range_start": keys[0],
-                  "dagster/asset_partition_range_end": keys[-1]},
-        )],
-        cursor=_dump_state({"version": version, "run_key": run_key, "attempts": attempts + 1}),
+        run_requests=requests,
+        cursor=_dump_state({"version": version, "run_keys": [r.run_key for r in requests],
+                            "attempts": attempts + 1}),
     )
 
 
@@ -199,6 +215,14 @@ def _sensor_state(cursor: str | None) -> dict:
     except ValueError:
         return {"version": cursor}
     return state if isinstance(state, dict) else {"version": str(state)}
+
+
+def _run_keys(state: dict) -> list[str]:
+    """The run keys of the cursor's last re-index round (older cursors name one)."""
+    keys = state.get("run_keys")
+    if keys is None:
+        keys = [state["run_key"]] if state.get("run_key") else []
+    return [str(k) for k in keys]
 
 
 def _dump_state(state: dict) -> str:

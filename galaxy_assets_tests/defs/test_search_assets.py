@@ -223,11 +223,28 @@ def test_champion_sensor_reindexes_every_shard_once_per_new_champion(isolated_ho
         assert isinstance(skip, dg.SkipReason) and "no 'champion'" in skip.skip_message
         instance.add_dynamic_partitions(shard_partitions.name, KEYS)
         version = _register_champion(isolated_home)
+        skip = tick(instance)  # nothing has image embeddings yet
+        assert isinstance(skip, dg.SkipReason) and "no shard has image embeddings" in \
+            skip.skip_message
+        for asset in ("raw_cutouts", "image_embeddings"):
+            for key in KEYS:
+                path = isolated_home / "parquet" / asset / f"{key}.parquet"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                pl.DataFrame({"object_id": ["x"]}).write_parquet(path)
+        # a shard in the middle without embeddings (its ingest is queued, its checks failed)
+        # would fail a run over the whole range: two runs around it
+        gap = isolated_home / "parquet" / "image_embeddings" / f"{KEYS[1]}.parquet"
+        gap.rename(gap.with_suffix(".away"))
+        split = tick(instance)
+        assert [(r.tags["dagster/asset_partition_range_start"],
+                 r.tags["dagster/asset_partition_range_end"]) for r in split.run_requests] == \
+            [(KEYS[0], KEYS[0]), (KEYS[2], KEYS[2])]
+        gap.with_suffix(".away").rename(gap)
         result = tick(instance)
         (request,) = result.run_requests
         assert request.tags == RANGE  # one run over every shard: the aligner loads once
         state = json.loads(result.cursor)
-        assert state == {"version": str(version), "run_key": request.run_key, "attempts": 1}
+        assert state == {"version": str(version), "run_keys": [request.run_key], "attempts": 1}
         # the run is under way: wait for it
         run = create_run_for_test(instance, job_name="reindex_job", status=DagsterRunStatus.STARTED,
                                   tags={"dagster/run_key": request.run_key})
@@ -242,7 +259,7 @@ def test_champion_sensor_reindexes_every_shard_once_per_new_champion(isolated_ho
         # ... until it gives up and says so
         state["attempts"] = 3
         skip = tick(instance, json.dumps(state))
-        assert isinstance(skip, dg.SkipReason) and "after 3 re-index runs" in skip.skip_message
+        assert isinstance(skip, dg.SkipReason) and "after 3 re-index rounds" in skip.skip_message
         assert "launch reindex_job" in skip.skip_message
         # a re-index running that the cursor does not name (one started before an upgrade,
         # whose cursor was the bare version): wait for it too
