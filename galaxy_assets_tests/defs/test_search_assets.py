@@ -96,6 +96,26 @@ def test_galaxy_index_upserts_a_shard_range_in_one_run_and_reruns_idempotently(i
         assert table.count_rows() == 40
 
 
+def test_a_new_shard_reaches_the_index_before_any_morphology_encoder(isolated_home):
+    """A survey searched with a timm or AION encoder has no morphology-encoder@champion:
+    morphology_predictions writes an empty frame instead of failing, so the ingest job's
+    galaxy_index still runs."""
+    _write_upstream(isolated_home / "parquet")
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(shard_partitions.name, KEYS)
+        result = dg.materialize(_assets(), selection=["morphology_predictions", "galaxy_index"],
+                                instance=instance, resources=_resources(isolated_home),
+                                partition_key=KEYS[0], raise_on_error=False)
+        assert result.success
+        (pred,) = result.asset_materializations_for_node("morphology_predictions")
+        assert pred.metadata["encoder_version"].value == "none"
+        stored = pl.read_parquet(isolated_home / "parquet" / "morphology_predictions"
+                                 / f"{KEYS[0]}.parquet")
+        assert stored.height == 0
+        assert result.asset_materializations_for_node("galaxy_index")
+        assert open_table(isolated_home / "lancedb").count_rows() == 20
+
+
 def test_maintenance_schedule_targets_index_maintenance():
     context = dg.build_schedule_context()
     request = index_maintenance_schedule.evaluate_tick(context).run_requests[0]
