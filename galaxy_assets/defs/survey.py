@@ -245,18 +245,21 @@ def survey_shards_sensor(
     job = ingest_shard_job if indexed is not None else survey_job
     context.log.info(f"{len(new)} new shard(s) for {job.name}: {new[:10]}; {len(gone)} gone: "
                      f"{gone[:10]}; {len(moved)} moved or replaced: {moved[:10]}")
-    # the run key names the file's state: a shard deleted and later restored, or replaced by
-    # another file of that name, runs again (the daemon skips a run key it has seen)
-    requests = [dg.RunRequest(partition_key=k, run_key=f"{job.name}:{k}:{_state(found[k])}",
-                              job_name=job.name)
+    # the run key names the file's state and this tick: the daemon skips a run key it has
+    # seen, and a shard moved away and back keeps its size and mtime (the cursor, not the
+    # run key, is what keeps a shard from being asked for twice)
+    tick = time.time_ns()
+    requests = [dg.RunRequest(partition_key=k, job_name=job.name,
+                              run_key=f"{job.name}:{k}:{_state(found[k])}:{tick}")
                 for k in new]
     requests += [dg.RunRequest(partition_key=k, job_name=job.name,
-                               run_key=f"{job.name}:{k}:at-{at[k]}:{_state(found[k])}")
+                               run_key=f"{job.name}:{k}:at-{at[k]}:{_state(found[k])}:{tick}")
                  for k in moved]
     partition_requests = [shard_partitions.build_add_request(new)] if new else []
     if gone:
         partition_requests.append(shard_partitions.build_delete_request(gone))
-        requests.append(dg.RunRequest(run_key=f"vanished:{','.join(gone)[:200]}",
+        digest = hashlib.sha256("\n".join(gone).encode()).hexdigest()[:16]
+        requests.append(dg.RunRequest(run_key=f"vanished:{len(gone)}:{digest}:{tick}",
                                       job_name=index_maintenance_job.name))
     return dg.SensorResult(run_requests=requests, dynamic_partitions_requests=partition_requests,
                            cursor=cursor)

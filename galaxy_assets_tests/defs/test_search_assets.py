@@ -205,6 +205,43 @@ def test_survey_sensor_waits_for_copies_and_keys_runs_by_file_state(isolated_hom
         assert set(keys) == set(KEYS[:2]) and keys[KEYS[0]] != first_key
 
 
+def test_survey_sensor_runs_a_shard_moved_away_and_back(isolated_home, tmp_path):
+    """`mv` keeps size and mtime: a shard that vanished and came back as the same file (and
+    vanished again) gets new run keys, which the daemon does not skip as seen."""
+    root = tmp_path / "survey"
+    shard = root / "healpix=1" / "001-of-001.hdf5"
+    _fake_shard(shard)
+    _fake_shard(root / "healpix=2" / "001-of-001.hdf5")
+    resources = {"home": HomeResource(root=str(isolated_home)),
+                 "survey": SurveyResource(roots=[str(root)])}
+    seen: set[str] = set()
+
+    def tick(instance, cursor):
+        result = survey_shards_sensor(dg.build_sensor_context(
+            instance=instance, resources=resources, cursor=cursor))
+        for request in result.dynamic_partitions_requests:
+            if isinstance(request, dg.AddDynamicPartitionsRequest):
+                instance.add_dynamic_partitions(shard_partitions.name, request.partition_keys)
+            else:
+                for key in request.partition_keys:
+                    instance.delete_dynamic_partition(shard_partitions.name, key)
+        keys = [r.run_key for r in result.run_requests]
+        assert seen.isdisjoint(keys), keys  # the daemon would skip these
+        seen.update(keys)
+        return result
+
+    with dg.instance_for_test() as instance:
+        result = tick(instance, None)
+        aside = tmp_path / "aside.hdf5"
+        for _ in range(2):
+            shard.rename(aside)
+            result = tick(instance, result.cursor)
+            assert [r.job_name for r in result.run_requests] == ["index_maintenance_job"]
+            aside.rename(shard)
+            result = tick(instance, result.cursor)
+            assert [r.partition_key for r in result.run_requests] == [KEYS[0]]
+
+
 def _register_champion(home) -> int:
     tracker = Tracker.from_home(type("H", (), {
         "mlflow_tracking_uri": f"sqlite:///{home}/mlflow/mlflow.db",
