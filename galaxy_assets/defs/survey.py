@@ -75,10 +75,17 @@ def raw_cutouts(
     failed = [o for o in outcomes if not o.passed]
     if failed:
         # blocking checks: the manifest is not stored, so no later run (caption_sample, the
-        # encoder's training set) reads a shard the checks refused
+        # encoder's training set) reads a shard the checks refused; nor the manifest of the
+        # file this one replaced, whose rows now point at other galaxies' pixels
+        withdrawn = stored / f"{key}.parquet"
+        had = withdrawn.exists()
+        if had:
+            withdrawn.unlink()
         yield from checks
         raise dg.Failure(
-            f"raw_cutouts[{key}]: blocking check(s) failed, the manifest was not stored: "
+            f"raw_cutouts[{key}]: blocking check(s) failed, the manifest was not stored"
+            + (" and the shard's previous manifest was withdrawn (its index rows stay until "
+               "the shard is fixed or removed)" if had else "") + ": "
             + "; ".join(f"{o.name}: {o.description}" for o in failed),
             metadata={"rejected_table": dg.MetadataValue.path(str(rejects_path))},
         )

@@ -204,6 +204,20 @@ def test_duplicate_ids_across_shards_fail_blocking_check(isolated_home, tmp_path
         assert not (isolated_home / "parquet" / "raw_cutouts" / f"{keys[1]}.parquet").exists()
         assert keys[1] not in instance.get_materialized_partitions(dg.AssetKey("raw_cutouts"))
 
+        # a built shard replaced in place by a file the checks refuse: its old manifest (whose
+        # rows now point at the new file's pixels) is withdrawn from every later reader
+        _shard(root / "healpix=201" / "001-of-001.hdf5", 5, "same", 3)
+        _shard(root / "healpix=202" / "001-of-001.hdf5", 5, "other", 2)
+        dg.materialize([raw_cutouts], partition_key=keys[1], instance=instance,
+                       resources=resources)
+        _shard(root / "healpix=201" / "001-of-001.hdf5", 5, "other", 4)  # 202's ids now
+        res = dg.materialize([raw_cutouts], partition_key=keys[0], instance=instance,
+                             resources=resources, raise_on_error=False)
+        assert not res.success
+        error = res.get_step_failure_events()[0].event_specific_data.error
+        assert "previous manifest was withdrawn" in (error.cause or error).message
+        assert not (isolated_home / "parquet" / "raw_cutouts" / f"{keys[0]}.parquet").exists()
+
 
 def test_the_duplicate_check_compares_current_shards_only(isolated_home, tmp_path):
     """A vanished or moved shard's old manifest is no rival, and a damaged manifest of a
