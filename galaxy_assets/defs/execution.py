@@ -452,6 +452,19 @@ def _run_is_over(instance, run_id: str) -> bool:
     return run is None or run.is_finished or run.status == dg.DagsterRunStatus.CANCELING
 
 
+def upstream_succeeded(dependencies) -> bool:
+    """Whether every upstream step's events (one list per dask future) hold its success."""
+    return all(any(getattr(e, "is_step_success", False) for e in events or [])
+               for events in dependencies)
+
+
+def upstream_futures(step, by_key: dict) -> list:
+    """The futures of ``step``'s upstream steps in this plan. A plan re-executed from a
+    failure leaves out the steps that succeeded before: their outputs are in the plan's
+    known state, not in a future."""
+    return [by_key[k] for i in step.step_inputs for k in i.dependency_keys if k in by_key]
+
+
 def run_step_on_dask_worker(dependencies, payload: bytes):
     """The dask task of one step: claim its pool slot, then dagster-dask's step execution.
 
@@ -465,6 +478,11 @@ def run_step_on_dask_worker(dependencies, payload: bytes):
     (recon_job, dagster_run, run_config, step_key, pool, priority, instance_ref, known_state) = (
         pickle.loads(payload)
     )
+    # a dask future finishes normally when its step failed (the task returns the failure's
+    # events): a step whose upstream did not succeed must not run, or it would read the
+    # upstream's previous stored output (the Parquet paths have no run id)
+    if not upstream_succeeded(dependencies):
+        return []
     with DagsterInstance.from_ref(instance_ref) as instance:
         if _run_is_over(instance, dagster_run.run_id):
             return []  # the run ended (interrupted, failed) while this step was queued
@@ -531,7 +549,7 @@ def pooled_dask_executor() -> dg.ExecutorDefinition:
                     futures, by_key = [], {}
                     for level in execution_plan.get_steps_to_execute_by_level():
                         for step in level:
-                            deps = [by_key[k] for i in step.step_inputs for k in i.dependency_keys]
+                            deps = upstream_futures(step, by_key)
                             payload = pickle.dumps(
                                 (
                                     plan_context.reconstructable_job,

@@ -777,6 +777,53 @@ def test_a_queued_step_of_a_run_that_ended_does_not_start(tmp_path, monkeypatch)
         assert run_step_on_dask_worker([], payload(run)) == [] and len(started) == 1
 
 
+def test_a_step_whose_upstream_failed_does_not_run_on_dask(tmp_path, monkeypatch):
+    """A dask future finishes normally when its step fails (the task returns the failure's
+    events): the downstream step ran anyway and read the upstream's previous stored output."""
+    import pickle
+
+    import dagster_dask.executor as dask_exec
+
+    from galaxy_assets.defs.execution import run_step_on_dask_worker
+
+    started = []
+    monkeypatch.setattr(dask_exec, "query_on_dask_worker",
+                        lambda *args: started.append(args) or ["events"])
+
+    from dagster._core.events import StepFailureData, StepSuccessData
+
+    def event(kind, step):
+        data = {"STEP_SUCCESS": StepSuccessData(duration_ms=1.0),
+                "STEP_FAILURE": StepFailureData(error=None, user_failure_data=None)}.get(kind)
+        return dg.DagsterEvent(event_type_value=kind, job_name="j", step_key=step,
+                               event_specific_data=data)
+
+    with _instance(tmp_path) as instance:
+        run = instance.create_run_for_job(dg.GraphDefinition("g").to_job(), run_id=None)
+        instance.handle_run_event(run.run_id, dg.DagsterEvent(
+            event_type_value="PIPELINE_START", job_name=run.job_name))
+        payload = pickle.dumps((None, run, {}, "down", None, 0, instance.get_ref(), None))
+        ok = [event("STEP_START", "up"), event("STEP_SUCCESS", "up")]
+        failed = [event("STEP_START", "up2"), event("STEP_FAILURE", "up2")]
+        assert run_step_on_dask_worker([ok, failed], payload) == [] and not started
+        assert run_step_on_dask_worker([ok, []], payload) == [] and not started  # run ended
+        assert run_step_on_dask_worker([ok], payload) == ["events"] and len(started) == 1
+
+
+def test_a_plan_reexecuted_from_failure_waits_only_on_its_own_steps():
+    """Re-executing from a failure leaves out the steps that succeeded: their outputs are in
+    the known state. Looking up their futures raised KeyError, so run retries never worked
+    for a job of more than one step on dask."""
+    from types import SimpleNamespace
+
+    from galaxy_assets.defs.execution import upstream_futures
+
+    step = SimpleNamespace(step_inputs=[SimpleNamespace(dependency_keys=["raw_cutouts"]),
+                                        SimpleNamespace(dependency_keys=["image_embeddings"])])
+    assert upstream_futures(step, {"image_embeddings": "future"}) == ["future"]
+    assert upstream_futures(step, {}) == []
+
+
 def test_gpu_steps_on_workers_without_the_resource_are_refused_at_once():
     """A dask cluster whose workers declare no GPU resource never schedules a GPU step: the run
     used to wait forever without a word."""
