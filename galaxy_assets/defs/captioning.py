@@ -94,17 +94,6 @@ def vlm_captions(
         )
     finally:
         model.close()
-    if run.attempted and run.captioned == 0 and run.failed == run.attempted:
-        # a wrong key, base_url or model fails every galaxy: say so instead of an empty table
-        first = store.failures().filter(pl.col("object_id").is_in(
-            caption_sample["object_id"].to_list()))["reason"].head(1).to_list()
-        raise dg.Failure(
-            f"vlm_captions: all {run.attempted} caption requests failed "
-            f"({', '.join(f'{k}: {v}' for k, v in run.failure_reasons.items())}); first "
-            f"reason: {first[0] if first else 'unknown'}. Check the captioner settings (backend "
-            f"{model.backend}, model {model.model_id}); failures are in {store.failures_path}",
-            metadata={"failure_reasons": dg.MetadataValue.json(run.failure_reasons)},
-        )
     ids = caption_sample["object_id"]
     all_captions = store.captions().filter(pl.col("object_id").is_in(ids.to_list()))
     current = all_captions.filter(
@@ -112,6 +101,26 @@ def vlm_captions(
          & (pl.col("prompt_sha") == model.prompt_sha))
         | (pl.col("backend") == "import")
     )
+    if run.attempted and run.captioned == 0 and run.failed == run.attempted:
+        reasons = ", ".join(f"{k}: {v}" for k, v in run.failure_reasons.items())
+        if current.height:
+            # a rerun retries only the galaxies that failed before; some fail every time (a
+            # blank cutout, a refusal): the sample's other captions still stand
+            context.log.warning(f"vlm_captions: the {run.attempted} galaxies retried failed "
+                                f"again ({reasons}); {current.height} captions stand")
+        else:
+            # a wrong key, base_url or model fails every galaxy: say so, not an empty table
+            first = store.failures().filter(
+                pl.col("object_id").is_in(ids.to_list()) & (pl.col("backend") == model.backend)
+                & (pl.col("model") == model.model_id)
+                & (pl.col("prompt_sha") == model.prompt_sha))["reason"].tail(1).to_list()
+            raise dg.Failure(
+                f"vlm_captions: all {run.attempted} caption requests failed ({reasons}); a "
+                f"reason: {first[0] if first else 'unknown'}. Check the captioner settings "
+                f"(backend {model.backend}, model {model.model_id}); failures are in "
+                f"{store.failures_path}",
+                metadata={"failure_reasons": dg.MetadataValue.json(run.failure_reasons)},
+            )
     metadata = {
         "captions": current.height,
         "sample": caption_sample.height,
