@@ -14,7 +14,7 @@ Fault kinds (``FAULT_KINDS``): ``timeout`` (sleep ``delay_s`` before answering),
 ``disconnect`` (close the socket without an answer), and for chat only ``empty`` (content
 ""), ``length`` (finish_reason "length"), ``refusal`` (a refusing reply), ``refusal_field``
 (the ``refusal`` field set, content null), ``non_english`` (a French reply), ``overlong``
-(500 words). A fault applies to the requests whose route matches ``route`` (``"chat"``,
+(495 words). A fault applies to the requests whose route matches ``route`` (``"chat"``,
 ``"embeddings"`` or None for both) and, when ``match`` is given, whose raw body contains that
 string (or for which ``match(body_dict)`` is true); ``times`` is how many matching requests
 it hits (None: all). Faults are tried in the order they were added.
@@ -286,7 +286,7 @@ class FakeOpenAIServer:
             elif fault == "non_english":
                 content = NON_ENGLISH_TEXT
             elif fault == "overlong":
-                content = " ".join(["the galaxy shows a bright core and faint arms"] * 56)
+                content = " ".join(DEFAULT_CAPTIONS * 5)  # long-winded, not a loop
             message: dict[str, Any] = {"role": "assistant", "content": content}
             if refusal is not None:
                 message["refusal"] = refusal

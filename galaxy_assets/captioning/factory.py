@@ -30,6 +30,7 @@ def _transformers(cfg: dict[str, Any]) -> Captioner:
         batch_size=cfg.get("batch_size", 8),
         max_new_tokens=cfg.get("max_new_tokens", 300),
         do_sample=float(cfg.get("temperature") or 0.0) > 0.0,  # 0: greedy decoding
+        temperature=float(cfg["temperature"]) if cfg.get("temperature") else None,
         image_size=cfg.get("image_size"),
     )
 

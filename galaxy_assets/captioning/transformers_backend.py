@@ -130,6 +130,8 @@ class TransformersCaptioner:
         token is recorded as cut off.
     do_sample:
         False (default) decodes greedily, so the same galaxy gets the same caption.
+    temperature:
+        The sampling temperature when sampling (None: the checkpoint's own).
     image_size:
         Resize the rendered RGB picture to this many pixels a side before the processor
         sees it (None: keep the cutout's size; the processor still applies its own resizing).
@@ -160,6 +162,7 @@ class TransformersCaptioner:
         local_files_only: bool | None = None,
         trust_remote_code: bool = False,
         *,
+        temperature: float | None = None,
         rate_prompt: str = "rate_v1",
         seed: int = 0,
     ) -> None:
@@ -181,6 +184,12 @@ class TransformersCaptioner:
         self.batch_size = int(batch_size)
         self.max_new_tokens = int(max_new_tokens)
         self.do_sample = bool(do_sample)
+        if temperature is not None and not float(temperature) > 0:
+            raise CaptionerError(
+                f"captioner.temperature={temperature}: must be > 0 when sampling (0 means "
+                "greedy decoding: leave it out)"
+            )
+        self.temperature = float(temperature) if temperature is not None else None
         self.image_size = image_size
         self.seed = int(seed)
 
@@ -506,6 +515,8 @@ class TransformersCaptioner:
             generation["eos_token_id"] = self.eos_token_ids
         if not do_sample:  # silence the sampling settings a checkpoint may carry
             generation.update(temperature=None, top_p=None, top_k=None)
+        elif self.temperature is not None:
+            generation["temperature"] = self.temperature
         with torch.inference_mode(), torch.random.fork_rng(devices=self._rng_devices()):
             if do_sample:
                 torch.manual_seed(self.seed)

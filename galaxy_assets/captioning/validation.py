@@ -5,7 +5,9 @@ rest of the batch goes on. Reasons start with a short kind and a colon, so a fai
 can be grouped by kind::
 
     bad_image:          the cutout cannot be shown (empty, all NaN, a band missing)
-    empty:              the model answered nothing (or only punctuation)
+    empty:              the model answered nothing, only punctuation, only a placeholder
+                        ("N/A", "None") or only its reasoning (a <think> block)
+    degenerate:         one word or phrase repeated over and over
     truncated:          the reply hit the generation budget before the model ended it
     refusal:            the model declined ("I'm sorry, I can't…")
     not_english:        the reply is in another script or language
@@ -14,8 +16,9 @@ can be grouped by kind::
     no_score:           a rating reply holds no "Score: N" with 1 <= N <= 10
     generation_failed:  the model or endpoint raised (used by the backends)
 
-:func:`validate_reply` never edits a caption beyond stripping surrounding white space, and
-never returns a placeholder: a reply is either accepted as it is or rejected with a reason.
+:func:`validate_reply` never edits a caption beyond stripping surrounding white space and a
+reasoning model's ``<think>…</think>`` block, and never returns a placeholder: a reply is
+either accepted as it is or rejected with a reason.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import numpy as np
 
 __all__ = [
     "BAD_IMAGE",
+    "DEGENERATE",
     "EMPTY",
     "FILTERED",
     "GENERATION_FAILED",
@@ -52,6 +56,7 @@ NOT_ENGLISH = "not_english"
 FILTERED = "filtered"
 UNFINISHED = "unfinished"
 NO_SCORE = "no_score"
+DEGENERATE = "degenerate"
 GENERATION_FAILED = "generation_failed"
 
 # finish reasons of OpenAI-compatible endpoints (and "eos" for local generation)
@@ -79,8 +84,17 @@ _REFUSALS = [
         r"\bI (?:cannot|can't|can not|won't|will not|am not able to) " + _HELP,
         r"\b(?:don't|do not|cannot|can't) see (?:an?|the|any) (?:image|picture|attachment)\b",
         r"\bno (?:image|picture|attachment) (?:was|is|has been|have been) (?:provided|attached|uploaded|shared|included)\b",
+        r"\bI (?:don't|do not) have (?:the )?(?:ability|capability|capacity|access)\b",
+        r"\b(?:cannot|can't|can not|unable to|not able to) provide (?:any )?(?:details|information)\b",
+        r"\b(?:image|picture|cutout|file)\b[^.]*\b(?:blank|corrupted|unreadable|empty)\b[^.]*"
+        r"\b(?:cannot|can't|can not|unable to) (?:describe|analy[sz]e|interpret) "
+        r"(?:it|this|that|anything|the (?:image|picture|cutout))\b",
     )
 ]
+# replies that stand for no answer at all
+_PLACEHOLDERS = frozenset({"n/a", "na", "none", "null", "nan", "nil", "unknown", "<image>", "ok",
+                           "okay", "undefined", "-"})
+_THINK = re.compile(r"<think>.*?</think>", re.IGNORECASE | re.DOTALL)
 
 # Common function words. English captions are full of the first set; a reply in French,
 # Spanish, German, Italian or Portuguese is full of the second and nearly free of the first.
@@ -108,9 +122,13 @@ def validate_image(image: np.ndarray, bands: Sequence[str]) -> str | None:
     """Why ``image`` (B, H, W) with planes ``bands`` cannot be shown to a model, or None.
 
     Rejected: not 3-D, a plane count that differs from ``bands``, zero size, no finite pixel,
-    a band whose plane holds no finite pixel (a missing band would be drawn as black and
-    change the colours the model reads), and a cutout that is zero everywhere.
+    a drawn band (:func:`~galaxy_assets.survey.rgb.choose_rgb_bands`) whose plane holds no
+    finite pixel or one value only (a missing band would be drawn black or flat and change
+    the colours the model reads), and a cutout that is zero everywhere. A band that is not
+    drawn does not matter.
     """
+    from galaxy_assets.survey.rgb import choose_rgb_bands, normalize_band
+
     arr = np.asarray(image)
     if arr.ndim != 3:
         return f"{BAD_IMAGE}: image has shape {arr.shape}; expected (bands, height, width)"
@@ -126,14 +144,26 @@ def validate_image(image: np.ndarray, bands: Sequence[str]) -> str | None:
     finite = np.isfinite(arr)
     if not finite.any():
         return f"{BAD_IMAGE}: every pixel is NaN or infinite"
-    empty_bands = [b for b, plane in zip(bands, finite, strict=True) if not plane.any()]
-    if empty_bands:
-        return (
-            f"{BAD_IMAGE}: band {', '.join(empty_bands)} has no finite pixel "
-            "(the band is missing for this galaxy)"
-        )
     if not np.any(arr[finite]):
         return f"{BAD_IMAGE}: every pixel is zero"
+    try:
+        drawn = set(choose_rgb_bands(bands)) - {""}
+    except ValueError:
+        drawn = set()
+    for band, plane, ok in zip(bands, arr, finite, strict=True):
+        if normalize_band(band) not in drawn:
+            continue
+        if not ok.any():
+            return (
+                f"{BAD_IMAGE}: band {band} has no finite pixel (the band is missing for this "
+                "galaxy)"
+            )
+        values = plane[ok]
+        if values.min() == values.max():
+            return (
+                f"{BAD_IMAGE}: band {band} holds one value only ({float(values[0]):g}): it "
+                "would be drawn flat and change the colours"
+            )
     return None
 
 
@@ -199,8 +229,16 @@ def validate_reply(
     cut, finish_error = _truncated(finish_reason_or_truncated)
     if finish_error:
         return None, finish_error
+    if "<think>" in body.lower():  # a reasoning model's thoughts are not the caption
+        thought = body
+        body = _THINK.sub("", body).strip()
+        if "<think>" in body.lower():
+            return None, (f"{TRUNCATED if cut else EMPTY}: the reply holds only the model's "
+                          f"reasoning, never closed ({len(thought)} characters)")
     if not body or not any(c.isalnum() for c in body):
         return None, f"{EMPTY}: the model returned no text" + (f" ({body!r})" if body else "")
+    if body.lower().strip(" .!\"'`*") in _PLACEHOLDERS:
+        return None, f"{EMPTY}: the model returned a placeholder ({body!r})"
     if cut:
         return None, (
             f"{TRUNCATED}: the reply hit the generation budget before it ended "
@@ -211,10 +249,23 @@ def validate_reply(
     for pattern in _REFUSALS:
         if pattern.search(head):
             return None, f"{REFUSAL}: the model declined ({head[:80]!r})"
-    problem = _language_problem(body)
+    problem = _language_problem(body) or _repetition_problem(body)
     if problem:
         return None, problem
     return body, None
+
+
+def _repetition_problem(text: str) -> str | None:
+    """A reply stuck in a loop: at least 20 words, fewer than one in ten of them distinct (a
+    long natural caption has about half)."""
+    words = [w.lower() for w in _WORD.findall(text)]
+    if len(words) < 20:
+        return None
+    distinct = len(set(words))
+    if distinct < 0.1 * len(words):
+        return (f"{DEGENERATE}: {len(words)} words but only {distinct} distinct ones (reply "
+                f"begins {text[:40]!r})")
+    return None
 
 
 @dataclass(frozen=True)

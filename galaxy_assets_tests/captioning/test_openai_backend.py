@@ -107,7 +107,7 @@ def test_image_size_resizes(server):
         ("refusal", "refusal: "),
         ("refusal_field", "refusal: the model declined (refusal field"),
         ("non_english", "not_english: "),
-        ("overlong", "too_long: the reply has 504 words, more than max_words=200"),
+        ("overlong", "too_long: the reply has 495 words, more than max_words=200"),
         ("garbage", "generation_failed: invalid JSON"),
         ("500", "generation_failed: HTTP 500"),
         ("400", "generation_failed: HTTP 400"),

@@ -261,6 +261,22 @@ def test_folder_that_is_not_a_model(tmp_path: Path):
         TransformersCaptioner(str(tmp_path / "notes.txt"), device="cpu")
 
 
+def test_the_configured_temperature_reaches_generate(tiny_llava: Path):
+    """captioner.temperature switched sampling on but generate() sampled at the checkpoint's
+    own temperature: 0.3 behaved like 1."""
+    from galaxy_assets.captioning.factory import build_captioner
+
+    seen = []
+    with build_captioner("transformers", model=str(tiny_llava), device="cpu",
+                         temperature=0.3, max_new_tokens=4) as cap:
+        generate = cap.model.generate
+        cap.model.generate = lambda **kw: seen.append(kw) or generate(**kw)
+        cap.caption(_requests(1))
+    assert seen and seen[0]["do_sample"] and seen[0]["temperature"] == 0.3
+    with pytest.raises(CaptionerError, match="temperature"):
+        TransformersCaptioner(str(tiny_llava), device="cpu", do_sample=True, temperature=0)
+
+
 def test_bad_settings_fail_at_start_up(tiny_llava: Path):
     with pytest.raises(CaptionerError, match="max_new_tokens"):
         TransformersCaptioner(str(tiny_llava), max_new_tokens=0)
@@ -278,6 +294,9 @@ def test_bad_settings_fail_at_start_up(tiny_llava: Path):
         "Spiral galaxy; I cannot see any bar, but two loosely wound arms are visible.",
         "The central object is an edge-on disc with a dust lane. It is a late-type spiral.",
         "  A ring galaxy.  ",
+        "The galaxy appears blank in the centre but I cannot see any arms.",
+        "A faint disc; the image is empty at the edges, but I cannot describe a bar with "
+        "certainty.",
     ],
 )
 def test_validate_reply_accepts_descriptions(text: str):
@@ -309,6 +328,18 @@ def test_validate_reply_accepts_descriptions(text: str):
          "gewickelt sind.", None, "not_english"),
         ("Es una galaxia espiral con una barra y dos brazos, y el bulbo es muy brillante "
          "con los brazos.", None, "not_english"),
+        ("N/A", None, "empty"),
+        (" None. ", None, "empty"),
+        ("<image>", None, "empty"),
+        ("<think>The user wants a caption; the arms look", True, "truncated"),
+        ("<think>Let me look at the arms first.", None, "empty"),
+        ("galaxy " * 150, None, "degenerate"),
+        ("the galaxy shows a bright core and faint arms " * 30, None, "degenerate"),
+        ("I do not have the ability to view images.", None, "refusal"),
+        ("I don't have access to the image you mentioned.", None, "refusal"),
+        ("Unfortunately, I can't provide details about this image.", None, "refusal"),
+        ("The image appears to be blank or corrupted, so I cannot describe it.", None,
+         "refusal"),
     ],
 )
 def test_validate_reply_rejects(text, finish, kind):
@@ -317,12 +348,24 @@ def test_validate_reply_rejects(text, finish, kind):
     assert error is not None and error.startswith(kind + ":"), error
 
 
+def test_a_reasoning_models_thoughts_are_not_the_caption():
+    text = "<think>The user wants a description.</think>\nA smooth elliptical galaxy."
+    assert validate_reply(text) == ("A smooth elliptical galaxy.", None)
+
+
 def test_validate_image():
     good = _galaxy(1)
     assert validate_image(good, BANDS) is None
     one_band = good.copy()
     one_band[3] = np.nan
     assert "band z has no finite pixel" in validate_image(one_band, BANDS)
+    # a band that is not drawn (i, beside g, r, z) does not matter; a drawn flat one does
+    undrawn = good.copy()
+    undrawn[BANDS.index("i")] = np.nan
+    assert validate_image(undrawn, BANDS) is None
+    flat = good.copy()
+    flat[BANDS.index("z")] = 0.0
+    assert "band z holds one value only" in validate_image(flat, BANDS)
     assert "planes" in validate_image(good, ("g", "r"))
     assert "shape" in validate_image(good[0], BANDS)
     assert "zero" in validate_image(np.zeros_like(good), BANDS)
