@@ -55,7 +55,10 @@ __all__ = [
 
 MANIFEST_KEYS = ("object_id", "shard_uri", "row")
 SPLIT_SALT = "galaxy-assets/morphology/split"
-SKIP_REASONS = ("negative_counts", "non_integer_counts", "no_votes", "duplicate_id", "unmatched_id")
+SKIP_REASONS = (
+    "negative_counts", "non_integer_counts", "infinite_counts", "no_votes", "duplicate_id",
+    "unmatched_id",
+)
 _EXAMPLES = 5
 
 
@@ -283,7 +286,8 @@ def validate_votes(
         total = kept_counts[:, a:b].sum(axis=1).astype(np.int32)
         if q.total_column in frame.columns:
             given = frame[q.total_column].cast(pl.Float64).to_numpy()[keep]
-            totals_recomputed += int((np.nan_to_num(given, nan=-1) != total).sum())
+            # an empty total (a question not asked) is filled in, not a disagreement
+            totals_recomputed += int((np.isfinite(given) & (given != total)).sum())
         data[q.total_column] = total
     votes = pl.DataFrame(data)
     locs = manifest.select(

@@ -741,6 +741,10 @@ def register_encoder(
             champ_loss, note = _champion_loss_on(
                 tracker, registered_name, champ_v, val_data, result, device
             )
+            if note and champ_loss is not None and champ_fp != result.val_fingerprint:
+                # a logged loss on other held-out galaxies says nothing about this one
+                champ_loss, note = None, note.replace("; logged loss)", "") + (
+                    ", and its logged loss is on other held-out galaxies)")
             if not note or fingerprint(val_data.object_ids) != result.val_fingerprint:
                 # the champion was evaluated in float32 on val_data: measure the candidate the
                 # same way (its training-time loss may come from bfloat16 autocast)
@@ -753,7 +757,12 @@ def register_encoder(
                 else (" (logged losses on different held-out sets)")
             )
         if champ_loss is None or not math.isfinite(champ_loss):
-            promote, reason = True, f"{alias} v{champ_v} has no comparable held-out loss{note}"
+            # it cannot read these cutouts (other bands, size or decision tree) or cannot be
+            # measured on them: the new encoder, trained for the survey as configured now,
+            # replaces it
+            promote, reason = True, (
+                f"{alias} v{champ_v} has no comparable held-out loss{note}; v{version} "
+                "replaces it")
         elif candidate < champ_loss:
             promote = True
             reason = (
@@ -781,7 +790,9 @@ def _champion_loss_on(
     result: TrainResult,
     device: str,
 ) -> tuple[float | None, str]:
-    """The champion's loss on ``val_data`` when it can read these cutouts, else its logged one."""
+    """The champion's loss on ``val_data`` when it can read these cutouts; None when it reads
+    other bands, another size or another decision tree; its logged loss when it cannot be
+    loaded (the caller compares that only on the same held-out galaxies)."""
     from galaxy_assets.tracking import TrackingError
 
     try:
@@ -797,9 +808,12 @@ def _champion_loss_on(
         and cfg.get("tree") == result.config["tree"]
     )
     if not same_input:
-        return (
-            tracker.version_metric(name, version, "val_loss"),
-            " (champion reads other bands/size/tree; logged losses compared)",
+        # a loss summed over another tree's questions, or measured on other bands or another
+        # size, is no yardstick: there is nothing to compare
+        return None, (
+            f" (it reads bands {cfg.get('bands')} at {cfg.get('image_size')} px"
+            + (" with another decision tree" if cfg.get("tree") != result.config["tree"] else "")
+            + f"; these cutouts are {result.config['bands']} at {result.config['image_size']} px)"
         )
     return evaluate(champ, val_data, device=device).loss, ""
 

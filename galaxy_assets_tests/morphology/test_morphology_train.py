@@ -155,6 +155,31 @@ def test_register_promote_and_reload_in_a_fresh_process(result, datasets, tracke
         assert out["out"] == pytest.approx(local(x).sum().item(), rel=1e-6)
 
 
+def test_a_champion_of_another_tree_is_replaced_not_outscored(result, datasets, tracker):
+    """A loss summed over another decision tree's questions is no yardstick: a one-question
+    encoder "beat" the full tree's champion on logged losses. It replaces the champion (the
+    run trained it for the inputs as configured now), and the reason says why."""
+    from galaxy_assets.morphology import DecisionTree
+    from galaxy_assets.morphology.data import VoteDataset
+
+    train, val = datasets
+    register_encoder(tracker, result, val_data=val)
+    full = result.build_model().tree
+    q = full["smooth-or-featured"]
+    small = DecisionTree.from_dict({"name": "smooth_only", "questions": [
+        {**q.__dict__, "answers": list(q.answers), "depends_on": None}]})
+
+    def one_question(data):
+        return VoteDataset(data.images.numpy(), data.counts.numpy()[:, : small.n_answers],
+                           list(data.object_ids), small)
+
+    other = train_model(one_question(train), one_question(val), TrainConfig(**TINY))
+    reg = register_encoder(tracker, other)
+    assert reg.promoted and "beats" not in reg.reason
+    assert "another decision tree" in reg.reason and "v2 replaces it" in reg.reason
+    assert reg.champion_loss is None
+
+
 def test_predictions_for_a_shard(result, tiny_survey):
     model = result.build_model()
     uri = tiny_survey.manifest["shard_uri"][0]

@@ -107,6 +107,7 @@ def test_infinite_counts_are_bad_rows_and_a_bad_first_copy_keeps_the_good_one(ma
         [votes.filter(pl.col("object_id") != "g002"), bad_first, good], how="vertical_relaxed"),
         manifest)
     assert table.skipped == {"infinite_counts": 1, "negative_counts": 1}
+    assert table.summary()["skipped_infinite_counts"] == 1  # the metadata shows the reason
     assert "g001" not in table.object_ids and "g002" in table.object_ids
     with pytest.raises(MorphologyError, match="infinite vote counts.*g001"):
         validate_votes(votes, manifest, on_bad="raise")
@@ -125,6 +126,11 @@ def test_nulls_count_as_zero_and_totals_are_recomputed(manifest):
     row = table.frame.filter(pl.col("object_id") == "g004")
     assert row["bar_no"][0] == 0
     assert row["bar_total-votes"][0] == row["bar_strong"][0] + row["bar_weak"][0]
+    # an empty total beside no answers (a question not asked) is no disagreement
+    unasked = _votes().with_columns(
+        *(pl.lit(None, dtype=pl.Int64).alias(c) for c in ("bar_strong", "bar_weak", "bar_no",
+                                                           "bar_total-votes")))
+    assert validate_votes(unasked, manifest).totals_recomputed == 0
 
 
 def test_wrong_table_is_refused(manifest):
