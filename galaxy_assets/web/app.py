@@ -233,12 +233,14 @@ class _Engine:
         return n
 
 
-def thumbnail_url(object_id: Any) -> str:
+def thumbnail_url(object_id: Any, table_version: int | None = None) -> str:
     """The thumbnail route of a galaxy, its id percent-encoded (ids from FITS headers may hold
-    '?', '#' or '/')."""
+    '?', '#' or '/'), with the table version it was listed at: a browser caches thumbnails for
+    a day, and another version's row may point at other pixels."""
     from urllib.parse import quote
 
-    return f"/api/galaxy/{quote(str(object_id), safe='')}/thumbnail"
+    url = f"/api/galaxy/{quote(str(object_id), safe='')}/thumbnail"
+    return url if table_version is None else f"{url}?v={int(table_version)}"
 
 
 # --------------------------------------------------------------------------- request models
@@ -301,6 +303,17 @@ def _covers(ranking: _Ranking, want: int) -> bool:
     return ranking.depth >= want or ranking.frame.height < ranking.depth
 
 
+def _has_more(held: int, depth: int, end: int, limit: int, *, extendable: bool) -> bool:
+    """Whether a page ending at rank ``end`` has a next one: the ranking held (``held`` rows
+    of the ``depth`` asked for) goes on past ``end``, or it is full and can be extended
+    (only at the table's current version) below rank ``limit``."""
+    if end >= limit:
+        return False
+    if held > end:
+        return True
+    return held == end and held >= depth and extendable
+
+
 def _terms_of(req: SearchRequest, extra: Sequence[str] = ()) -> list[QueryTerm]:
     terms: list[QueryTerm] = []
     if req.q is not None and req.q.strip():
@@ -343,6 +356,46 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_json_safe(v) for v in value]
     return value
+
+
+# --------------------------------------------------------------------------- same origin
+class _SameOrigin:
+    """Pure ASGI middleware against other websites' pages: a request whose Host is not one of
+    ``allowed_hosts`` (DNS rebinding) gets 400, and an API request that names another
+    ``Origin`` than its own Host (a cross-site fetch, e.g. one that spends re-ranking
+    requests) gets 403. ``allowed_hosts`` None: any Host (a server bound for remote use)."""
+
+    def __init__(self, app: Any, allowed_hosts: Sequence[str] | None) -> None:
+        self.app = app
+        self.allowed = {h.lower() for h in allowed_hosts} if allowed_hosts is not None else None
+
+    @staticmethod
+    def _hostname(netloc: str) -> str:
+        netloc = netloc.strip().lower()
+        if netloc.startswith("["):  # [::1]:8000
+            return netloc[: netloc.find("]") + 1]
+        return netloc.rsplit(":", 1)[0] if netloc.count(":") == 1 else netloc
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        host = headers.get(b"host", b"").decode("latin-1")
+        if self.allowed is not None and self._hostname(host) not in self.allowed:
+            await _error(400, "bad request", f"Host {host[:100]!r} is not served here")(
+                scope, receive, send)
+            return
+        origin = headers.get(b"origin")
+        if origin is not None and scope.get("path", "").startswith("/api/"):
+            from urllib.parse import urlsplit
+
+            netloc = urlsplit(origin.decode("latin-1")).netloc.lower()
+            if netloc != host.lower():
+                await _error(403, "forbidden", "cross-origin API requests are refused: use "
+                             "the page this server serves")(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 # --------------------------------------------------------------------------- body limit
@@ -604,7 +657,7 @@ def _detail(
         "dec": record.get("dec"),
         "healpix": record.get("healpix"),
         "viewer_url": viewer_url(record.get("ra"), record.get("dec")),
-        "thumbnail_url": thumbnail_url(oid),
+        "thumbnail_url": thumbnail_url(oid, version),
         "caption": caption,
         "photometry": photometry,
         "morphology": morphology,
@@ -629,6 +682,7 @@ def create_app(
     refresh_seconds: float | None = 10.0,
     examples: Sequence[str] = DEFAULT_EXAMPLES,
     k_rerank: int = DEFAULT_K_RERANK,
+    allowed_hosts: Sequence[str] | None = None,
 ) -> FastAPI:
     """The web app over ``search`` (a GalaxySearch, or a function building one on first use).
 
@@ -641,6 +695,8 @@ def create_app(
     the table's latest version (None: never). ``k_rerank``: how many top results a re-ranking
     request re-orders when it names no depth (the page's default too); give the settings'
     ``search.k_rerank`` so the page, the API, the CLI and the evaluation report agree.
+    ``allowed_hosts``: the host names requests may be addressed to (None: any); API requests
+    from another origin are refused either way.
     """
     if int(max_upload_bytes) < 1:
         raise ValueError(f"max_upload_bytes={max_upload_bytes}: give a positive size")
@@ -670,6 +726,7 @@ def create_app(
     app.add_middleware(
         _BodyLimit, max_json=MAX_JSON_BODY_BYTES, max_upload=int(max_upload_bytes) + 64 * 1024
     )
+    app.add_middleware(_SameOrigin, allowed_hosts=allowed_hosts)
 
     # ------------------------------------------------------------------ error handlers
     @app.exception_handler(WebError)
@@ -775,9 +832,10 @@ def create_app(
             req.refine_factor,
         )
         rerank_summary = None
+        to_rate = False
         search = engine.get()
         with engine.lock.read():
-            version = int(search.version)
+            version = current = int(search.version)
             n_rows = engine.n_rows(search)
             cached = None
             if cacheable:
@@ -794,13 +852,22 @@ def create_app(
                         version, n_rows = req.table_version, cached.n_rows
                     else:
                         cached = page_cache.get((version, *query_key))
+                if cached is None and req.offset and req.table_version is not None:
+                    # the ranking this page continues left the cache: ranking again could
+                    # repeat or skip galaxies (approximate search, a sampling rater)
+                    raise StalePageError(
+                        "the server no longer holds the ranking of the first page (it keeps "
+                        f"the last {PAGE_CACHE_QUERIES} queries); search again from the first "
+                        "page", detail={"kind": "stale_page", "table_version": version})
             want = min(req.offset + req.k, n_rows)
             # a first page ranks a few pages ahead, so "more" can continue it after the
             # index moved on
             ahead = want if req.offset else min(max(want, PAGES_AHEAD * req.k, 1), MAX_K, n_rows)
             fetch = max(ahead, min(req.k_rerank, n_rows)) if req.rerank else ahead
+            depth = fetch
             if cached is not None and _covers(cached, want):
                 frame, summary, rerank_summary = cached.frame, cached.summary, cached.rerank
+                depth = cached.depth
             elif fetch < 1 or req.offset >= n_rows:
                 frame = pl.DataFrame()
                 summary = {
@@ -829,20 +896,24 @@ def create_app(
                         frame = frame.with_columns(
                             pl.int_range(1, pl.len() + 1, dtype=pl.Int64).alias("rank")
                         )
+                    if cacheable:
+                        _keep_ranking(version, query_key, fetch, frame, summary,
+                                      rerank_summary, n_rows)
                 elif req.rerank:
-                    frame, rerank_summary = _rerank(search, frame, terms, req)
-                if cacheable:
-                    with page_lock:
-                        page_cache[(version, *query_key)] = _Ranking(
-                            fetch, frame, summary, rerank_summary, n_rows
-                        )
-                        page_cache.move_to_end((version, *query_key))
-                        while len(page_cache) > PAGE_CACHE_QUERIES:
-                            page_cache.popitem(last=False)
+                    to_rate = True  # below, without the engine's lock
+                elif cacheable:
+                    _keep_ranking(version, query_key, fetch, frame, summary, None, n_rows)
+        if to_rate:
+            # the rater reads pixels from the shard files and may ask a VLM up to k_rerank
+            # times: holding the engine's lock meanwhile stalled every request behind the next
+            # refresh; the frame is this version's snapshot
+            frame, rerank_summary = _rerank(search, frame, terms, req)
+            if cacheable:
+                _keep_ranking(version, query_key, fetch, frame, summary, rerank_summary, n_rows)
         page = frame.slice(req.offset, req.k) if frame.height else frame
         records = to_json_records(page) if page.height else []
         for record in records:
-            record["thumbnail_url"] = thumbnail_url(record["object_id"])
+            record["thumbnail_url"] = thumbnail_url(record["object_id"], version)
         query_label = summary["query"]
         explanation = summary.get("explanation")
         shown = terms
@@ -868,9 +939,8 @@ def create_app(
                 "k": req.k,
                 "offset": req.offset,
                 "n": len(records),
-                "has_more": frame.height >= req.offset + req.k and req.offset + req.k < min(
-                    n_rows, MAX_K
-                ),
+                "has_more": _has_more(frame.height, depth, req.offset + req.k,
+                                      min(n_rows, MAX_K), extendable=version == current),
                 "path": summary.get("path") or "",
                 "timings_ms": summary.get("timings_ms") or {},
                 "explanation": explanation,
@@ -878,6 +948,16 @@ def create_app(
                 "results": records,
             }
         )
+
+    def _keep_ranking(version: int, query_key: tuple[Any, ...], depth: int,
+                      frame: pl.DataFrame, summary: dict[str, Any],
+                      rerank_summary: dict[str, Any] | None, n_rows: int) -> None:
+        with page_lock:
+            key = (version, *query_key)
+            page_cache[key] = _Ranking(depth, frame, summary, rerank_summary, n_rows)
+            page_cache.move_to_end(key)
+            while len(page_cache) > PAGE_CACHE_QUERIES:
+                page_cache.popitem(last=False)
 
     def _rerank(
         search: Any, frame: pl.DataFrame, terms: list[QueryTerm], req: SearchRequest

@@ -39,6 +39,7 @@ def build_app(
     *,
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     refresh_seconds: float | None = 10.0,
+    allowed_hosts: Any | None = None,
 ):
     """The app over the configured index (opened on first use), with the configured rater,
     thumbnails cached under ``<home>/cache/thumbnails`` and the caption store's prompts."""
@@ -71,6 +72,7 @@ def build_app(
         thumbnail_dir=home.root / "cache" / "thumbnails",
         caption_store=home.root / "captions",
         refresh_seconds=refresh_seconds,
+        allowed_hosts=allowed_hosts,
     )
 
 
@@ -87,7 +89,10 @@ def serve(
     import uvicorn
 
     check_bind_host(host, allow_remote)
-    app = build_app(home, settings, max_upload_bytes=max_upload_bytes)
+    # on loopback, only requests addressed to loopback names (a page on another site that
+    # rebinds its own name to 127.0.0.1 is refused); bound for remote use, any name
+    allowed = None if allow_remote else [host, "localhost", "127.0.0.1", "[::1]", "::1"]
+    app = build_app(home, settings, max_upload_bytes=max_upload_bytes, allowed_hosts=allowed)
     try:
         app.state.engine.get()
     except (SearchError, WebError) as exc:

@@ -46,7 +46,10 @@ def test_text_search_returns_the_captions_galaxies(text_app, text_index):
     assert [r["rank"] for r in body["results"]] == [1, 2, 3, 4, 5]
     scores = [r["score"] for r in body["results"]]
     assert scores == sorted(scores, reverse=True)
-    assert first["thumbnail_url"] == f"/api/galaxy/{first['object_id']}/thumbnail"
+    # the table version in the URL: a browser caches a thumbnail for a day, and another
+    # version's row may point at other pixels
+    assert first["thumbnail_url"] == (f"/api/galaxy/{first['object_id']}/thumbnail"
+                                      f"?v={body['table_version']}")
     assert first["viewer_url"].startswith("https://www.legacysurvey.org/viewer?ra=")
     assert "vector" not in first
     assert body["has_more"] is True
@@ -267,7 +270,8 @@ def test_ids_with_url_characters_reach_their_galaxy(tmp_path, aligner, text_embe
         assert sorted(r["object_id"] for r in body["results"]) == sorted(odd)
         for record in body["results"]:
             oid = record["object_id"]
-            assert record["thumbnail_url"] == f"/api/galaxy/{quote(oid, safe='')}/thumbnail"
+            assert record["thumbnail_url"] == (f"/api/galaxy/{quote(oid, safe='')}/thumbnail"
+                                               f"?v={body['table_version']}")
             detail = client.get(f"/api/galaxy/{quote(oid, safe='')}")
             assert detail.status_code == 200 and detail.json()["object_id"] == oid
             # no pixels behind these synthetic rows: the 404 names the galaxy, not a route
@@ -446,6 +450,27 @@ def test_rerank_reorders_by_rating_and_pages_consistently(survey_app, rater):
     assert "query text" in _error(objects, 400)["error"]
 
 
+def test_rating_holds_no_lock_on_the_engine(survey_engine, tmp_path):
+    """A re-ranking asks a VLM up to k_rerank times: holding the engine's read lock meanwhile
+    made the next refresh, and every request behind it, wait for the whole rating."""
+    from galaxy_assets_tests.web.conftest import WordRater
+
+    class LockWatchingRater(WordRater):
+        readers: list[int] = []
+
+        def rate(self, requests, text, n_samples=1):
+            self.readers.append(app.state.engine.lock._readers)
+            return super().rate(requests, text, n_samples)
+
+    rater = LockWatchingRater()
+    app = create_app(survey_engine, rater=rater, refresh_seconds=None,
+                     thumbnail_dir=tmp_path / "thumbs")
+    with TestClient(app) as client:
+        body = client.get("/api/search", params={"q": "spiral arms", "k": 6, "rerank": "true",
+                                                 "k_rerank": 12}).json()
+    assert body["rerank"]["n_rated"] == 12 and rater.readers == [0]
+
+
 def test_rerank_without_a_rater_is_refused(text_app):
     r = text_app.get("/api/search", params={"q": "spiral", "rerank": "true"})
     assert "not configured" in _error(r, 400)["error"]
@@ -470,6 +495,58 @@ def test_info_page_and_openapi(text_app):
             "/api/galaxy/{object_id}/thumbnail", "/api/info"} <= set(schema["paths"])
 
 
+def _raw_get(app, path: str) -> tuple[int, bytes]:
+    """GET ``path`` through the ASGI app exactly as written (an HTTP client would normalise
+    '/static/../app.py' to '/app.py' before sending it)."""
+    import asyncio
+
+    sent: list[dict] = []
+    asked: list[int] = []
+
+    async def receive():
+        if asked:  # a response may listen for the client going away: it never does
+            await asyncio.sleep(3600)
+        asked.append(1)
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+             "method": "GET", "scheme": "http", "path": path, "raw_path": path.encode(),
+             "query_string": b"", "root_path": "", "headers": [(b"host", b"127.0.0.1")],
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 8000)}
+    asyncio.run(app(scope, receive, send))
+    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return status, body
+
+
+def test_static_files_never_leave_their_folder(text_engine):
+    app = create_app(text_engine, refresh_seconds=None)
+    for path in ("/static/../app.py", "/static/..%2fapp.py", "/static/%2e%2e/app.py",
+                 "/static/../../web/app.py", "/static//etc/passwd"):
+        status, body = _raw_get(app, path)
+        assert status == 404 and b"create_app" not in body and b"root:" not in body, path
+    assert _raw_get(app, "/static/app.js")[0] == 200
+
+
+def test_other_sites_cannot_use_the_api(text_engine):
+    """Host names other than the server's are refused (DNS rebinding), and API requests from
+    another origin get 403 (a page elsewhere could spend re-ranking requests)."""
+    app = create_app(text_engine, refresh_seconds=None,
+                     allowed_hosts=["127.0.0.1", "localhost"])
+    with TestClient(app, base_url="http://127.0.0.1:8000") as client:
+        assert client.get("/api/info").status_code == 200
+        same = client.get("/api/info", headers={"Origin": "http://127.0.0.1:8000"})
+        assert same.status_code == 200
+        other = client.get("/api/search", params={"q": "spiral"},
+                           headers={"Origin": "http://evil.example"})
+        assert "cross-origin" in _error(other, 403)["detail"]
+        rebound = client.get("/api/info", headers={"Host": "evil.example:8000"})
+        assert "not served here" in _error(rebound, 400)["detail"]
+
+
 def test_a_missing_index_is_503_then_served_once_built(tmp_path, text_embedder, aligner):
     from galaxy_assets.search.query import GalaxySearch
 
@@ -485,7 +562,17 @@ def test_a_missing_index_is_503_then_served_once_built(tmp_path, text_embedder, 
         body = _error(client.get("/api/search", params={"q": "spiral"}), 503)
         assert "galaxy_index" in body["error"]
         assert client.get("/api/health").json() == {"status": "ok"}
-    assert len(calls) == 1
+        assert len(calls) == 1
+        # the graph builds the index: the next request is served, no restart needed
+        from galaxy_assets.search.table import build_shard_rows, upsert_shard
+        from galaxy_assets_tests.search.conftest import synthetic_shard_frames
+
+        f = synthetic_shard_frames(10, "s-a", seed=3, aligner=aligner)
+        upsert_shard(uri, "s-a", build_shard_rows(
+            "s-a", f["manifest"], f["vectors"], f["predictions"], f["captions"]))
+        served = client.get("/api/search", params={"q": "spiral"})
+        assert served.status_code == 200 and served.json()["n_indexed"] == 10
+    assert len(calls) == 2
 
 
 def test_the_server_sees_new_table_versions(text_index, text_embedder, aligner):
@@ -538,6 +625,32 @@ def test_later_pages_continue_the_first_pages_ranking_after_the_index_moved(
         assert "search again from the first page" in body["error"]
         new = client.get("/api/search", params={**params, "offset": 5}).json()
         assert new["table_version"] > old and new["n_indexed"] == 90
+
+
+def test_a_later_page_whose_ranking_left_the_cache_is_409(text_app, monkeypatch):
+    """Ranking again for a page whose first page's ranking was evicted could repeat or skip
+    galaxies (approximate search, a sampling rater): the server says to search again."""
+    import galaxy_assets.web.app as web_app
+
+    monkeypatch.setattr(web_app, "PAGE_CACHE_QUERIES", 2)
+    first = text_app.get("/api/search", params={"q": "spiral", "k": 5}).json()
+    for q in ("ring", "bar", "merger"):  # three other queries push it out
+        text_app.get("/api/search", params={"q": q, "k": 5})
+    later = text_app.get("/api/search", params={"q": "spiral", "k": 5, "offset": 5,
+                                               "table_version": first["table_version"]})
+    assert "no longer holds the ranking" in _error(later, 409)["error"]
+    # a client that pins no version accepts a fresh ranking
+    assert text_app.get("/api/search", params={"q": "spiral", "k": 5, "offset": 5}).json()["n"]
+
+
+def test_has_more_is_false_when_the_matches_end_on_a_page_boundary(text_app):
+    everything = text_app.get("/api/search", params={"q": "spiral", "k": 200,
+                                                     "filter": "p_spiral>=0.5"}).json()
+    n = everything["n"]
+    assert 0 < n < 60 and not everything["has_more"]
+    body = text_app.get("/api/search", params={"q": "spiral", "k": n,
+                                               "filter": "p_spiral>=0.5"}).json()
+    assert body["n"] == n and not body["has_more"]  # a "more" button would return nothing
 
 
 def test_pages_never_repeat_a_galaxy_when_a_deeper_search_reorders(text_app, monkeypatch):

@@ -259,8 +259,10 @@ async function uploadSearch() {
   for (const t of s.term) data.append("term", t);
   showError("");
   $("upload-go").disabled = true;
+  const seq = ++state.seq;  // supersedes a text search still running, and is superseded
   try {
     const body = await api("/api/search/image", { method: "POST", body: data });
+    if (seq !== state.seq) return;  // a newer search was started meanwhile
     $("grid").replaceChildren();
     for (const r of body.results) $("grid").append(card(r));
     state.shown = body.results.length;
@@ -268,7 +270,7 @@ async function uploadSearch() {
     $("more").hidden = true;
     $("upload-note").textContent = "Upload results cannot be paged or shared; upload again for more.";
   } catch (err) {
-    showError(err.message);
+    if (seq === state.seq) showError(err.message);
   } finally {
     $("upload-go").disabled = false;
   }
