@@ -17,6 +17,7 @@ from galaxy_assets.defs.resources import (
     SearchIndexResource,
     TextEmbedderResource,
 )
+from galaxy_assets.defs.shards import each_shard, settle
 from galaxy_assets.embedding.image import (
     EmbedStats,
     embed_shard,
@@ -44,27 +45,31 @@ def image_embeddings(
     fingerprint) nor the encoder (id and version) changed."""
     encoder = image_encoder.build(compute, mlflow.tracker(home.home()))
     folder = home.outputs_dir() / "image_embeddings"
-    out: dict[str, pl.DataFrame] = {}
-    for key in context.partition_keys:
+    meta: dict[str, dict] = {}
+
+    def embed(key: str) -> pl.DataFrame:
         manifest = raw_cutouts[key]
         fingerprint = shard_fingerprint(manifest)
         previous = None if config.force else reusable_output(
             context, folder / f"{key}.parquet", key,
             encoder=encoder.encoder_id, shard_fingerprint=fingerprint)
-        meta = {"encoder": encoder.encoder_id, "dim": encoder.dim,
-                "shard_fingerprint": fingerprint, "reused": previous is not None}
+        meta[key] = {"encoder": encoder.encoder_id, "dim": encoder.dim,
+                     "shard_fingerprint": fingerprint, "reused": previous is not None}
         if previous is not None:
             context.log.info(f"{key}: shard and encoder {encoder.encoder_id} unchanged: "
                              "vectors reused")
-            out[key] = previous
+            frame = previous
         else:
             stats = EmbedStats()
             with open_shard_for(encoder, manifest["shard_uri"][0]) as reader:
                 vectors = embed_shard(reader, encoder, stats=stats, with_rows=True)
-            out[key] = manifest_vectors(vectors, manifest)
-            meta.update(scalar_metadata(stats.as_metadata()))
-        context.add_asset_metadata({"galaxies": out[key].height, **meta}, partition_key=key)
-    return out
+            frame = manifest_vectors(vectors, manifest)
+            meta[key].update(scalar_metadata(stats.as_metadata()))
+        meta[key]["galaxies"] = frame.height
+        return frame
+
+    built, failed = each_shard(context, embed)
+    return settle(context, built, failed, meta, outputs=folder)
 
 
 class AlignerTrainConfig(dg.Config):
@@ -144,7 +149,17 @@ def search_vectors(
     else:
         aligned = load_aligner(tracker, "search-aligner", int(aligned_model["version"][0]))
         source = f"candidate (no {alias} yet)"
-    out = {key: project_shard(image_embeddings[key], aligned) for key in context.partition_keys}
+    meta = {key: {"aligner_version": aligned.aligner_version, "aligner_source": source}
+            for key in context.partition_keys}
+
+    def project(key: str) -> pl.DataFrame:
+        frame = project_shard(image_embeddings[key], aligned)
+        meta[key]["galaxies"] = frame.height
+        return frame
+
+    built, failed = each_shard(context, project)
+    out = settle(context, built, failed, meta,
+                 outputs=home.outputs_dir() / "search_vectors")
     context.add_output_metadata({"galaxies": sum(f.height for f in out.values()),
                                  "shards": len(out), "aligner_version": aligned.aligner_version,
                                  "aligner_source": source})

@@ -10,6 +10,7 @@ from galaxy_assets.defs.execution import gpu_step, shard_backfill_policy
 from galaxy_assets.defs.metadata import png_metadata, scalar_metadata
 from galaxy_assets.defs.partitions import shard_partitions
 from galaxy_assets.defs.resources import ComputeResource, HomeResource, MLflowResource
+from galaxy_assets.defs.shards import each_shard, settle
 from galaxy_assets.emulator.data import SURVEY_LABELS
 from galaxy_assets.emulator.pipeline import (
     EmulatorRunConfig,
@@ -121,17 +122,23 @@ def property_posteriors(
             context.add_asset_metadata({"galaxies": 0, "emulator_version": "none"},
                                        partition_key=key)
         return out
-    for key in context.partition_keys:
+    meta: dict[str, dict] = {}
+
+    def posteriors(key: str) -> pl.DataFrame:
         manifest = raw_cutouts[key]
         frame, summary = shard_posteriors(
             serving, manifest, predictions=(morphology_predictions or {}).get(key),
             embeddings=(image_embeddings or {}).get(key),
             flux_errors=shard_flux_errors(manifest), n_samples=config.n_samples,
             seed=config.seed)
-        out[key] = frame
-        context.add_asset_metadata({**scalar_metadata(summary.metadata()),
-                                    "emulator_version": serving.emulator_version,
-                                    "emulator_source": serving.source}, partition_key=key)
+        meta[key] = {**scalar_metadata(summary.metadata()),
+                     "emulator_version": serving.emulator_version,
+                     "emulator_source": serving.source}
+        return frame
+
+    built, failed = each_shard(context, posteriors)
+    out = settle(context, built, failed, meta,
+                 outputs=home.outputs_dir() / "property_posteriors")
     context.log.info(f"posteriors of {sum(f.height for f in out.values())} galaxies from "
                      f"{serving.emulator_version} ({serving.source})")
     return out

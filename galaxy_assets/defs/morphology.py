@@ -13,6 +13,7 @@ from galaxy_assets.defs.resources import (
     MLflowResource,
     SurveyResource,
 )
+from galaxy_assets.defs.shards import each_shard, settle
 from galaxy_assets.morphology.data import votes_from_catalogue, votes_from_truth
 from galaxy_assets.morphology.model import DEFAULT_PRESET
 from galaxy_assets.morphology.predict import load_encoder, predict_shard
@@ -96,15 +97,19 @@ def morphology_predictions(
                                        partition_key=key)
         return out
     model, version = load_encoder(tracker, "champion")
-    for key in context.partition_keys:
+    meta: dict[str, dict] = {}
+
+    def predict(key: str) -> pl.DataFrame:
         manifest = raw_cutouts[key]
         predictions = predict_shard(
             model, manifest["shard_uri"][0], rows=manifest["row"].to_list(),
             batch_size=compute.batch_size, device=compute.torch_device(), dtype=compute.dtype,
         )
-        out[key] = predictions.with_columns(
+        meta[key] = {"galaxies": predictions.height,
+                     "encoder_version": f"morphology-encoder/v{version}"}
+        return predictions.with_columns(
             pl.lit(f"morphology-encoder/v{version}").alias("encoder"))
-        context.add_asset_metadata({"galaxies": predictions.height,
-                                    "encoder_version": f"morphology-encoder/v{version}"},
-                                   partition_key=key)
-    return out
+
+    built, failed = each_shard(context, predict)
+    return settle(context, built, failed, meta,
+                  outputs=home.outputs_dir() / "morphology_predictions")

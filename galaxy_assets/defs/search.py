@@ -2,14 +2,16 @@
 automation that keeps it in step with new shards and new champion aligners."""
 
 import time
+from typing import Any
 
 import dagster as dg
 import polars as pl
-from dagster_polars import DataFramePartitions
+from dagster_polars import LazyFramePartitions
 
 from galaxy_assets.defs.metadata import scalar_metadata
 from galaxy_assets.defs.partitions import contiguous_ranges, shard_partitions
 from galaxy_assets.defs.resources import HomeResource, MLflowResource, SearchIndexResource
+from galaxy_assets.defs.shards import each_shard, settle
 from galaxy_assets.search import ann
 from galaxy_assets.search.table import (
     RowStats,
@@ -32,34 +34,61 @@ from galaxy_assets.search.table import (
          "property_posteriors": dg.AssetIn(metadata={"allow_missing_partitions": True})},
 )
 def galaxy_index(
-    context: dg.AssetExecutionContext, raw_cutouts: DataFramePartitions,
-    search_vectors: DataFramePartitions, morphology_predictions: DataFramePartitions,
-    property_posteriors: DataFramePartitions, vlm_captions: pl.DataFrame, home: HomeResource,
+    context: dg.AssetExecutionContext, raw_cutouts: LazyFramePartitions,
+    search_vectors: LazyFramePartitions, morphology_predictions: LazyFramePartitions,
+    property_posteriors: LazyFramePartitions, vlm_captions: pl.DataFrame, home: HomeResource,
     search_index: SearchIndexResource,
 ) -> dg.MaterializeResult:
     """One row per galaxy (position, fluxes and magnitudes, caption, vote fractions, posterior
     summaries of physical properties as post_* columns, aligner version, search vector),
     upserted per shard with merge_insert on object_id in one commit per shard: a rerun never
     duplicates or loses rows, and a failed run leaves the previous version readable. Then the
-    full-text and vector indexes are brought up to date."""
+    full-text and vector indexes are brought up to date. Each shard's inputs are read when
+    its turn comes: a shard whose files are unreadable fails alone, and the others are
+    indexed."""
     uri = search_index.location(home.home())
-    upserts = []
-    table = None
-    for key in context.partition_keys:
+    state: dict[str, Any] = {"table": None}
+    meta: dict[str, dict] = {}
+
+    def read(name: str, frames: dict[str, pl.LazyFrame] | None, key: str,
+             required: bool = True) -> pl.DataFrame | None:
+        frame = (frames or {}).get(key)
+        if frame is None:
+            if required:
+                raise FileNotFoundError(f"{name}[{key}] is not stored: materialize it first")
+            return None
+        try:
+            return frame.collect()
+        except Exception as exc:
+            raise OSError(f"cannot read {name}[{key}] ({type(exc).__name__}: {exc})") from exc
+
+    def index(key: str) -> dict:
         rows_stats = RowStats()
-        rows = build_shard_rows(key, raw_cutouts[key], search_vectors[key],
-                                (morphology_predictions or {}).get(key), vlm_captions,
-                                (property_posteriors or {}).get(key), stats=rows_stats)
-        if table is None:
-            table = open_or_create_table(uri, rows.schema.field("vector").type.list_size,
-                                         name=search_index.table)
-        stats = upsert_shard(table, key, rows)
-        upserts.append({**stats.as_metadata(), **{
-            k: v for k, v in rows_stats.as_metadata().items() if k.startswith("n_") and k not in (
-                "n_rows",)}})
+        rows = build_shard_rows(key, read("raw_cutouts", raw_cutouts, key),
+                                read("search_vectors", search_vectors, key),
+                                read("morphology_predictions", morphology_predictions, key, False),
+                                vlm_captions,
+                                read("property_posteriors", property_posteriors, key, False),
+                                stats=rows_stats)
+        if state["table"] is None:
+            state["table"] = open_or_create_table(
+                uri, rows.schema.field("vector").type.list_size, name=search_index.table)
+        stats = upsert_shard(state["table"], key, rows)
         context.log.info(f"{key}: {stats.n_inserted} inserted, {stats.n_updated} updated, "
                          f"{stats.n_deleted} removed, {stats.n_skipped} skipped → v{stats.version}")
-    indexes = {**ensure_indexes(table), "vector": ann.ensure_vector_index(table)}
+        record = {**stats.as_metadata(), **{
+            k: v for k, v in rows_stats.as_metadata().items() if k.startswith("n_") and k not in (
+                "n_rows",)}}
+        meta[key] = {k: v for k, v in record.items() if k != "skipped_object_ids"}
+        return record
+
+    built, failed = each_shard(context, index)
+    table = state["table"]
+    if table is not None:  # the shards upserted are served with fresh indexes either way
+        indexes = {**ensure_indexes(table), "vector": ann.ensure_vector_index(table)}
+    if failed:
+        settle(context, built, failed, meta)  # records the upserted shards, then fails
+    upserts = list(built.values())
     per_shard = pl.DataFrame(upserts).drop("skipped_object_ids", strict=False)
     return dg.MaterializeResult(metadata={
         "table_version": table_version(table), "table_uri": uri, "rows": table.count_rows(),

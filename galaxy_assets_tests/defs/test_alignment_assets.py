@@ -86,3 +86,47 @@ def test_the_configured_encoder_id_without_loading_weights():
     assert ImageEncoderResource(tta="none").expected_id(tracker) == "registry:morphology-encoder/v3"
     assert ImageEncoderResource(model_name="other").expected_id(tracker) is None  # none yet
     assert ImageEncoderResource(kind="zoobot", name="resnet10t").expected_id(tracker) is None
+
+
+@pytest.mark.slow
+def test_a_truncated_shard_fails_alone_in_a_run_over_many(isolated_home, tmp_path):
+    """A backfill embeds its shards in one run (the encoder loads once). One shard file cut
+    short after its manifest was built used to discard the other shards' vectors: they are
+    stored and materialized now, and a rerun reuses them."""
+    root = tmp_path / "survey"
+    _survey(root, n=12)
+    keys = ["healpix=0__001-of-001", "healpix=1__001-of-001"]
+    resources = {
+        "home": HomeResource(root=str(isolated_home)),
+        "survey": SurveyResource(roots=[str(root)], bands=BANDS, cutout_size=0),
+        "compute": ComputeResource(device="cpu", batch_size=8),
+        "mlflow": MLflowResource(),
+        "image_encoder": ImageEncoderResource(kind="timm", name="resnet10t", batch_size=8,
+                                              tta="none"),
+        "io_manager": ShardParquetIOManager(base_dir=str(isolated_home / "parquet")),
+    }
+    both = {"dagster/asset_partition_range_start": keys[0],
+            "dagster/asset_partition_range_end": keys[1]}
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(shard_partitions.name, keys)
+        for key in keys:
+            dg.materialize([raw_cutouts], partition_key=key, instance=instance,
+                           resources=resources)
+        bad = root / "healpix=1" / "001-of-001.hdf5"
+        whole = bad.read_bytes()
+        bad.write_bytes(whole[:2000])  # a copy cut short
+        result = dg.materialize([raw_cutouts, image_embeddings], selection=[image_embeddings],
+                                instance=instance, resources=resources, tags=both,
+                                raise_on_error=False)
+        assert not result.success
+        message = result.get_step_failure_events()[0].step_failure_data.error.message
+        assert f"1 of 2 shard(s) failed ({keys[1]}:" in message
+        stored = isolated_home / "parquet" / "image_embeddings"
+        assert sorted(p.name for p in stored.iterdir()) == [f"{keys[0]}.parquet"]
+        assert instance.get_materialized_partitions(dg.AssetKey("image_embeddings")) == {keys[0]}
+        bad.write_bytes(whole)  # the file restored: the rerun embeds it and reuses the other
+        again = dg.materialize([raw_cutouts, image_embeddings], selection=[image_embeddings],
+                               instance=instance, resources=resources, tags=both)
+        reused = {e.partition: e.metadata["reused"].value
+                  for e in again.asset_materializations_for_node("image_embeddings")}
+        assert reused == {keys[0]: True, keys[1]: False}

@@ -96,6 +96,29 @@ def test_galaxy_index_upserts_a_shard_range_in_one_run_and_reruns_idempotently(i
         assert table.count_rows() == 40
 
 
+def test_one_unreadable_shard_does_not_cost_the_others_their_index_rows(isolated_home):
+    """A range run over three shards whose middle one's search vectors are corrupt: the other
+    two are upserted and materialized, and the run fails naming the bad shard and file."""
+    _write_upstream(isolated_home / "parquet")
+    (isolated_home / "parquet" / "search_vectors" / f"{KEYS[1]}.parquet").write_bytes(b"junk")
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(shard_partitions.name, KEYS)
+        result = dg.materialize(_assets(), selection=[galaxy_index], instance=instance,
+                                resources=_resources(isolated_home), tags=RANGE,
+                                raise_on_error=False)
+        assert not result.success
+        (failure,) = result.get_step_failure_events()
+        message = failure.step_failure_data.error.message
+        assert f"1 of 3 shard(s) failed ({KEYS[1]}: OSError: cannot read search_vectors" in \
+            message
+        assert "The other 2 are stored and materialized" in message
+        done = instance.get_materialized_partitions(dg.AssetKey("galaxy_index"))
+        assert done == {KEYS[0], KEYS[2]}
+        table = open_table(isolated_home / "lancedb")
+        shards = pl.from_arrow(table.to_arrow().select(["shard"]))["shard"]
+        assert set(shards) == {KEYS[0], KEYS[2]} and table.count_rows() == 40
+
+
 def test_a_new_shard_reaches_the_index_before_any_morphology_encoder(isolated_home):
     """A survey searched with a timm or AION encoder has no morphology-encoder@champion:
     morphology_predictions writes an empty frame instead of failing, so the ingest job's
