@@ -116,9 +116,14 @@ def shard_backfill_policy() -> dg.BackfillPolicy:
     queue starts side by side and the executor spreads over workers (each run still loads its
     model once), so these stages scale with workers. ``galaxy_index`` keeps one run: its
     writes are serialised anyway (pool ``lancedb_writer``)."""
-    settings = _settings_or_default()
-    n = settings.cluster.shards_per_run if settings.is_cluster else 0
+    n = shards_per_run()
     return dg.BackfillPolicy.multi_run(n) if n > 0 else dg.BackfillPolicy.single_run()
+
+
+def shards_per_run() -> int:
+    """``cluster.shards_per_run`` under the cluster profile, else 0 (no limit)."""
+    settings = _settings_or_default()
+    return settings.cluster.shards_per_run if settings.is_cluster else 0
 
 
 # --- executors per profile ------------------------------------------------------------------

@@ -8,6 +8,7 @@ import dagster as dg
 import polars as pl
 from dagster_polars import LazyFramePartitions
 
+from galaxy_assets.defs.execution import shards_per_run
 from galaxy_assets.defs.metadata import scalar_metadata
 from galaxy_assets.defs.partitions import contiguous_ranges, shard_partitions
 from galaxy_assets.defs.resources import HomeResource, MLflowResource, SearchIndexResource
@@ -211,7 +212,9 @@ def search_aligner_champion_sensor(
     if not ready:
         return dg.SkipReason(f"search-aligner@{alias} = v{version}, but no shard has image "
                              "embeddings to re-index (materialize shard_embeddings_job)")
-    ranges = contiguous_ranges(context.instance, ready)
+    # under the cluster profile, runs of at most cluster.shards_per_run shards: one run over
+    # every shard holds all their vectors twice (search_vectors' outputs, galaxy_index's inputs)
+    ranges = contiguous_ranges(context.instance, ready, shards_per_run())
     context.log.info(f"search-aligner@{alias} → v{version}: re-indexing {len(ready)} shard(s) "
                      f"in {len(ranges)} run(s)")
     # a run key naming only the version would be one the daemon has seen after a rollback

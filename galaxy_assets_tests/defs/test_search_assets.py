@@ -320,6 +320,15 @@ def test_champion_sensor_reindexes_every_shard_once_per_new_champion(isolated_ho
                  r.tags["dagster/asset_partition_range_end"]) for r in split.run_requests] == \
             [(KEYS[0], KEYS[0]), (KEYS[2], KEYS[2])]
         gap.with_suffix(".away").rename(gap)
+        # under the cluster profile, runs of at most cluster.shards_per_run shards
+        import galaxy_assets.defs.search as search_defs
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(search_defs, "shards_per_run", lambda: 2)
+            chunked = tick(instance)
+        assert [(r.tags["dagster/asset_partition_range_start"],
+                 r.tags["dagster/asset_partition_range_end"]) for r in chunked.run_requests] == \
+            [(KEYS[0], KEYS[1]), (KEYS[2], KEYS[2])]
         result = tick(instance)
         (request,) = result.run_requests
         assert request.tags == RANGE  # one run over every shard: the aligner loads once
