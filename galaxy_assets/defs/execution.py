@@ -129,12 +129,20 @@ def shards_per_run() -> int:
 # --- executors per profile ------------------------------------------------------------------
 
 
+DASK_MAX_CONCURRENT = (
+    "cluster.max_concurrent is not applied by the dask executor: the workers' threads "
+    "(dask worker --nthreads) and the pools bound how many steps run at once"
+)
+
+
 def executor_for(settings: Settings) -> dg.ExecutorDefinition | None:
     """The executor of the profile: ``None`` (Dagster's default) for ``local``."""
     if not settings.is_cluster:
         return None
     c = settings.cluster_settings()
     if c.executor == "dask":
+        if c.max_concurrent:
+            log.warning(DASK_MAX_CONCURRENT)
         return pooled_dask_executor().configured(
             {"cluster": {"existing": {"address": c.dask_address}}}, name="dask"
         )
@@ -625,6 +633,8 @@ def profile_summary(settings: Settings) -> dict[str, Any]:
     executor: dict[str, Any] = {"kind": c.executor}
     if c.executor == "dask":
         executor["scheduler"] = c.dask_address
+        if c.max_concurrent:
+            executor["max_concurrent"] = f"{c.max_concurrent}: ignored ({DASK_MAX_CONCURRENT})"
     elif c.executor == "k8s":
         executor["config"] = k8s_executor_config(c)
     return {

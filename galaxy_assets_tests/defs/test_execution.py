@@ -76,6 +76,18 @@ def test_local_profile_is_the_default_and_unchanged(isolated_home):
     assert resources["search_index"].uri == "" and resources["mlflow"].tracking_uri == ""
 
 
+def test_max_concurrent_under_dask_is_said_to_be_ignored(monkeypatch, tmp_path, caplog):
+    """The dask executor does not apply cluster.max_concurrent: it was dropped silently."""
+    from galaxy_assets.defs.execution import executor_for, profile_summary
+
+    _cluster_env(monkeypatch, tmp_path, GALAXY_ASSETS_CLUSTER_MAX_CONCURRENT="4")
+    settings = load_settings()
+    with caplog.at_level("WARNING", logger="galaxy_assets.defs.execution"):
+        executor_for(settings)
+    assert "max_concurrent is not applied by the dask executor" in caplog.text
+    assert "ignored" in profile_summary(settings)["executor"]["max_concurrent"]
+
+
 def test_cluster_profile_names_the_missing_settings(monkeypatch):
     monkeypatch.setenv("GALAXY_ASSETS_PROFILE", "cluster")
     monkeypatch.setenv("GALAXY_ASSETS_CLUSTER_LANCEDB_URI", "s3://bucket/lancedb")
