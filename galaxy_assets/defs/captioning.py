@@ -10,7 +10,7 @@ from galaxy_assets.captioning.keywords import keyword_rates
 from galaxy_assets.captioning.run import caption_galaxies, sample_for_captions
 from galaxy_assets.captioning.store import CaptionStore
 from galaxy_assets.defs.execution import gpu_step
-from galaxy_assets.defs.metadata import reusable_output
+from galaxy_assets.defs.metadata import all_manifests, reusable_output
 from galaxy_assets.defs.resources import (
     CaptionerResource,
     ComputeResource,
@@ -50,9 +50,7 @@ def caption_sample(
 ) -> pl.DataFrame:
     """A seeded random sample of galaxies across all shards that the captioner describes.
     No curation toward rare classes: the sample has the survey's class rates."""
-    manifest = pl.concat(list(raw_cutouts.values())) if raw_cutouts else None
-    if manifest is None or manifest.height == 0:
-        raise dg.Failure("no raw_cutouts partition is materialized; run the survey first")
+    manifest = all_manifests(raw_cutouts, "caption_sample")
     sample = sample_for_captions(manifest, min(config.n, manifest.height), config.seed)
     context.add_output_metadata(
         {

@@ -92,3 +92,13 @@ def partition_metadata(instance: dg.DagsterInstance, asset: str, key: str) -> di
     if not records or records[0].asset_materialization is None:
         return {}
     return {k: v.value for k, v in records[0].asset_materialization.metadata.items()}
+
+
+def all_manifests(raw_cutouts: dict[str, pl.DataFrame], asset: str) -> pl.DataFrame:
+    """Every stored raw_cutouts manifest as one frame; a clear failure when there is none
+    (``pl.concat`` of nothing said only "cannot concat empty list")."""
+    frames = [f for f in (raw_cutouts or {}).values() if f is not None]
+    if not frames or sum(f.height for f in frames) == 0:
+        raise dg.Failure(f"{asset}: no raw_cutouts partition is materialized; materialize "
+                         "survey_job (or run galaxy-assets demo) first")
+    return pl.concat(frames, how="diagonal_relaxed")

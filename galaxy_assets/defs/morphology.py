@@ -5,7 +5,7 @@ import polars as pl
 from dagster_polars import DataFramePartitions
 
 from galaxy_assets.defs.execution import gpu_step, shard_backfill_policy
-from galaxy_assets.defs.metadata import figure_metadata, scalar_metadata
+from galaxy_assets.defs.metadata import all_manifests, figure_metadata, scalar_metadata
 from galaxy_assets.defs.partitions import shard_partitions
 from galaxy_assets.defs.resources import (
     ComputeResource,
@@ -45,8 +45,8 @@ def morphology_encoder(
     """Trains an encoder on Galaxy Zoo vote counts (Dirichlet-Multinomial loss per question),
     registers a version of `morphology-encoder`, and moves `champion` only when its held-out
     loss beats the current champion's on the same galaxies."""
+    manifest = all_manifests(raw_cutouts, "morphology_encoder")
     h = home.home()
-    manifest = pl.concat(list(raw_cutouts.values()))
     votes = (votes_from_catalogue(config.vote_catalogue, manifest) if config.vote_catalogue
              else votes_from_truth(manifest))
     train_config = TrainConfig(

@@ -8,7 +8,7 @@ import polars as pl
 from dagster_polars import DataFramePartitions
 
 from galaxy_assets.defs.execution import gpu_step
-from galaxy_assets.defs.metadata import figure_metadata, scalar_metadata
+from galaxy_assets.defs.metadata import all_manifests, figure_metadata, scalar_metadata
 from galaxy_assets.defs.morphology import ALL_SHARDS
 from galaxy_assets.defs.resources import (
     ComputeResource,
@@ -53,7 +53,7 @@ def morphology_scaling_point(
     """One point of the sweep: a model of the given size trained on N labelled galaxies
     (a nested subset of one fixed training split), scored on one fixed held-out split."""
     keys = context.partition_key.keys_by_dimension
-    manifest = pl.concat(list(raw_cutouts.values()))
+    manifest = all_manifests(raw_cutouts, "morphology_scaling_point")
     base = TrainConfig(epochs=config.epochs, batch_size=config.batch_size, seed=config.seed,
                        max_steps=config.max_steps, bands=tuple(survey.bands),
                        image_size=survey.cutout_size or int(manifest["height"].min()),
@@ -125,8 +125,9 @@ def morphology_transfer_report(
 ) -> pl.DataFrame:
     """Rare-class transfer with few labels: linear probe, finetuned top blocks and training
     from scratch at 1%, 10% and 100% of the labels, pretrained vs random-init encoders."""
+    manifest = all_manifests(raw_cutouts, "morphology_transfer_report")
     model, _ = load_encoder(mlflow.tracker(home.home()), "champion")
-    report = run_transfer(model, pl.concat(list(raw_cutouts.values())), TransferConfig(
+    report = run_transfer(model, manifest, TransferConfig(
         label=config.label, steps=config.steps, seeds=tuple(config.seeds),
         device=compute.torch_device(), dtype=compute.dtype))
     context.add_output_metadata({

@@ -127,11 +127,21 @@ def index_maintenance(
     })
 
 
-index_maintenance_schedule = dg.ScheduleDefinition(
+@dg.schedule(
     name="index_maintenance_nightly", target=index_maintenance, cron_schedule="0 3 * * *",
     default_status=dg.DefaultScheduleStatus.RUNNING,
-    description="Nightly upkeep of galaxy_index: compaction, index refresh, version pruning.",
+    description="Nightly upkeep of galaxy_index: compaction, index refresh, version pruning "
+    "(skipped while there is no index yet).",
 )
+def index_maintenance_schedule(
+    context: dg.ScheduleEvaluationContext, home: HomeResource, search_index: SearchIndexResource
+):
+    from galaxy_assets.search.table import connect
+
+    db = connect(search_index.location(home.home()))
+    if not table_exists(db, search_index.table):
+        return dg.SkipReason(f"no {search_index.table!r} table yet: nothing to maintain")
+    return dg.RunRequest()
 
 reindex_job = dg.define_asset_job(
     "reindex_job", selection=dg.AssetSelection.assets("search_vectors", "galaxy_index"),

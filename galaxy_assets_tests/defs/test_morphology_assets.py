@@ -3,6 +3,8 @@ registered, predictions are made per shard, two sweep partitions feed a scaling 
 
 from __future__ import annotations
 
+import inspect
+
 import dagster as dg
 import polars as pl
 import pytest
@@ -99,3 +101,29 @@ def test_a_sweep_whose_every_point_was_skipped_says_why(isolated_home):
     with pytest.raises(dg.Failure, match=r"every point of the sweep was skipped.*16000, 32000"):
         morphology_scaling_report(context, morphology_scaling_point=points,
                                   home=HomeResource(root=str(isolated_home)))
+
+
+@pytest.mark.parametrize("asset_name", ["morphology_encoder", "morphology_scaling_point",
+                                        "morphology_transfer_report", "caption_sample"])
+def test_assets_of_every_shard_say_what_to_materialize_when_there_is_none(asset_name):
+    """With no raw_cutouts partition stored they failed with "cannot concat empty list"."""
+    import galaxy_assets.defs.captioning as captioning
+    import galaxy_assets.defs.morphology as morphology
+    import galaxy_assets.defs.morphology_reports as reports
+
+    asset = {"morphology_encoder": morphology.morphology_encoder,
+             "morphology_scaling_point": reports.morphology_scaling_point,
+             "morphology_transfer_report": reports.morphology_transfer_report,
+             "caption_sample": captioning.caption_sample}[asset_name]
+    body = asset.op.compute_fn.decorated_fn
+    names = list(inspect.signature(body).parameters)
+    context = dg.build_asset_context(
+        partition_key=dg.MultiPartitionKey({"model_size": "tiny", "n_labelled": "500"})
+        if asset_name == "morphology_scaling_point" else None)
+    kwargs = {n: None for n in names[1:]}
+    kwargs["raw_cutouts"] = {}
+    with pytest.raises(dg.Failure, match=f"{asset_name}: no raw_cutouts partition is "
+                       "materialized; materialize survey_job"):
+        result = body(context, **kwargs)
+        if inspect.isgenerator(result):
+            list(result)

@@ -139,8 +139,19 @@ def test_a_new_shard_reaches_the_index_before_any_morphology_encoder(isolated_ho
         assert open_table(isolated_home / "lancedb").count_rows() == 20
 
 
-def test_maintenance_schedule_targets_index_maintenance():
-    context = dg.build_schedule_context()
+def test_maintenance_schedule_targets_index_maintenance(isolated_home):
+    resources = {"home": HomeResource(root=str(isolated_home)),
+                 "search_index": SearchIndexResource()}
+    # before any index exists the nightly run is skipped (it failed every night)
+    context = dg.build_schedule_context(resources=resources)
+    skipped = index_maintenance_schedule.evaluate_tick(context)
+    assert not skipped.run_requests and "nothing to maintain" in skipped.skip_message
+    _write_upstream(isolated_home / "parquet")
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(shard_partitions.name, KEYS)
+        dg.materialize(_assets(), selection=[galaxy_index], instance=instance,
+                       resources=_resources(isolated_home), partition_key=KEYS[0])
+    context = dg.build_schedule_context(resources=resources)
     request = index_maintenance_schedule.evaluate_tick(context).run_requests[0]
     assert index_maintenance_schedule.cron_schedule == "0 3 * * *"
     assert request.asset_selection in (None, [dg.AssetKey("index_maintenance")])
