@@ -147,6 +147,12 @@ class OpenAICompatibleClient:
     ``chat/completions`` are appended to it. ``api_key`` (optional: local servers rarely want
     one) is sent as a bearer token and never logged. ``setting`` names the configuration
     section in error messages (e.g. ``"captioner"``), so a user knows what to change.
+
+    A breaker stops a run from spending an hour on an endpoint that cannot answer: after
+    ``breaker_threshold`` requests in a row end in a connection error, 401/403/404 or an
+    exhausted quota (OpenAI's 429 ``insufficient_quota``, which is never retried), the next
+    requests are not sent for ``breaker_cooldown_s`` seconds; each returns an error that says
+    why. Then one request tries again; any success closes the breaker.
     """
 
     def __init__(
@@ -163,6 +169,8 @@ class OpenAICompatibleClient:
         concurrency: int = 4,
         setting: str = "endpoint",
         sleep: Callable[[float], None] = time.sleep,
+        breaker_threshold: int = 5,
+        breaker_cooldown_s: float = 30.0,
     ) -> None:
         self.setting = setting
         self.base_url = self._check_base_url(base_url, setting)
@@ -199,6 +207,11 @@ class OpenAICompatibleClient:
         self._idle: queue.SimpleQueue[requests.Session] = queue.SimpleQueue()
         self._sessions: list[requests.Session] = []
         self._rng = random.Random()
+        self.breaker_threshold = int(breaker_threshold)
+        self.breaker_cooldown_s = float(breaker_cooldown_s)
+        self._dead_streak = 0
+        self._dead_error = ""
+        self._opened_at: float | None = None
 
     # -- configuration -------------------------------------------------------------------
 
@@ -309,12 +322,17 @@ class OpenAICompatibleClient:
             return self._done(
                 False, None, f"request for POST {url} is not valid JSON: {exc}", None, 0, t0
             )
+        refused = self._breaker_open(url)
+        if refused is not None:
+            return self._done(False, None, refused, None, 0, t0)
         attempts = 0
         status: int | None = None
         error = "not sent"
+        dead = False  # the endpoint cannot answer anyone (unreachable, key, route, quota)
         for attempt in range(self.max_retries + 1):
             self._take_budget(route)
             attempts += 1
+            dead = False
             retry_after: float | None = None
             session = self._acquire()
             try:
@@ -330,6 +348,8 @@ class OpenAICompatibleClient:
                     status = None
                     error = f"connection error (POST {url}): {type(exc).__name__}: {exc}"
                     retryable = True
+                    dead = isinstance(exc, requests.ConnectionError) and not isinstance(
+                        exc, requests.exceptions.ChunkedEncodingError)
                 except requests.RequestException as exc:
                     status = None
                     error = f"request failed (POST {url}): {type(exc).__name__}: {exc}"
@@ -347,14 +367,20 @@ class OpenAICompatibleClient:
                                 "OpenAI-compatible API root?"
                             )
                             return self._done(False, None, error, status, attempts, t0)
+                        self._breaker_record(None)
                         return self._done(True, data, None, status, attempts, t0)
                     retryable = status in RETRY_STATUSES
                     retry_after = _retry_after_seconds(resp.headers.get("Retry-After"))
                     error = f"HTTP {status} from POST {url}: {self._server_message(resp)}"
                     if status == 404:
                         error += f" (check {self.setting}.base_url: it usually ends in /v1)"
+                        dead = True
                     elif status in (401, 403):
                         error += f" (check {self.setting}.api_key)"
+                        dead = True
+                    elif status == 429 and self._error_code(resp) == "insufficient_quota":
+                        error += " (the account's quota is spent: waiting will not help)"
+                        retryable, dead = False, True
                     resp.close()
             finally:
                 self._idle.put(session)
@@ -371,7 +397,52 @@ class OpenAICompatibleClient:
             self._sleep(delay)
         if attempts > 1:
             error = f"{error} (gave up after {attempts} attempts)"
+        self._breaker_record(error if dead else None)
         return self._done(False, None, error, status, attempts, t0)
+
+    # -- the breaker ---------------------------------------------------------------------
+
+    def _breaker_open(self, url: str) -> str | None:
+        """Why ``url`` is not sent now, or None."""
+        with self._lock:
+            if self._opened_at is None:
+                return None
+            waited = time.monotonic() - self._opened_at
+            if waited >= self.breaker_cooldown_s:
+                self._opened_at = None  # one request tries again; it reopens if it fails
+                self._dead_streak = self.breaker_threshold - 1
+                return None
+            return (
+                f"not sent (POST {url}): the last {self._dead_streak} requests to "
+                f"{self.host} failed the same way, the last with: {self._dead_error}; trying "
+                f"again in {self.breaker_cooldown_s - waited:.0f} s"
+            )
+
+    def _breaker_record(self, dead_error: str | None) -> None:
+        with self._lock:
+            if dead_error is None:
+                self._dead_streak, self._opened_at = 0, None
+                return
+            self._dead_streak += 1
+            self._dead_error = self.redact(dead_error)
+            if self._dead_streak >= self.breaker_threshold > 0 and self._opened_at is None:
+                self._opened_at = time.monotonic()
+                log.error("%s: %d requests in a row failed (%s); not sending more for %.0f s",
+                          self.host, self._dead_streak, self._dead_error,
+                          self.breaker_cooldown_s)
+
+    @staticmethod
+    def _error_code(resp: requests.Response) -> str | None:
+        """OpenAI's ``{"error": {"code": …}}`` (or ``type``), if the body has one."""
+        try:
+            data = resp.json()
+        except ValueError:
+            return None
+        err = data.get("error") if isinstance(data, dict) else None
+        if isinstance(err, dict):
+            code = err.get("code") or err.get("type")
+            return str(code) if code else None
+        return None
 
     def _done(
         self,

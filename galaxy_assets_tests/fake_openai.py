@@ -10,7 +10,8 @@ It speaks ``POST /v1/chat/completions`` and ``POST /v1/embeddings`` and can be t
         assert server.requests[0].headers["Authorization"] == "Bearer sk-test"
 
 Fault kinds (``FAULT_KINDS``): ``timeout`` (sleep ``delay_s`` before answering), ``429`` (with
-``Retry-After: retry_after``), ``500``, ``503``, ``400``, ``garbage`` (HTTP 200, body not JSON),
+``Retry-After: retry_after``), ``quota`` (429 with OpenAI's ``insufficient_quota`` code),
+``500``, ``503``, ``400``, ``garbage`` (HTTP 200, body not JSON),
 ``disconnect`` (close the socket without an answer), and for chat only ``empty`` (content
 ""), ``length`` (finish_reason "length"), ``refusal`` (a refusing reply), ``refusal_field``
 (the ``refusal`` field set, content null), ``non_english`` (a French reply), ``overlong``
@@ -52,7 +53,7 @@ import numpy as np
 __all__ = ["FAULT_KINDS", "Fault", "FakeOpenAIServer", "RecordedRequest", "fake_embedding"]
 
 FAULT_KINDS = (
-    "timeout", "429", "500", "503", "400", "garbage", "disconnect",
+    "timeout", "429", "quota", "500", "503", "400", "garbage", "disconnect",
     "empty", "length", "refusal", "refusal_field", "non_english", "overlong",
 )
 _CHAT_ONLY = {"empty", "length", "refusal", "refusal_field", "non_english", "overlong"}
@@ -396,6 +397,11 @@ class _Handler(BaseHTTPRequestHandler):
             if fault.retry_after is not None:  # type: ignore[union-attr]
                 headers["Retry-After"] = str(fault.retry_after)  # type: ignore[union-attr]
             self._error(429, "Rate limit reached; slow down.", headers)
+            return
+        if kind == "quota":
+            self._json(429, {"error": {"message": "You exceeded your current quota.",
+                                       "type": "insufficient_quota",
+                                       "code": "insufficient_quota"}})
             return
         if kind in ("500", "503"):
             self._error(int(kind), "The server had an error while processing your request.")

@@ -168,6 +168,30 @@ def test_connection_errors_retried(server):
     assert "connection error" in result.error
 
 
+def test_an_exhausted_quota_is_not_retried(server):
+    server.add_fault("quota", times=None)
+    client = make_client(server, max_retries=3)
+    result = client.post_json("embeddings", emb("x"))
+    assert result.attempts == 1 and "quota is spent" in result.error
+
+
+def test_the_breaker_stops_sending_to_an_endpoint_that_cannot_answer(server):
+    """A wrong key fails every request: after five in a row the rest are not sent (a
+    sample of 2,000 galaxies spent an hour of retries); after the cool-down one tries again,
+    and a success closes the breaker."""
+    server.add_fault("quota", times=None)
+    client = make_client(server, max_retries=2, breaker_threshold=5, breaker_cooldown_s=0.3)
+    results = [client.post_json("embeddings", emb(str(i))) for i in range(12)]
+    assert len(server.requests) == 5
+    assert all("not sent" in r.error and "quota is spent" in r.error for r in results[5:])
+    assert all(r.attempts == 0 for r in results[5:])
+    server.clear()
+    time.sleep(0.35)
+    assert client.post_json("embeddings", emb("again")).ok  # half-open: one tries, succeeds
+    assert client.post_json("embeddings", emb("more")).ok
+    assert len(server.requests) == 2
+
+
 def test_garbage_json_is_a_clear_error(server):
     server.add_fault("garbage", times=1)
     client = make_client(server, max_retries=3)
