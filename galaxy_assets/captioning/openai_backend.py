@@ -205,6 +205,25 @@ class OpenAICaptioner:
         """Requests left of ``captioner.request_budget`` (None: no budget)."""
         return self.client.budget_left
 
+    def _not_sent(self) -> str:
+        return (
+            f"{GENERATION_FAILED}: not sent: captioner.request_budget="
+            f"{self.client.request_budget} is spent (retries used part of it); raise it and "
+            "run again to caption this galaxy"
+        )
+
+    def _beyond_budget(self, requests: Sequence[CaptionRequest]) -> dict[str, str]:
+        """The object_ids of ``requests`` the budget left cannot cover, with why."""
+        left = self.client.budget_left
+        if left is None:
+            return {}
+        sendable = [r for r in requests if validate_image(r.image, r.bands) is None]
+        if len(sendable) <= left:
+            return {}
+        log.warning("captioner.request_budget is spent: %d galaxies of this batch are not sent",
+                    len(sendable) - left)
+        return {r.object_id: self._not_sent() for r in sendable[left:]}
+
     def _check_budget(self, requests: Sequence[CaptionRequest]) -> None:
         left = self.client.budget_left
         if left is None:
@@ -264,13 +283,17 @@ class OpenAICaptioner:
     def caption(self, requests: Sequence[CaptionRequest]) -> list[CaptionResult]:
         """One :class:`CaptionResult` per request, in order (failures recorded, not raised).
 
-        Raises :class:`CaptionerError` only when the batch does not fit in the request
-        budget that is left (then nothing is sent).
+        When the request budget left (``captioner.request_budget``; the run checked it
+        covered the sample, but retries spend it too) cannot cover the batch, the galaxies it
+        covers are sent and the others recorded as not sent, so the run ends normally and a
+        rerun with a larger budget asks for them.
         """
         requests = list(requests)
-        self._check_budget(requests)
+        spent = self._beyond_budget(requests)
 
         def one(request: CaptionRequest) -> CaptionResult:
+            if request.object_id in spent:
+                return CaptionResult(request.object_id, None, spent[request.object_id])
             try:
                 choices, error = self._send(
                     self.prompt.text, request, 1, self.temperature, self.max_tokens
