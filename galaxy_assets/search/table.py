@@ -11,6 +11,9 @@ One row per galaxy with a search vector (fixed Arrow schema, :func:`table_schema
     caption              str or null;  caption_source "backend:model" of that caption
     p_smooth … p_merger  float32 morphology vote fractions (null without predictions)
     aligner_version      str, "search-aligner/v3": the model that made the vector
+    caption_prompt_sha   str: the prompt (or describer template set) of the caption
+    morphology_version   str, "morphology-encoder/v2": the model of the p_* columns
+    emulator_version     str, "property-emulator/v1": the model of the post_* columns
     vector               fixed_size_list<float32>[dim], unit norm (cosine = dot product)
     post_<name>          float32 posterior summaries, added as nullable columns when a
                          shard first brings them (schema evolution, nulls elsewhere)
@@ -106,8 +109,14 @@ _BASE_FIELDS: list[pa.Field] = [
     pa.field("caption_source", pa.utf8()),
     *[pa.field(p, pa.float32()) for p in P_COLUMNS],
     pa.field("aligner_version", pa.utf8()),
+    pa.field("caption_prompt_sha", pa.utf8()),
+    pa.field("morphology_version", pa.utf8()),
+    pa.field("emulator_version", pa.utf8()),
 ]
 BASE_COLUMNS: tuple[str, ...] = tuple(f.name for f in _BASE_FIELDS)
+# where a row's caption, vote fractions and posteriors came from; added to a table made before
+# they existed (its older rows hold nulls)
+LINEAGE_COLUMNS: tuple[str, ...] = ("caption_prompt_sha", "morphology_version", "emulator_version")
 _MANIFEST_REQUIRED = ("object_id", "ra", "dec", "shard", "shard_uri", "row")
 
 
@@ -254,7 +263,15 @@ def open_or_create_table(
     if missing:
         table.add_columns([pa.field(c, pa.float32()) for c in missing])
         log.info("%s: added posterior columns %s", name, missing)
+    _add_lineage_columns(table)
     return table
+
+
+def _add_lineage_columns(table: Table) -> None:
+    missing = [c for c in LINEAGE_COLUMNS if c not in table.schema.names]
+    if missing:
+        table.add_columns([pa.field(c, pa.utf8()) for c in missing])
+        log.info("%s: added lineage columns %s", table.name, missing)
 
 
 def drop_table(
@@ -373,10 +390,13 @@ def _latest_captions(captions: pl.DataFrame) -> pl.DataFrame:
         source = pl.concat_str([pl.col(c).cast(pl.Utf8) for c in source_parts], separator=":")
     else:
         source = pl.lit(None, dtype=pl.Utf8)
+    sha = (pl.col("prompt_sha").cast(pl.Utf8) if "prompt_sha" in frame.columns
+           else pl.lit(None, dtype=pl.Utf8))
     return frame.unique(subset="object_id", keep="last", maintain_order=True).select(
         pl.col("object_id").cast(pl.Utf8),
         pl.col("caption").cast(pl.Utf8),
         source.alias("caption_source"),
+        sha.alias("caption_prompt_sha"),
     )
 
 
@@ -414,6 +434,15 @@ def _posteriors(posteriors: pl.DataFrame) -> tuple[pl.DataFrame, list[str]]:
         *[pl.col(c).cast(pl.Float32).alias(n) for c, n in zip(numeric, names, strict=True)],
     ).unique(subset="object_id", keep="first", maintain_order=True)
     return frame, names
+
+
+def _emulator_version(posteriors: pl.DataFrame) -> pl.Expr:
+    """``property-emulator/v<n>`` from property_posteriors' version number (or its text)."""
+    column = pl.col("emulator_version")
+    if posteriors.schema["emulator_version"].is_numeric():
+        text = pl.concat_str([pl.lit("property-emulator/v"), column.cast(pl.Int64).cast(pl.Utf8)])
+        return pl.when(column.is_null()).then(None).otherwise(text).alias("emulator_version")
+    return column.cast(pl.Utf8).alias("emulator_version")
 
 
 def _check_unique(frame: pl.DataFrame, what: str, shard: str) -> None:
@@ -548,13 +577,25 @@ def build_shard_rows(
         )
     if predictions is not None and predictions.height:
         present = [p for p in P_COLUMNS if p in predictions.columns]
+        # morphology_predictions name their encoder ("morphology-encoder/v2")
+        version = (
+            [pl.col("encoder").cast(pl.Utf8).alias("morphology_version")]
+            if "encoder" in predictions.columns else []
+        )
         preds = predictions.select(
-            pl.col("object_id").cast(pl.Utf8), *[pl.col(p).cast(pl.Float32) for p in present]
+            pl.col("object_id").cast(pl.Utf8), *[pl.col(p).cast(pl.Float32) for p in present],
+            *version,
         ).unique(subset="object_id", keep="first", maintain_order=True)
         frame = frame.join(preds, on="object_id", how="left")
         stats.n_with_predictions = frame.join(preds, on="object_id", how="semi").height
     post_names: list[str] = []
     if posteriors is not None:
+        if "emulator_version" in posteriors.columns:  # lineage, not a posterior summary
+            version = posteriors.select(
+                pl.col("object_id").cast(pl.Utf8), _emulator_version(posteriors)
+            ).unique(subset="object_id", keep="first", maintain_order=True)
+            frame = frame.join(version, on="object_id", how="left")
+            posteriors = posteriors.drop("emulator_version")
         post, post_names = _posteriors(posteriors)
         frame = frame.join(post, on="object_id", how="left")
     stats.posterior_columns = post_names
@@ -717,6 +758,7 @@ def upsert_shard(
     if missing:
         table.add_columns([pa.field(c, pa.float32()) for c in missing])
         log.info("%s: added posterior columns %s", table.name, missing)
+    _add_lineage_columns(table)
     data = _aligned_to(data, table.schema)
     stats.n_rows = data.num_rows
     stats.version_before = table_version(table)

@@ -621,6 +621,7 @@ def _detail(
             "source": record.get("caption_source"),
             "backend": backend,
             "model": model,
+            "prompt_sha": record.get("caption_prompt_sha"),  # as indexed; the store may add more
             **_caption_lineage(store, oid, backend, model, record["caption"]),
         }
     morphology = {c: record.get(c) for c in P_COLUMNS if c in record}
@@ -628,7 +629,9 @@ def _detail(
         {c: v for c, v in record.items() if c.startswith("vf_") and c not in morphology}
     )
     posteriors = {
-        c[len(POSTERIOR_PREFIX) :]: v for c, v in record.items() if c.startswith(POSTERIOR_PREFIX)
+        c[len(POSTERIOR_PREFIX) :]: v for c, v in record.items()
+        # a table built before lineage columns held the emulator's number as post_*
+        if c.startswith(POSTERIOR_PREFIX) and c != "post_emulator_version"
     }
     aligner = getattr(search, "aligner", None)
     config = getattr(aligner, "config", None)
@@ -640,6 +643,8 @@ def _detail(
         "height": record.get("height"),
         "width": record.get("width"),
         "aligner_version": record.get("aligner_version"),
+        "morphology_version": record.get("morphology_version"),
+        "emulator_version": record.get("emulator_version"),
         "serving_aligner_version": getattr(search, "aligner_version", None),
         "image_encoder": getattr(config, "image_encoder", None),
         "text_embedder": getattr(config, "text_embedder", None),

@@ -262,6 +262,32 @@ def test_posterior_columns_are_added_by_schema_evolution(tmp_path):
     assert _snapshot(tmp_path).height == 10
 
 
+def test_rows_name_the_models_behind_their_caption_vote_fractions_and_posteriors(tmp_path):
+    """Every result traceable to its models: the caption's prompt, the morphology encoder of
+    the p_* columns and the emulator of the post_* columns (whose version number was indexed
+    as a posterior, post_emulator_version)."""
+    f = synthetic_shard_frames(4, "a", seed=0)
+    preds = f["predictions"].with_columns(pl.lit("morphology-encoder/v2").alias("encoder"))
+    post = pl.DataFrame({"object_id": f["manifest"]["object_id"], "redshift_median": [0.1] * 4,
+                         "emulator_version": pl.Series([3] * 4, dtype=pl.Int32)})
+    rows = T.build_shard_rows("a", f["manifest"], f["vectors"], preds, f["captions"], post)
+    frame = pl.from_arrow(rows)
+    assert "post_emulator_version" not in frame.columns
+    assert set(frame["emulator_version"]) == {"property-emulator/v3"}
+    assert set(frame["morphology_version"]) == {"morphology-encoder/v2"}
+    assert set(frame["caption_prompt_sha"]) == {"abc"}
+    # a table made before these columns existed gets them on the next upsert
+    old = T.table_schema(rows.schema.field("vector").type.list_size)
+    old = pa.schema([f for f in old if f.name not in T.LINEAGE_COLUMNS])
+    import lancedb
+
+    lancedb.connect(str(tmp_path)).create_table(T.TABLE_NAME, schema=old)
+    T.upsert_shard(tmp_path, "a", rows)
+    snap = _snapshot(tmp_path)
+    assert set(snap["emulator_version"]) == {"property-emulator/v3"}
+    assert set(snap["morphology_version"]) == {"morphology-encoder/v2"}
+
+
 def test_indexes_and_maintenance(tmp_path):
     for k in range(3):  # three commits: three fragments
         f = synthetic_shard_frames(10, f"s{k}", seed=k, start=10 * k)

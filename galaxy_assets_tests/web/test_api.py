@@ -213,6 +213,9 @@ def test_detail_has_every_column_caption_lineage_and_viewer(text_app, text_index
     lineage = body["lineage"]
     assert lineage["shard"] == "s-a" and lineage["row"] == 2
     assert lineage["aligner_version"] == "search-aligner/v1"
+    # the models behind the vote fractions and posteriors (none made these synthetic rows)
+    assert {"morphology_version", "emulator_version"} <= set(lineage)
+    assert body["caption"]["prompt_sha"]
     assert lineage["image_encoder"] == "fake:pixel-stats@1"
     assert lineage["text_embedder"] == "fake:bag-of-words@1"
     assert lineage["table_version"] == text_index.table().version
