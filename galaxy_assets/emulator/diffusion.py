@@ -278,6 +278,7 @@ def sample(
     clip: Clip = None,
     generator: torch.Generator | None = None,
     device: str | torch.device = "cpu",
+    noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Samples ``(n_galaxies, n_samples)`` from the reverse process.
 
@@ -287,7 +288,11 @@ def sample(
     noise (0 deterministic, 1 DDPM-like); ``knots``: integrate that many stratified
     trajectories per galaxy and draw through their quantile map (deterministic solvers
     only); ``spacing``: ``"lambda"`` or ``"time"``; ``clip``: ``(low, high)`` tensors
-    bounding the denoised estimate.
+    bounding the denoised estimate; ``noise``: the ``(n_galaxies, n_samples)`` standard
+    normal draws to start from (the initial noise, or with knots the quantile map's input)
+    instead of the generator's, e.g. drawn per galaxy so that a galaxy's samples do not depend
+    on the others sampled with it (a stochastic solver still draws its step noise from the
+    generator).
     """
     if solver not in SOLVERS:
         raise EmulatorConfigError(f"unknown sampler {solver!r}; use one of {list(SOLVERS)}")
@@ -309,11 +314,19 @@ def sample(
             return _dpm_solver_2m(eps_fn, ab_all, x, timesteps, clip)
         return _ddim(eps_fn, ab_all, x, timesteps, eta, clip, generator)
 
+    if noise is not None:
+        if tuple(noise.shape) != (n_galaxies, n_samples):
+            raise EmulatorConfigError(
+                f"noise of shape {tuple(noise.shape)}; expected ({n_galaxies}, {n_samples})")
+        noise = noise.to(device=device, dtype=torch.float32)
     if knots is None:
-        return integrate(torch.randn((n_galaxies, n_samples), generator=generator, device=device))
+        start = noise if noise is not None else torch.randn(
+            (n_galaxies, n_samples), generator=generator, device=device)
+        return integrate(start)
     z = knot_noise(knots).to(device)
     ends, _ = torch.sort(integrate(z.expand(n_galaxies, knots).contiguous()), dim=1)
-    u = torch.randn((n_galaxies, n_samples), generator=generator, device=device)
+    u = noise if noise is not None else torch.randn(
+        (n_galaxies, n_samples), generator=generator, device=device)
     return interpolate_quantiles(z, ends, u)
 
 

@@ -430,11 +430,13 @@ class PropertyEmulator(nn.Module):
         n_samples: int,
         *,
         generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
         **sampler: Any,
     ) -> torch.Tensor:
         """Standardised samples ``(G, n_samples)`` of column ``target`` given ``cond`` ``(G, d)``.
 
-        ``sampler``: overrides of :meth:`sampler_settings` (see :func:`diffusion.sample`).
+        ``sampler``: overrides of :meth:`sampler_settings`; ``noise``: the draws' starting
+        noise (see :func:`diffusion.sample`).
         """
         settings = self.sampler_settings(**sampler)
         c_shift = self.head.cond_shift(cond)
@@ -463,6 +465,7 @@ class PropertyEmulator(nn.Module):
             clip=clip,
             generator=generator,
             device=cond.device,
+            noise=noise,
         )
 
 

@@ -222,6 +222,21 @@ def _conditions(model: PropertyEmulator, batch: TokenBatch, target: int) -> torc
     return torch.cat(out)
 
 
+def row_noise(ids: Sequence[str], label: str, seed: int, n_samples: int) -> torch.Tensor:
+    """``(len(ids), n_samples)`` standard normal draws, each row from its own generator seeded
+    by the galaxy's id, the label and ``seed``: a galaxy's draws (with a deterministic solver,
+    its whole posterior) do not depend on which galaxies share its frame or shard."""
+    import hashlib
+
+    out = torch.empty((len(ids), int(n_samples)), dtype=torch.float32)
+    gen = torch.Generator()
+    for i, oid in enumerate(ids):
+        digest = hashlib.blake2b(f"{int(seed)}\x1f{label}\x1f{oid}".encode(), digest_size=8)
+        gen.manual_seed(int.from_bytes(digest.digest(), "little") & ((1 << 63) - 1))
+        out[i] = torch.randn(int(n_samples), generator=gen)
+    return out
+
+
 @torch.no_grad()
 def _sample_conditions(
     model: PropertyEmulator,
@@ -231,13 +246,15 @@ def _sample_conditions(
     *,
     generator: torch.Generator,
     chunk_rows: int = CHUNK_ROWS,
+    noise: torch.Tensor | None = None,
     **sampler: Any,
 ) -> torch.Tensor:
     knots = model.sampler_settings(**sampler)["knots"]
     per_galaxy = int(knots) if knots is not None else n_samples
     chunk = max(1, chunk_rows // max(per_galaxy, 1))
     parts = [
-        model.sample(cond[s : s + chunk], target, n_samples, generator=generator, **sampler)
+        model.sample(cond[s : s + chunk], target, n_samples, generator=generator,
+                     noise=noise[s : s + chunk] if noise is not None else None, **sampler)
         for s in range(0, cond.shape[0], chunk)
     ]
     if not parts:
@@ -265,7 +282,9 @@ def sample_posterior(
     model knows); ``label`` itself is always dropped. ``sampler``: ``solver``, ``steps``,
     ``eta``, ``knots``, ``spacing`` (default: the model's, see :mod:`.diffusion`; e.g.
     ``solver="ddpm"`` for plain DDPM); ``seed`` makes the draws
-    reproducible (same model, frame and settings → identical samples). Raises
+    reproducible (same model, frame and settings → identical samples). Each galaxy's noise is
+    drawn from its id, the label and ``seed`` (:func:`row_noise`): with a deterministic solver
+    (the default) its draws do not depend on the other rows of the frame. Raises
     :class:`UnknownLabelError` for a label the model was not trained to predict.
     """
     if n_samples < 1:
@@ -278,7 +297,8 @@ def sample_posterior(
     cond = _conditions(model, batch, target)
     gen = torch.Generator(device=model.device).manual_seed(int(seed))
     z = _sample_conditions(
-        model, cond, target, n_samples, generator=gen, chunk_rows=chunk_rows, **sampler
+        model, cond, target, n_samples, generator=gen, chunk_rows=chunk_rows,
+        noise=row_noise(ids[keep], label, seed, n_samples), **sampler
     )
     samples = model.tokenizer.to_physical(z, label).astype(np.float32)
     return PosteriorSamples(label, ids[keep], samples, allowed, skipped, n_inf)

@@ -122,3 +122,19 @@ def test_gaussian_head_posterior(gaussian_model):
     g = gaussian_posterior(gaussian_model.model, frame, "y")
     np.testing.assert_allclose(g.mean, [0.0, 2.0], atol=0.2)
     np.testing.assert_allclose(g.std, [0.5, 0.5], atol=0.1)
+
+
+@pytest.mark.parametrize("knots", [64, None])
+def test_a_galaxys_draws_do_not_depend_on_the_others_in_its_frame(gaussian_model, knots):
+    """One generator served the whole frame, so re-ingesting a shard with one galaxy added
+    changed every other galaxy's post_* values. Each galaxy's noise is its own now."""
+    frame = pl.DataFrame({"object_id": ["a", "b"], "x": [0.3, -1.0], "y": [None, None]},
+                         schema_overrides={"y": pl.Float64})
+    alone = sample_posterior(gaussian_model.model, frame, "y", n_samples=200, knots=knots)
+    bigger = pl.concat([pl.DataFrame({"object_id": ["z"], "x": [2.0], "y": [None]},
+                                     schema_overrides={"y": pl.Float64}), frame])
+    shared = sample_posterior(gaussian_model.model, bigger, "y", n_samples=200, knots=knots)
+    np.testing.assert_allclose(shared.samples[1:], alone.samples, rtol=1e-5, atol=1e-5)
+    other = sample_posterior(gaussian_model.model, frame, "y", n_samples=200, knots=knots,
+                             seed=1)
+    assert not np.allclose(other.samples, alone.samples)  # the seed still matters
