@@ -15,6 +15,7 @@ from pydantic import Field
 
 from galaxy_assets.runtime import Home, select_device, select_dtype
 from galaxy_assets.settings import load_settings
+from galaxy_assets.survey.errors import SurveyConfigError
 from galaxy_assets.survey.readers import find_shards, open_shard, resolve_shard, shard_key
 
 log = logging.getLogger(__name__)
@@ -73,13 +74,33 @@ class SurveyResource(dg.ConfigurableResource):
         return [home.mock_survey]
 
     def discover(self, home: Home) -> dict[str, Path]:
-        """Every shard under the roots, by partition key."""
+        """Every shard under the roots, by partition key. A file whose name gives no valid
+        key is logged and left out. Two shards with the same key (two roots of the same
+        layout, ``x.h5`` beside ``x.hdf5``) are logged with what to do; the first found keeps
+        the key (dropping it would read as a vanished shard and delete its index rows)."""
+        log = logging.getLogger(__name__)
         found: dict[str, Path] = {}
+        clashes: dict[str, list[Path]] = {}
         for root in self.root_paths(home):
             if not root.exists():
                 continue
             for path in find_shards(root):
-                found.setdefault(shard_key(root, path), path)
+                try:
+                    key = shard_key(root, path)
+                except SurveyConfigError as exc:
+                    log.warning("survey shard left out: %s", exc)
+                    continue
+                if key in found:
+                    clashes.setdefault(key, [found[key]]).append(path)
+                else:
+                    found[key] = path
+        for key, paths in clashes.items():
+            parent = Path(os.path.commonpath([str(p) for p in paths]))
+            log.error(
+                "survey shards %s all have the partition key %r: only the first is ingested "
+                "(its manifest build will call the key ambiguous). Point survey.roots at a "
+                "folder above them (e.g. %s) so that each key names its own dataset, or "
+                "remove one", [str(p) for p in paths], key, parent)
         return found
 
     def locate(self, home: Home, key: str) -> Path:

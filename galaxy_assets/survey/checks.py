@@ -66,8 +66,11 @@ def check_finite(
 
 
 def check_consistency(frame: pl.DataFrame, expected_bands: Iterable[str]) -> CheckOutcome:
-    """Every galaxy has the configured bands, in order, and one cutout shape."""
-    expected = ",".join(expected_bands)
+    """Every galaxy has the configured bands, in order, and one cutout shape (band names
+    compared as the readers store them: ``DES-G`` and ``G`` are ``g``)."""
+    from galaxy_assets.survey.mmu import normalize_band
+
+    expected = ",".join(normalize_band(b) for b in expected_bands)
     bands = sorted(frame["bands"].unique().to_list())
     shapes = sorted(
         {(int(h), int(w)) for h, w in frame.select("height", "width").unique().iter_rows()}

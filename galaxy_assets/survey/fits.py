@@ -79,7 +79,9 @@ __all__ = [
     "write_fits_cutout",
 ]
 
-FITS_SUFFIXES: tuple[str, ...] = (".fits", ".fits.gz", ".fit", ".fit.gz", ".fts")
+FITS_SUFFIXES: tuple[str, ...] = (
+    ".fits", ".fits.gz", ".fits.fz", ".fz", ".fit", ".fit.gz", ".fts"
+)
 _EXPECT_FITS = "a readable FITS file holding one galaxy cutout"
 _EXPECT_POSITION = (
     "RA and DEC header keywords in degrees, or a celestial WCS (CTYPE1/2, CRVAL1/2, "

@@ -155,6 +155,10 @@ class MMUShardReader:
         self.uri: str = os.path.abspath(self.path)
         self._file: h5py.File | None = None
         self._scratch: np.ndarray | None = None
+        # rows whose pixels could not be read (a corrupt compressed chunk), streamed as NaN:
+        # build_manifest leaves them out with this reason
+        self.rejected: list[dict[str, Any]] = []
+        self._rejected_rows: set[int] = set()
         if not self.path.is_file():
             raise SurveyFormatError(
                 self.path,
@@ -472,6 +476,35 @@ class MMUShardReader:
     def _empty(self, n: int) -> np.ndarray:
         return np.empty((n, len(self.bands), self.height, self.width), dtype=np.float32)
 
+    def _read_range(self, ds: h5py.Dataset, start: int, stop: int, out: np.ndarray) -> None:
+        """Rows ``start:stop`` of ``ds`` into ``out``. When the batch cannot be read (a corrupt
+        chunk of a compressed shard), its rows are read one by one: a row that still fails is
+        NaN and recorded in :attr:`rejected`, and the others are kept. When no row of the
+        batch can be read, the file is broken as a whole: the error is raised."""
+        try:
+            self._read_runs(ds, [(start, stop)], out)
+            return
+        except SurveyFormatError as batch_error:
+            failed = []
+            for row in range(start, stop):
+                try:
+                    self._read_runs(ds, [(row, row + 1)], out[row - start : row - start + 1])
+                except SurveyFormatError as exc:
+                    out[row - start] = np.nan
+                    failed.append((row, exc))
+            if len(failed) == stop - start:
+                raise batch_error
+        field = ds.name.lstrip("/")
+        for row, exc in failed:
+            log.warning("%s: row %d of %s cannot be read; left out (%s)", self.uri, row, field,
+                        exc.problem if hasattr(exc, "problem") else exc)
+            if row not in self._rejected_rows:
+                self._rejected_rows.add(row)
+                self.rejected.append({
+                    "object_id": str(self._object_id[row]), "row": row,
+                    "reason": f"unreadable {field} (a corrupt chunk of the file?): {exc}"[:500],
+                })
+
     def _read_runs(
         self,
         ds: h5py.Dataset,
@@ -557,11 +590,11 @@ class MMUShardReader:
 
     def _batch_for_range(self, start: int, stop: int) -> CutoutBatch:
         images = self._empty(stop - start)
-        self._read_runs(self._image, [(start, stop)], images)
+        self._read_range(self._image, start, stop, images)
         ivar = None
         if self._ivar is not None:
             ivar = self._empty(stop - start)
-            self._read_runs(self._ivar, [(start, stop)], ivar)
+            self._read_range(self._ivar, start, stop, ivar)
         return CutoutBatch(
             object_id=self._object_id[start:stop],
             rows=np.arange(start, stop, dtype=np.int64),

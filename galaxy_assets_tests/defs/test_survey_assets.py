@@ -305,3 +305,26 @@ def test_a_partitioned_asset_must_return_every_partition_of_its_run(tmp_path):
     assert "shards returned no frame for partition(s) ['b'] of this run" in str(
         failure.step_failure_data.error)
     assert not list(tmp_path.rglob("*.parquet"))
+
+
+def test_discovery_survives_bad_names_and_reports_clashing_keys(isolated_home, tmp_path, caplog):
+    """One file whose name gives no valid partition key stopped the sensor on every tick;
+    two roots of the same layout (MMU Legacy Survey and HSC) lost shards without a word."""
+    import logging
+
+    from galaxy_assets.defs.resources import SurveyResource
+
+    legacy, hsc = tmp_path / "mmu" / "legacysurvey", tmp_path / "mmu" / "hsc"
+    _shard(legacy / "healpix=1" / "001-of-001.hdf5", 3, "a", 1)
+    _shard(legacy / "incoming" / "v1...old.hdf5", 3, "b", 2)
+    _shard(hsc / "healpix=1" / "001-of-001.hdf5", 3, "c", 3)
+    survey = SurveyResource(roots=[str(legacy), str(hsc)], bands=BANDS, cutout_size=0)
+    with caplog.at_level(logging.WARNING):
+        found = survey.discover(isolated_home)
+    assert found == {"healpix=1__001-of-001": legacy / "healpix=1" / "001-of-001.hdf5"}
+    assert "v1...old" in caplog.text and "Dagster refuses" in caplog.text
+    assert "only the first is ingested" in caplog.text and str(tmp_path / "mmu") in caplog.text
+    # one root above both: every shard has a key of its own
+    above = SurveyResource(roots=[str(tmp_path / "mmu")], bands=BANDS, cutout_size=0)
+    assert sorted(above.discover(isolated_home)) == ["hsc__healpix=1__001-of-001",
+                                                     "legacysurvey__healpix=1__001-of-001"]

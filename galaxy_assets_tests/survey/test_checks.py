@@ -49,6 +49,9 @@ def test_finite_threshold():
 
 def test_consistency():
     assert check_consistency(_frame(), ["g", "r", "i", "z"]).passed
+    # band names as the survey spells them, which the readers accept
+    assert check_consistency(_frame(), ["DES-G", "DES-R", "DES-I", "DES-Z"]).passed
+    assert check_consistency(_frame(), ["G", "R", "I", "Z"]).passed
     out = check_consistency(_frame(), ["g", "r", "z"])
     assert not out.passed and "differ" in out.description
     mixed = pl.concat([_frame(3), _frame(3, prefix="b").with_columns(pl.lit(40, pl.Int32).alias("height"))])

@@ -267,3 +267,33 @@ def test_byte_string_ids_are_written_as_their_text(tmp_path):
                            dec=[0.0, 0.0])
     with MMUShardReader(path) as reader:
         assert reader.object_id.tolist() == ["39627", "39628"]
+
+
+def test_a_corrupt_chunk_costs_only_its_galaxy(tmp_path):
+    """Real MMU shards are gzip-chunked: one unreadable chunk made the whole shard fail. Its
+    row is read as NaN and left out with the reason; the other galaxies are kept."""
+    from galaxy_assets.survey.manifest import build_manifest
+
+    path = tmp_path / "healpix=5" / "001-of-001.hdf5"
+    path.parent.mkdir()
+    n = 12
+    rng = np.random.default_rng(0)
+    with h5py.File(path, "w") as f:
+        f.create_dataset("image_array", data=rng.normal(1, 0.1, (n, 4, 16, 16)).astype("f4"),
+                         chunks=(1, 4, 16, 16), compression="gzip")
+        f.create_dataset("image_band", data=np.array([[b"des-g", b"des-r", b"des-i",
+                                                       b"des-z"]] * n))
+        f.create_dataset("object_id", data=np.array([f"o{i}".encode() for i in range(n)]))
+        f.create_dataset("ra", data=rng.uniform(0, 10, n))
+        f.create_dataset("dec", data=rng.uniform(0, 10, n))
+    with h5py.File(path, "r") as f:
+        info = f["image_array"].id.get_chunk_info(7)
+    with open(path, "r+b") as fh:  # overwrite row 7's compressed chunk
+        fh.seek(info.byte_offset + 10)
+        fh.write(b"\xff" * (info.size - 20))
+    with MMUShardReader(path) as reader:
+        result = build_manifest(reader, "healpix=5__001-of-001")
+    assert result.n_kept == n - 1
+    (rejected,) = result.rejected
+    assert rejected["row"] == 7 and rejected["object_id"] == "o7"
+    assert "unreadable image_array" in rejected["reason"]
