@@ -212,6 +212,7 @@ class OpenAICompatibleClient:
         self._dead_streak = 0
         self._dead_error = ""
         self._opened_at: float | None = None
+        self._trial = False  # one request is trying the endpoint after the cool-down
 
     # -- configuration -------------------------------------------------------------------
 
@@ -340,6 +341,10 @@ class OpenAICompatibleClient:
                     resp = session.post(
                         url, data=body, timeout=(min(self.timeout_s, 10.0), self.timeout_s)
                     )
+                except requests.exceptions.ConnectTimeout:  # unreachable (blackholed) host
+                    status = None
+                    error = f"could not connect within {min(self.timeout_s, 10.0):g} s (POST {url})"
+                    retryable, dead = True, True
                 except requests.Timeout:
                     status = None
                     error = f"timed out after {self.timeout_s:g} s (POST {url})"
@@ -397,39 +402,53 @@ class OpenAICompatibleClient:
             self._sleep(delay)
         if attempts > 1:
             error = f"{error} (gave up after {attempts} attempts)"
-        self._breaker_record(error if dead else None)
+        if dead:
+            self._breaker_record(error)
+        else:  # the endpoint answered (or timed out reading): no verdict on it
+            self._breaker_settle_trial()
         return self._done(False, None, error, status, attempts, t0)
 
     # -- the breaker ---------------------------------------------------------------------
 
     def _breaker_open(self, url: str) -> str | None:
-        """Why ``url`` is not sent now, or None."""
+        """Why ``url`` is not sent now, or None. After the cool-down one request (the trial)
+        goes; the others are refused until it ends."""
         with self._lock:
             if self._opened_at is None:
                 return None
             waited = time.monotonic() - self._opened_at
-            if waited >= self.breaker_cooldown_s:
-                self._opened_at = None  # one request tries again; it reopens if it fails
-                self._dead_streak = self.breaker_threshold - 1
+            if waited >= self.breaker_cooldown_s and not self._trial:
+                self._trial = True  # this request tries again; the breaker closes on success
                 return None
+            wait = max(self.breaker_cooldown_s - waited, 0.0)
             return (
                 f"not sent (POST {url}): the last {self._dead_streak} requests to "
                 f"{self.host} failed the same way, the last with: {self._dead_error}; trying "
-                f"again in {self.breaker_cooldown_s - waited:.0f} s"
+                + (f"again in {wait:.0f} s" if not self._trial else "again now (one request)")
             )
 
     def _breaker_record(self, dead_error: str | None) -> None:
+        """A success (None) closes the breaker; a request the endpoint could not answer counts
+        towards opening it (and a failed trial opens it for another cool-down)."""
         with self._lock:
             if dead_error is None:
-                self._dead_streak, self._opened_at = 0, None
+                self._dead_streak, self._opened_at, self._trial = 0, None, False
                 return
             self._dead_streak += 1
             self._dead_error = self.redact(dead_error)
-            if self._dead_streak >= self.breaker_threshold > 0 and self._opened_at is None:
+            if self._trial or (self._dead_streak >= self.breaker_threshold > 0
+                               and self._opened_at is None):
+                self._trial = False
                 self._opened_at = time.monotonic()
                 log.error("%s: %d requests in a row failed (%s); not sending more for %.0f s",
                           self.host, self._dead_streak, self._dead_error,
                           self.breaker_cooldown_s)
+
+    def _breaker_settle_trial(self) -> None:
+        """The trial got an answer that is no verdict on the endpoint (a 5xx, a read timeout):
+        the next request may try."""
+        with self._lock:
+            self._trial = False
 
     @staticmethod
     def _error_code(resp: requests.Response) -> str | None:

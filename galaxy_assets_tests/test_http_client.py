@@ -192,6 +192,46 @@ def test_the_breaker_stops_sending_to_an_endpoint_that_cannot_answer(server):
     assert len(server.requests) == 2
 
 
+def test_a_blackholed_host_opens_the_breaker_and_one_request_tries_again(monkeypatch):
+    """A connect timeout (a firewall that drops packets) is an endpoint that cannot answer:
+    it was read as a slow reply, so the breaker never opened. After the cool-down one request
+    tries while the others are refused."""
+    import threading
+
+    import requests
+
+    calls = []
+    gate = threading.Event()
+
+    def post(self, url, **kw):
+        calls.append(url)
+        if gate.is_set():  # the endpoint is back: answer slowly, so the trial is in flight
+            time.sleep(0.2)
+            raise requests.exceptions.ConnectTimeout("connect timed out")
+        raise requests.exceptions.ConnectTimeout("connect timed out")
+
+    monkeypatch.setattr(requests.Session, "post", post)
+    client = OpenAICompatibleClient("http://10.255.255.1:9/v1", max_retries=1,
+                                    backoff_base_s=0.001, breaker_threshold=3,
+                                    breaker_cooldown_s=0.2)
+    results = [client.post_json("embeddings", emb(str(i))) for i in range(6)]
+    assert len(calls) == 6  # three requests of two attempts each, then none
+    assert "could not connect" in results[0].error
+    assert all("not sent" in r.error for r in results[3:])
+    time.sleep(0.25)
+    gate.set()
+    out = []
+    threads = [threading.Thread(target=lambda: out.append(client.post_json("embeddings",
+                                                                           emb("x"))))
+               for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 6 + 2  # one trial (two attempts); seven refused meanwhile
+    assert sum("not sent" in r.error for r in out) == 7
+
+
 def test_garbage_json_is_a_clear_error(server):
     server.add_fault("garbage", times=1)
     client = make_client(server, max_retries=3)
