@@ -82,6 +82,13 @@ def vlm_captions(
     (`galaxy-assets import-captions`) of sampled galaxies are included with their source."""
     store = _caption_store(home)
     model = captioner.build(compute)
+    # the galaxies this run asks for, and those of them that failed before with this captioner
+    asked = store.missing(caption_sample["object_id"].to_list(), model.model_id,
+                          model.prompt_sha, model.backend)
+    failures = store.failures()
+    failed_before = set(failures.filter(
+        (pl.col("backend") == model.backend) & (pl.col("model") == model.model_id)
+        & (pl.col("prompt_sha") == model.prompt_sha))["object_id"].to_list())
     try:
         run = caption_galaxies(
             caption_sample,
@@ -101,7 +108,7 @@ def vlm_captions(
     )
     if run.attempted and run.captioned == 0 and run.failed == run.attempted:
         reasons = ", ".join(f"{k}: {v}" for k, v in run.failure_reasons.items())
-        if current.height:
+        if current.height and set(asked) <= failed_before:
             # a rerun retries only the galaxies that failed before; some fail every time (a
             # blank cutout, a refusal): the sample's other captions still stand
             context.log.warning(f"vlm_captions: the {run.attempted} galaxies retried failed "

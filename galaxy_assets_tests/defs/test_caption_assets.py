@@ -189,3 +189,28 @@ def test_caption_vectors_are_not_reused_across_captioners():
     assert _texts_fingerprint(texts("describer-3", "aaaa")) == same
     assert _texts_fingerprint(texts("describer-4", "aaaa")) != same
     assert _texts_fingerprint(texts("describer-3", "bbbb")) != same
+
+
+@pytest.mark.slow
+def test_new_galaxies_that_all_fail_still_fail_the_asset(isolated_home, tmp_path):
+    """Captions standing from an earlier run excuse only galaxies that failed before (a
+    blank cutout, a refusal): a spent quota over a grown sample must still fail the asset."""
+    root = tmp_path / "survey"
+    _survey(root, n=6)
+    with FakeOpenAIServer(api_key=KEY) as server, dg.instance_for_test() as instance:
+        resources = _ingested(instance, isolated_home, root, CaptionerResource(
+            backend="openai", base_url=server.base_url, model="fake-vlm", api_key=KEY))
+
+        def caption(n):
+            return dg.materialize(
+                [raw_cutouts, caption_sample, vlm_captions],
+                selection=[caption_sample, vlm_captions], instance=instance,
+                resources=resources, raise_on_error=False,
+                run_config={"ops": {"caption_sample": {"config": {"n": n, "seed": 1}}}})
+
+        assert caption(4).success
+        server.add_fault("quota", times=None)
+        grown = caption(10)
+        assert not grown.success
+        message = grown.get_step_failure_events()[0].event_specific_data.error.message
+        assert "caption requests failed" in message and "quota" in message
