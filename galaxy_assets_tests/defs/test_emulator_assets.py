@@ -134,10 +134,12 @@ def test_emulator_trains_registers_and_its_posteriors_reach_the_index(isolated_h
         table = open_table(isolated_home / "lancedb")
         names = table.schema.names
         for col in ("post_redshift_median", "post_redshift_p84", "post_redshift_multimodal",
-                    "post_emulator_version"):
+                    "emulator_version"):
             assert col in names, col
+        assert "post_emulator_version" not in names  # lineage, not a posterior summary
         rows = pl.from_arrow(table.to_arrow())
         assert rows.height == 360 and rows["post_redshift_median"].null_count() == 0
+        assert set(rows["emulator_version"]) == {"property-emulator/v1"}
         cut = float(rows["post_redshift_p84"].median())
         low = table.search().where(f"post_redshift_p84 < {cut}").limit(1000).to_polars()
         assert 0 < low.height < 360
