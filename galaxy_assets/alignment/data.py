@@ -309,7 +309,7 @@ def prepare_pairs(
     images = (
         image_embeddings.lazy()
         .with_columns(pl.col("object_id").cast(pl.Utf8))
-        .filter(pl.col("object_id").is_in(wanted))
+        .filter(pl.col("object_id").is_in(wanted.implode()))
         .select("object_id", "vector")
         .collect()
     )

@@ -2,7 +2,7 @@
 
 import dagster as dg
 import polars as pl
-from dagster_polars import DataFramePartitions
+from dagster_polars import DataFramePartitions, LazyFramePartitions
 
 from galaxy_assets.alignment.model import SEARCH_MODEL_CONFIG, load_aligner, project_shard
 from galaxy_assets.alignment.train import TrainConfig, register_aligner, train_aligner
@@ -36,7 +36,7 @@ class ImageEmbeddingsConfig(dg.Config):
           backfill_policy=shard_backfill_policy())
 def image_embeddings(
     context: dg.AssetExecutionContext, config: ImageEmbeddingsConfig,
-    raw_cutouts: DataFramePartitions, home: HomeResource, compute: ComputeResource,
+    raw_cutouts: LazyFramePartitions, home: HomeResource, compute: ComputeResource,
     mlflow: MLflowResource, image_encoder: ImageEncoderResource,
 ) -> DataFramePartitions:
     """Unit vectors of the frozen image encoder for every galaxy of the shard(s) (object_id,
@@ -48,7 +48,7 @@ def image_embeddings(
     meta: dict[str, dict] = {}
 
     def embed(key: str) -> pl.DataFrame:
-        manifest = raw_cutouts[key]
+        manifest = raw_cutouts[key].collect()  # read in its turn: a bad file fails its shard
         fingerprint = shard_fingerprint(manifest)
         previous = None if config.force else reusable_output(
             context, folder / f"{key}.parquet", key,
@@ -94,7 +94,7 @@ class AlignerTrainConfig(dg.Config):
 )
 def aligned_model(
     context: dg.AssetExecutionContext, config: AlignerTrainConfig,
-    image_embeddings: DataFramePartitions, caption_embeddings: pl.DataFrame,
+    image_embeddings: LazyFramePartitions, caption_embeddings: pl.DataFrame,
     home: HomeResource, compute: ComputeResource, mlflow: MLflowResource,
     text_embedder: TextEmbedderResource, image_encoder: ImageEncoderResource,
 ) -> pl.DataFrame:
@@ -105,7 +105,19 @@ def aligned_model(
     if not image_embeddings:
         raise dg.Failure("aligned_model: no image_embeddings partition is materialized; "
                          "materialize shard_embeddings_job first")
-    images = pl.concat(list(image_embeddings.values()))
+    # which captions it learns from (read now, beside the input just loaded, not after a
+    # training run during which they may be materialized again): a rerun retrains when they
+    # change (galaxy-assets demo)
+    captions = context.instance.get_latest_materialization_event(
+        dg.AssetKey("caption_embeddings"))
+    texts = {}
+    if captions is not None and captions.asset_materialization is not None:
+        meta = captions.asset_materialization.metadata
+        texts = {f"caption_{k}": meta[k].value for k in ("texts_fingerprint", "embedder")
+                 if k in meta}
+    # lazily: only the captioned galaxies' vectors are read (train_aligner filters first), not
+    # every shard's, which at survey scale would not fit in memory
+    images = pl.concat(list(image_embeddings.values()), how="vertical")
     tracker = mlflow.tracker(home.home())
     result = train_aligner(
         images, caption_embeddings,
@@ -117,14 +129,6 @@ def aligned_model(
         progress=lambda m: context.log.info(f"aligner epoch: {m}"),
     )
     reg = register_aligner(result, tracker)
-    # which captions it learned from: a rerun retrains when they change (galaxy-assets demo)
-    captions = context.instance.get_latest_materialization_event(
-        dg.AssetKey("caption_embeddings"))
-    texts = {}
-    if captions is not None and captions.asset_materialization is not None:
-        meta = captions.asset_materialization.metadata
-        texts = {f"caption_{k}": meta[k].value for k in ("texts_fingerprint", "embedder")
-                 if k in meta}
     context.add_output_metadata({**scalar_metadata(result.summary()), **texts,
                                  "aligner_version": reg.aligner_version, "run_id": reg.run_id})
     return pl.DataFrame([{"name": reg.name, "version": reg.version, "alias": reg.alias,
@@ -134,7 +138,7 @@ def aligned_model(
 @dg.asset(group_name="search", partitions_def=shard_partitions, kinds={"pytorch", "polars"},
           backfill_policy=shard_backfill_policy(), deps=["search_evaluation"])
 def search_vectors(
-    context: dg.AssetExecutionContext, image_embeddings: DataFramePartitions,
+    context: dg.AssetExecutionContext, image_embeddings: LazyFramePartitions,
     aligned_model: pl.DataFrame, home: HomeResource, mlflow: MLflowResource,
     search_index: SearchIndexResource,
 ) -> DataFramePartitions:
@@ -153,7 +157,7 @@ def search_vectors(
             for key in context.partition_keys}
 
     def project(key: str) -> pl.DataFrame:
-        frame = project_shard(image_embeddings[key], aligned)
+        frame = project_shard(image_embeddings[key].collect(), aligned)
         meta[key]["galaxies"] = frame.height
         return frame
 

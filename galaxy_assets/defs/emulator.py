@@ -4,7 +4,7 @@ joins as filterable `post_*` columns."""
 
 import dagster as dg
 import polars as pl
-from dagster_polars import DataFramePartitions
+from dagster_polars import DataFramePartitions, LazyFramePartitions
 
 from galaxy_assets.defs.execution import gpu_step, shard_backfill_policy
 from galaxy_assets.defs.metadata import png_metadata, scalar_metadata
@@ -101,8 +101,8 @@ class PropertyPosteriorsConfig(dg.Config):
           ins={"morphology_predictions": SAME_SHARD, "image_embeddings": SAME_SHARD})
 def property_posteriors(
     context: dg.AssetExecutionContext, config: PropertyPosteriorsConfig,
-    raw_cutouts: DataFramePartitions, morphology_predictions: DataFramePartitions,
-    image_embeddings: DataFramePartitions, home: HomeResource, compute: ComputeResource,
+    raw_cutouts: LazyFramePartitions, morphology_predictions: LazyFramePartitions,
+    image_embeddings: LazyFramePartitions, home: HomeResource, compute: ComputeResource,
     mlflow: MLflowResource,
 ) -> DataFramePartitions:
     """For every galaxy of the shard(s) and every label: posterior median, 16th and 84th
@@ -124,11 +124,15 @@ def property_posteriors(
         return out
     meta: dict[str, dict] = {}
 
+    def collected(frames: dict[str, pl.LazyFrame] | None, key: str) -> pl.DataFrame | None:
+        frame = (frames or {}).get(key)
+        return frame.collect() if frame is not None else None
+
     def posteriors(key: str) -> pl.DataFrame:
-        manifest = raw_cutouts[key]
+        manifest = raw_cutouts[key].collect()  # read in its turn: a bad file fails its shard
         frame, summary = shard_posteriors(
-            serving, manifest, predictions=(morphology_predictions or {}).get(key),
-            embeddings=(image_embeddings or {}).get(key),
+            serving, manifest, predictions=collected(morphology_predictions, key),
+            embeddings=collected(image_embeddings, key),
             flux_errors=shard_flux_errors(manifest), n_samples=config.n_samples,
             seed=config.seed)
         meta[key] = {**scalar_metadata(summary.metadata()),

@@ -2,7 +2,7 @@
 
 import dagster as dg
 import polars as pl
-from dagster_polars import DataFramePartitions
+from dagster_polars import DataFramePartitions, LazyFramePartitions
 
 from galaxy_assets.defs.execution import gpu_step, shard_backfill_policy
 from galaxy_assets.defs.metadata import all_manifests, figure_metadata, scalar_metadata
@@ -79,7 +79,7 @@ def morphology_encoder(
           deps=["morphology_encoder"], kinds={"pytorch", "polars"},
           backfill_policy=shard_backfill_policy())
 def morphology_predictions(
-    context: dg.AssetExecutionContext, raw_cutouts: DataFramePartitions, home: HomeResource,
+    context: dg.AssetExecutionContext, raw_cutouts: LazyFramePartitions, home: HomeResource,
     compute: ComputeResource, mlflow: MLflowResource,
 ) -> DataFramePartitions:
     """Expected Galaxy Zoo vote fractions (p_smooth, p_featured, p_spiral, p_merger…) for every
@@ -100,7 +100,7 @@ def morphology_predictions(
     meta: dict[str, dict] = {}
 
     def predict(key: str) -> pl.DataFrame:
-        manifest = raw_cutouts[key]
+        manifest = raw_cutouts[key].collect()  # read in its turn: a bad file fails its shard
         predictions = predict_shard(
             model, manifest["shard_uri"][0], rows=manifest["row"].to_list(),
             batch_size=compute.batch_size, device=compute.torch_device(), dtype=compute.dtype,

@@ -130,3 +130,16 @@ def test_a_truncated_shard_fails_alone_in_a_run_over_many(isolated_home, tmp_pat
         reused = {e.partition: e.metadata["reused"].value
                   for e in again.asset_materializations_for_node("image_embeddings")}
         assert reused == {keys[0]: True, keys[1]: False}
+        # a corrupt upstream file (shard 1's stored manifest): read in its shard's turn, it
+        # fails that shard alone (loading every input first failed the whole step)
+        manifest = isolated_home / "parquet" / "raw_cutouts" / f"{keys[1]}.parquet"
+        manifest.write_bytes(manifest.read_bytes()[:100])
+        broken = dg.materialize([raw_cutouts, image_embeddings], selection=[image_embeddings],
+                                instance=instance, resources=resources, tags=both,
+                                raise_on_error=False, run_config={"ops": {"image_embeddings": {
+                                    "config": {"force": True}}}})
+        assert not broken.success
+        logs = instance.all_logs(broken.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)
+        assert [e.dagster_event.partition for e in logs] == [keys[0]]
+        message = broken.get_step_failure_events()[0].step_failure_data.error.message
+        assert f"1 of 2 shard(s) failed ({keys[1]}:" in message
