@@ -361,9 +361,12 @@ def _json_safe(value: Any) -> Any:
 # --------------------------------------------------------------------------- same origin
 class _SameOrigin:
     """Pure ASGI middleware against other websites' pages: a request whose Host is not one of
-    ``allowed_hosts`` (DNS rebinding) gets 400, and an API request that names another
-    ``Origin`` than its own Host (a cross-site fetch, e.g. one that spends re-ranking
-    requests) gets 403. ``allowed_hosts`` None: any Host (a server bound for remote use)."""
+    ``allowed_hosts`` (DNS rebinding) gets 400, and an API request whose ``Origin`` names
+    another host than the request's own (its Host, the ``X-Forwarded-Host`` a reverse proxy
+    sets, or one of ``allowed_hosts``) gets 403: a cross-site fetch, e.g. one that spends
+    re-ranking requests. Host names are compared without ports (a proxy may add ``:443`` or
+    forward to ``127.0.0.1:8000``). ``allowed_hosts`` None: any Host (a server bound for
+    remote use)."""
 
     def __init__(self, app: Any, allowed_hosts: Sequence[str] | None) -> None:
         self.app = app
@@ -390,8 +393,12 @@ class _SameOrigin:
         if origin is not None and scope.get("path", "").startswith("/api/"):
             from urllib.parse import urlsplit
 
-            netloc = urlsplit(origin.decode("latin-1")).netloc.lower()
-            if netloc != host.lower():
+            asked = self._hostname(urlsplit(origin.decode("latin-1")).netloc)
+            own = {self._hostname(host)} | (self.allowed or set())
+            for forwarded in headers.get(b"x-forwarded-host", b"").decode("latin-1").split(","):
+                if forwarded.strip():
+                    own.add(self._hostname(forwarded))
+            if asked not in own:
                 await _error(403, "forbidden", "cross-origin API requests are refused: use "
                              "the page this server serves")(scope, receive, send)
                 return

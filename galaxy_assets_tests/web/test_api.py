@@ -548,6 +548,16 @@ def test_other_sites_cannot_use_the_api(text_engine):
         assert "cross-origin" in _error(other, 403)["detail"]
         rebound = client.get("/api/info", headers={"Host": "evil.example:8000"})
         assert "not served here" in _error(rebound, 400)["detail"]
+    # behind a reverse proxy (bound for remote use): the proxy forwards to 127.0.0.1:8000 and
+    # names the public host in X-Forwarded-Host, or keeps the Host with a port
+    remote = create_app(text_engine, refresh_seconds=None)
+    with TestClient(remote, base_url="http://127.0.0.1:8000") as client:
+        page = {"Origin": "https://galaxies.example.org"}
+        assert client.get("/api/info", headers={
+            **page, "X-Forwarded-Host": "galaxies.example.org"}).status_code == 200
+        assert client.get("/api/info", headers={
+            **page, "Host": "galaxies.example.org:443"}).status_code == 200
+        assert client.get("/api/info", headers=page).status_code == 403
 
 
 def test_a_missing_index_is_503_then_served_once_built(tmp_path, text_embedder, aligner):
