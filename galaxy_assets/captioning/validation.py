@@ -84,6 +84,13 @@ _REFUSALS = [
         r"\bI (?:cannot|can't|can not|won't|will not|am not able to) " + _HELP,
         r"\b(?:don't|do not|cannot|can't) see (?:an?|the|any) (?:image|picture|attachment)\b",
         r"\bno (?:image|picture|attachment) (?:was|is|has been|have been) (?:provided|attached|uploaded|shared|included)\b",
+    )
+]
+# Refusals phrased like a hedge ("I do not have access to spectra, but the image shows…"):
+# they count only when the first sentence goes on to no description (no "but", "however").
+_HEDGED_REFUSALS = [
+    re.compile(p, re.IGNORECASE)
+    for p in (
         r"\bI (?:don't|do not) have (?:the )?(?:ability|capability|capacity|access)\b",
         r"\b(?:cannot|can't|can not|unable to|not able to) provide (?:any )?(?:details|information)\b",
         r"\b(?:image|picture|cutout|file)\b[^.]*\b(?:blank|corrupted|unreadable|empty)\b[^.]*"
@@ -91,6 +98,7 @@ _REFUSALS = [
         r"(?:it|this|that|anything|the (?:image|picture|cutout))\b",
     )
 ]
+_GOES_ON = re.compile(r"\b(?:but|however|although|though|yet)\b", re.IGNORECASE)
 # replies that stand for no answer at all
 _PLACEHOLDERS = frozenset({"n/a", "na", "none", "null", "nan", "nil", "unknown", "<image>", "ok",
                            "okay", "undefined", "-"})
@@ -229,9 +237,12 @@ def validate_reply(
     cut, finish_error = _truncated(finish_reason_or_truncated)
     if finish_error:
         return None, finish_error
-    if "<think>" in body.lower():  # a reasoning model's thoughts are not the caption
+    low = body.lower()
+    if "<think>" in low or "</think>" in low:  # a reasoning model's thoughts: not the caption
         thought = body
         body = _THINK.sub("", body).strip()
+        if "</think>" in body.lower():  # the template opened the block: the reply only closes it
+            body = body[body.lower().rfind("</think>") + len("</think>"):].strip()
         if "<think>" in body.lower():
             return None, (f"{TRUNCATED if cut else EMPTY}: the reply holds only the model's "
                           f"reasoning, never closed ({len(thought)} characters)")
@@ -249,6 +260,10 @@ def validate_reply(
     for pattern in _REFUSALS:
         if pattern.search(head):
             return None, f"{REFUSAL}: the model declined ({head[:80]!r})"
+    if not _GOES_ON.search(head):
+        for pattern in _HEDGED_REFUSALS:
+            if pattern.search(head):
+                return None, f"{REFUSAL}: the model declined ({head[:80]!r})"
     problem = _language_problem(body) or _repetition_problem(body)
     if problem:
         return None, problem

@@ -297,6 +297,10 @@ def test_bad_settings_fail_at_start_up(tiny_llava: Path):
         "The galaxy appears blank in the centre but I cannot see any arms.",
         "A faint disc; the image is empty at the edges, but I cannot describe a bar with "
         "certainty.",
+        # a hedge that goes on to describe the galaxy is a caption
+        "I do not have access to spectra, but the image shows a smooth, round elliptical.",
+        "At this resolution I cannot provide details of the arm structure, but this is a "
+        "bright disc galaxy.",
     ],
 )
 def test_validate_reply_accepts_descriptions(text: str):
@@ -351,6 +355,9 @@ def test_validate_reply_rejects(text, finish, kind):
 def test_a_reasoning_models_thoughts_are_not_the_caption():
     text = "<think>The user wants a description.</think>\nA smooth elliptical galaxy."
     assert validate_reply(text) == ("A smooth elliptical galaxy.", None)
+    # R1 / Qwen3 templates open the block in the prompt: the reply only closes it
+    text = "Okay, the user wants a caption of the arms.</think>\n\nA face-on spiral galaxy."
+    assert validate_reply(text) == ("A face-on spiral galaxy.", None)
 
 
 def test_validate_image():
