@@ -180,6 +180,26 @@ def test_a_champion_of_another_tree_is_replaced_not_outscored(result, datasets, 
     assert reg.champion_loss is None
 
 
+def test_a_champion_that_cannot_be_loaded_is_kept(result, datasets, tracker, monkeypatch):
+    """An artifact-store hiccup made the champion unmeasurable, and the candidate replaced it
+    unseen; now the champion stays and the reason says what to do."""
+    import dataclasses
+
+    from galaxy_assets.tracking import TrackingError
+
+    train, val = datasets
+    register_encoder(tracker, result, val_data=val)
+
+    def unloadable(*args, **kwargs):
+        raise TrackingError("artifact store unreachable")
+
+    monkeypatch.setattr(tracker, "load_torch_model", unloadable)
+    other = dataclasses.replace(result, val_fingerprint="another-held-out-set")
+    reg = register_encoder(tracker, other, val_data=val)
+    assert not reg.promoted and "could not be loaded" in reg.reason and "stays" in reg.reason
+    assert int(tracker.get_alias_version(REGISTERED_NAME, "champion").version) == 1
+
+
 def test_predictions_for_a_shard(result, tiny_survey):
     model = result.build_model()
     uri = tiny_survey.manifest["shard_uri"][0]
