@@ -242,7 +242,19 @@ def survey_shards_sensor(
     states = {k: seen_state[k] for k in known if k in seen_state and k not in moved}
     states.update({k: state[k] for k in known if k not in states})
     states.update({k: _state(found[k]) for k in new})
-    cursor = json.dumps({"at": at, "state": states}, sort_keys=True, separators=(",", ":"))
+    # how often each shard was asked for, and how many vanishing rounds there were: part of the
+    # run keys, so a shard moved away and back (mv keeps size and mtime) gets a new key, while
+    # a tick that runs again before its cursor was saved (a daemon restart) repeats its keys
+    # and the daemon skips them
+    asked = {k: int(v) for k, v in _cursor_paths(context.cursor, "n").items() if v.isdigit()}
+    for k in (*new, *moved):
+        asked[k] = asked.get(k, 0) + 1
+    vanishings = int(_cursor_paths(context.cursor, "rounds").get("vanished", "0") or 0)
+    if gone:
+        vanishings += 1
+    cursor = json.dumps({"at": at, "state": states, "n": asked,
+                         "rounds": {"vanished": vanishings}},
+                        sort_keys=True, separators=(",", ":"))
     if not new and not gone and not moved:
         note = f"; {waiting} still changing" if waiting else ""
         context.update_cursor(cursor)
@@ -252,21 +264,19 @@ def survey_shards_sensor(
     job = ingest_shard_job if indexed is not None else survey_job
     context.log.info(f"{len(new)} new shard(s) for {job.name}: {new[:10]}; {len(gone)} gone: "
                      f"{gone[:10]}; {len(moved)} moved or replaced: {moved[:10]}")
-    # the run key names the file's state and this tick: the daemon skips a run key it has
-    # seen, and a shard moved away and back keeps its size and mtime (the cursor, not the
-    # run key, is what keeps a shard from being asked for twice)
-    tick = time.time_ns()
+    # the run key names the file's state and how often the shard was asked for (the daemon
+    # skips a run key it has seen)
     requests = [dg.RunRequest(partition_key=k, job_name=job.name,
-                              run_key=f"{job.name}:{k}:{_state(found[k])}:{tick}")
+                              run_key=f"{job.name}:{k}:{_state(found[k])}:{asked[k]}")
                 for k in new]
-    requests += [dg.RunRequest(partition_key=k, job_name=job.name,
-                               run_key=f"{job.name}:{k}:at-{at[k]}:{_state(found[k])}:{tick}")
-                 for k in moved]
+    requests += [dg.RunRequest(
+        partition_key=k, job_name=job.name,
+        run_key=f"{job.name}:{k}:at-{at[k]}:{_state(found[k])}:{asked[k]}") for k in moved]
     partition_requests = [shard_partitions.build_add_request(new)] if new else []
     if gone:
         partition_requests.append(shard_partitions.build_delete_request(gone))
         digest = hashlib.sha256("\n".join(gone).encode()).hexdigest()[:16]
-        requests.append(dg.RunRequest(run_key=f"vanished:{len(gone)}:{digest}:{tick}",
+        requests.append(dg.RunRequest(run_key=f"vanished:{len(gone)}:{digest}:{vanishings}",
                                       job_name=index_maintenance_job.name))
     return dg.SensorResult(run_requests=requests, dynamic_partitions_requests=partition_requests,
                            cursor=cursor)

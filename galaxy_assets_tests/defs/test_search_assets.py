@@ -265,7 +265,12 @@ def test_survey_sensor_runs_a_shard_moved_away_and_back(isolated_home, tmp_path)
         return result
 
     with dg.instance_for_test() as instance:
+        # a tick evaluated again before its cursor was saved (a daemon restart) repeats its
+        # run keys, which the daemon then skips
+        again = survey_shards_sensor(dg.build_sensor_context(instance=instance,
+                                                             resources=resources))
         result = tick(instance, None)
+        assert sorted(r.run_key for r in again.run_requests) == sorted(seen)
         aside = tmp_path / "aside.hdf5"
         for _ in range(2):
             shard.rename(aside)
