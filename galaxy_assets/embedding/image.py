@@ -514,6 +514,7 @@ class TimmImageEncoder(_TorchEncoder):
             "bands": list(self.bands),
             "size": self.image_size,
             "normalize": normalize,
+            "stretch": "before-crop-or-pad",  # revision 2 (1: after): other vectors
             "mean": None if mean is None else [float(v) for v in mean],
             "std": None if std is None else [float(v) for v in std],
             "backbone_kwargs": dict(backbone_kwargs or {}),
@@ -525,11 +526,14 @@ class TimmImageEncoder(_TorchEncoder):
     def _features(self, x: torch.Tensor) -> torch.Tensor:
         import torch
 
-        x = center_crop_or_pad(x, self.image_size, pad=True)
+        # the stretch measures the sky noise on the cutout's own border: before any zero
+        # padding (a 64 px cutout padded to Zoobot's 224 px had a border of zeros, and the
+        # stretch fell back to the galaxy-dominated image spread)
         if self.normalize == "asinh":
             x = _asinh_noise_stretch(x)
         else:
             x = torch.nan_to_num(x.float(), nan=0.0, posinf=0.0, neginf=0.0)
+        x = center_crop_or_pad(x, self.image_size, pad=True)
         if self._mean is not None:
             x = x - self._mean
         if self._std is not None:

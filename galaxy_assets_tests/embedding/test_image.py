@@ -124,6 +124,28 @@ def test_timm_encoder_gives_unit_vectors_and_a_stable_id(tiny_timm):
     assert tiny_timm.encode(np.zeros((0, 4, 32, 32), np.float32)).shape == (0, 32)
 
 
+def test_a_small_cutout_is_stretched_by_its_own_sky_before_padding():
+    """A cutout smaller than the encoder's size was zero-padded first: the stretch then read
+    its sky noise off a border of zeros and fell back to the galaxy-dominated spread, so the
+    sky came out a different level for every brightness."""
+    enc = TimmImageEncoder("resnet10t", size=48, batch_size=4, backbone_kwargs=TINY)
+    seen = []
+    enc.model = lambda x: seen.append(x) or torch.ones((x.shape[0], enc.dim))
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:24, :24] - 11.5
+    blob = np.exp(-(xx**2 + yy**2) / 8.0)
+    sky = []
+    noise = rng.normal(0, 1, (4, 24, 24))
+    for amp in (0.05, 50.0):
+        img = (amp * blob + noise).astype(np.float32)[None]
+        enc.encode(img)
+        x = seen[-1][0]
+        inner = x[:, 12:36, 12:36]  # the cutout inside the padding
+        sky.append(float(inner[:, :4, :].std()))
+        assert float(x[:, :12, :].abs().max()) == 0.0  # padding stays empty
+    assert sky[0] == pytest.approx(sky[1], rel=0.02)  # the sky looks the same either way
+
+
 def test_timm_checkpoint_is_loaded_and_adapted(tmp_path):
     import timm
     from safetensors.torch import save_file
