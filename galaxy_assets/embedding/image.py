@@ -761,7 +761,14 @@ class AionImageEncoder:
         self.token_key = str(getattr(modality, "token_key", "tok_image"))
         n_tokens = getattr(modality, "num_tokens", None)
         self.num_encoder_tokens = int(num_encoder_tokens or n_tokens or 576)
-        self.encoder_id = encoder_id
+        # other bands or another token count give other vectors: the id says so, so that
+        # stored vectors are not reused for them
+        extra = []
+        if tuple(self.aion_bands) != _AION_BANDS.get(self.survey, tuple(self.aion_bands)):
+            extra.append("bands-" + "".join(self.bands))
+        if self.num_encoder_tokens != int(n_tokens or 576):
+            extra.append(f"tokens-{self.num_encoder_tokens}")
+        self.encoder_id = encoder_id + "".join(f"/{e}" for e in extra)
         dim = getattr(model, "dim", None)
         if not dim:
             with torch.inference_mode():

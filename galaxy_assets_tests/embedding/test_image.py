@@ -435,6 +435,19 @@ def test_aion_encoder_pools_tokens_in_batches():
     assert np.allclose(out[0], unit_rows(hidden.mean(dim=1))[0], atol=1e-6)
 
 
+def test_aion_ids_name_other_bands_and_token_counts():
+    """Other bands or another token count give other vectors; with the same id the stored
+    vectors of the old setting were reused."""
+    def made(**kw):
+        return AionImageEncoder.from_modules(_FakeAion(), _FakeCodec(), modality=_FakeModality,
+                                             encoder_id="aion:fake@0/legacysurvey", **kw)
+
+    assert made().encoder_id == "aion:fake@0/legacysurvey"
+    assert made(bands=("g", "r", "z")).encoder_id == "aion:fake@0/legacysurvey/bands-grz"
+    assert made(num_encoder_tokens=288).encoder_id == "aion:fake@0/legacysurvey/tokens-288"
+    assert encoder_version(made(bands=("g", "r", "z")).encoder_id) == "0"
+
+
 def test_aion_without_the_package_says_how_to_install(tmp_path, monkeypatch):
     # the package is a dependency: hide it, as on an install without it
     for name in ("aion", "aion.codecs", "aion.modalities"):
