@@ -4,7 +4,12 @@ import dagster as dg
 import polars as pl
 from dagster_polars import DataFramePartitions, LazyFramePartitions
 
-from galaxy_assets.alignment.model import SEARCH_MODEL_CONFIG, load_aligner, project_shard
+from galaxy_assets.alignment.model import (
+    SEARCH_MODEL_CONFIG,
+    ProjectStats,
+    load_aligner,
+    project_shard,
+)
 from galaxy_assets.alignment.train import TrainConfig, register_aligner, train_aligner
 from galaxy_assets.defs.execution import gpu_step, shard_backfill_policy
 from galaxy_assets.defs.metadata import reusable_output, scalar_metadata
@@ -157,8 +162,10 @@ def search_vectors(
             for key in context.partition_keys}
 
     def project(key: str) -> pl.DataFrame:
-        frame = project_shard(image_embeddings[key].collect(), aligned)
-        meta[key]["galaxies"] = frame.height
+        stats = ProjectStats()
+        frame = project_shard(image_embeddings[key].collect(), aligned, stats=stats)
+        meta[key].update({"galaxies": frame.height, "skipped": stats.n_skipped,
+                          "skipped_examples": ", ".join(stats.skipped_object_ids[:5])})
         return frame
 
     built, failed = each_shard(context, project)
@@ -166,5 +173,6 @@ def search_vectors(
                  outputs=home.outputs_dir() / "search_vectors")
     context.add_output_metadata({"galaxies": sum(f.height for f in out.values()),
                                  "shards": len(out), "aligner_version": aligned.aligner_version,
-                                 "aligner_source": source})
+                                 "aligner_source": source,
+                                 "skipped": sum(int(m.get("skipped", 0)) for m in meta.values())})
     return out
