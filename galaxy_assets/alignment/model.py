@@ -226,6 +226,13 @@ class AlignedModel(nn.Module):
         dim = int(dim)
         if not 1 <= dim <= full:
             raise AlignmentError(f"dim={dim}: the aligner's vectors have {full} dimensions")
+        if self.config.n_members > 1 and dim != full:
+            # a prefix of an ensemble vector is its first members' vectors, not a smaller
+            # search vector of the whole ensemble
+            raise AlignmentError(
+                f"dim={dim}: this aligner is an ensemble of {self.config.n_members} members "
+                f"whose vectors are {full} wide side by side; search with all {full} "
+                "(a shorter vector would be only its first members')")
         if dim not in self.config.widths:
             log.warning(
                 "truncating to %d dimensions, which the aligner was not trained for (trained "

@@ -37,6 +37,9 @@ def test_ensemble_similarity_is_the_mean_of_the_members():
     np.testing.assert_allclose(np.linalg.norm(zi, axis=1), 1.0, atol=1e-6)
     per_member = [m.embed_images(img) @ m.embed_texts(txt).T for m in model.members]
     np.testing.assert_allclose(zi @ zt.T, np.mean(per_member, axis=0), atol=1e-6)
+    # a prefix is only the first members' vectors: refused, not searched with a warning
+    with pytest.raises(AlignmentError, match="ensemble of 3 members"):
+        model.embed_images(img, dim=4)
 
 
 def test_train_register_and_reload_an_ensemble(tracker):
