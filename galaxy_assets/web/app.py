@@ -208,6 +208,11 @@ class _Engine:
                     self._last_refresh = time.monotonic()
         return search
 
+    def current(self, fallback: Any) -> Any:
+        """The engine now (call it holding the read lock: a refresh, which may replace the
+        engine after a re-index with another aligner, holds the write lock)."""
+        return self._search if self._search is not None else fallback
+
     def _follow_the_table(self, search: Any) -> Any:
         """After a re-index with another aligner (a new champion), the engine built from the
         factory again, with that aligner: the one held could not search the new vectors."""
@@ -847,6 +852,7 @@ def create_app(
         to_rate = False
         search = engine.get()
         with engine.lock.read():
+            search = engine.current(search)  # not one a refresh replaced meanwhile
             version = current = int(search.version)
             n_rows = engine.n_rows(search)
             cached = None
@@ -1033,6 +1039,7 @@ def create_app(
 
         search = engine.get()
         with engine.lock.read():
+            search = engine.current(search)  # not one a refresh replaced meanwhile
             n_rows = engine.n_rows(search)
             version = int(search.version)
             schema = search.table.schema
@@ -1176,6 +1183,7 @@ def create_app(
         size = min((s for s in THUMB_SIZES if s >= size), default=max(THUMB_SIZES))
         search = engine.get()
         with engine.lock.read():
+            search = engine.current(search)  # not one a refresh replaced meanwhile
             version = int(search.version)
             # bands and crop of the galaxy's manifest row: the picture the encoder saw
             names = set(search.table.schema.names)
@@ -1194,6 +1202,7 @@ def create_app(
     ) -> dict[str, Any]:
         search = engine.get()
         with engine.lock.read():
+            search = engine.current(search)  # not one a refresh replaced meanwhile
             version = int(search.version)
             frame = lookup(search, object_id)
         return _json_safe(_detail(search, frame.row(0, named=True), version, store))

@@ -474,6 +474,17 @@ def test_rating_holds_no_lock_on_the_engine(survey_engine, tmp_path):
     assert body["rerank"]["n_rated"] == 12 and rater.readers == [0]
 
 
+def test_a_request_uses_the_engine_of_its_lock_not_one_a_refresh_replaced(text_engine):
+    """A request took the engine, then a refresh replaced it (a re-index with a new aligner)
+    before the request held the lock: it searched the new vectors with the old aligner."""
+    app = create_app(text_engine, refresh_seconds=None)
+    replaced = object()  # the engine the request took before the swap: unusable now
+    app.state.engine.get = lambda: replaced
+    with TestClient(app) as client:
+        assert client.get("/api/search", params={"q": "spiral", "k": 3}).status_code == 200
+        assert client.get("/api/info").status_code == 200
+
+
 def test_rerank_without_a_rater_is_refused(text_app):
     r = text_app.get("/api/search", params={"q": "spiral", "rerank": "true"})
     assert "not configured" in _error(r, 400)["error"]
