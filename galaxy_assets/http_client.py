@@ -323,9 +323,17 @@ class OpenAICompatibleClient:
             return self._done(
                 False, None, f"request for POST {url} is not valid JSON: {exc}", None, 0, t0
             )
-        refused = self._breaker_open(url)
+        refused, trial = self._breaker_open(url)
         if refused is not None:
             return self._done(False, None, refused, None, 0, t0)
+        try:
+            return self._attempts(route, url, body, t0)
+        finally:
+            if trial:  # whatever ended it (an invalid answer, a spent budget): the next may try
+                self._breaker_settle_trial()
+
+    def _attempts(self, route: str, url: str, body: bytes, t0: float) -> HTTPResult:
+        """The attempts of one request (see :meth:`post_json`)."""
         attempts = 0
         status: int | None = None
         error = "not sent"
@@ -402,30 +410,28 @@ class OpenAICompatibleClient:
             self._sleep(delay)
         if attempts > 1:
             error = f"{error} (gave up after {attempts} attempts)"
-        if dead:
+        if dead:  # otherwise the endpoint answered (or timed out reading): no verdict on it
             self._breaker_record(error)
-        else:  # the endpoint answered (or timed out reading): no verdict on it
-            self._breaker_settle_trial()
         return self._done(False, None, error, status, attempts, t0)
 
     # -- the breaker ---------------------------------------------------------------------
 
-    def _breaker_open(self, url: str) -> str | None:
-        """Why ``url`` is not sent now, or None. After the cool-down one request (the trial)
-        goes; the others are refused until it ends."""
+    def _breaker_open(self, url: str) -> tuple[str | None, bool]:
+        """``(why url is not sent now or None, whether this request is the trial)``. After the
+        cool-down one request (the trial) goes; the others are refused until it ends."""
         with self._lock:
             if self._opened_at is None:
-                return None
+                return None, False
             waited = time.monotonic() - self._opened_at
             if waited >= self.breaker_cooldown_s and not self._trial:
                 self._trial = True  # this request tries again; the breaker closes on success
-                return None
+                return None, True
             wait = max(self.breaker_cooldown_s - waited, 0.0)
             return (
                 f"not sent (POST {url}): the last {self._dead_streak} requests to "
                 f"{self.host} failed the same way, the last with: {self._dead_error}; trying "
                 + (f"again in {wait:.0f} s" if not self._trial else "again now (one request)")
-            )
+            ), False
 
     def _breaker_record(self, dead_error: str | None) -> None:
         """A success (None) closes the breaker; a request the endpoint could not answer counts
@@ -445,8 +451,8 @@ class OpenAICompatibleClient:
                           self.breaker_cooldown_s)
 
     def _breaker_settle_trial(self) -> None:
-        """The trial got an answer that is no verdict on the endpoint (a 5xx, a read timeout):
-        the next request may try."""
+        """The trial ended without a verdict on the endpoint (a 5xx, a read timeout, an invalid
+        answer, a spent budget): the next request may try."""
         with self._lock:
             self._trial = False
 

@@ -232,6 +232,18 @@ def test_a_blackholed_host_opens_the_breaker_and_one_request_tries_again(monkeyp
     assert sum("not sent" in r.error for r in out) == 7
 
 
+def test_a_trial_that_ends_without_a_verdict_lets_the_next_request_try(server):
+    """A trial request answered with invalid JSON returned early and kept the trial taken:
+    every later request was refused for good."""
+    server.add_fault("quota", times=2)
+    client = make_client(server, max_retries=0, breaker_threshold=2, breaker_cooldown_s=0.05)
+    assert [client.post_json("embeddings", emb(str(i))).attempts for i in range(3)] == [1, 1, 0]
+    time.sleep(0.06)
+    server.add_fault("garbage", times=1)
+    assert "invalid JSON" in client.post_json("embeddings", emb("trial")).error
+    assert client.post_json("embeddings", emb("next")).ok  # the next one may try, and succeeds
+
+
 def test_garbage_json_is_a_clear_error(server):
     server.add_fault("garbage", times=1)
     client = make_client(server, max_retries=3)
