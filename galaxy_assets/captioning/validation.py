@@ -69,6 +69,7 @@ _FILTERED = {"content_filter", "safety"}
 _OBJECT = (
     r"(?:the |this |that |your |an |any )?(?:image|picture|photo|cutout|file|request|attachment)"
 )
+_OBJECT_NOUN = r"(?:images?|pictures?|photos?|cutouts?|files?|attachments?)\b"
 _HELP = (
     r"(?:help|assist|comply|fulfil+|provide (?:a |an |any )?(?:description|analysis|answer)|"
     r"(?:view|see|open|access|analy[sz]e|process|describe|interpret|display|load) " + _OBJECT + r")"
@@ -84,21 +85,31 @@ _REFUSALS = [
         r"\bI (?:cannot|can't|can not|won't|will not|am not able to) " + _HELP,
         r"\b(?:don't|do not|cannot|can't) see (?:an?|the|any) (?:image|picture|attachment)\b",
         r"\bno (?:image|picture|attachment) (?:was|is|has been|have been) (?:provided|attached|uploaded|shared|included)\b",
-    )
-]
-# Refusals phrased like a hedge ("I do not have access to spectra, but the image shows…"):
-# they count only when the first sentence goes on to no description (no "but", "however").
-_HEDGED_REFUSALS = [
-    re.compile(p, re.IGNORECASE)
-    for p in (
-        r"\bI (?:don't|do not) have (?:the )?(?:ability|capability|capacity|access)\b",
-        r"\b(?:cannot|can't|can not|unable to|not able to) provide (?:any )?(?:details|information)\b",
+        # the model cannot see the image at all, whatever follows
+        r"\bI (?:don't|do not) have (?:the )?(?:ability|capability|capacity) to (?:view|see|"
+        r"analy[sz]e|process|open|interpret|read) (?:the |this |that |your |any )?" + _OBJECT_NOUN,
+        r"\bI (?:don't|do not) have access to (?:the |this |that |your |any )?" + _OBJECT_NOUN,
+        r"\b(?:cannot|can't|can not|unable to|not able to) provide (?:any )?(?:details|"
+        r"information)(?:\s*[,.;:!]|\s*$| about (?:the |this |that |your )?" + _OBJECT_NOUN + ")",
         r"\b(?:image|picture|cutout|file)\b[^.]*\b(?:blank|corrupted|unreadable|empty)\b[^.]*"
         r"\b(?:cannot|can't|can not|unable to) (?:describe|analy[sz]e|interpret) "
         r"(?:it|this|that|anything|the (?:image|picture|cutout))\b",
     )
 ]
-_GOES_ON = re.compile(r"\b(?:but|however|although|though|yet)\b", re.IGNORECASE)
+# Refusals phrased like a hedge ("I do not have access to spectra, but the image shows…"):
+# they count unless the first sentence goes on ("but", "however") to something other than an
+# offer of help.
+_HEDGED_REFUSALS = [
+    re.compile(p, re.IGNORECASE)
+    for p in (
+        r"\bI (?:don't|do not) have (?:the )?(?:ability|capability|capacity|access)\b",
+        r"\b(?:cannot|can't|can not|unable to|not able to) provide (?:any )?(?:details|information)\b",
+    )
+]
+_GOES_ON = re.compile(r"\b(?:but|however|although|though)\b", re.IGNORECASE)
+_OFFER = re.compile(
+    r"\b(?:happy|glad) to help\b|\bhelp you\b|\bcan help\b|\bcan explain\b|\blet me know\b|"
+    r"\bplease\b|\bif you\b", re.IGNORECASE)
 # replies that stand for no answer at all
 _PLACEHOLDERS = frozenset({"n/a", "na", "none", "null", "nan", "nil", "unknown", "<image>", "ok",
                            "okay", "undefined", "-"})
@@ -260,7 +271,8 @@ def validate_reply(
     for pattern in _REFUSALS:
         if pattern.search(head):
             return None, f"{REFUSAL}: the model declined ({head[:80]!r})"
-    if not _GOES_ON.search(head):
+    goes_on = _GOES_ON.search(head)
+    if not goes_on or _OFFER.search(head[goes_on.end():]):
         for pattern in _HEDGED_REFUSALS:
             if pattern.search(head):
                 return None, f"{REFUSAL}: the model declined ({head[:80]!r})"

@@ -344,6 +344,16 @@ def test_validate_reply_accepts_descriptions(text: str):
         ("Unfortunately, I can't provide details about this image.", None, "refusal"),
         ("The image appears to be blank or corrupted, so I cannot describe it.", None,
          "refusal"),
+        # refusals that go on with a "but" are still refusals
+        ("I do not have the ability to view images, but I'd be happy to help if you describe "
+         "it.", None, "refusal"),
+        ("I don't have access to the image yet. Please upload it again.", None, "refusal"),
+        ("I do not have the capability to analyse images, however I can explain galaxy "
+         "types.", None, "refusal"),
+        ("The image appears to be blank or corrupted, but I cannot describe it without more "
+         "data.", None, "refusal"),
+        ("I cannot provide any details, though the request is clear.", None, "refusal"),
+        ("Unfortunately I do not have access to the attachment yet.", None, "refusal"),
     ],
 )
 def test_validate_reply_rejects(text, finish, kind):
