@@ -367,15 +367,22 @@ def _json_safe(value: Any) -> Any:
 class _SameOrigin:
     """Pure ASGI middleware against other websites' pages: a request whose Host is not one of
     ``allowed_hosts`` (DNS rebinding) gets 400, and an API request whose ``Origin`` names
-    another host than the request's own (its Host, the ``X-Forwarded-Host`` a reverse proxy
-    sets, or one of ``allowed_hosts``) gets 403: a cross-site fetch, e.g. one that spends
-    re-ranking requests. Host names are compared without ports (a proxy may add ``:443`` or
-    forward to ``127.0.0.1:8000``). ``allowed_hosts`` None: any Host (a server bound for
-    remote use)."""
+    another host and port than the request's own (its Host, the scheme's default port when
+    it names none), or another name than the ``X-Forwarded-Host`` a reverse proxy sets, gets
+    403: a cross-site fetch (another local port is another site), e.g. one that spends
+    re-ranking requests. ``allowed_hosts`` None: any Host (a server bound for remote use)."""
 
     def __init__(self, app: Any, allowed_hosts: Sequence[str] | None) -> None:
         self.app = app
         self.allowed = {h.lower() for h in allowed_hosts} if allowed_hosts is not None else None
+
+    @staticmethod
+    def _port(netloc: str, default: int) -> int:
+        netloc = netloc.strip()
+        tail = netloc[netloc.find("]") + 1:] if netloc.startswith("[") else netloc
+        if tail.count(":") == 1 and tail.rsplit(":", 1)[1].isdigit():
+            return int(tail.rsplit(":", 1)[1])
+        return default
 
     @staticmethod
     def _hostname(netloc: str) -> str:
@@ -398,12 +405,14 @@ class _SameOrigin:
         if origin is not None and scope.get("path", "").startswith("/api/"):
             from urllib.parse import urlsplit
 
-            asked = self._hostname(urlsplit(origin.decode("latin-1")).netloc)
-            own = {self._hostname(host)} | (self.allowed or set())
-            for forwarded in headers.get(b"x-forwarded-host", b"").decode("latin-1").split(","):
-                if forwarded.strip():
-                    own.add(self._hostname(forwarded))
-            if asked not in own:
+            parts = urlsplit(origin.decode("latin-1"))
+            default = {"http": 80, "https": 443}.get(parts.scheme, 0)
+            asked = (self._hostname(parts.netloc), self._port(parts.netloc, default))
+            own = {(self._hostname(host), self._port(host, default))}
+            # behind a reverse proxy: the public name it forwarded (its port is the proxy's)
+            forwarded = [f for f in headers.get(b"x-forwarded-host", b"").decode(
+                "latin-1").split(",") if f.strip()]
+            if asked not in own and asked[0] not in {self._hostname(f) for f in forwarded}:
                 await _error(403, "forbidden", "cross-origin API requests are refused: use "
                              "the page this server serves")(scope, receive, send)
                 return

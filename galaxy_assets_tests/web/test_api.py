@@ -559,6 +559,9 @@ def test_other_sites_cannot_use_the_api(text_engine):
         assert "cross-origin" in _error(other, 403)["detail"]
         rebound = client.get("/api/info", headers={"Host": "evil.example:8000"})
         assert "not served here" in _error(rebound, 400)["detail"]
+        # another local port is another site (a notebook rendering untrusted pages)
+        for other_port in ("http://localhost:3000", "http://127.0.0.1:9999"):
+            assert client.get("/api/info", headers={"Origin": other_port}).status_code == 403
     # behind a reverse proxy (bound for remote use): the proxy forwards to 127.0.0.1:8000 and
     # names the public host in X-Forwarded-Host, or keeps the Host with a port
     remote = create_app(text_engine, refresh_seconds=None)
