@@ -478,13 +478,14 @@ class MMUShardReader:
 
     def _read_range(self, ds: h5py.Dataset, start: int, stop: int, out: np.ndarray) -> None:
         """Rows ``start:stop`` of ``ds`` into ``out``. When the batch cannot be read (a corrupt
-        chunk of a compressed shard), its rows are read one by one: a row that still fails is
-        NaN and recorded in :attr:`rejected`, and the others are kept. When no row of the
-        batch can be read, the file is broken as a whole: the error is raised."""
+        chunk of a compressed shard, a file cut short), its rows are read one by one: a row
+        that still fails is NaN and recorded in :attr:`rejected`, and the others are kept. A
+        whole batch may fail (the last rows of a truncated file); a shard none of whose rows
+        can be read is refused by :func:`~galaxy_assets.survey.manifest.build_manifest`."""
         try:
             self._read_runs(ds, [(start, stop)], out)
             return
-        except SurveyFormatError as batch_error:
+        except SurveyFormatError:
             failed = []
             for row in range(start, stop):
                 try:
@@ -492,8 +493,6 @@ class MMUShardReader:
                 except SurveyFormatError as exc:
                     out[row - start] = np.nan
                     failed.append((row, exc))
-            if len(failed) == stop - start:
-                raise batch_error
         field = ds.name.lstrip("/")
         for row, exc in failed:
             log.warning("%s: row %d of %s cannot be read; left out (%s)", self.uri, row, field,

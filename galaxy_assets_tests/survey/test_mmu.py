@@ -297,3 +297,8 @@ def test_a_corrupt_chunk_costs_only_its_galaxy(tmp_path):
     (rejected,) = result.rejected
     assert rejected["row"] == 7 and rejected["object_id"] == "o7"
     assert "unreadable image_array" in rejected["reason"]
+    # a batch holding only the corrupt row (the short last batch of a file cut short): still
+    # that galaxy alone
+    with MMUShardReader(path) as reader:
+        result = build_manifest(reader, "healpix=5__001-of-001", batch_size=1)
+    assert result.n_kept == n - 1 and [r["row"] for r in result.rejected] == [7]
