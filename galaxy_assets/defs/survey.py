@@ -249,11 +249,13 @@ def survey_shards_sensor(
     asked = {k: int(v) for k, v in _cursor_paths(context.cursor, "n").items() if v.isdigit()}
     for k in (*new, *moved):
         asked[k] = asked.get(k, 0) + 1
-    vanishings = int(_cursor_paths(context.cursor, "rounds").get("vanished", "0") or 0)
-    if gone:
-        vanishings += 1
+    rounds = _cursor_paths(context.cursor, "rounds")
+    vanishings = int(rounds.get("vanished", "0") or 0) + (1 if gone else 0)
+    # the counters live in the cursor, the daemon's record of run keys for good: a cursor
+    # made anew (reset, or from older code) starts a new epoch, so its keys are new too
+    epoch = rounds.get("epoch") or str(time.time_ns())
     cursor = json.dumps({"at": at, "state": states, "n": asked,
-                         "rounds": {"vanished": vanishings}},
+                         "rounds": {"vanished": vanishings, "epoch": epoch}},
                         sort_keys=True, separators=(",", ":"))
     if not new and not gone and not moved:
         note = f"; {waiting} still changing" if waiting else ""
@@ -267,16 +269,18 @@ def survey_shards_sensor(
     # the run key names the file's state and how often the shard was asked for (the daemon
     # skips a run key it has seen)
     requests = [dg.RunRequest(partition_key=k, job_name=job.name,
-                              run_key=f"{job.name}:{k}:{_state(found[k])}:{asked[k]}")
+                              run_key=f"{job.name}:{k}:{_state(found[k])}:{epoch}.{asked[k]}")
                 for k in new]
     requests += [dg.RunRequest(
         partition_key=k, job_name=job.name,
-        run_key=f"{job.name}:{k}:at-{at[k]}:{_state(found[k])}:{asked[k]}") for k in moved]
+        run_key=f"{job.name}:{k}:at-{at[k]}:{_state(found[k])}:{epoch}.{asked[k]}")
+        for k in moved]
     partition_requests = [shard_partitions.build_add_request(new)] if new else []
     if gone:
         partition_requests.append(shard_partitions.build_delete_request(gone))
         digest = hashlib.sha256("\n".join(gone).encode()).hexdigest()[:16]
-        requests.append(dg.RunRequest(run_key=f"vanished:{len(gone)}:{digest}:{vanishings}",
-                                      job_name=index_maintenance_job.name))
+        requests.append(dg.RunRequest(
+            run_key=f"vanished:{len(gone)}:{digest}:{epoch}.{vanishings}",
+            job_name=index_maintenance_job.name))
     return dg.SensorResult(run_requests=requests, dynamic_partitions_requests=partition_requests,
                            cursor=cursor)

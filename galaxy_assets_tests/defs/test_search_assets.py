@@ -265,20 +265,29 @@ def test_survey_sensor_runs_a_shard_moved_away_and_back(isolated_home, tmp_path)
         return result
 
     with dg.instance_for_test() as instance:
-        # a tick evaluated again before its cursor was saved (a daemon restart) repeats its
-        # run keys, which the daemon then skips
-        again = survey_shards_sensor(dg.build_sensor_context(instance=instance,
-                                                             resources=resources))
         result = tick(instance, None)
-        assert sorted(r.run_key for r in again.run_requests) == sorted(seen)
         aside = tmp_path / "aside.hdf5"
         for _ in range(2):
             shard.rename(aside)
             result = tick(instance, result.cursor)
             assert [r.job_name for r in result.run_requests] == ["index_maintenance_job"]
             aside.rename(shard)
+            # a tick evaluated again before its cursor was saved (a daemon restart) repeats
+            # its run keys, which the daemon then skips
+            again = survey_shards_sensor(dg.build_sensor_context(
+                instance=instance, resources=resources, cursor=result.cursor))
             result = tick(instance, result.cursor)
             assert [r.partition_key for r in result.run_requests] == [KEYS[0]]
+            assert [r.run_key for r in again.run_requests] == \
+                [r.run_key for r in result.run_requests]
+        # a cursor made anew (reset) starts a new epoch, so the keys it makes are new
+        import json
+
+        ctx = dg.build_sensor_context(instance=instance, resources=resources)
+        survey_shards_sensor(ctx)
+        epochs = [json.loads(c)["rounds"]["epoch"] for c in (result.cursor, ctx.cursor)]
+        assert epochs[0] != epochs[1]
+        assert all(f":{epochs[0]}." in key for key in seen if not key.startswith("vanished"))
 
 
 def _register_champion(home) -> int:
