@@ -737,12 +737,10 @@ def register_encoder(
         promote, reason = True, f"no {alias} yet"
     else:
         champ_fp = (current.tags or {}).get("val_fingerprint")
-        unloadable = False
         if val_data is not None:
             champ_loss, note = _champion_loss_on(
                 tracker, registered_name, champ_v, val_data, result, device
             )
-            unloadable = note.startswith(" (champion not loadable")
             if note and champ_loss is not None and champ_fp != result.val_fingerprint:
                 # a logged loss on other held-out galaxies says nothing about this one
                 champ_loss, note = None, note.replace("; logged loss)", "") + (
@@ -758,15 +756,11 @@ def register_encoder(
                 if champ_fp == result.val_fingerprint
                 else (" (logged losses on different held-out sets)")
             )
-        if unloadable and (champ_loss is None or not math.isfinite(champ_loss)):
-            # a registry or artifact-store hiccup is no reason to replace a champion unseen
-            promote, reason = False, (
-                f"{alias} v{champ_v} could not be loaded to compare{note}; {alias} stays: fix "
-                f"its artifacts and register again, or move the alias to v{version} by hand")
-        elif champ_loss is None or not math.isfinite(champ_loss):
-            # it cannot read these cutouts (other bands, size or decision tree) or cannot be
-            # measured on them: the new encoder, trained for the survey as configured now,
-            # replaces it
+        if champ_loss is None or not math.isfinite(champ_loss):
+            # it cannot read these cutouts (other bands, size or decision tree), or it cannot
+            # be loaded any more (a TrackingError: its artifacts are gone or no longer fit the
+            # code; a passing registry hiccup raises instead): the new encoder, trained for
+            # the survey as configured now, replaces it
             promote, reason = True, (
                 f"{alias} v{champ_v} has no comparable held-out loss{note}; v{version} "
                 "replaces it")

@@ -180,9 +180,11 @@ def test_a_champion_of_another_tree_is_replaced_not_outscored(result, datasets, 
     assert reg.champion_loss is None
 
 
-def test_a_champion_that_cannot_be_loaded_is_kept(result, datasets, tracker, monkeypatch):
-    """An artifact-store hiccup made the champion unmeasurable, and the candidate replaced it
-    unseen; now the champion stays and the reason says what to do."""
+def test_a_champion_that_cannot_be_loaded_is_replaced_saying_why(result, datasets, tracker,
+                                                                 monkeypatch):
+    """A TrackingError is permanent (artifacts gone, a state dict the code no longer fits):
+    that champion cannot serve predictions either, so the new version replaces it, and the
+    reason says so. Its logged loss is not compared: it is on other held-out galaxies."""
     import dataclasses
 
     from galaxy_assets.tracking import TrackingError
@@ -191,13 +193,14 @@ def test_a_champion_that_cannot_be_loaded_is_kept(result, datasets, tracker, mon
     register_encoder(tracker, result, val_data=val)
 
     def unloadable(*args, **kwargs):
-        raise TrackingError("artifact store unreachable")
+        raise TrackingError("the artifacts of morphology-encoder v1 are gone")
 
     monkeypatch.setattr(tracker, "load_torch_model", unloadable)
     other = dataclasses.replace(result, val_fingerprint="another-held-out-set")
     reg = register_encoder(tracker, other, val_data=val)
-    assert not reg.promoted and "could not be loaded" in reg.reason and "stays" in reg.reason
-    assert int(tracker.get_alias_version(REGISTERED_NAME, "champion").version) == 1
+    assert reg.promoted and "beats" not in reg.reason
+    assert "champion not loadable" in reg.reason and "v2 replaces it" in reg.reason
+    assert int(tracker.get_alias_version(REGISTERED_NAME, "champion").version) == 2
 
 
 def test_predictions_for_a_shard(result, tiny_survey):
