@@ -212,7 +212,8 @@ class OpenAICompatibleClient:
         self._dead_streak = 0
         self._dead_error = ""
         self._opened_at: float | None = None
-        self._trial = False  # one request is trying the endpoint after the cool-down
+        self._trial = 0  # the token of the one request trying the endpoint after the cool-down
+        self._trials = 0
 
     # -- configuration -------------------------------------------------------------------
 
@@ -327,12 +328,14 @@ class OpenAICompatibleClient:
         if refused is not None:
             return self._done(False, None, refused, None, 0, t0)
         try:
-            return self._attempts(route, url, body, t0)
+            return self._attempts(route, url, body, t0, trial)
         finally:
             if trial:  # whatever ended it (an invalid answer, a spent budget): the next may try
-                self._breaker_settle_trial()
+                self._breaker_settle_trial(trial)
 
-    def _attempts(self, route: str, url: str, body: bytes, t0: float) -> HTTPResult:
+    def _attempts(
+        self, route: str, url: str, body: bytes, t0: float, trial: int = 0
+    ) -> HTTPResult:
         """The attempts of one request (see :meth:`post_json`)."""
         attempts = 0
         status: int | None = None
@@ -411,50 +414,55 @@ class OpenAICompatibleClient:
         if attempts > 1:
             error = f"{error} (gave up after {attempts} attempts)"
         if dead:  # otherwise the endpoint answered (or timed out reading): no verdict on it
-            self._breaker_record(error)
+            self._breaker_record(error, trial)
         return self._done(False, None, error, status, attempts, t0)
 
     # -- the breaker ---------------------------------------------------------------------
 
-    def _breaker_open(self, url: str) -> tuple[str | None, bool]:
-        """``(why url is not sent now or None, whether this request is the trial)``. After the
-        cool-down one request (the trial) goes; the others are refused until it ends."""
+    def _breaker_open(self, url: str) -> tuple[str | None, int]:
+        """``(why url is not sent now or None, the trial's token or 0)``. After the cool-down
+        one request (the trial) goes; the others are refused until it ends."""
         with self._lock:
             if self._opened_at is None:
-                return None, False
+                return None, 0
             waited = time.monotonic() - self._opened_at
             if waited >= self.breaker_cooldown_s and not self._trial:
-                self._trial = True  # this request tries again; the breaker closes on success
-                return None, True
+                self._trials += 1  # this request tries again; the breaker closes on success
+                self._trial = self._trials
+                return None, self._trial
             wait = max(self.breaker_cooldown_s - waited, 0.0)
             return (
                 f"not sent (POST {url}): the last {self._dead_streak} requests to "
                 f"{self.host} failed the same way, the last with: {self._dead_error}; trying "
                 + (f"again in {wait:.0f} s" if not self._trial else "again now (one request)")
-            ), False
+            ), 0
 
-    def _breaker_record(self, dead_error: str | None) -> None:
+    def _breaker_record(self, dead_error: str | None, trial: int = 0) -> None:
         """A success (None) closes the breaker; a request the endpoint could not answer counts
-        towards opening it (and a failed trial opens it for another cool-down)."""
+        towards opening it, and a failed trial (its ``trial`` token) opens it for another
+        cool-down. Another request's failure never ends a trial."""
         with self._lock:
             if dead_error is None:
-                self._dead_streak, self._opened_at, self._trial = 0, None, False
+                self._dead_streak, self._opened_at, self._trial = 0, None, 0
                 return
             self._dead_streak += 1
             self._dead_error = self.redact(dead_error)
-            if self._trial or (self._dead_streak >= self.breaker_threshold > 0
-                               and self._opened_at is None):
-                self._trial = False
+            failed_trial = bool(trial) and trial == self._trial
+            if failed_trial or (self._dead_streak >= self.breaker_threshold > 0
+                                and self._opened_at is None):
+                if failed_trial:
+                    self._trial = 0
                 self._opened_at = time.monotonic()
                 log.error("%s: %d requests in a row failed (%s); not sending more for %.0f s",
                           self.host, self._dead_streak, self._dead_error,
                           self.breaker_cooldown_s)
 
-    def _breaker_settle_trial(self) -> None:
-        """The trial ended without a verdict on the endpoint (a 5xx, a read timeout, an invalid
-        answer, a spent budget): the next request may try."""
+    def _breaker_settle_trial(self, trial: int) -> None:
+        """Trial ``trial`` ended without a verdict on the endpoint (a 5xx, a read timeout, an
+        invalid answer, a spent budget): the next request may try."""
         with self._lock:
-            self._trial = False
+            if self._trial == trial:
+                self._trial = 0
 
     @staticmethod
     def _error_code(resp: requests.Response) -> str | None:

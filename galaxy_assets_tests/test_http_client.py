@@ -244,6 +244,23 @@ def test_a_trial_that_ends_without_a_verdict_lets_the_next_request_try(server):
     assert client.post_json("embeddings", emb("next")).ok  # the next one may try, and succeeds
 
 
+def test_only_the_trial_request_ends_its_trial(server):
+    """An older request failing while a trial runs, or an earlier trial finishing late, let a
+    second and third trial run at once."""
+    client = make_client(server, breaker_threshold=1, breaker_cooldown_s=0)
+    url = client.url("embeddings")
+    client._breaker_record("connection error")  # open
+    refused, first = client._breaker_open(url)
+    assert refused is None and first
+    client._breaker_record("connection error (an older request)")  # not the trial's verdict
+    assert client._breaker_open(url)[0] is not None  # the trial still runs: refused
+    client._breaker_settle_trial(first)
+    refused, second = client._breaker_open(url)
+    assert refused is None and second != first
+    client._breaker_settle_trial(first)  # the first trial's late release: not the second's
+    assert client._breaker_open(url)[0] is not None
+
+
 def test_garbage_json_is_a_clear_error(server):
     server.add_fault("garbage", times=1)
     client = make_client(server, max_retries=3)
