@@ -514,7 +514,8 @@ class TimmImageEncoder(_TorchEncoder):
             "bands": list(self.bands),
             "size": self.image_size,
             "normalize": normalize,
-            "stretch": "before-crop-or-pad",  # revision 2 (1: after): other vectors
+            # asinh: stretched before the crop or pad since revision 2 (other vectors)
+            **({"stretch": "before-crop-or-pad"} if normalize == "asinh" else {}),
             "mean": None if mean is None else [float(v) for v in mean],
             "std": None if std is None else [float(v) for v in std],
             "backbone_kwargs": dict(backbone_kwargs or {}),
@@ -765,7 +766,7 @@ class AionImageEncoder:
         # stored vectors are not reused for them
         extra = []
         if tuple(self.aion_bands) != _AION_BANDS.get(self.survey, tuple(self.aion_bands)):
-            extra.append("bands-" + "".join(self.bands))
+            extra.append("bands-" + "".join(b.split("-")[-1].lower() for b in self.aion_bands))
         if self.num_encoder_tokens != int(n_tokens or 576):
             extra.append(f"tokens-{self.num_encoder_tokens}")
         self.encoder_id = encoder_id + "".join(f"/{e}" for e in extra)

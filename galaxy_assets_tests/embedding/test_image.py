@@ -121,6 +121,14 @@ def test_timm_encoder_gives_unit_vectors_and_a_stable_id(tiny_timm):
     assert np.allclose(again.encode(imgs), out, atol=1e-5)  # batch size does not matter
     other = TimmImageEncoder("resnet10t", size=32, backbone_kwargs=TINY, normalize="none")
     assert other.encoder_id != tiny_timm.encoder_id  # preprocessing is part of the id
+    # without the stretch, the id stays that of revision 1 (its vectors did not change)
+    import hashlib
+    import json
+
+    unstretched = {"bands": ["g", "r", "i", "z"], "size": 32, "normalize": "none",
+                   "mean": None, "std": None, "backbone_kwargs": TINY}
+    pp = hashlib.sha256(json.dumps(unstretched, sort_keys=True).encode()).hexdigest()[:8]
+    assert other.encoder_id.endswith(f"/pp-{pp}")
     assert tiny_timm.encode(np.zeros((0, 4, 32, 32), np.float32)).shape == (0, 32)
 
 
@@ -444,6 +452,7 @@ def test_aion_ids_name_other_bands_and_token_counts():
 
     assert made().encoder_id == "aion:fake@0/legacysurvey"
     assert made(bands=("g", "r", "z")).encoder_id == "aion:fake@0/legacysurvey/bands-grz"
+    assert made(bands=("G", "R", "Z")).encoder_id == "aion:fake@0/legacysurvey/bands-grz"
     assert made(num_encoder_tokens=288).encoder_id == "aion:fake@0/legacysurvey/tokens-288"
     assert encoder_version(made(bands=("g", "r", "z")).encoder_id) == "0"
 
