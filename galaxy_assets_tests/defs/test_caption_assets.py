@@ -102,26 +102,22 @@ def test_caption_assets_with_openai_backend(isolated_home, tmp_path, monkeypatch
         assert KEY not in json.dumps([{k: str(v) for k, v in m.metadata.items()} for m in mats])
         logs = instance.all_logs(result.run_id)
         assert not any(KEY in (e.user_message or "") for e in logs)
+        def rerun() -> tuple[int, int]:
+            """(chat requests sent, captions) of a rerun of the sample."""
+            n_before = len(server.routed("chat"))
+            out = dg.materialize(
+                [raw_cutouts, caption_sample, vlm_captions],
+                selection=[caption_sample, vlm_captions],
+                instance=instance, resources=resources, run_config=run_config,
+            )
+            return len(server.routed("chat")) - n_before, out.output_for_node("vlm_captions").height
+
         # a rerun retries only the refused galaxy; refused again, it must not fail the asset
         # (all of this run's requests failed, but the sample's other captions stand)
         server.add_fault("refusal", times=1)
-        n_before = len(server.routed("chat"))
-        refused = dg.materialize(
-            [raw_cutouts, caption_sample, vlm_captions],
-            selection=[caption_sample, vlm_captions],
-            instance=instance, resources=resources, run_config=run_config,
-        )
-        assert len(server.routed("chat")) - n_before == 1
-        assert refused.output_for_node("vlm_captions").height == 19
-        # rerun: only the refused galaxy is asked again
-        n_before = len(server.routed("chat"))
-        again = dg.materialize(
-            [raw_cutouts, caption_sample, vlm_captions],
-            selection=[caption_sample, vlm_captions],
-            instance=instance, resources=resources, run_config=run_config,
-        )
-        assert len(server.routed("chat")) - n_before == 1
-        assert again.output_for_node("vlm_captions").height == 20
+        assert rerun() == (1, 19)
+        # rerun: only the refused galaxy is asked again, and answers now
+        assert rerun() == (1, 20)
 
 
 @pytest.mark.slow
