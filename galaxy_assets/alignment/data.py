@@ -317,26 +317,27 @@ def prepare_pairs(
     report["n_duplicate_image_rows"] = int(n_dup)
     if n_dup:
         log.warning(
-            "image_embeddings: %d galaxies appear more than once; the first vector is used", n_dup
+            "image_embeddings: %d galaxies appear more than once; the first usable vector is "
+            "used", n_dup
         )
-        images = images.unique(subset="object_id", keep="first", maintain_order=True)
     image_all = (
         _vectors(images["vector"], "image_embeddings")
         if images.height
         else np.zeros((0, 0), np.float32)
     )
     ok_image = _usable(image_all) if images.height else np.zeros(0, bool)
-    report["n_images_nonfinite"] = int((~ok_image).sum())
+    all_ids = images["object_id"].to_numpy().astype(str)
+    # the first usable row of each galaxy (sorted by id): a galaxy whose first row is broken
+    # keeps a later good one
+    img_ids, first = np.unique(all_ids[ok_image], return_index=True)
+    image = image_all[ok_image][first]
+    report["n_images_nonfinite"] = int(len(np.unique(all_ids)) - len(img_ids))
     if report["n_images_nonfinite"]:
         log.warning(
             "image_embeddings: %d captioned galaxies have non-finite or zero image vectors "
             "(skipped)",
             report["n_images_nonfinite"],
         )
-    img_ids = images["object_id"].to_numpy().astype(str)[ok_image]
-    image = image_all[ok_image]
-    order = np.argsort(img_ids, kind="stable")
-    img_ids, image = img_ids[order], image[order]
 
     # captions → galaxy index (captions of galaxies without a usable image vector are skipped)
     pos = np.searchsorted(img_ids, caption_ids)

@@ -143,6 +143,14 @@ def test_non_finite_vectors_are_skipped_and_counted(data):
     )
     assert pairs.report["n_captions_nonfinite"] == 1 and pairs.report["n_images_nonfinite"] == 1
     assert pairs.n_objects == 478 and np.isfinite(pairs.text).all()
+    # a galaxy stored twice whose first vector is broken keeps its good second one
+    broken_first = pl.concat([
+        images.slice(5, 1).with_columns(pl.Series("vector", img[5:6], dtype=images["vector"].dtype)),
+        images,
+    ])
+    pairs = prepare_pairs(broken_first, captions)
+    assert pairs.report["n_duplicate_image_rows"] == 1 and pairs.report["n_images_nonfinite"] == 0
+    assert images["object_id"][5] in set(pairs.object_ids)
 
 
 def test_too_few_captions_states_the_minimum(data):
