@@ -69,6 +69,14 @@ _PARAM_VALUE_LIMIT = 6000  # MLflow's limit on a parameter value
 _BATCH = 100  # MLflow accepts at most 100 params / 1000 metrics per log_batch
 
 
+def _not_found(exc: Exception) -> bool:
+    """Whether an MlflowException says the model or version does not exist (as opposed to a
+    registry that did not answer)."""
+    code = getattr(exc, "error_code", "")
+    return code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND") or "RESOURCE_DOES_NOT_EXIST" in str(
+        code)
+
+
 class TrackingError(Exception):
     """MLflow tracking or registry problem: names the model / alias / run and what to do."""
 
@@ -630,16 +638,12 @@ class Tracker:
     def _model_version(self, name: str, version: int) -> ModelVersion:
         from mlflow.exceptions import MlflowException
 
-        try:
-            self.client.get_registered_model(name)
-        except MlflowException:
-            raise TrackingError(
-                f"no registered model {name!r} in {self.registry_uri}; train and register it "
-                f"first (for the morphology encoder: materialize morphology_encoder)"
-            ) from None
+        self._registered(name)
         try:
             return self.client.get_model_version(name, str(version))
-        except MlflowException:
+        except MlflowException as exc:
+            if not _not_found(exc):
+                raise  # the registry did not answer: not a missing version
             latest = self.latest_version(name)
             raise TrackingError(
                 f"registered model {name!r} has no version {version} (latest: "
@@ -668,7 +672,9 @@ class Tracker:
 
         try:
             return self.client.get_registered_model(name)
-        except MlflowException:
+        except MlflowException as exc:
+            if not _not_found(exc):
+                raise  # the registry did not answer (a connection error): not a missing model
             raise TrackingError(
                 f"no registered model {name!r} in {self.registry_uri}; train and register it "
                 f"first (for the morphology encoder: materialize morphology_encoder)"

@@ -158,6 +158,20 @@ with t.start_run("race", run_name=sys.argv[3]) as run:
 """
 
 
+def test_a_registry_that_does_not_answer_is_not_a_missing_model(tracker, monkeypatch):
+    """A connection error (after MLflow's own retries) read as "no registered model": the
+    morphology gate then replaced a champion it could not reach."""
+    from mlflow.exceptions import MlflowException
+
+    def unreachable(*args, **kwargs):
+        raise MlflowException("API request to http://mlflow:5000 failed with exception "
+                              "ConnectionError")
+
+    monkeypatch.setattr(tracker.client, "get_registered_model", unreachable)
+    with pytest.raises(MlflowException, match="ConnectionError"):
+        tracker.load_torch_model("morphology-encoder", 1)
+
+
 def test_concurrent_first_runs_share_a_new_sqlite_store(tmp_path):
     """Two run processes opening a fresh SQLite store at once both succeed (its creation and
     migration are serialised by a lock file; unguarded, one fails with 'duplicate column')."""
