@@ -69,7 +69,11 @@ _FILTERED = {"content_filter", "safety"}
 _OBJECT = (
     r"(?:the |this |that |your |an |any )?(?:image|picture|photo|cutout|file|request|attachment)"
 )
-_OBJECT_NOUN = r"(?:images?|pictures?|photos?|cutouts?|files?|attachments?)\b"
+# the image itself: not "the image's redshift", "the file header", "images in detail"
+_OBJECT_NOUN = (
+    r"(?:images?|pictures?|photos?|cutouts?|files?|attachments?)\b(?!'s\b)"
+    r"(?!\s+(?:in detail|header|metadata|data|name)\b)"
+)
 _HELP = (
     r"(?:help|assist|comply|fulfil+|provide (?:a |an |any )?(?:description|analysis|answer)|"
     r"(?:view|see|open|access|analy[sz]e|process|describe|interpret|display|load) " + _OBJECT + r")"
@@ -90,7 +94,7 @@ _REFUSALS = [
         r"analy[sz]e|process|open|interpret|read) (?:the |this |that |your |any )?" + _OBJECT_NOUN,
         r"\bI (?:don't|do not) have access to (?:the |this |that |your |any )?" + _OBJECT_NOUN,
         r"\b(?:cannot|can't|can not|unable to|not able to) provide (?:any )?(?:details|"
-        r"information)(?:\s*[,.;:!]|\s*$| about (?:the |this |that |your )?" + _OBJECT_NOUN + ")",
+        r"information)(?:\s*[.!]|\s*$| about (?:the |this |that |your )?" + _OBJECT_NOUN + ")",
         r"\b(?:image|picture|cutout|file)\b[^.]*\b(?:blank|corrupted|unreadable|empty)\b[^.]*"
         r"\b(?:cannot|can't|can not|unable to) (?:describe|analy[sz]e|interpret) "
         r"(?:it|this|that|anything|the (?:image|picture|cutout))\b",
@@ -107,9 +111,11 @@ _HEDGED_REFUSALS = [
     )
 ]
 _GOES_ON = re.compile(r"\b(?:but|however|although|though)\b", re.IGNORECASE)
-_OFFER = re.compile(
-    r"\b(?:happy|glad) to help\b|\bhelp you\b|\bcan help\b|\bcan explain\b|\blet me know\b|"
-    r"\bplease\b|\bif you\b", re.IGNORECASE)
+# what a description goes on to (a hedge followed by none of these is a refusal)
+_DESCRIBES = re.compile(
+    r"\b(?:galax(?:y|ies)|shows?|appears?|looks?|spiral|elliptical|dis[ck]s?|arms?|bars?|"
+    r"rings?|core|bulge|tidal|merg\w*|lens\w*|arcs?|edge-on|bright|faint|red|blue|"
+    r"irregular|clumpy|smooth|compact|companion)\b", re.IGNORECASE)
 # replies that stand for no answer at all
 _PLACEHOLDERS = frozenset({"n/a", "na", "none", "null", "nan", "nil", "unknown", "<image>", "ok",
                            "okay", "undefined", "-"})
@@ -272,7 +278,7 @@ def validate_reply(
         if pattern.search(head):
             return None, f"{REFUSAL}: the model declined ({head[:80]!r})"
     goes_on = _GOES_ON.search(head)
-    if not goes_on or _OFFER.search(head[goes_on.end():]):
+    if not goes_on or not _DESCRIBES.search(head[goes_on.end():]):
         for pattern in _HEDGED_REFUSALS:
             if pattern.search(head):
                 return None, f"{REFUSAL}: the model declined ({head[:80]!r})"

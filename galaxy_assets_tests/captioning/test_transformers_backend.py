@@ -301,6 +301,16 @@ def test_bad_settings_fail_at_start_up(tiny_llava: Path):
         "I do not have access to spectra, but the image shows a smooth, round elliptical.",
         "At this resolution I cannot provide details of the arm structure, but this is a "
         "bright disc galaxy.",
+        "I do not have the ability to analyze images in detail, but this appears to be a "
+        "spiral galaxy.",
+        "I don't have access to the image's metadata, but the galaxy appears to be an "
+        "elliptical.",
+        "I cannot provide details about the image's redshift, but it shows a barred spiral.",
+        "I do not have the ability to read the file header, but the image shows a clumpy "
+        "irregular galaxy.",
+        "I cannot provide details, but the image shows a red elliptical galaxy.",
+        "I do not have access to redshift data, but if you look closely, the image shows "
+        "faint tidal tails.",
     ],
 )
 def test_validate_reply_accepts_descriptions(text: str):
