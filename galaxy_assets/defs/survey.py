@@ -252,8 +252,12 @@ def survey_shards_sensor(
     rounds = _cursor_paths(context.cursor, "rounds")
     vanishings = int(rounds.get("vanished", "0") or 0) + (1 if gone else 0)
     # the counters live in the cursor, the daemon's record of run keys for good: a cursor
-    # made anew (reset, or from older code) starts a new epoch, so its keys are new too
-    epoch = rounds.get("epoch") or str(time.time_ns())
+    # made anew (reset, or from older code) starts a new epoch, so its keys are new too. The
+    # new epoch comes from what the tick sees (the partitions and the shard files' states),
+    # so the same first tick evaluated again after a restart repeats its keys
+    epoch = rounds.get("epoch") or hashlib.sha256(json.dumps(
+        [sorted(existing), sorted((k, _state(p)) for k, p in found.items())]).encode()
+    ).hexdigest()[:12]
     cursor = json.dumps({"at": at, "state": states, "n": asked,
                          "rounds": {"vanished": vanishings, "epoch": epoch}},
                         sort_keys=True, separators=(",", ":"))

@@ -265,7 +265,10 @@ def test_survey_sensor_runs_a_shard_moved_away_and_back(isolated_home, tmp_path)
         return result
 
     with dg.instance_for_test() as instance:
-        result = tick(instance, None)
+        first = survey_shards_sensor(dg.build_sensor_context(instance=instance,
+                                                             resources=resources))
+        result = tick(instance, None)  # the first tick, evaluated again: the same keys
+        assert sorted(r.run_key for r in first.run_requests) == sorted(seen)
         aside = tmp_path / "aside.hdf5"
         for _ in range(2):
             shard.rename(aside)
