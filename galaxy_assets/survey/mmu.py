@@ -159,6 +159,7 @@ class MMUShardReader:
         # build_manifest leaves them out with this reason
         self.rejected: list[dict[str, Any]] = []
         self._rejected_rows: set[int] = set()
+        self._dead_batches = 0  # consecutive batches none of whose rows could be read
         if not self.path.is_file():
             raise SurveyFormatError(
                 self.path,
@@ -484,8 +485,9 @@ class MMUShardReader:
         can be read is refused by :func:`~galaxy_assets.survey.manifest.build_manifest`."""
         try:
             self._read_runs(ds, [(start, stop)], out)
+            self._dead_batches = 0
             return
-        except SurveyFormatError:
+        except SurveyFormatError as batch_error:
             failed = []
             for row in range(start, stop):
                 try:
@@ -493,10 +495,16 @@ class MMUShardReader:
                 except SurveyFormatError as exc:
                     out[row - start] = np.nan
                     failed.append((row, exc))
+            # several whole batches in a row: the file is broken beyond a chunk or two, and
+            # reading on row by row (each re-decompressing its chunk) would take hours
+            self._dead_batches = self._dead_batches + 1 if len(failed) == stop - start else 0
+            if self._dead_batches >= 3:
+                raise batch_error
         field = ds.name.lstrip("/")
+        if failed:
+            log.warning("%s: %d of rows %d..%d of %s cannot be read; left out (first: %s)",
+                        self.uri, len(failed), start, stop - 1, field, failed[0][1].problem)
         for row, exc in failed:
-            log.warning("%s: row %d of %s cannot be read; left out (%s)", self.uri, row, field,
-                        exc.problem if hasattr(exc, "problem") else exc)
             if row not in self._rejected_rows:
                 self._rejected_rows.add(row)
                 self.rejected.append({

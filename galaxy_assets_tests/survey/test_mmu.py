@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from galaxy_assets.survey.base import CutoutReader
-from galaxy_assets.survey.errors import SurveyConfigError
+from galaxy_assets.survey.errors import SurveyConfigError, SurveyFormatError
 from galaxy_assets.survey.mmu import (
     MMUShardReader,
     healpix_from_path,
@@ -302,3 +302,15 @@ def test_a_corrupt_chunk_costs_only_its_galaxy(tmp_path):
     with MMUShardReader(path) as reader:
         result = build_manifest(reader, "healpix=5__001-of-001", batch_size=1)
     assert result.n_kept == n - 1 and [r["row"] for r in result.rejected] == [7]
+    # every chunk broken: after three whole batches the file is refused (read on row by row,
+    # a large shard would take hours)
+    with h5py.File(path, "r") as f:
+        chunks = [f["image_array"].id.get_chunk_info(i) for i in range(n)]
+    with open(path, "r+b") as fh:
+        for info in chunks:
+            fh.seek(info.byte_offset + 10)
+            fh.write(b"\xff" * (info.size - 20))
+    with MMUShardReader(path) as reader:
+        with pytest.raises(SurveyFormatError, match="reading rows"):
+            build_manifest(reader, "healpix=5__001-of-001", batch_size=2)
+        assert len(reader.rejected) == 4  # two batches read row by row, then refused
