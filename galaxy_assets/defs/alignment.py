@@ -22,7 +22,7 @@ from galaxy_assets.defs.resources import (
     SearchIndexResource,
     TextEmbedderResource,
 )
-from galaxy_assets.defs.shards import each_shard, settle
+from galaxy_assets.defs.shards import each_shard, read_input, settle
 from galaxy_assets.embedding.image import (
     EmbedStats,
     embed_shard,
@@ -53,7 +53,7 @@ def image_embeddings(
     meta: dict[str, dict] = {}
 
     def embed(key: str) -> pl.DataFrame:
-        manifest = raw_cutouts[key].collect()  # read in its turn: a bad file fails its shard
+        manifest = read_input("raw_cutouts", raw_cutouts, key)
         fingerprint = shard_fingerprint(manifest)
         previous = None if config.force else reusable_output(
             context, folder / f"{key}.parquet", key,
@@ -163,7 +163,8 @@ def search_vectors(
 
     def project(key: str) -> pl.DataFrame:
         stats = ProjectStats()
-        frame = project_shard(image_embeddings[key].collect(), aligned, stats=stats)
+        frame = project_shard(read_input("image_embeddings", image_embeddings, key), aligned,
+                              stats=stats)
         meta[key].update({"galaxies": frame.height, "skipped": stats.n_skipped,
                           "skipped_examples": ", ".join(stats.skipped_object_ids[:5])})
         return frame

@@ -10,7 +10,7 @@ from galaxy_assets.defs.execution import gpu_step, shard_backfill_policy
 from galaxy_assets.defs.metadata import png_metadata, scalar_metadata
 from galaxy_assets.defs.partitions import shard_partitions
 from galaxy_assets.defs.resources import ComputeResource, HomeResource, MLflowResource
-from galaxy_assets.defs.shards import each_shard, settle
+from galaxy_assets.defs.shards import each_shard, read_input, settle
 from galaxy_assets.emulator.data import SURVEY_LABELS
 from galaxy_assets.emulator.pipeline import (
     EmulatorRunConfig,
@@ -124,15 +124,13 @@ def property_posteriors(
         return out
     meta: dict[str, dict] = {}
 
-    def collected(frames: dict[str, pl.LazyFrame] | None, key: str) -> pl.DataFrame | None:
-        frame = (frames or {}).get(key)
-        return frame.collect() if frame is not None else None
-
     def posteriors(key: str) -> pl.DataFrame:
-        manifest = raw_cutouts[key].collect()  # read in its turn: a bad file fails its shard
+        manifest = read_input("raw_cutouts", raw_cutouts, key)
         frame, summary = shard_posteriors(
-            serving, manifest, predictions=collected(morphology_predictions, key),
-            embeddings=collected(image_embeddings, key),
+            serving, manifest,
+            predictions=read_input("morphology_predictions", morphology_predictions, key,
+                                   required=False),
+            embeddings=read_input("image_embeddings", image_embeddings, key, required=False),
             flux_errors=shard_flux_errors(manifest), n_samples=config.n_samples,
             seed=config.seed)
         meta[key] = {**scalar_metadata(summary.metadata()),

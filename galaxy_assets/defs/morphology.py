@@ -13,7 +13,7 @@ from galaxy_assets.defs.resources import (
     MLflowResource,
     SurveyResource,
 )
-from galaxy_assets.defs.shards import each_shard, settle
+from galaxy_assets.defs.shards import each_shard, read_input, settle
 from galaxy_assets.morphology.data import votes_from_catalogue, votes_from_truth
 from galaxy_assets.morphology.model import DEFAULT_PRESET
 from galaxy_assets.morphology.predict import load_encoder, predict_shard
@@ -100,7 +100,7 @@ def morphology_predictions(
     meta: dict[str, dict] = {}
 
     def predict(key: str) -> pl.DataFrame:
-        manifest = raw_cutouts[key].collect()  # read in its turn: a bad file fails its shard
+        manifest = read_input("raw_cutouts", raw_cutouts, key)
         predictions = predict_shard(
             model, manifest["shard_uri"][0], rows=manifest["row"].to_list(),
             batch_size=compute.batch_size, device=compute.torch_device(), dtype=compute.dtype,

@@ -78,7 +78,6 @@ class SurveyResource(dg.ConfigurableResource):
         key is logged and left out. Two shards with the same key (two roots of the same
         layout, ``x.h5`` beside ``x.hdf5``) are logged with what to do; the first found keeps
         the key (dropping it would read as a vanished shard and delete its index rows)."""
-        log = logging.getLogger(__name__)
         found: dict[str, Path] = {}
         clashes: dict[str, list[Path]] = {}
         for root in self.root_paths(home):

@@ -12,7 +12,7 @@ from galaxy_assets.defs.execution import shards_per_run
 from galaxy_assets.defs.metadata import scalar_metadata
 from galaxy_assets.defs.partitions import contiguous_ranges, shard_partitions
 from galaxy_assets.defs.resources import HomeResource, MLflowResource, SearchIndexResource
-from galaxy_assets.defs.shards import each_shard, settle
+from galaxy_assets.defs.shards import each_shard, read_input, settle
 from galaxy_assets.search import ann
 from galaxy_assets.search.table import (
     RowStats,
@@ -51,26 +51,15 @@ def galaxy_index(
     state: dict[str, Any] = {"table": None}
     meta: dict[str, dict] = {}
 
-    def read(name: str, frames: dict[str, pl.LazyFrame] | None, key: str,
-             required: bool = True) -> pl.DataFrame | None:
-        frame = (frames or {}).get(key)
-        if frame is None:
-            if required:
-                raise FileNotFoundError(f"{name}[{key}] is not stored: materialize it first")
-            return None
-        try:
-            return frame.collect()
-        except Exception as exc:
-            raise OSError(f"cannot read {name}[{key}] ({type(exc).__name__}: {exc})") from exc
-
     def index(key: str) -> dict:
         rows_stats = RowStats()
-        rows = build_shard_rows(key, read("raw_cutouts", raw_cutouts, key),
-                                read("search_vectors", search_vectors, key),
-                                read("morphology_predictions", morphology_predictions, key, False),
-                                vlm_captions,
-                                read("property_posteriors", property_posteriors, key, False),
-                                stats=rows_stats)
+        rows = build_shard_rows(
+            key, read_input("raw_cutouts", raw_cutouts, key),
+            read_input("search_vectors", search_vectors, key),
+            read_input("morphology_predictions", morphology_predictions, key, required=False),
+            vlm_captions,
+            read_input("property_posteriors", property_posteriors, key, required=False),
+            stats=rows_stats)
         if state["table"] is None:
             state["table"] = open_or_create_table(
                 uri, rows.schema.field("vector").type.list_size, name=search_index.table)

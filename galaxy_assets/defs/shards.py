@@ -22,7 +22,7 @@ from typing import Any
 import dagster as dg
 import polars as pl
 
-__all__ = ["each_shard", "settle"]
+__all__ = ["each_shard", "read_input", "settle"]
 
 
 def each_shard(
@@ -40,6 +40,23 @@ def each_shard(
             failed[key] = f"{type(exc).__name__}: {exc}"
             context.log.error(f"{asset}[{key}] failed; the other shards go on: {failed[key]}")
     return built, failed
+
+
+def read_input(
+    name: str, frames: Mapping[str, pl.LazyFrame] | None, key: str, *, required: bool = True
+) -> pl.DataFrame | None:
+    """Shard ``key`` of the lazily loaded input ``name`` (``LazyFramePartitions``), read now,
+    in the shard's turn: an unreadable file fails this shard alone, naming the input. A shard
+    the input does not hold: an error, or None when not ``required`` (optional inputs)."""
+    frame = (frames or {}).get(key)
+    if frame is None:
+        if required:
+            raise FileNotFoundError(f"{name}[{key}] is not stored: materialize it first")
+        return None
+    try:
+        return frame.collect()
+    except Exception as exc:
+        raise OSError(f"cannot read {name}[{key}] ({type(exc).__name__}: {exc})") from exc
 
 
 def _store(folder: Any, key: str, frame: pl.DataFrame) -> None:
