@@ -340,11 +340,10 @@ class OpenAICompatibleClient:
         attempts = 0
         status: int | None = None
         error = "not sent"
-        dead = False  # the endpoint cannot answer anyone (unreachable, key, route, quota)
         for attempt in range(self.max_retries + 1):
             self._take_budget(route)
             attempts += 1
-            dead = False
+            dead = False  # the endpoint cannot answer anyone (unreachable, key, route, quota)
             retry_after: float | None = None
             session = self._acquire()
             try:
