@@ -137,13 +137,14 @@ def replaces_unservable_champion(
     n_sigma: float = 1.0,
 ) -> GateDecision:
     """The candidate replaces ``champion`` (its name) without a comparison: that champion
-    cannot search the current vectors (``why``, from :func:`lineage_mismatch`), so it cannot
+    cannot search the current vectors (``why``: from :func:`lineage_mismatch`, or it cannot be
+    loaded at all), so it cannot
     serve the index rebuilt from them either, and keeping it would leave nothing to serve. A
     floor still holds: averaged over the targets both define, the candidate's ``method``
     nDCG@k must beat random order's (a broken candidate fails instead of serving)."""
     reason = (
-        f"{champion} cannot be compared: {why}. Its vectors are gone, so it cannot serve the "
-        "index either; the candidate replaces it without a comparison"
+        f"{champion} cannot be compared: {why}. It cannot serve the index rebuilt from these "
+        "vectors either; the candidate replaces it without a comparison"
     )
     pairs = [
         (candidate.ndcg(t, method, k), candidate.ndcg(t, "random", k)) for t in candidate.targets

@@ -210,10 +210,17 @@ def run_search_evaluation(
     champion_result = None
     mismatch = None
     if champion_version is not None and champion_version != candidate_version:
-        champion = load_aligner(tracker, ALIGNER, champion_version)
-        # a champion from another image encoder (a retrained encoder, other test-time views) or
-        # text embedder cannot search these vectors: the candidate replaces it
-        mismatch = lineage_mismatch(champion, candidate)
+        try:
+            champion = load_aligner(tracker, ALIGNER, champion_version)
+        except AlignmentError as exc:
+            # its artifacts are gone or no longer fit the code (a registry that does not answer
+            # raises MlflowException instead, and fails the run): nothing can serve it, so the
+            # candidate replaces it as it would a champion of another lineage
+            champion, mismatch = None, f"it cannot be loaded ({exc.__cause__ or exc})"
+        else:
+            # a champion from another image encoder (a retrained encoder, other test-time
+            # views) or text embedder cannot search these vectors: the candidate replaces it
+            mismatch = lineage_mismatch(champion, candidate)
         if mismatch is None:
             try:
                 champion_search = ExactSemanticSearch(champion, text_embedder, image_embeddings)

@@ -257,3 +257,30 @@ def test_re_ranking_covers_every_phrasing_unless_told_not_to(monkeypatch, world,
     assert len(every) > len(primaries)
     reranked = {s.query for s in out.result.phrasings if s.method == "semantic_rerank"}
     assert reranked == set(asked)
+
+
+def test_a_champion_that_cannot_be_loaded_is_replaced(monkeypatch, world, tmp_path):
+    """A champion whose artifacts are gone is replaced with the reason (it failed the whole
+    evaluation on every rerun, leaving the alias on a model nothing could load)."""
+    import galaxy_assets.alignment.model as model
+    from galaxy_assets.alignment.errors import AlignmentError
+    from galaxy_assets.tracking import TrackingError
+
+    _patch(monkeypatch, world, {2: 0.05})
+    loads = model.load_aligner
+
+    def load(tracker, name, version):
+        if int(version) == 1:
+            try:
+                raise TrackingError("artifact folder /gone does not exist")
+            except TrackingError as exc:
+                raise AlignmentError(f"cannot load the search aligner {name}@1: {exc}") from exc
+        return loads(tracker, name, version)
+
+    monkeypatch.setattr(model, "load_aligner", load)
+    tracker = FakeTracker(champion=1)
+    out = _run(world, tracker, 2, tmp_path)
+    assert out.decision.passed and out.promoted and tracker.champion == 2
+    (reason,) = out.decision.reasons[:1]
+    assert "search-aligner v1 cannot be compared: it cannot be loaded (artifact folder /gone" in reason
+    assert "is now `champion`" in out.files.text
