@@ -15,7 +15,8 @@ with Δ = nDCG@10(candidate) − nDCG@10(champion) on the full labels,
 The target fails when Δ < −n_sigma · σ (n_sigma = 1 by default, as the issue states). The
 candidate passes when no target fails. A target undefined for either model (no relevant
 galaxy) is skipped with a reason; a target only the candidate has is new and passes; a target
-only the champion has fails (the candidate was not measured on it). With no champion yet the
+only the champion has fails (the candidate was not measured on it), and so does a candidate
+with no target compared at all (no evidence). With no champion yet the
 candidate passes as the first champion. A champion trained on another image encoder or text
 embedder than the candidate cannot search the current vectors, nor serve an index built from
 them, so the candidate replaces it without a comparison (:func:`lineage_mismatch`,
@@ -276,6 +277,15 @@ def compare_to_champion(
                 )
             )
     passed = all(r["passed"] for r in rows)
+    if passed and not any(r["reason"] not in ("undefined", "new target") for r in rows):
+        # not one target was compared: passing would replace the champion on no evidence
+        passed = False
+        reasons.insert(
+            0,
+            f"no target has an nDCG@{k} for both models (no relevant galaxy among those "
+            "searched): nothing was compared, so the champion stays (fails). Check the labels: "
+            "the report's crossmatch counts and labelled galaxies per target",
+        )
     if passed and not any("fails" in r for r in reasons):
         reasons.insert(0, f"no target's nDCG@{k} dropped by more than {n_sigma:g} σ")
     return GateDecision(passed, reasons, pl.DataFrame(rows, schema=_COLUMNS), method, k, n_sigma)

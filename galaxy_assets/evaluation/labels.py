@@ -966,6 +966,36 @@ def _match(
     return match_by_id(frame, manifest, id_column=id_column, source=source)
 
 
+def _require_matches(
+    report: CrossmatchReport,
+    manifest: pl.DataFrame,
+    *,
+    radius_arcsec: float,
+    id_column: str,
+    kind: str,
+) -> None:
+    """A catalogue that matched no survey galaxy is an error: its target would have no
+    relevant galaxy (nDCG undefined) and the gate would have nothing to compare, while the
+    usual cause is a mistake (coordinates in radians, another area of sky, the wrong id
+    column)."""
+    if report.n_matched:
+        return
+    how = f'within {radius_arcsec:g}"' if report.method == "position" else f"by {id_column!r}"
+    rows = report.n_rows - report.n_other_grade
+    detail = []
+    if report.n_bad_coordinates:
+        detail.append(f"{report.n_bad_coordinates} rows have no valid ra/dec")
+    if report.n_other_grade:
+        detail.append(f"{report.n_other_grade} rows have a grade that is not a lens grade")
+    raise CatalogueError(
+        f"{kind} {report.source}: none of its {rows} rows matched any of the "
+        f"{manifest.height} survey galaxies {how}"
+        + (f" ({'; '.join(detail)})" if detail else "")
+        + "; check that its ra/dec are in degrees (ICRS) and cover the survey's area, the "
+        "match radius or id column, or leave the catalogue out"
+    )
+
+
 def labels_from_vote_catalogue(
     catalogue: pl.DataFrame | str | Path,
     manifest: pl.DataFrame,
@@ -996,6 +1026,8 @@ def labels_from_vote_catalogue(
         dec_column=dec_column,
         source=source,
     )
+    _require_matches(report, manifest, radius_arcsec=radius_arcsec,
+                     id_column=id_column, kind="vote catalogue")
     out: dict[str, TargetLabels] = {}
     skipped: list[str] = []
     tmap = _as_target_map(targets)
@@ -1099,6 +1131,8 @@ def labels_from_lens_catalogue(
     if n_other_grade:
         report = dataclasses.replace(report, n_rows=report.n_rows + n_other_grade,
                                      n_other_grade=n_other_grade)
+    _require_matches(report, manifest, radius_arcsec=radius_arcsec,
+                     id_column=id_column, kind="lens catalogue")
     ids = manifest["object_id"].cast(pl.Utf8).unique(maintain_order=True)
     pos = set(positive["object_id"].to_list())
     rel = np.fromiter(

@@ -132,6 +132,13 @@ def test_gate_guards():
         _constructed({"spirals": (math.nan, math.nan), "lenses": (0.3, 0.1)}), champ
     )
     assert d2.passed is True
+    # not one target compared (every nDCG undefined): no evidence, the champion stays
+    d3 = compare_to_champion(
+        _constructed({"spirals": (math.nan, math.nan), "lenses": (math.nan, math.nan)}), champ
+    )
+    assert d3.passed is False
+    assert d3.reasons[0].startswith("no target has an nDCG@10 for both models")
+    assert not any("dropped by more than" in r for r in d3.reasons)
     with pytest.raises(EvaluationError, match="nDCG@100"):
         compare_to_champion(champ, champ, k=100)
     with pytest.raises(EvaluationError, match="no 'semantic_rerank' scores"):
