@@ -42,12 +42,15 @@ __all__ = [
     "BRUTE_FORCE_MAX_ROWS",
     "DISTANCE_COLUMN",
     "ID_COLUMN",
+    "INDEX_NAME",
+    "PROVENANCE_COLUMN",
     "VECTOR_COLUMN",
     "IndexParams",
     "ServingIndex",
     "StaleIndexError",
     "VectorIndexError",
     "ensure_vector_index",
+    "index_name",
     "index_params",
     "ivf_pq_config",
     "lance_search",
@@ -56,12 +59,17 @@ __all__ = [
     "top_k_exact",
     "vector_dim",
     "vector_index_stats",
+    "vectors_made_by",
 ]
 
 VECTOR_COLUMN = "vector"
 ID_COLUMN = "object_id"
 DISTANCE_COLUMN = "_distance"
 ROW_ADDRESS = "_rowaddr"
+# what made the vectors (the galaxy index's aligner): the vector index is named after the value
+# its partitions and codebooks were trained on, and retrained once every row holds another
+PROVENANCE_COLUMN = "aligner_version"
+INDEX_NAME = "vector_idx"
 
 # Below this many rows no vector index is built. Measured by benchmarks/bench_index.py on
 # clustered 256-d vectors (2 vCPUs; RESULTS.md, "The searchable index"): a flat LanceDB search
@@ -254,7 +262,28 @@ def ivf_pq_config(params: IndexParams) -> Any:
     )
 
 
-def _build_lance_index(table: Any, params: IndexParams | None, dim: int) -> None:
+def vectors_made_by(table: Any) -> str | None:
+    """The one value of :data:`PROVENANCE_COLUMN` across the table's rows; None when the table
+    has no such column, no rows, or mixes values (a re-index under way)."""
+    if PROVENANCE_COLUMN not in table.schema.names:
+        return None
+    import pyarrow.compute as pc
+
+    values = table.search().select([PROVENANCE_COLUMN]).limit(None).to_arrow()
+    distinct = pc.unique(values.column(PROVENANCE_COLUMN).drop_null()).to_pylist()
+    return str(distinct[0]) if len(distinct) == 1 else None
+
+
+def index_name(made_by: str | None) -> str:
+    """The vector index's name for vectors made by ``made_by`` (letters, digits and ``_``)."""
+    if not made_by:
+        return INDEX_NAME
+    return INDEX_NAME + "__" + "".join(c if c.isalnum() else "_" for c in made_by)
+
+
+def _build_lance_index(
+    table: Any, params: IndexParams | None, dim: int, made_by: str | None = None
+) -> None:
     if params is None:  # callers check index_params(..., brute_force_max_rows=0) first
         raise VectorIndexError(f"no IVF-PQ parameters for {_table_name(table)!r}")
     if dim % params.num_sub_vectors:
@@ -262,8 +291,18 @@ def _build_lance_index(table: Any, params: IndexParams | None, dim: int) -> None
             f"num_sub_vectors={params.num_sub_vectors} does not divide the vector width {dim}"
         )
     config = ivf_pq_config(params)
+    name = index_name(made_by)
+    # an index under another name on the same column is a second index, not a replacement:
+    # the new one is built first (readers keep an index meanwhile), then the old ones dropped
+    old = [
+        cfg.name
+        for cfg in table.list_indices()
+        if list(getattr(cfg, "columns", []) or []) == [VECTOR_COLUMN] and cfg.name != name
+    ]
     try:
-        table.create_index(VECTOR_COLUMN, config=config, replace=True)
+        table.create_index(VECTOR_COLUMN, config=config, replace=True, name=name)
+        for other in old:
+            table.drop_index(other)
     except Exception as exc:  # lancedb raises RuntimeError/ValueError from Rust
         raise VectorIndexError(
             f"building the IVF-PQ index on {_table_name(table)!r}.{VECTOR_COLUMN} "
@@ -284,9 +323,12 @@ def ensure_vector_index(
 
     * no index and :func:`index_params` says brute force is faster (or an empty table):
       ``action="skipped"``;
-    * no index, ``force``, an index of another metric, or more unindexed rows than
-      ``rebuild_growth`` x indexed ones (the table grew past what the centroids were trained on):
-      train and build it, ``action="built"``;
+    * no index, ``force``, an index of another metric, an index trained on vectors of another
+      aligner than the one every row now holds (:data:`PROVENANCE_COLUMN`; a re-index spread
+      over several runs folds the new vectors into the old partitions and codebooks, and
+      recall collapses), or more unindexed rows than ``rebuild_growth`` x indexed ones (the
+      table grew past what the centroids were trained on): train and build it,
+      ``action="built"``;
     * an index with unindexed rows (rows written since the build):
 
       - fewer than :data:`BRUTE_FORCE_MAX_ROWS` of them (and ``fold`` not True): leave them,
@@ -312,6 +354,7 @@ def ensure_vector_index(
     chosen = params if params is not None else index_params(n_rows, dim)
     before = vector_index_stats(table)
     unindexed_before = int(before["rows_unindexed"]) if before else n_rows
+    made_by = vectors_made_by(table) if n_rows else None
     action, reason = "current", "the index covers every row"
     if n_rows == 0:
         action, reason = "skipped", "the table is empty"
@@ -334,7 +377,15 @@ def ensure_vector_index(
             if before is None
             else f"the index used metric {before['distance_type']}, not cosine"
         )
-        _build_lance_index(table, chosen, dim)
+        _build_lance_index(table, chosen, dim, made_by)
+    elif made_by is not None and before["name"] != index_name(made_by):
+        chosen = chosen or index_params(n_rows, dim, brute_force_max_rows=0)
+        action = "built"
+        reason = (
+            f"the index ({before['name']}) was trained on other vectors than {made_by}'s, "
+            "which every row now holds, so it is retrained"
+        )
+        _build_lance_index(table, chosen, dim, made_by)
     elif unindexed_before > rebuild_growth * max(int(before["rows_indexed"]), 1):
         chosen = chosen or index_params(n_rows, dim, brute_force_max_rows=0)
         action = "built"
@@ -342,7 +393,7 @@ def ensure_vector_index(
             f"{unindexed_before} unindexed rows against {before['rows_indexed']} indexed: the "
             "partitions were trained on too small a table, so they are retrained"
         )
-        _build_lance_index(table, chosen, dim)
+        _build_lance_index(table, chosen, dim, made_by)
     elif unindexed_before > 0 and (
         fold is False or (fold is None and unindexed_before < BRUTE_FORCE_MAX_ROWS)
     ):
@@ -816,6 +867,9 @@ class ServingIndex:
         self._rows = _RowStore(np.empty(0, dtype=object), np.empty((0, self.dim), np.float32))
         self._addr = np.empty(0, dtype=np.int64)  # LanceDB row address by slot; -1: deleted
         self._live = 0
+        # rows added or removed since the last training: a re-index spread over several
+        # refreshes must retrain too, not fold the new vectors into the old lists one by one
+        self._changed_since_build = 0
 
     # -- construction ----------------------------------------------------------------------------
     @classmethod
@@ -870,6 +924,7 @@ class ServingIndex:
         self._rows = _RowStore(ids, vectors)
         self._addr = addr.copy()
         self._live = n
+        self._changed_since_build = 0
         self.version = version
         self._checked_at = time.monotonic()
         self.build_seconds = time.perf_counter() - t0
@@ -956,9 +1011,10 @@ class ServingIndex:
         untouched; rows at new addresses (only the fragments that hold them are read) are
         compared with the rows that left, by ``object_id`` and vector, so a row that only
         moved (compaction) keeps its entry and only real changes are added to or removed from
-        the FAISS index. When real changes exceed ``max_delta_fraction`` of the rows (a new
-        aligner re-wrote every vector), or the table crossed the brute-force size, the index
-        is retrained from scratch. Returns ``action`` (``none`` / ``incremental`` /
+        the FAISS index. When the real changes since the index was last trained (this refresh's
+        and earlier incremental ones') exceed ``max_delta_fraction`` of the rows (a new aligner
+        re-wrote the vectors, in one run or several), or the table crossed the brute-force size,
+        the index is retrained from scratch. Returns ``action`` (``none`` / ``incremental`` /
         ``rebuilt``), ``from_version``, ``to_version``, ``added``, ``removed``, ``moved``,
         ``rows`` and ``seconds``.
         """
@@ -1019,7 +1075,8 @@ class ServingIndex:
             and not self.exact
             and ((self.params is None) != (index_params(n_now, self.dim) is None))
         )
-        if crossed or n_add + n_remove > self.max_delta_fraction * max(n_now, 1):
+        changed = self._changed_since_build + n_add + n_remove
+        if crossed or changed > self.max_delta_fraction * max(n_now, 1):
             before = self._live
             self._rebuild(table)
             return {
@@ -1033,6 +1090,7 @@ class ServingIndex:
                 "rows": self._live,
                 "seconds": time.perf_counter() - t0,
             }
+        self._changed_since_build = changed
         self._addr[moved_slot[moved]] = new_addr[moved]
         if remove.size:
             self._index.remove_ids(self._faiss.IDSelectorBatch(remove))

@@ -142,6 +142,36 @@ def test_ensure_vector_index_builds_folds_and_retrains(db):
     assert ann.ensure_vector_index(table, params=SMALL, force=True)["action"] == "built"
 
 
+def test_an_index_trained_on_another_aligners_vectors_is_retrained(db):
+    """A re-index spread over several runs used to fold the new aligner's vectors into the
+    partitions and codebooks trained on the old one's (each run rewrote under half the rows,
+    the growth rule never fired) and recall collapsed; the index is named after the aligner it
+    was trained on and retrained once every row holds another one's."""
+
+    def made_by(vectors, start, version):
+        t = rows(vectors, start=start)
+        return t.append_column("aligner_version", pa.array([version] * t.num_rows))
+
+    def upsert(t):
+        table.merge_insert("object_id").when_matched_update_all(
+        ).when_not_matched_insert_all().execute(t)
+
+    table = db.create_table("galaxy_index", made_by(unit_vectors(4000, 30), 0, "search-aligner/v1"))
+    assert ann.ensure_vector_index(table, params=SMALL)["action"] == "built"
+    assert ann.vector_index_stats(table)["name"] == "vector_idx__search_aligner_v1"
+    new = unit_vectors(4000, 31)
+    upsert(made_by(new[:1500], 0, "search-aligner/v2"))  # the first run of the re-index
+    mixed = ann.ensure_vector_index(table, params=SMALL, fold=True)
+    assert mixed["action"] == "folded"  # a mixed table is left alone until the re-index ends
+    upsert(made_by(new[1500:], 1500, "search-aligner/v2"))
+    out = ann.ensure_vector_index(table, params=SMALL)
+    assert out["action"] == "built"
+    assert "trained on other vectors than search-aligner/v2's" in out["reason"]
+    names = [c.name for c in table.list_indices() if list(c.columns) == ["vector"]]
+    assert names == ["vector_idx__search_aligner_v2"]  # the old index was dropped
+    assert ann.ensure_vector_index(table, params=SMALL)["action"] == "current"
+
+
 def test_ensure_vector_index_reports_bad_parameters(db):
     table = db.create_table("galaxy_index", rows(unit_vectors(400, 4)))
     bad = ann.IndexParams(num_partitions=16, num_sub_vectors=5, nprobes=4, refine_factor=2)
@@ -331,6 +361,21 @@ def test_serving_index_rebuilds_when_most_rows_change(db):
     ids, vec, _ = table_contents(table)
     q = unit_vectors(3, 22)
     assert serving.search(q, 4)[1] == exact_ids(ids, vec, q, 4)
+
+
+def test_serving_index_retrains_after_a_re_index_spread_over_refreshes(db):
+    """Each refresh rewrote under half the rows, so a new aligner's vectors were folded into
+    the lists trained on the old ones for good; the changes since training now add up."""
+    table = db.create_table("galaxy_index", rows(unit_vectors(300, 23)))
+    serving = ann.ServingIndex.from_table(table)
+    new = unit_vectors(300, 24)
+    actions = []
+    for part in range(3):  # 40 rows rewritten count 80 changes (added and removed) of 300
+        lo, hi = part * 40, (part + 1) * 40
+        table.merge_insert("object_id").when_matched_update_all(
+        ).when_not_matched_insert_all().execute(rows(new[lo:hi], start=lo))
+        actions.append(serving.refresh(table)["action"])
+    assert actions == ["incremental", "rebuilt", "incremental"]
 
 
 def test_serving_index_auto_refresh_and_staleness_interval(db):
