@@ -645,8 +645,11 @@ def lance_search(
         if _count(table, where) <= EXACT_FILTERED_MAX_ROWS:
             return _exact_filtered(table, q, k, where, wanted)
     result = run(exact=False)
-    if where and _short(result, q.shape[0], k):
-        result = run(exact=True)  # more rows matched beyond the lists probed
+    if (where or _vector_index(table) is not None) and _short(
+        result, q.shape[0], k if where else min(k, n_rows)
+    ):
+        # the lists probed held fewer than k rows (that pass the filter): more lie beyond them
+        result = run(exact=True)
     out_cols = [ID_COLUMN, DISTANCE_COLUMN, *wanted]
     if result.schema.field(DISTANCE_COLUMN).type != pa.float32():
         result = result.set_column(

@@ -237,6 +237,21 @@ def test_a_selective_filter_on_an_indexed_table_still_gets_k_rows(db, monkeypatc
     assert one["object_id"].to_list() == want[0]
 
 
+def test_an_unfiltered_search_on_an_indexed_table_gets_k_rows(db):
+    """The lists probed hold fewer rows than a large k: LanceDB returned only theirs (4,043 of
+    a 5,000 asked on a 26k-row table) while the serving copy returned all, and the CLI printed
+    the short list without a word."""
+    table = db.create_table("galaxy_index", rows(unit_vectors(4000, 9)))
+    ann.ensure_vector_index(table, params=SMALL)
+    q = unit_vectors(2, 10)
+    frames = ann.lance_search(table, q, 3000, nprobes=2)
+    assert [f.height for f in frames] == [3000, 3000]
+    ids, vec, _ = table_contents(table)
+    assert [f["object_id"].to_list()[:50] for f in frames] == exact_ids(ids, vec, q, 50)
+    (single,) = ann.lance_search(table, q[0], 4000, nprobes=2)
+    assert single.height == 4000
+
+
 @pytest.mark.parametrize("refine_factor", [None, 1])
 def test_scores_are_cosines_on_an_indexed_table_of_any_size(db, refine_factor):
     """An index stays when a table shrinks below the size that would build one (a shard
