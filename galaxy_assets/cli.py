@@ -694,6 +694,8 @@ def run_until_done(cmd: list[str], **kwargs) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    from galaxy_assets.captioning.base import CaptionerError
+    from galaxy_assets.embedding.text import TextEmbedderError
     from galaxy_assets.search.errors import SearchError
     from galaxy_assets.settings import load_settings
 
@@ -701,7 +703,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     home = Home.from_env(args.home) if args.home else settings.home_folder()
     try:
         results, rerank = run_search(args, settings, home)
-    except (SearchError, ValueError) as exc:
+    # the embedder and the re-ranker's captioner are built from the settings on the way
+    except (SearchError, ValueError, TextEmbedderError, CaptionerError) as exc:
         print(f"galaxy-assets search: {exc}", file=sys.stderr)
         return 2
     if args.html:

@@ -195,3 +195,21 @@ def test_the_demo_keeps_a_configured_cutout_size(isolated_home, monkeypatch):
     assert "GALAXY_ASSETS_SURVEY_CUTOUT_SIZE" not in os.environ
     assert load_settings().survey.cutout_size == 48  # ... read at the configured 48
     assert _demo_read_size(96) == 96 and load_settings().survey.cutout_size == 96
+
+
+def test_an_embedder_or_rater_that_cannot_be_built_is_a_one_line_error(
+        monkeypatch, isolated_home, capsys):
+    """Building the engine probes the text embedder (its width) and the re-ranker's captioner:
+    their errors ended `galaxy-assets search` in a traceback."""
+    import galaxy_assets.search.service as service
+    from galaxy_assets.captioning.base import CaptionerError
+    from galaxy_assets.embedding.text import TextEmbedderError
+
+    for error in (TextEmbedderError("http://127.0.0.1:9/v1/embeddings: connection refused"),
+                  CaptionerError("no vision model at /models/none")):
+        def broken(_error=error, **kwargs):
+            raise _error
+
+        monkeypatch.setattr(service, "open_search", broken)
+        assert main(["search", "spiral"]) == 2
+        assert capsys.readouterr().err.strip() == f"galaxy-assets search: {error}"

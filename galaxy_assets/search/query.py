@@ -648,6 +648,7 @@ class GalaxySearch:
         """Unit search vectors (n, dim) for text queries (one embedder call)."""
         from galaxy_assets.alignment.errors import AlignmentError
         from galaxy_assets.alignment.model import encode_queries
+        from galaxy_assets.embedding.text import TextEmbedderError
 
         if isinstance(texts, str):
             texts = [texts]
@@ -665,6 +666,12 @@ class GalaxySearch:
             vecs = encode_queries(clean, self.text_embedder, self.aligner, dim=self._aligner_dim)
         except AlignmentError as exc:
             raise QueryError(str(exc)) from exc
+        except TextEmbedderError as exc:  # an endpoint down, its budget spent, a bad answer
+            name = getattr(self.text_embedder, "model_id", type(self.text_embedder).__name__)
+            raise QueryError(
+                f"the text embedder {name} could not embed the query: {exc}. Check the "
+                "text_embedder settings (base_url, model) and that its endpoint answers"
+            ) from exc
         return np.ascontiguousarray(vecs, dtype=np.float32)
 
     def _check_object_id(self, object_id: Any) -> str:

@@ -118,6 +118,20 @@ def test_empty_and_huge_queries_fail_fast(engine, text_embedder):
         engine.search_text(None)  # type: ignore[arg-type]
 
 
+def test_an_embedder_that_fails_is_a_query_error(engine, text_embedder, monkeypatch):
+    """An OpenAI-compatible embedder that is down raised TextEmbedderError through the search,
+    which the CLI printed as a traceback instead of its one-line error."""
+    from galaxy_assets.embedding.text import TextEmbedderError
+
+    def down(texts):
+        raise TextEmbedderError("POST http://127.0.0.1:9/v1/embeddings: connection refused")
+
+    monkeypatch.setattr(text_embedder, "embed", down)
+    with pytest.raises(QueryError, match="could not embed the query: POST .*connection refused. "
+                       "Check the text_embedder settings"):
+        engine.search_text("spiral arms")
+
+
 def test_object_queries(engine, text_index):
     res = engine.search_object("gal0000", k=5)
     assert "gal0000" not in res.frame["object_id"].to_list()
