@@ -80,6 +80,13 @@ def _sql_number(x: float) -> str:
     return np.format_float_positional(float(x), trim="-")
 
 
+def _exact_text(x: float) -> str:
+    """``x`` in the fewest digits that read back as the same float (``20``, ``150.1234567``)."""
+    if float(x).is_integer() and abs(x) < 1e15:
+        return str(int(x))
+    return repr(float(x))
+
+
 def _integer_sql(column: str, r: Range, arrow_type: pa.DataType) -> list[str]:
     """``r`` on an integer column as SQL with integer literals the column's type can hold:
     a bound past the type's range selects every galaxy with a value, or none, as the
@@ -149,11 +156,13 @@ class Range:
         return out
 
     def describe(self) -> str:
+        """The bounds as applied, every digit kept (results record it: a rounded bound would
+        not say which galaxies passed)."""
         parts = []
         if self.low is not None:
-            parts.append(f"{'>=' if self.low_inclusive else '>'}{self.low:g}")
+            parts.append(f"{'>=' if self.low_inclusive else '>'}{_exact_text(self.low)}")
         if self.high is not None:
-            parts.append(f"{'<=' if self.high_inclusive else '<'}{self.high:g}")
+            parts.append(f"{'<=' if self.high_inclusive else '<'}{_exact_text(self.high)}")
         return " and ".join(parts) or "any"
 
 

@@ -145,6 +145,10 @@ def test_describe_is_json_able():
         "healpix": [5],
         "has_caption": True,
     }
+    # the record keeps every digit of the bounds applied (':g' recorded '>=150.123')
+    precise = parse_filters(["ra>=150.1234567", "p_bar<1e-20"]).describe()
+    assert precise["ra"] == ">=150.1234567"
+    assert precise["p_bar"] == "<1e-20"
 
 
 # ------------------------------------------------------------------------------- sky shapes
