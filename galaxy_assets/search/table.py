@@ -20,9 +20,10 @@ One row per galaxy with a search vector (fixed Arrow schema, :func:`table_schema
 
 :func:`build_shard_rows` joins the frames the graph makes for one shard into such rows;
 :func:`upsert_shard` writes them with one ``merge_insert`` on ``object_id`` that also deletes
-the shard's rows that are gone (``when_not_matched_by_source_delete``): one commit, so a
-rerun never duplicates nor loses a row and a run that fails half-way (the rows are streamed
-into the merge batch by batch) commits nothing and leaves the previous version readable.
+the shard's rows that are gone (``when_not_matched_by_source_delete``): one commit of rows,
+so a rerun never duplicates nor loses a row and a run that fails half-way (the rows are
+streamed into the merge batch by batch) commits no rows and leaves the previous rows readable
+(columns a shard first brings are added, empty, just before).
 
 Plain Python; knows nothing of Dagster. The vector (IVF-PQ) index is
 :mod:`galaxy_assets.search.ann`'s; the full-text index on captions and the scalar indexes
@@ -722,7 +723,10 @@ def upsert_shard(
     *,
     batch_rows: int = UPSERT_BATCH_ROWS,
 ) -> UpsertStats:
-    """Write one shard's rows into ``galaxy_index`` in one commit.
+    """Write one shard's rows into ``galaxy_index`` in one commit (a table that lacks the
+    shard's posterior columns or the lineage columns gains them first, empty, in commits of
+    their own, which stay if the merge then fails; ``version_before`` is the version before
+    them).
 
     ``merge_insert("object_id")``: matched rows are updated, new ones inserted, and the
     rows of ``shard`` that ``rows`` no longer holds are deleted
@@ -754,6 +758,7 @@ def upsert_shard(
     have = vector_dim(table)
     if data.num_rows and have != dim:
         raise _dim_mismatch(table, have, dim, f"shard {shard!r} has")
+    stats.version_before = table_version(table)  # before any column is added
     missing = [c for c in posterior if c not in table.schema.names]
     if missing:
         table.add_columns([pa.field(c, pa.float32()) for c in missing])
@@ -761,7 +766,6 @@ def upsert_shard(
     _add_lineage_columns(table)
     data = _aligned_to(data, table.schema)
     stats.n_rows = data.num_rows
-    stats.version_before = table_version(table)
     reader = pa.RecordBatchReader.from_batches(table.schema, iter_record_batches(data, batch_rows))
     result = (
         table.merge_insert("object_id")

@@ -250,10 +250,12 @@ def test_default_uri_is_the_home_folder(isolated_home):
 def test_posterior_columns_are_added_by_schema_evolution(tmp_path):
     a = synthetic_shard_frames(5, "a", seed=0)
     b = synthetic_shard_frames(5, "b", seed=1, start=5)
-    T.upsert_shard(tmp_path, "a", _rows(a, "a"))
+    first = T.upsert_shard(tmp_path, "a", _rows(a, "a"))
     post = pl.DataFrame({"object_id": b["manifest"]["object_id"], "mass_p50": np.arange(5.0)})
     rows_b = T.build_shard_rows("b", b["manifest"], b["vectors"], posteriors=post)
-    T.upsert_shard(tmp_path, "b", rows_b)
+    added = T.upsert_shard(tmp_path, "b", rows_b)
+    # the version before counts from before the new column's own commit (it read v3 for v1)
+    assert added.version_before == first.version < added.version
     snap = _snapshot(tmp_path)
     assert "post_mass_p50" in snap.columns
     assert snap.filter(pl.col("shard") == "a")["post_mass_p50"].null_count() == 5
