@@ -956,14 +956,18 @@ class ServingIndex:
                 "codebooks (needs 39 rows per list and 256 rows); pass fewer partitions or "
                 "exact=True"
             )
-        quantizer = faiss.IndexFlatIP(self.dim)
+        # the IVF-PQ stage only proposes candidates (they are re-scored exactly by cosine), and
+        # on unit vectors L2 orders them as cosine does; product-quantised L2 codes propose
+        # far better ones than inner-product codes (recall@10 0.97 against 0.65 on clustered
+        # 32-d vectors, 0.92 against 0.88 at 256-d: a review's measurement)
+        quantizer = faiss.IndexFlatL2(self.dim)
         index = faiss.IndexIVFPQ(
             quantizer,
             self.dim,
             params.num_partitions,
             params.num_sub_vectors,
             8,
-            faiss.METRIC_INNER_PRODUCT,
+            faiss.METRIC_L2,
         )
         n_train = min(n, max(params.num_partitions * TRAIN_ROWS_PER_LIST, 256 * 39))
         rng = np.random.default_rng(0)
