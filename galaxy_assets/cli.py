@@ -888,8 +888,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--captions", type=int, default=2000, help="galaxies in the caption sample (default 2000)"
     )
     p.add_argument("--encoder-epochs", type=int, default=None,
-                   help="morphology-encoder epochs (default 12; longer training learns mergers "
-                   "and costs spirals, see benchmarks/RESULTS.md); a change retrains")
+                   help="morphology-encoder epochs (default 12; with test-time views 36 epochs "
+                   "lowered spirals and mergers, see benchmarks/RESULTS.md); a change retrains")
     p.add_argument("--emulator-budget", type=float, default=150.0,
                    help="seconds of property-emulator training (default 150)")
     p.set_defaults(func=cmd_demo)
