@@ -8,7 +8,8 @@ state dict + config) and registers it as ``search-aligner`` with alias ``candida
 The method (AION-Search): symmetric InfoNCE with a learned temperature; AdamW (no weight decay
 on biases, norms and the temperature); linear warm-up then cosine decay to
 ``min_lr_ratio × learning_rate``, stepped per batch; gradient clipping; train / validation
-split by a hash of ``object_id``; the checkpoint with the lowest validation loss is kept;
+split by a hash of ``object_id``; ``TrainConfig.select_by`` picks the kept checkpoint: the
+last epoch by default (``aligned_model`` keeps that default), or the lowest validation loss;
 validation recall@1/5/10 and median rank in both directions every epoch.
 
 Each epoch, a galaxy with several captions contributes one of them, drawn at random (so no
@@ -25,28 +26,31 @@ the plain loss. This matters most with sentence views, where a common sentence i
 dozens of galaxies of one epoch.
 
 The defaults (sentence views from ``caption_embeddings``, shared positives at cosine 0.999, 60
-epochs × batch 256, a temperature learning at 0.05, the last epoch kept) were chosen on the
-demo's mock survey (3,000 galaxies, 2,000 describer captions + 4,411 sentence views; nDCG@10 of
-the primary phrasing through the search evaluation, mean of 3 seeds; ``benchmarks/RESULTS.md``,
-issue-5 section): against whole captions at 30 × 512 with the best-validation-loss checkpoint,
-spirals 0.17 → 0.58, mergers 0.11 → 0.33, bars 0.19 → 0.46, rings 0.05 → 0.07, but edge-on
-discs 0.76 → 0.68; lenses stay at 0 (one lens caption among 1,800 training galaxies). Why not
-the best validation loss: the whole-caption validation loss is lowest after ~15-20 epochs (the
-text head then over-fits the captions), long before short queries work (spirals 0.09 at that
-checkpoint, 0.58 at the last epoch); choosing by caption + sentence loss (``"view_loss"``) stops
-as early and found mergers 0.11. Sentence views are what makes short queries work: whole
-captions alone with the same schedule left spirals at 0.08.
+epochs × batch 256 at the time (80 epochs since, see below), a temperature learning at 0.05, the
+last epoch kept) were chosen on the demo's mock survey (3,000 galaxies, 2,000 describer captions
+and 4,411 sentence views; nDCG@10 of the primary phrasing through the search evaluation, mean of 3
+seeds; ``benchmarks/RESULTS.md``, issue-5 section): against whole captions at 30 × 512 with the
+best-validation-loss checkpoint, spirals 0.17 → 0.58, mergers 0.11 → 0.33, bars 0.19 → 0.46,
+rings 0.05 → 0.07, but edge-on discs 0.76 → 0.68; lenses stay at 0 (one lens caption among 1,800
+training galaxies). Why not the best validation loss: the whole-caption validation loss is
+lowest after ~15-20 epochs (the text head then over-fits the captions), long before short
+queries work (spirals 0.09 at that checkpoint, 0.58 at the last epoch); choosing by caption +
+sentence loss (``"view_loss"``) stops as early and found mergers 0.11. Sentence views are what
+makes short queries work: whole captions alone with the same schedule left spirals at 0.08.
 
 With describer revision 4's captions (an appearance sentence each, so that captions of one kind
 differ) the validation loss was still falling at epoch 60; 80 epochs gave, over three ensemble
 seeds on the demo survey, mergers 0.61 → 0.69, lenses 0.87 → 0.94, bars 0.52 → 0.55, spirals
-0.78 → 0.76 and own-caption text→image R@5 0.517 → 0.527, for a third more training time.
+0.78 → 0.76 and own-caption text→image R@5 0.517 → 0.527, for a third more training time. 80 is
+now ``TrainConfig.epochs``.
 
 Training never touches pixels. Cost and memory:
 
-* CPU, the default heads (256-d image, 384-d text → 512 hidden, 2 blocks → 256): ~10 MFLOP
-  per pair for forward + backward; 4,500 training pairs × 30 epochs run in well under a
-  minute on 2 cores (see ``benchmarks/bench_aligner.py``).
+* CPU, the graph's heads (``SEARCH_MODEL_CONFIG``: an ensemble of 4 head pairs, each from the
+  ``small`` encoder's 256-d and MiniLM's 384-d vectors → 256 hidden, 2 blocks → 64 out; 1.85 M
+  parameters in all): ~11 MFLOP per pair for forward + backward (6 × parameters). The ensemble
+  on 5,000 synthetic captions, 80 epochs × batch 256, one thread, took 112.6 s
+  (``benchmarks/bench_aligner.py``; ``benchmarks/RESULTS.md``).
 * GPU, the paper's batch of 8192 with its 1024-wide heads: logits 8192² × 4 B = 256 MiB, ~1 GiB
   for the loss with its softmax and gradients; activations ~8192 × 1024 × 4 B × ~10 tensors ×
   2 heads ≈ 0.7 GiB; parameters + AdamW state ~20 MB. Under 3 GiB in all: any GPU fits it
