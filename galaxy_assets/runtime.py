@@ -37,6 +37,14 @@ class Home:
         parquet/        asset outputs (one Parquet file per asset and partition)
         mock_survey/    the simulated survey shards and their truth tables
         reports/        evaluation reports and plots
+        captions/       the caption store (captioning/store.py), made by its first write
+        cache/thumbnails/  the search page's PNG thumbnails (web/server.py), made by the first
+                        thumbnail written
+        config.yaml     the settings file read when $GALAXY_ASSETS_CONFIG is unset (written by
+                        the user; optional)
+
+    :meth:`ensure` creates the first six folders; the code that writes into the other two makes
+    them.
     """
 
     root: Path

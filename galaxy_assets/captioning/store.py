@@ -1,8 +1,10 @@
-"""The caption store: every caption ever made or imported, keyed by (object_id, model, prompt).
+"""The caption store: every caption ever made or imported, keyed by (object_id, backend, model,
+prompt_sha).
 
 A Parquet file in the home folder, rewritten atomically on each append, so reruns caption only
-galaxies with no caption for the same (model, prompt_sha), and changing the prompt or model
-recaptions. Failures go to a separate table with their reason; a failed galaxy has no caption.
+galaxies with no caption for the same (backend, model, prompt_sha), and changing the backend,
+the model or the prompt recaptions. Failures go to a separate table with their reason; a failed
+galaxy has no caption.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ from whatever inputs a row has.
 * :mod:`~galaxy_assets.emulator.tokenizer` — column vocabulary, robust standardisation, masks;
 * :mod:`~galaxy_assets.emulator.model` — :class:`PropertyEmulator` (encoder, DDPM head,
   Gaussian baseline head), its config, registry save/load;
-* :mod:`~galaxy_assets.emulator.diffusion` — schedules, noise-prediction loss, DDPM/DDIM sampler;
+* :mod:`~galaxy_assets.emulator.diffusion` — schedules, noise-prediction loss, samplers
+  (DPM-Solver++(2M) ``dpm++2m`` by default, 25 steps; DDIM, DDPM);
 * :mod:`~galaxy_assets.emulator.data` — the survey catalogue table, user Parquet + YAML roles;
 * :mod:`~galaxy_assets.emulator.train` — ``train_emulator`` and ``register_emulator``;
 * :mod:`~galaxy_assets.emulator.posterior` — samples, summaries, multimodality, joint draws;
