@@ -408,10 +408,11 @@ def _embeddings_outdated(meta: dict, champion_version: int | None) -> bool:
 def _encoder_champion(home: Home) -> int | None:
     """The version of the image encoder's registry model under its alias, if any."""
     from galaxy_assets.defs.resources import ImageEncoderResource
-    from galaxy_assets.tracking import Tracker
+    from galaxy_assets.search.service import tracker_for
 
     resource = ImageEncoderResource.from_settings()
-    version = Tracker.from_home(home).get_alias_version(resource.model_name, resource.alias)
+    # the registry the graph uses (MLFLOW_TRACKING_URI or the cluster's), not always the home's
+    version = tracker_for(home).get_alias_version(resource.model_name, resource.alias)
     return int(version.version) if version is not None else None
 
 
@@ -589,7 +590,8 @@ def _print_results(instance, args: argparse.Namespace) -> bool:
               + f"\n  contact sheet: {sheet}")
     print(f"\nevaluation report: {report.with_name('report.md') if report else 'none'}")
     print("Dagster UI: `.venv/bin/galaxy-assets dev` → http://127.0.0.1:3000")
-    print(f"MLflow UI: `.venv/bin/mlflow ui --backend-store-uri {home.mlflow_tracking_uri}` "
+    print(f"MLflow UI: `.venv/bin/mlflow ui --backend-store-uri "
+          f"{load_settings().tracking_location(home)[0]}` "
           "→ http://127.0.0.1:5000 (runs, search-aligner@champion, morphology-encoder@champion)")
     return True
 

@@ -282,6 +282,26 @@ class Settings(BaseModel):
     def home_folder(self) -> Home:
         return Home.from_env(self.home or None)
 
+    def lancedb_location(self, home: Home | None = None) -> str:
+        """Where ``galaxy_index`` lives: the cluster profile's ``cluster.lancedb_uri``, else
+        ``search.uri``, else ``<home>/lancedb``. The graph's resources, ``galaxy-assets
+        search``, ``serve`` and ``profile show`` all read it here, so they open one table."""
+        if self.is_cluster:
+            return self.cluster_settings().lancedb_uri
+        return self.search.uri or str((home or self.home_folder()).lancedb)
+
+    def tracking_location(self, home: Home | None = None) -> tuple[str, str]:
+        """``(tracking URI, artifact root)`` of the MLflow store the graph registers models in:
+        the cluster profile's ``cluster.mlflow_tracking_uri`` (and artifact root), else
+        ``$MLFLOW_TRACKING_URI``, else the home's SQLite store; artifacts default to the
+        home's ``mlflow/artifacts``."""
+        home = home or self.home_folder()
+        artifacts = str(home.mlflow_artifacts)
+        if self.is_cluster:
+            c = self.cluster_settings()
+            return c.mlflow_tracking_uri, c.mlflow_artifact_root or artifacts
+        return os.environ.get("MLFLOW_TRACKING_URI", "") or home.mlflow_tracking_uri, artifacts
+
     def survey_roots(self) -> list[Path]:
         """The configured roots, or the home's mock survey when none is configured."""
         if self.survey.roots:

@@ -625,9 +625,8 @@ def profile_summary(settings: Settings) -> dict[str, Any]:
             "dagster_instance": "the repository's dagster.yaml (SQLite in the home)",
             "home": str(home.root),
             "io_base_dir": str(home.parquet),
-            "mlflow_tracking_uri": os.environ.get("MLFLOW_TRACKING_URI", "")
-            or home.mlflow_tracking_uri,
-            "lancedb_uri": settings.search.uri or str(home.lancedb),
+            "mlflow_tracking_uri": settings.tracking_location(home)[0],
+            "lancedb_uri": settings.lancedb_location(home),
         }
     c = settings.cluster_settings()
     executor: dict[str, Any] = {"kind": c.executor}

@@ -31,12 +31,13 @@ __all__ = [
 _VERSION = re.compile(r"^(?P<name>[A-Za-z0-9_.-]+)/v(?P<version>\d+)$")
 
 
-def tracker_for(home: Home):
-    """The MLflow tracker: ``MLFLOW_TRACKING_URI`` when set, else the home's SQLite store."""
+def tracker_for(home: Home, settings: Settings | None = None):
+    """The MLflow tracker the graph registers models in (:meth:`Settings.tracking_location`:
+    the cluster profile's server, ``MLFLOW_TRACKING_URI``, or the home's SQLite store)."""
     from galaxy_assets.tracking import Tracker
 
-    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
-    return Tracker(uri, home.mlflow_artifacts) if uri else Tracker.from_home(home)
+    uri, artifacts = (settings or load_settings()).tracking_location(home)
+    return Tracker(uri, artifacts)
 
 
 def build_text_embedder_from(settings: Settings, device: str = "cpu"):
@@ -95,9 +96,9 @@ def open_search(
 
     settings = settings or load_settings()
     home = home or settings.home_folder()
-    table = open_table(settings.search.uri or str(home.lancedb), name=settings.search.table)
+    table = open_table(settings.lancedb_location(home), name=settings.search.table)
     name, version = aligner_of_table(table)
-    tracker = tracker_for(home)
+    tracker = tracker_for(home, settings)
     try:
         aligner = load_aligner(tracker, name, version)
     except AlignmentError as exc:

@@ -127,6 +127,14 @@ def test_cluster_profile_points_resources_and_executor_at_the_cluster(monkeypatc
     dask = executor_for(load_settings())
     assert dask.name == "dask"
     assert dask.config_schema.as_field().is_required is False  # configured: address baked in
+    # `galaxy-assets search` / `serve` and the demo's registry look-ups open what the graph
+    # writes (they opened the home's LanceDB and SQLite registry under the cluster profile)
+    from galaxy_assets.search.service import tracker_for
+
+    settings = load_settings()
+    home = settings.home_folder()
+    assert settings.lancedb_location(home) == resources["search_index"].location(home)
+    assert tracker_for(home).tracking_uri == "http://mlflow:5000"
 
     monkeypatch.setenv("GALAXY_ASSETS_CLUSTER_EXECUTOR", "k8s")
     monkeypatch.setenv("GALAXY_ASSETS_CLUSTER_K8S_NAMESPACE", "galaxy")
@@ -852,3 +860,12 @@ def test_gpu_steps_on_workers_without_the_resource_are_refused_at_once():
         _check_worker_resources(client({}, {}), needs)
     _check_worker_resources(client({}, {"GPU": 1}), needs)  # one worker offers it
     _check_worker_resources(client(), needs)  # no worker yet (adaptive): nothing to judge
+
+
+def test_search_opens_the_cluster_index(monkeypatch, tmp_path, isolated_home):
+    from galaxy_assets.search.errors import SearchError
+    from galaxy_assets.search.service import open_search
+
+    _cluster_env(monkeypatch, tmp_path / "shared", GALAXY_ASSETS_CLUSTER_EXECUTOR="multiprocess")
+    with pytest.raises(SearchError, match=str(tmp_path / "shared" / "lancedb")):
+        open_search()
