@@ -64,7 +64,13 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="also print one JSON line")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    # the shard (64 KB per cutout at 64 px) and the model store are deleted afterwards
+    with tempfile.TemporaryDirectory(prefix="bench_image_embed_") as tmp:
+        run(args, Path(tmp))
 
+
+def run(args: argparse.Namespace, tmp: Path) -> None:
+    """The benchmark, with its shard and model store under ``tmp``."""
     import torch
 
     from galaxy_assets.embedding.image import (
@@ -81,7 +87,6 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    tmp = Path(tempfile.mkdtemp(prefix="bench_image_embed_"))
     imgs = galaxies(args.n, args.cutout)
     shard = write_mmu_shard(
         tmp / "healpix=1" / "001-of-001.hdf5",

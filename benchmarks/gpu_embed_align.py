@@ -32,6 +32,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -179,43 +180,46 @@ def bench_embedding(args, torch) -> dict:
     from galaxy_assets.morphology.model import build_model, preset_config
 
     tmp = Path(tempfile.mkdtemp(prefix="gpu_embed_"))
-    t0 = time.perf_counter()
-    images = _galaxies(args.n_images, 64)
-    shard, mmu = _write_shard(tmp, images)
-    log.info(
-        "wrote %d cutouts in %.1f s (%s layout)",
-        len(images),
-        time.perf_counter() - t0,
-        "MMU" if mmu else "bare HDF5",
-    )
     try:
-        import polars  # noqa: F401
+        t0 = time.perf_counter()
+        images = _galaxies(args.n_images, 64)
+        shard, mmu = _write_shard(tmp, images)
+        log.info(
+            "wrote %d cutouts in %.1f s (%s layout)",
+            len(images),
+            time.perf_counter() - t0,
+            "MMU" if mmu else "bare HDF5",
+        )
+        try:
+            import polars  # noqa: F401
 
-        have_polars = True
-    except ImportError:
-        have_polars = False
+            have_polars = True
+        except ImportError:
+            have_polars = False
 
-    results = {}
-    for preset in args.presets:
-        model = build_model(preset_config(preset, image_size=64), seed=0).eval()
-        x_gpu = torch.from_numpy(images).to(args.device)
-        for dtype in ("float32", "bfloat16"):
-            enc = ModuleImageEncoder(
-                model,
-                encoder_id=f"bench:{preset}",
-                bands=list("griz"),
-                image_size=64,
-                device=args.device,
-                dtype=dtype,
-                batch_size=args.batch,
-            )
-            results[f"{preset}/{dtype}"] = _embed_case(
-                args, torch, enc, x_gpu, shard, mmu, have_polars
-            )
-            log.info("embedding %s %s: %s", preset, dtype, results[f"{preset}/{dtype}"])
-        x_gpu = None
-        if args.device == "cuda":
-            torch.cuda.empty_cache()
+        results = {}
+        for preset in args.presets:
+            model = build_model(preset_config(preset, image_size=64), seed=0).eval()
+            x_gpu = torch.from_numpy(images).to(args.device)
+            for dtype in ("float32", "bfloat16"):
+                enc = ModuleImageEncoder(
+                    model,
+                    encoder_id=f"bench:{preset}",
+                    bands=list("griz"),
+                    image_size=64,
+                    device=args.device,
+                    dtype=dtype,
+                    batch_size=args.batch,
+                )
+                results[f"{preset}/{dtype}"] = _embed_case(
+                    args, torch, enc, x_gpu, shard, mmu, have_polars
+                )
+                log.info("embedding %s %s: %s", preset, dtype, results[f"{preset}/{dtype}"])
+            x_gpu = None
+            if args.device == "cuda":
+                torch.cuda.empty_cache()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # the shard: 64 KB per cutout
     return {
         "via": "embed_shard" if (have_polars and mmu) else "iter_shard_vectors",
         "batch": args.batch,
