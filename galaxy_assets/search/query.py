@@ -1283,7 +1283,9 @@ class GalaxySearch:
         filters: Filters | str | Sequence[str] | None = None,
     ) -> SearchResults:
         """Full-text (BM25) search of the captions; ``score`` is the BM25 score. Galaxies
-        without a caption are never found."""
+        without a caption are never found. A query wrapped in double quotes is a phrase query,
+        which the caption index (built without word positions) cannot answer: a
+        :class:`QueryError`."""
         clean = self._check_text(text)
         k = self._check_k(k)
         flt = self._filters(filters)
@@ -1299,6 +1301,15 @@ class GalaxySearch:
             try:
                 raw = q.select(self._columns).limit(limit).to_polars()
             except Exception as exc:  # noqa: BLE001 - e.g. no FTS index yet
+                if "phrase quer" in str(exc):
+                    # Lance reads a query wrapped in double quotes as a phrase, which needs
+                    # word positions; ensure_fts_index builds without them, so rebuilding the
+                    # index would not help
+                    raise QueryError(
+                        f"phrase queries (text in double quotes, here {clean!r}) are not "
+                        "supported by the caption index, which does not store word positions; "
+                        "drop the quotes to search for the words"
+                    ) from exc
                 raise SearchError(
                     f"full-text search of {self.table.name} failed ({type(exc).__name__}: "
                     f"{exc}); build the caption index with "

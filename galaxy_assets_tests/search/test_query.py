@@ -341,6 +341,19 @@ def test_keyword_search(engine, text_index):
     assert set(only_b.frame["shard"]) == {"s-b"}
 
 
+def test_a_quoted_keyword_query_says_phrases_are_not_supported(engine, text_index):
+    """Lance reads text in double quotes as a phrase, which needs word positions that the
+    caption index does not store; rebuilding it (the old advice) could not help."""
+    from galaxy_assets.search.table import ensure_fts_index
+
+    ensure_fts_index(text_index.table())
+    engine.refresh()
+    for text in ('"tidal tails"', '"tidal"'):
+        with pytest.raises(QueryError, match="phrase queries .* not supported.*drop the quotes"):
+            engine.search_keyword(text, k=5)
+    assert engine.search_keyword("tidal tails", k=5).frame.height == 5  # the words alone work
+
+
 def test_keyword_search_in_a_cone_widens_until_k_remain(tmp_path, text_embedder, aligner):
     """A cone is searched as its bounding box, then cut exactly: when the box's corners hold
     the best keyword matches, the first pass keeps fewer than k, so the search asks for more."""
