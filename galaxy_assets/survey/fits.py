@@ -26,9 +26,14 @@ north-up, east left, the way PNG and JPEG cutouts and the thumbnails show it).
 Band names are normalised like the MMU reader's (``'DES-G'`` → ``'g'``). Other header
 keywords read (science HDU first, then the primary header):
 
-* position: ``RA`` / ``DEC`` in degrees (or sexagesimal strings, RA in hours), else
-  ``RA_OBJ`` / ``DEC_OBJ``; else the celestial WCS evaluated at the cutout's centre pixel
-  ((W - 1) / 2, (H - 1) / 2 zero-based), converted to ICRS;
+* position: the celestial WCS evaluated at the cutout's centre pixel ((W - 1) / 2,
+  (H - 1) / 2 zero-based), converted to ICRS; only when there is no WCS, or one that cannot
+  be evaluated, ``RA`` / ``DEC`` in degrees (or sexagesimal strings, RA in hours), else
+  ``RA_OBJ`` / ``DEC_OBJ``. A cutout made the usual astropy way (``Cutout2D``, then the
+  frame's header with its WCS updated) keeps the frame's ``RA`` / ``DEC``, which SDSS and
+  DECam frames use for the telescope pointing; when the keywords lie more than
+  :data:`KEYWORD_WCS_TOLERANCE_PX` pixels from the WCS centre the reader logs one warning
+  per folder naming a file and the offset;
 * identity: ``OBJID`` (or ``OBJECT_ID``), else the file name without its FITS suffix;
 * catalogue: ``FLUX_G`` … ``FLUX_Y`` (nanomaggies), ``EBV`` (magnitudes);
 * ``PSFFWHM`` (arcsec; per band HDU, or ``PSFFWHM0`` … per cube plane; ``PSF_FWHM`` is
@@ -89,6 +94,8 @@ _EXPECT_POSITION = (
 )
 _EXPECT_BAND_NAMES = "BANDS='g,r,z' or BAND0…BAND{B-1} keywords naming each plane of the cube"
 _BAND_PREFIXES = ("IMAGE_", "IMG_", "SCI_", "IVAR_", "INVVAR_")
+# RA/DEC keywords farther than this from the WCS centre are reported (the WCS wins anyway).
+KEYWORD_WCS_TOLERANCE_PX = 3.0
 
 
 def is_fits_file(path: str | Path) -> bool:
@@ -118,6 +125,15 @@ class _Plane:
     plane: int | None  # index in a cube, None for a 2-D HDU
 
 
+@dataclass(frozen=True)
+class _KeywordOffset:
+    """RA/DEC keywords that disagree with the WCS centre (the position kept is the WCS's)."""
+
+    keywords: str  # "RA/DEC" or "RA_OBJ/DEC_OBJ"
+    arcsec: float
+    pixels: float
+
+
 @dataclass
 class _FileInfo:
     path: Path
@@ -132,6 +148,7 @@ class _FileInfo:
     ebv: float = float("nan")
     psf_fwhm: dict[str, float] = field(default_factory=dict)
     pixel_scale: float = schema.PIXEL_SCALE_ARCSEC
+    keyword_offset: _KeywordOffset | None = None
 
 
 def _image_shape(header: fits.Header) -> tuple[int, ...]:
@@ -222,14 +239,19 @@ def _angle(value: Any, hours: bool) -> float:
     return float(value)
 
 
-def _position(
-    path: Path, headers: Sequence[fits.Header], shape: tuple[int, int]
-) -> tuple[float, float]:
+def _keyword_position(
+    path: Path, headers: Sequence[fits.Header]
+) -> tuple[float, float, str] | None:
+    """RA/DEC (else RA_OBJ/DEC_OBJ) keywords in degrees and their names, or None."""
     for header in headers:
         for ra_key, dec_key in (("RA", "DEC"), ("RA_OBJ", "DEC_OBJ")):
             if ra_key in header and dec_key in header:
                 try:
-                    return _angle(header[ra_key], True), _angle(header[dec_key], False)
+                    return (
+                        _angle(header[ra_key], True),
+                        _angle(header[dec_key], False),
+                        f"{ra_key}/{dec_key}",
+                    )
                 except (TypeError, ValueError) as exc:
                     raise SurveyFormatError(
                         path,
@@ -238,7 +260,16 @@ def _position(
                         field=f"{ra_key}/{dec_key}",
                         expected=_EXPECT_POSITION,
                     ) from exc
+    return None
+
+
+def _wcs_position(
+    path: Path, headers: Sequence[fits.Header], shape: tuple[int, int]
+) -> tuple[float, float, float] | SurveyFormatError | None:
+    """ICRS ra, dec of the centre pixel and the pixel scale (degrees) from the first
+    celestial WCS; the error when that WCS cannot be evaluated; None when there is none."""
     from astropy.wcs import WCS, FITSFixedWarning
+    from astropy.wcs.utils import proj_plane_pixel_scales
 
     for header in headers:
         if "CTYPE1" not in header:
@@ -250,16 +281,55 @@ def _position(
             if not wcs.has_celestial:
                 continue
             h, w = shape
-            coord = wcs.pixel_to_world((w - 1) / 2.0, (h - 1) / 2.0)
-            icrs = coord.icrs
-            return float(icrs.ra.deg), float(icrs.dec.deg)
+            icrs = wcs.pixel_to_world((w - 1) / 2.0, (h - 1) / 2.0).icrs
+            ra, dec = float(icrs.ra.deg), float(icrs.dec.deg)
+            if not (np.isfinite(ra) and np.isfinite(dec)):
+                raise ValueError("the centre pixel maps to no sky position")
+            scale = float(np.mean(proj_plane_pixel_scales(wcs)))
+            return ra, dec, scale
         except Exception as exc:  # astropy raises many types for bad WCS headers
-            raise SurveyFormatError(
+            return SurveyFormatError(
                 path,
                 f"its WCS cannot be evaluated ({exc})",
                 field="WCS",
                 expected=_EXPECT_POSITION,
-            ) from exc
+            )
+    return None
+
+
+def _separation_deg(ra1: float, dec1: float, ra2: float, dec2: float) -> float:
+    """Angle between two sky positions in degrees (haversine)."""
+    r1, d1, r2, d2 = np.radians([ra1, dec1, ra2, dec2])
+    a = np.sin((d2 - d1) / 2) ** 2 + np.cos(d1) * np.cos(d2) * np.sin((r2 - r1) / 2) ** 2
+    return float(np.degrees(2 * np.arcsin(np.sqrt(min(1.0, a)))))
+
+
+def _position(
+    path: Path, headers: Sequence[fits.Header], shape: tuple[int, int]
+) -> tuple[float, float, _KeywordOffset | None]:
+    """The cutout's centre: the celestial WCS at the centre pixel when there is a usable
+    one, else the RA/DEC keywords; and how far the keywords lie from a WCS centre when that
+    is over :data:`KEYWORD_WCS_TOLERANCE_PX` pixels."""
+    from_wcs = _wcs_position(path, headers, shape)
+    try:
+        keywords = _keyword_position(path, headers)
+        keyword_error = None
+    except SurveyFormatError as exc:
+        keywords, keyword_error = None, exc
+    if isinstance(from_wcs, tuple):
+        ra, dec, scale = from_wcs
+        offset = None
+        if keywords is not None:
+            sep = _separation_deg(ra, dec, keywords[0], keywords[1])
+            if sep > KEYWORD_WCS_TOLERANCE_PX * scale:
+                offset = _KeywordOffset(keywords[2], sep * 3600.0, sep / scale)
+        return ra, dec, offset
+    if keywords is not None:  # no WCS, or one that cannot be evaluated
+        return keywords[0], keywords[1], None
+    if keyword_error is not None:
+        raise keyword_error
+    if from_wcs is not None:
+        raise from_wcs
     raise SurveyFormatError(
         path,
         "no sky position: neither RA/DEC keywords nor a celestial WCS",
@@ -290,6 +360,9 @@ _ScanKey = tuple[str, int, int, int, int]
 _SCANS: OrderedDict[_ScanKey, _FileInfo | tuple[str, str, str | None, str | None]] = OrderedDict()
 _SCANS_LOCK = threading.Lock()
 SCAN_CACHE_FILES = 50_000  # about 3 KB each
+# Folders whose keyword/WCS disagreement was logged, by folder and the files' offsets: a
+# folder is opened again for every thumbnail, so it is reported once per process.
+_WARNED_OFFSETS: set[tuple[str, int]] = set()
 
 
 def _scan_file_cached(path: Path) -> _FileInfo:
@@ -439,7 +512,7 @@ def _parse_hdus(path: Path, hdul: fits.HDUList) -> _FileInfo:
         raise SurveyFormatError(
             path, f"empty image {shape}", field="NAXIS1/NAXIS2", expected="H, W > 0"
         )
-    ra, dec = _position(path, headers, shape)
+    ra, dec, keyword_offset = _position(path, headers, shape)
     object_id = ""
     for header in headers:
         for key in ("OBJID", "OBJECT_ID"):
@@ -467,6 +540,7 @@ def _parse_hdus(path: Path, hdul: fits.HDUList) -> _FileInfo:
         ebv=_float(headers, "EBV"),
         psf_fwhm=psf,
         pixel_scale=scale,
+        keyword_offset=keyword_offset,
     )
 
 
@@ -561,6 +635,7 @@ class FitsFolderReader:
                 infos.append(_scan_file_cached(path))
             except SurveyFormatError as exc:
                 self._reject(fits_stem(path), path, None, exc)
+        self._warn_keyword_offsets(infos)
         if requested is None and infos:
             counts = Counter(frozenset(i.bands) for i in infos)
             best = counts.most_common(1)[0][0]
@@ -637,6 +712,34 @@ class FitsFolderReader:
                 len(files) - len(good),
                 len(files),
             )
+
+    def _warn_keyword_offsets(self, infos: Sequence[_FileInfo]) -> None:
+        """Log once per folder (and per set of offsets) the files whose RA/DEC keywords lie
+        more than :data:`KEYWORD_WCS_TOLERANCE_PX` pixels from their WCS centre."""
+        off = [(i.path, i.keyword_offset) for i in infos if i.keyword_offset is not None]
+        if not off:
+            return
+        key = (self.uri, hash(tuple((str(p), o.arcsec) for p, o in off)))
+        with _SCANS_LOCK:
+            if key in _WARNED_OFFSETS:
+                return
+            if len(_WARNED_OFFSETS) > 10_000:
+                _WARNED_OFFSETS.clear()
+            _WARNED_OFFSETS.add(key)
+        worst_path, worst = max(off, key=lambda po: po[1].arcsec)
+        log.warning(
+            "%s: the %s keywords of %d of %d FITS files disagree with the WCS at the cutout "
+            "centre by up to %.1f arcsec (%.1f px, %s); the position is taken from the WCS. "
+            "Keywords copied from a survey frame's header are its telescope pointing, not "
+            "the galaxy's position.",
+            self.uri,
+            worst.keywords,
+            len(off),
+            len(infos),
+            worst.arcsec,
+            worst.pixels,
+            worst_path.name,
+        )
 
     def _reject(self, object_id: str, path: Path, row: int | None, exc: SurveyFormatError) -> None:
         log.warning("skipping %s", str(exc))  # the text: a record must not hold the reader

@@ -245,7 +245,7 @@ def test_the_scan_cache_keeps_no_reader_and_sees_headers_fixed_in_place(tmp_path
     import weakref
 
     write_fits_cutout(tmp_path / "good.fits", np.ones((1, 8, 8), np.float32), ["r"], 10.0, 0.0,
-                      "good")
+                      "good", wcs=False)  # RA/DEC is the position only without a WCS
     (tmp_path / "bad.fits").write_bytes(b"SIMPLE  = T" + b" " * 100)
     refs = []
     for _ in range(3):
@@ -265,3 +265,85 @@ def test_the_scan_cache_keeps_no_reader_and_sees_headers_fixed_in_place(tmp_path
     assert path.stat().st_size == st.st_size and path.stat().st_mtime_ns == st.st_mtime_ns
     with FitsFolderReader(tmp_path) as reader:
         assert reader.catalog()["ra"].tolist() == [123.0]
+
+
+def _frame_cutout_file(path, galaxy_ra, galaxy_dec, size=32):
+    """A cutout made with astropy's documented recipe: Cutout2D from a DECam-like frame,
+    then the frame's header with only its WCS updated. The frame header's RA/DEC (here
+    sexagesimal, as DECam writes them) are the telescope pointing, 150.5, 2.5."""
+    from astropy.coordinates import SkyCoord
+    from astropy.nddata import Cutout2D
+    from astropy.wcs import WCS
+
+    h = fits.Header()
+    h["RA"], h["DEC"] = "10:02:00.00", "+02:30:00.0"
+    h["CTYPE1"], h["CTYPE2"] = "RA---TAN", "DEC--TAN"
+    h["CRVAL1"], h["CRVAL2"] = 150.5, 2.5
+    h["CRPIX1"] = h["CRPIX2"] = 1024.5
+    h["CD1_1"], h["CD2_2"], h["CD1_2"], h["CD2_1"] = -0.262 / 3600, 0.262 / 3600, 0.0, 0.0
+    frame = np.zeros((2048, 2048), np.float32)
+    centre = SkyCoord(galaxy_ra, galaxy_dec, unit="deg")
+    hdus = [fits.PrimaryHDU()]
+    for band in "grz":
+        cut = Cutout2D(frame, centre, (size, size), wcs=WCS(h))
+        hh = h.copy()
+        hh["FILTER"] = f"{band} DECam SDSS c0001 4720.0 1520.0"
+        hh.update(cut.wcs.to_header())
+        hdus.append(fits.ImageHDU(cut.data, header=hh, name=band.upper()))
+    fits.HDUList(hdus).writeto(path)
+    return path
+
+
+def test_position_is_the_wcs_centre_not_the_frame_pointing_keywords(tmp_path, caplog):
+    """A cutout that kept its frame's RA/DEC (the telescope pointing) is placed where its WCS
+    says its centre is; the disagreement is logged once per folder, naming a file and the
+    offset. The old reader took RA/DEC first and put both galaxies at 150.5, 2.5."""
+    import logging
+
+    from astropy.wcs import WCS
+
+    _frame_cutout_file(tmp_path / "gal1.fits", 150.45, 2.47)
+    _frame_cutout_file(tmp_path / "gal2.fits", 150.52, 2.53)
+    with caplog.at_level(logging.WARNING, logger="galaxy_assets.survey.fits"):
+        with FitsFolderReader(tmp_path) as reader:
+            cat = reader.catalog()
+        FitsFolderReader(tmp_path).close()  # opened again (thumbnails): not logged again
+    for k, path in enumerate(sorted(tmp_path.glob("*.fits"))):
+        with fits.open(path) as hdul:
+            wcs = WCS(hdul[1].header)
+            ny, nx = hdul[1].data.shape
+        centre = wcs.pixel_to_world((nx - 1) / 2, (ny - 1) / 2)
+        assert cat["ra"][k] == pytest.approx(centre.ra.deg, abs=1e-9)
+        assert cat["dec"][k] == pytest.approx(centre.dec.deg, abs=1e-9)
+    # within one pixel (0.262 arcsec) of the galaxies the cutouts were cut around
+    assert abs(cat["ra"][0] - 150.45) * 3600 < 0.262 and abs(cat["dec"][0] - 2.47) * 3600 < 0.262
+    assert abs(cat["ra"][1] - 150.52) * 3600 < 0.262 and abs(cat["dec"][1] - 2.53) * 3600 < 0.262
+    warned = [r.getMessage() for r in caplog.records if "disagree with the WCS" in r.getMessage()]
+    assert len(warned) == 1
+    assert "2 of 2 FITS files" in warned[0] and "gal1.fits" in warned[0]
+    assert "RA/DEC" in warned[0] and "arcsec" in warned[0]
+
+
+def test_keywords_that_agree_with_the_wcs_are_not_reported(tmp_path, caplog):
+    import logging
+
+    cube = np.ones((1, 15, 15), np.float32)
+    write_fits_cutout(tmp_path / "a.fits", cube, ["r"], 150.25, 2.5, "a")
+    with fits.open(tmp_path / "a.fits", mode="update") as hdul:  # 2 px off: within tolerance
+        hdul[0].header["RA"] = 150.25 + 2 * 0.262 / 3600
+    with caplog.at_level(logging.WARNING, logger="galaxy_assets.survey.fits"):
+        with FitsFolderReader(tmp_path) as reader:
+            assert reader.catalog()["ra"][0] == pytest.approx(150.25, abs=1e-9)
+    assert not [r for r in caplog.records if "disagree with the WCS" in r.getMessage()]
+
+
+def test_keywords_are_the_position_when_the_wcs_cannot_be_evaluated(tmp_path):
+    hdu = fits.PrimaryHDU(np.ones((8, 8), np.float32))
+    hdu.header.update(BAND="r", RA=12.5, DEC=-3.25, CTYPE1="RA---TAN", CTYPE2="DEC--TAN",
+                      CRVAL1=0.0, CRVAL2=0.0, CRPIX1=4.5, CRPIX2=4.5, CDELT1=1e-4,
+                      CDELT2=1e-4, PC1_1=0.0, PC1_2=0.0, PC2_1=0.0, PC2_2=0.0)  # singular
+    hdu.writeto(tmp_path / "k.fits")
+    with FitsFolderReader(tmp_path) as reader:
+        assert reader.rejected == []
+        cat = reader.catalog()
+    assert (cat["ra"][0], cat["dec"][0]) == (12.5, -3.25)
