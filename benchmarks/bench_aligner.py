@@ -1,9 +1,12 @@
 """Benchmark: search-aligner training on cached embeddings (CPU).
 
-A 5,000-caption run with the graph's settings (``--model graph``: the aligned_model asset's
-ensemble of four head pairs, 256 hidden, 64 out each; ``--model single``: one pair, 256-d image /
-384-d text → 512 hidden, 2 residual blocks → 256; validation retrieval metrics every epoch) on
-synthetic paired embeddings (image vector = noisy linear map of the caption vector, see
+By default, a 5,000-caption run with the graph's settings: the ``aligned_model`` asset's
+ensemble (``--model graph``, ``SEARCH_MODEL_CONFIG``: four head pairs, 256 hidden, 64 out each)
+trained for ``TrainConfig.epochs`` epochs at batch ``TrainConfig.batch_size`` (80 and 256 now;
+the defaults of ``--epochs`` and ``--batch`` are read from ``TrainConfig``, as the asset's
+config reads them). ``--model single`` trains one pair instead (256-d image / 384-d text → 512
+hidden, 2 residual blocks → 256). Validation retrieval metrics every epoch, on synthetic paired
+embeddings (image vector = noisy linear map of the caption vector, see
 ``galaxy_assets.alignment.synthetic``), through ``train_aligner`` exactly as the asset calls it.
 
 Printed, with the same process as baseline:
@@ -14,8 +17,8 @@ Printed, with the same process as baseline:
   size on in-memory tensors, with no validation, caption sampling or bookkeeping: pairs/s, and
   the ratio ours / bare (the cost of the per-epoch validation and bookkeeping).
 
-Run: ``.venv/bin/python benchmarks/bench_aligner.py [--n 5000] [--epochs 30] [--batch 512]
-[--threads 1] [--noise 1.0]``
+Run: ``.venv/bin/python benchmarks/bench_aligner.py [--n 5000] [--epochs 80] [--batch 256]
+[--threads 1] [--noise 1.0] [--model graph]``
 
 ``--threads`` sets torch's threads for both sides (``TrainConfig.num_threads``; 1 is the
 default there).
@@ -35,10 +38,17 @@ import galaxy_assets  # noqa: F401
 
 
 def main() -> None:
+    from galaxy_assets.alignment.train import TrainConfig
+
+    graph = TrainConfig()  # what the aligned_model asset trains with (AlignerTrainConfig)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=5000)
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--batch", type=int, default=512)
+    parser.add_argument(
+        "--epochs", type=int, default=graph.epochs, help="default: the graph's (TrainConfig)"
+    )
+    parser.add_argument(
+        "--batch", type=int, default=graph.batch_size, help="default: the graph's (TrainConfig)"
+    )
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads for both sides (0: torch default)"
     )
@@ -88,8 +98,16 @@ def main() -> None:
     t0 = time.perf_counter()
     for _ in range(cfg.n_members):  # an ensemble's members train one after the other
         model = AlignedModel(cfg.member())
-        opt = torch.optim.AdamW(_param_groups(model, 0.05), lr=5e-4, betas=(0.9, 0.98), eps=1e-6)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(steps, steps // 10, 0.01))
+        opt = torch.optim.AdamW(
+            _param_groups(model, graph.weight_decay, graph.temperature_learning_rate),
+            lr=graph.learning_rate,
+            betas=(0.9, 0.98),
+            eps=1e-6,
+        )
+        warmup = int(round(graph.warmup_fraction * steps))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, _lr_lambda(steps, warmup, graph.min_lr_ratio)
+        )
         model.train()
         for _ in range(steps):
             idx = torch.randint(0, n_train, (args.batch,), generator=g)
