@@ -920,6 +920,41 @@ def _fmt_change(q: QualityCheck) -> str:
     return f"{d:+.3f}" + ("" if q.rerank_change_std is None else f" ± {q.rerank_change_std:.3f}")
 
 
+def _unchecked_why(q: QualityCheck) -> str:
+    """Why no criterion of ``q`` could be checked."""
+    if not math.isfinite(q.semantic):
+        return "no relevant galaxy: nDCG@10 undefined"
+    missing = []
+    if not math.isfinite(q.image_similarity):
+        missing.append("image similarity not run")
+    if q.min_ndcg_at_10 is None:
+        missing.append("no bar set")
+    if not math.isfinite(q.semantic_rerank):
+        missing.append("re-ranking not run")
+    return ", ".join(missing)
+
+
+def _quality_verdict(checks: list[QualityCheck]) -> str:
+    """The sentence under the quality-bar table; a target with nothing checkable (``passed``
+    None, as in ``summary()["quality_bar"]``) is named as such, never counted as passing."""
+    failed = [q for q in checks if q.passed is False]
+    unchecked = [q for q in checks if q.passed is None]
+    if len(unchecked) == len(checks):
+        return "No target could be checked: " + "; ".join(
+            f"{q.target} ({_unchecked_why(q)})" for q in unchecked
+        ) + "."
+    verdict = (
+        ("Every checked target passes" if unchecked else "Every target passes")
+        if not failed
+        else "Failing: " + "; ".join(f"{q.target} ({', '.join(q.reasons())})" for q in failed)
+    )
+    if unchecked:
+        verdict += ("; not checkable: " if not failed else ". Not checkable: ") + "; ".join(
+            f"{q.target} ({_unchecked_why(q)})" for q in unchecked
+        )
+    return verdict + "."
+
+
 def _quality_section(result: EvaluationResult) -> list[str]:
     checks = result.quality_bar()
     if not checks:
@@ -941,12 +976,7 @@ def _quality_section(result: EvaluationResult) -> list[str]:
                 "target passes": _verdict(q.passed),
             }
         )
-    failed = [q for q in checks if q.passed is False]
-    verdict = (
-        "Every target passes."
-        if not failed
-        else "Failing: " + "; ".join(f"{q.target} ({', '.join(q.reasons())})" for q in failed) + "."
-    )
+    verdict = _quality_verdict(checks)
     return [
         "## Quality bar",
         "",

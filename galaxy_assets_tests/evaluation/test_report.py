@@ -279,3 +279,28 @@ def test_a_target_with_no_relevant_galaxy_is_not_called_a_failure(world, tmp_pat
     none.to_json(tmp_path / "evaluation.json")  # no NaN in the JSON
     assert json.loads((tmp_path / "evaluation.json").read_text())["targets"]["mergers"][
         "label_ceiling_ndcg@10"] is None
+
+
+def test_the_quality_verdict_names_targets_it_could_not_check(world, tmp_path):
+    """A target with nothing checkable (no lens in the survey: nDCG undefined) is neither a
+    pass nor a failure; the report said "Every target passes." over it."""
+    truth = world.truth.with_columns(pl.lit(False).alias("is_lens"))
+    labels = labels_from_truth(truth)
+    kw = dict(search_fn=world.search_fn(noise=0.05), rerank_fn=lambda q, ids: list(ids),
+              image_embeddings=world.embeddings, n_boot=20, n_random=2)
+    res = evaluate(labels, targets=["lenses", "rings"], **kw)
+    assert res.summary()["quality_bar"] == {"lenses": None, "rings": True}
+    text = write_report(res, tmp_path / "mixed", {}).text
+    assert "Every target passes." not in text
+    assert ("Every checked target passes; not checkable: lenses (no relevant galaxy: nDCG@10 "
+            "undefined).") in text
+    # nothing checkable at all: said so, not "passes"
+    none = evaluate(labels, targets=["lenses"], **kw)
+    assert none.summary()["quality_bar"] == {"lenses": None}
+    text = write_report(none, tmp_path / "none", {}).text
+    assert "target passes." not in text
+    assert "No target could be checked: lenses (no relevant galaxy: nDCG@10 undefined)." in text
+    # every target checked and passing: the plain sentence
+    both = evaluate(labels_from_truth(world.truth), targets=["lenses", "rings"], **kw)
+    assert both.summary()["quality_bar"] == {"lenses": True, "rings": True}
+    assert "Every target passes." in write_report(both, tmp_path / "all", {}).text
