@@ -45,11 +45,59 @@ def _dagster_yaml() -> Path:
     return path
 
 
+def command_home(args: argparse.Namespace) -> Home:
+    """The home a command works in: ``--home``, else the settings' (``$GALAXY_ASSETS_HOME``,
+    else a settings file's ``home:``, else ``./.galaxy_home``): the rule the graph's resources
+    follow, so the demo, the UI, search and evaluate all read and write one home."""
+    if getattr(args, "home", None):
+        return Home.from_env(args.home)
+    from galaxy_assets.settings import load_settings
+
+    return load_settings().home_folder()
+
+
+# settings given as paths in the environment: `galaxy-assets dev` runs Dagster from the
+# repository, where a relative path would name another folder than the user's
+_ENV_PATHS = ("GALAXY_ASSETS_CONFIG", "GALAXY_ASSETS_SEARCH_URI", "GALAXY_ASSETS_CLUSTER_IO_BASE_DIR",
+              "GALAXY_ASSETS_CLUSTER_LANCEDB_URI")
+# names that may be a path or a model id ("org/name"): made absolute only where that path exists
+_ENV_MAYBE_PATHS = ("GALAXY_ASSETS_IMAGE_ENCODER_CHECKPOINT", "GALAXY_ASSETS_IMAGE_ENCODER_MODEL",
+                    "GALAXY_ASSETS_CAPTIONER_MODEL", "GALAXY_ASSETS_TEXT_EMBEDDER_MODEL")
+
+
+def absolute_env_paths(environ=None, cwd: Path | None = None) -> dict[str, str]:
+    """Make the relative paths among the settings' environment variables absolute against
+    ``cwd`` (the current folder), in place; returns what changed. URIs (``s3://…``) and model
+    ids are left alone."""
+    environ = os.environ if environ is None else environ
+    cwd = Path.cwd() if cwd is None else cwd
+    changed: dict[str, str] = {}
+
+    def fix(value: str, must_exist: bool) -> str:
+        if not value or "://" in value or Path(value).expanduser().is_absolute():
+            return value
+        path = cwd / Path(value).expanduser()
+        return str(path) if (path.exists() or not must_exist) else value
+
+    for var in (*_ENV_PATHS, *_ENV_MAYBE_PATHS):
+        if environ.get(var):
+            new = fix(environ[var], must_exist=var in _ENV_MAYBE_PATHS)
+            if new != environ[var]:
+                environ[var] = changed[var] = new
+    roots = environ.get("GALAXY_ASSETS_SURVEY_ROOTS")
+    if roots:
+        new = os.pathsep.join(fix(r, must_exist=False) for r in roots.split(os.pathsep))
+        if new != roots:
+            environ["GALAXY_ASSETS_SURVEY_ROOTS"] = changed["GALAXY_ASSETS_SURVEY_ROOTS"] = new
+    return changed
+
+
 def prepare_dagster_home(home: Home) -> Path:
     """Point DAGSTER_HOME at ``<home>/dagster`` (unless the user set it) with our dagster.yaml,
     and set the pool limits: ``gpu`` = number of GPUs (at least 1), ``lancedb_writer`` = 1."""
     home.ensure()
     os.environ[HOME_ENV] = str(home.root)
+    absolute_env_paths()  # Dagster's processes may run in another folder (dev: the repository)
     if os.environ.get("DAGSTER_HOME") and Path(os.environ["DAGSTER_HOME"]) != home.dagster:
         return Path(os.environ["DAGSTER_HOME"])
     os.environ["DAGSTER_HOME"] = str(home.dagster)
@@ -153,7 +201,7 @@ def ensure_mock_survey(home: Home, n: int, size: int, seed: int, workers: int) -
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    home = Home.from_env(args.home)
+    home = command_home(args)
     prepare_dagster_home(home)
     print(f"home: {home.root}")
     size = _demo_read_size(args.size)
@@ -473,7 +521,7 @@ def _run_models(defs, instance, keys: list[str], args: argparse.Namespace) -> bo
         _latest_metadata(instance, "morphology_encoder"), epochs))
     # shards embedded by another encoder than the graph's now (a new champion, other views);
     # each shard's own record, so that an interrupted re-embedding resumes where it stopped
-    champion = None if retrain else _encoder_champion(Home.from_env(args.home))
+    champion = None if retrain else _encoder_champion(command_home(args))
     outdated = [] if retrain else [
         k for k in keys
         if _embeddings_outdated(_partition_metadata(instance, "image_embeddings", k), champion)]
@@ -552,7 +600,7 @@ def _print_results(instance, args: argparse.Namespace) -> bool:
     from galaxy_assets.evaluation.report import EvaluationResult
     from galaxy_assets.settings import load_settings
 
-    home = Home.from_env(args.home)
+    home = command_home(args)
     report = latest_report(home)
     if report is not None:
         print("\n" + format_evaluation(EvaluationResult.from_json(report)))
@@ -600,7 +648,7 @@ def cmd_import_captions(args: argparse.Namespace) -> int:
     from galaxy_assets.captioning.base import CaptionerError
     from galaxy_assets.captioning.store import CaptionStore
 
-    home = Home.from_env(args.home).ensure()
+    home = command_home(args).ensure()
     store = CaptionStore(home.root / "captions")
     try:
         n = store.import_table(args.table, source=args.source)
@@ -667,7 +715,7 @@ def _print_survey_summary(instance, keys: list[str], failed: list[str]) -> None:
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
-    home = Home.from_env(args.home)
+    home = command_home(args)
     dagster_home = prepare_dagster_home(home)
     import dagster as dg
 
@@ -702,7 +750,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     from galaxy_assets.settings import load_settings
 
     settings = load_settings()
-    home = Home.from_env(args.home) if args.home else settings.home_folder()
+    home = command_home(args)
     try:
         results, rerank = run_search(args, settings, home)
     # the embedder and the re-ranker's captioner are built from the settings on the way
@@ -812,7 +860,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from galaxy_assets.evaluation.errors import EvaluationError
     from galaxy_assets.evaluation.report import EvaluationResult
 
-    home = Home.from_env(args.home)
+    home = command_home(args)
     path = latest_report(home)
     if path is None:
         print(f"no search evaluation under {home.reports / 'search_evaluation'}: materialize "
@@ -1025,7 +1073,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print("galaxy-assets serve: --max-upload-mb must be > 0", file=sys.stderr)
         return 2
     settings = load_settings()
-    home = Home.from_env(args.home) if args.home else settings.home_folder()
+    home = command_home(args)
     print(f"serving {home.root} on http://{args.host}:{args.port}/ (Ctrl-C stops)",
           file=sys.stderr)
     serve(args.host, args.port, allow_remote=args.allow_remote, home=home, settings=settings,
@@ -1064,7 +1112,14 @@ def main(argv: list[str] | None = None) -> int:
         # --home stands for $GALAXY_ASSETS_HOME for the whole command, so the home's
         # config.yaml (read by load_settings through the variable) is that home's
         os.environ[HOME_ENV] = str(Home.from_env(args.home).root)
-    return int(args.func(args) or 0)
+    from galaxy_assets.settings import SettingsError
+    from galaxy_assets.survey.errors import SurveyConfigError
+
+    try:
+        return int(args.func(args) or 0)
+    except (SettingsError, SurveyConfigError) as exc:  # the user's settings or arguments
+        print(f"galaxy-assets {args.command}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

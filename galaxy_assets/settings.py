@@ -398,4 +398,24 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:
-        raise SettingsError(f"invalid settings (from {path if path.is_file() else 'environment'}): {exc}") from exc
+        raise SettingsError(
+            f"invalid settings (from {_sources(exc, env, path)}): {exc}"
+        ) from exc
+
+
+def _sources(exc: ValidationError, env: dict[str, str], path: Path) -> str:
+    """Where the values that failed came from: the environment variables that set them, else
+    the settings file."""
+    overridden = _env_overrides(env)
+    sources: list[str] = []
+    for error in exc.errors():
+        loc = [str(part) for part in error.get("loc", ())]
+        if loc[:1] == ["profile"] and "profile" in overridden:
+            where = "GALAXY_ASSETS_PROFILE"
+        elif len(loc) >= 2 and loc[1] in overridden.get(loc[0], {}):
+            where = f"GALAXY_ASSETS_{loc[0].upper()}_{loc[1].upper()}"
+        else:
+            where = str(path) if path.is_file() else "defaults"
+        if where not in sources:
+            sources.append(where)
+    return ", ".join(sources) or (str(path) if path.is_file() else "environment")

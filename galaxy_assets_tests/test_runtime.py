@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import pytest
@@ -74,6 +75,11 @@ def test_settings_errors(tmp_path, monkeypatch):
         load_settings()
     bad.write_text("survey:\n  colour: red\n")
     with pytest.raises(SettingsError, match="colour"):
+        load_settings()
+    # a bad value from the environment names its variable, not the (valid) file beside it
+    bad.write_text("survey:\n  cutout_size: 64\n")
+    monkeypatch.setenv("GALAXY_ASSETS_COMPUTE_DEVICE", "gpu")
+    with pytest.raises(SettingsError, match=r"invalid settings \(from GALAXY_ASSETS_COMPUTE_DEVICE\)"):
         load_settings()
 
 
@@ -261,3 +267,51 @@ def test_ctrl_c_lets_the_child_shut_down_and_ends_quietly(tmp_path):
                          timeout=60, start_new_session=True)
     assert run.returncode == 130, run.stderr
     assert "Traceback" not in run.stderr and done.read_text() == "clean"
+
+
+def test_dev_hands_dagster_absolute_paths(tmp_path):
+    """`galaxy-assets dev` runs Dagster from the repository: relative paths in the settings'
+    environment named folders there (GALAXY_ASSETS_SURVEY_ROOTS=data/mmu found nothing, a
+    relative GALAXY_ASSETS_CONFIG failed the code location)."""
+    from galaxy_assets.cli import absolute_env_paths
+
+    (tmp_path / "conf.yaml").write_text("{}\n")
+    (tmp_path / "ckpt.pt").write_text("")
+    env = {
+        "GALAXY_ASSETS_CONFIG": "conf.yaml",
+        "GALAXY_ASSETS_SURVEY_ROOTS": os.pathsep.join(["data/mmu", "/abs/fits"]),
+        "GALAXY_ASSETS_SEARCH_URI": "s3://bucket/lancedb",
+        "GALAXY_ASSETS_IMAGE_ENCODER_CHECKPOINT": "ckpt.pt",
+        "GALAXY_ASSETS_CAPTIONER_MODEL": "Qwen/Qwen2.5-VL-7B-Instruct",  # a hub id, not a path
+    }
+    changed = absolute_env_paths(env, tmp_path)
+    assert env["GALAXY_ASSETS_CONFIG"] == str(tmp_path / "conf.yaml")
+    assert env["GALAXY_ASSETS_SURVEY_ROOTS"].split(os.pathsep) == [str(tmp_path / "data/mmu"),
+                                                                   "/abs/fits"]
+    assert env["GALAXY_ASSETS_IMAGE_ENCODER_CHECKPOINT"] == str(tmp_path / "ckpt.pt")
+    assert env["GALAXY_ASSETS_SEARCH_URI"] == "s3://bucket/lancedb"
+    assert env["GALAXY_ASSETS_CAPTIONER_MODEL"] == "Qwen/Qwen2.5-VL-7B-Instruct"
+    assert set(changed) == {"GALAXY_ASSETS_CONFIG", "GALAXY_ASSETS_SURVEY_ROOTS",
+                            "GALAXY_ASSETS_IMAGE_ENCODER_CHECKPOINT"}
+
+
+def test_every_command_finds_the_home_a_settings_file_names(tmp_path, monkeypatch, capsys):
+    """A settings file's `home:` was honoured by search, serve and the graph's resources, and
+    ignored by demo, dev, evaluate and import-captions (they used ./.galaxy_home)."""
+    import argparse
+
+    from galaxy_assets.cli import command_home, main
+
+    monkeypatch.delenv("GALAXY_ASSETS_HOME", raising=False)
+    monkeypatch.chdir(tmp_path)
+    conf = tmp_path / "conf.yaml"
+    conf.write_text(f"home: {tmp_path / 'elsewhere'}\n")
+    monkeypatch.setenv("GALAXY_ASSETS_CONFIG", str(conf))
+    assert command_home(argparse.Namespace(home=None)).root == tmp_path / "elsewhere"
+    assert command_home(argparse.Namespace(home=str(tmp_path / "h"))).root == tmp_path / "h"
+    assert main(["evaluate"]) == 2
+    assert str(tmp_path / "elsewhere") in capsys.readouterr().err
+    # settings errors are one line and exit 2, not a traceback
+    conf.write_text("survey:\n  colour: red\n")
+    assert main(["evaluate"]) == 2
+    assert capsys.readouterr().err.startswith("galaxy-assets evaluate: invalid settings (from ")
