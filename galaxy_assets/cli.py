@@ -763,11 +763,21 @@ def cmd_search(args: argparse.Namespace) -> int:
         path = write_contact_sheet(results.frame, args.html,
                                    title=f"{results.query} (table v{results.table_version})")
         print(f"contact sheet: {path}", file=sys.stderr)
+    # every rating failed (an endpoint down, a spent quota): the order is the similarity's,
+    # the results are printed as such, and the command fails
+    rerank_failed = rerank is not None and rerank.n_rated == 0 and rerank.n_failed > 0
+    if rerank is not None:
+        first = next(iter(rerank.failures.values()), "")
+        print(f"re-ranked by {rerank.rater}: {rerank.n_rated} rated, {rerank.n_failed} failed"
+              + (f" (e.g. {first})" if rerank_failed and first else ""), file=sys.stderr)
     if args.json:
-        print(json.dumps(results.to_json_records(), indent=2))
-        return 0
-    print(format_results(results, rerank))
-    return 0
+        records = results.to_json_records()
+        if rerank is not None:  # which rater ordered them, beside each rating
+            records = [{**r, "reranker": rerank.rater} for r in records]
+        print(json.dumps(records, indent=2))
+    else:
+        print(format_results(results, rerank))
+    return 1 if rerank_failed else 0
 
 
 def run_search(args: argparse.Namespace, settings, home: Home):

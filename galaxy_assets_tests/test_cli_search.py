@@ -213,3 +213,25 @@ def test_an_embedder_or_rater_that_cannot_be_built_is_a_one_line_error(
         monkeypatch.setattr(service, "open_search", broken)
         assert main(["search", "spiral"]) == 2
         assert capsys.readouterr().err.strip() == f"galaxy-assets search: {error}"
+
+
+def test_re_ranked_json_names_its_rater_and_a_failed_re_ranking_fails(monkeypatch, isolated_home,
+                                                                       capsys):
+    """`search --rerank --json` dropped which rater ordered the results, and exited 0 when
+    every rating failed (an endpoint down), with every rating null."""
+    import json
+    from types import SimpleNamespace
+
+    import galaxy_assets.cli as cli
+
+    results = SimpleNamespace(to_json_records=lambda: [{"object_id": "g1", "rating": 7.0}])
+    for n_rated, n_failed, code in ((1, 0, 0), (0, 1, 1)):
+        rerank = SimpleNamespace(rater="openai:vlm@abc", n_rated=n_rated, n_failed=n_failed,
+                                 failures={"g1": "connection refused"} if n_failed else {})
+        monkeypatch.setattr(cli, "run_search", lambda *a, _r=rerank: (results, _r))
+        assert main(["search", "spiral", "--rerank", "--json"]) == code
+        out = capsys.readouterr()
+        assert json.loads(out.out) == [{"object_id": "g1", "rating": 7.0,
+                                        "reranker": "openai:vlm@abc"}]
+        assert f"re-ranked by openai:vlm@abc: {n_rated} rated, {n_failed} failed" in out.err
+    assert "(e.g. connection refused)" in out.err
