@@ -173,10 +173,13 @@ def _built_from(instance: dg.DagsterInstance, keys: list[str]) -> dict[str, dict
     return {key: meta for key, meta in found.items() if meta}
 
 
-def shard_changed(meta: dict, path, state: str | None = None) -> str | None:
+def shard_changed(meta: dict, path, state: str | None = None, *, bands=None,
+                  cutout_size: int | None = None) -> str | None:
     """Why the shard file at ``path`` is not the one the manifest with ``meta`` (raw_cutouts'
     metadata) was built from, or None: another path (another root: the same HEALPix keys as
-    the mock survey, a remount), or another size or mtime (replaced in place)."""
+    the mock survey, a remount), another size or mtime (replaced in place), or, when
+    ``bands`` / ``cutout_size`` are given (the settings now), other bands or another crop
+    than the manifest was read with."""
     was = meta.get("shard_uri")
     if was is not None and os.path.abspath(str(was)) != os.path.abspath(str(path)):
         return f"was read from {was}, now found at {path}"
@@ -184,7 +187,17 @@ def shard_changed(meta: dict, path, state: str | None = None) -> str | None:
     now = state if state is not None else _state(path)
     if before is not None and before != now:
         return f"its file changed since it was read ({before} → {now}, size-mtime)"
+    if bands is not None and meta.get("bands") not in (None, ",".join(bands)):
+        return f"read with bands {meta['bands']}, the settings now say {','.join(bands)}"
+    size = meta.get("cutout_size")
+    if cutout_size is not None and size is not None and int(size) != int(cutout_size):
+        return f"read at cutout_size {size}, the settings now say {cutout_size}"
     return None
+
+
+def _read_settings(survey: SurveyResource) -> str:
+    """The settings a manifest depends on besides its file, as the cursor records them."""
+    return f"{','.join(survey.bands)}|{int(survey.cutout_size)}"
 
 
 @dg.sensor(
@@ -195,8 +208,10 @@ def shard_changed(meta: dict, path, state: str | None = None) -> str | None:
     description="Adds a survey_shards partition for every new shard file under the survey "
     "roots and requests its materialization down to galaxy_index (only raw_cutouts until an "
     "aligner exists); runs a known shard again when it is found at another path (a renamed "
-    "or remounted root); removes the partitions of shard files that disappeared and requests "
-    "index_maintenance, which deletes their rows.",
+    "or remounted root), when its file was replaced, or when survey.bands or "
+    "survey.cutout_size differ from those its manifest was read with; removes the "
+    "partitions of shard files that disappeared and requests index_maintenance, which "
+    "deletes their rows.",
 )
 def survey_shards_sensor(
     context: dg.SensorEvaluationContext, home: HomeResource, survey: SurveyResource
@@ -228,13 +243,20 @@ def survey_shards_sensor(
     known = sorted(existing & set(found))
     state = {k: _state(found[k]) for k in known}
     # a shard the cursor has not seen yet (the first tick after `galaxy-assets demo`, or
-    # after survey.roots changed) is compared with what its manifest was built from
-    unseen = [k for k in known if k not in seen]
+    # after survey.roots changed) is compared with what its manifest was built from; so is
+    # every known shard on the first tick under other survey.bands / survey.cutout_size than
+    # the cursor recorded (or none: a cursor from older code), as the manifests were read
+    # with the settings of their day
+    rounds = _cursor_paths(context.cursor, "rounds")
+    settings = _read_settings(survey)
+    unseen = [k for k in known if k not in seen or rounds.get("read") != settings]
     built = _built_from(context.instance, unseen)
     moved = [k for k in known
              if ((k in seen and seen[k] != _path_id(found[k]))
                  or (k in seen_state and seen_state[k] != state[k])
-                 or (k in built and shard_changed(built[k], found[k], state[k])))
+                 or (k in built and shard_changed(built[k], found[k], state[k],
+                                                  bands=survey.bands,
+                                                  cutout_size=survey.cutout_size)))
              and now - _mtime(found[k]) >= SETTLE_S]
     at = {k: seen[k] for k in known if k in seen and k not in moved}
     at.update({k: _path_id(found[k]) for k in known if k not in at})
@@ -249,17 +271,18 @@ def survey_shards_sensor(
     asked = {k: int(v) for k, v in _cursor_paths(context.cursor, "n").items() if v.isdigit()}
     for k in (*new, *moved):
         asked[k] = asked.get(k, 0) + 1
-    rounds = _cursor_paths(context.cursor, "rounds")
     vanishings = int(rounds.get("vanished", "0") or 0) + (1 if gone else 0)
     # the counters live in the cursor, the daemon's record of run keys for good: a cursor
     # made anew (reset, or from older code) starts a new epoch, so its keys are new too. The
     # new epoch comes from what the tick sees (the partitions and the shard files' states),
-    # so the same first tick evaluated again after a restart repeats its keys
+    # so the same first tick evaluated again after a restart repeats its keys (and the
+    # settings: a cursor reset under other bands or crop must not repeat an older epoch's
+    # keys for the shards it now asks for again)
     epoch = rounds.get("epoch") or hashlib.sha256(json.dumps(
-        [sorted(existing), sorted((k, _state(p)) for k, p in found.items())]).encode()
+        [sorted(existing), sorted((k, _state(p)) for k, p in found.items()), settings]).encode()
     ).hexdigest()[:12]
     cursor = json.dumps({"at": at, "state": states, "n": asked,
-                         "rounds": {"vanished": vanishings, "epoch": epoch}},
+                         "rounds": {"vanished": vanishings, "epoch": epoch, "read": settings}},
                         sort_keys=True, separators=(",", ":"))
     if not new and not gone and not moved:
         note = f"; {waiting} still changing" if waiting else ""
@@ -269,7 +292,8 @@ def survey_shards_sensor(
     indexed = context.instance.get_latest_materialization_event(dg.AssetKey("aligned_model"))
     job = ingest_shard_job if indexed is not None else survey_job
     context.log.info(f"{len(new)} new shard(s) for {job.name}: {new[:10]}; {len(gone)} gone: "
-                     f"{gone[:10]}; {len(moved)} moved or replaced: {moved[:10]}")
+                     f"{gone[:10]}; {len(moved)} moved, replaced or read with other bands or "
+                     f"crop: {moved[:10]}")
     # the run key names the file's state and how often the shard was asked for (the daemon
     # skips a run key it has seen)
     requests = [dg.RunRequest(partition_key=k, job_name=job.name,

@@ -146,6 +146,67 @@ def test_another_survey_under_the_same_keys_is_built_again(isolated_home, survey
         assert "cutout_size 16, the settings now say 12" in why
 
 
+def test_sensor_rebuilds_shards_read_with_other_bands_or_crop(isolated_home, survey_root,
+                                                              monkeypatch):
+    """Manifests read with other survey.bands or survey.cutout_size than the settings now
+    give are requested again (under `galaxy-assets dev` a config change reaches only the
+    sensor), with run keys the daemon has not seen: on the first tick without a cursor, on
+    the first tick after the settings changed under a cursor, and back again."""
+    monkeypatch.setattr("galaxy_assets.defs.survey.SETTLE_S", 0.0)
+    keys = ["healpix=101__001-of-001", "healpix=102__001-of-001"]
+
+    def resources(**settings):
+        out = _resources(isolated_home, survey_root)
+        out["survey"] = SurveyResource(roots=[str(survey_root)],
+                                       **{"bands": BANDS, "cutout_size": 16, **settings})
+        return out
+
+    def tick(cursor, **settings):
+        ctx = dg.build_sensor_context(instance=instance, resources=resources(**settings),
+                                      cursor=cursor)
+        result = survey_shards_sensor(ctx)
+        requested = (sorted(r.partition_key for r in result.run_requests)
+                     if isinstance(result, dg.SensorResult) else [])
+        keys_seen = ({r.run_key for r in result.run_requests}
+                     if isinstance(result, dg.SensorResult) else set())
+        return requested, keys_seen, (result.cursor if isinstance(result, dg.SensorResult)
+                                      else ctx.cursor)
+
+    def build(**settings):
+        for key in keys:
+            dg.materialize([raw_cutouts], partition_key=key, instance=instance,
+                           resources=resources(**settings))
+
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(shard_partitions.name,
+                                        [*keys, "healpix=103__001-of-001"])
+        build()  # read at 16 px with griz
+        # the reviewer's case: no cursor yet, manifests at 16 px, the settings say 12
+        requested, first_keys, _ = tick(None, cutout_size=12)
+        assert requested == keys
+        requested, reset_keys, _ = tick(None, bands=["g", "r", "z"])
+        assert requested == keys
+        assert not reset_keys & first_keys  # a reset cursor under other settings: new keys
+        # the same settings as the manifests: nothing to do
+        requested, _, cursor = tick(None)
+        assert requested == []
+        # the settings change under a running sensor
+        requested, smaller_keys, cursor = tick(cursor, cutout_size=12)
+        assert requested == keys
+        requested, _, cursor = tick(cursor, cutout_size=12)
+        assert requested == []  # asked for once, not on every tick
+        build(cutout_size=12)
+        requested, _, cursor = tick(cursor, cutout_size=12)
+        assert requested == []
+        # back to 16 px: the manifests are at 12 now, so the shards run again, with new keys
+        requested, back_keys, cursor = tick(cursor)
+        assert requested == keys
+        assert not back_keys & (smaller_keys | first_keys | reset_keys)
+        build()
+        requested, _, cursor = tick(cursor, bands=["g", "r", "z"])
+        assert requested == keys
+
+
 def test_raw_cutouts_good_bad_and_checks(isolated_home, survey_root):
     resources = _resources(isolated_home, survey_root)
     keys = ["healpix=101__001-of-001", "healpix=102__001-of-001", "healpix=103__001-of-001"]
