@@ -42,7 +42,8 @@ class SearchEvaluationConfig(dg.Config):
 @dg.asset(
     group_name="search", kinds={"mlflow", "polars", "pytorch"}, **gpu_step(),
     ins={"image_embeddings": ALL, "raw_cutouts": ALL,
-         # only which galaxies have a training caption (the report's caption split)
+         # only which galaxies are captioned (the report's caption split, less the aligner's
+         # validation galaxies)
          "caption_embeddings": dg.AssetIn(metadata={"columns": ["object_id"]})},
     check_specs=[dg.AssetCheckSpec(GATE, asset="search_evaluation", blocking=True,
                                    description="The candidate aligner's nDCG@10 drops on no "
@@ -75,15 +76,18 @@ def search_evaluation(
                                alias=search_index.aligner_alias)
     tracker = mlflow.tracker(home.home())
     embedder = text_embedder.build(compute)
+    images = pl.concat(list(image_embeddings.values()))
+    trained, held_out = _training_caption_ids(
+        tracker, aligned_model, caption_embeddings["object_id"], images["object_id"], context.log)
     outcome = run_search_evaluation(
         candidate_version=int(aligned_model["version"][0]),
-        image_embeddings=pl.concat(list(image_embeddings.values())),
+        image_embeddings=images,
         manifest=pl.concat(list(raw_cutouts.values()), how="diagonal_relaxed"),
         tracker=tracker, text_embedder=embedder,
         rater=build_rater(settings, text_embedder=embedder) if config.rerank else None,
         reports=home.home().reports / "search_evaluation", config=run_cfg,
         index_version=_index_version(home, search_index),
-        reranker=reranker, captioned_ids=caption_embeddings["object_id"].unique().to_list(),
+        reranker=reranker, captioned_ids=trained,
         log=context.log.info,
     )
     decision = outcome.decision
@@ -95,6 +99,8 @@ def search_evaluation(
         "promoted": outcome.promoted, "candidate_version": outcome.candidate_version,
         "champion_version": outcome.champion_version or 0,
         "reranker": reranker or "none", "report_version": REPORT_VERSION,
+        "caption_split_training_galaxies": len(trained),
+        "caption_split_validation_galaxies": len(held_out),
         **{k.replace("/", "__"): v for k, v in outcome.result.flat_metrics().items()
            if "ndcg_at_10" in k and not k.endswith("_std")},
     }
@@ -109,6 +115,47 @@ def search_evaluation(
         metadata={"promoted": outcome.promoted, "candidate_version": outcome.candidate_version,
                   "gate": dg.MetadataValue.md(decision.to_markdown())},
     )
+
+
+def _training_caption_ids(
+    tracker, aligned_model: pl.DataFrame, caption_ids: pl.Series, image_ids: pl.Series, log,
+) -> tuple[list[str], list[str]]:
+    """(trained on, held out): the captioned galaxies the candidate trained on and the
+    validation galaxies it held out, split with the settings its MLflow run records
+    (``train.val_fraction``, ``train.min_validation``, ``train.split_salt``; TrainConfig's
+    defaults where the run lacks one). Held-out galaxies were never trained on: the caption
+    split counts them as without a training caption."""
+    from galaxy_assets.alignment.train import TrainConfig
+    from galaxy_assets.evaluation.caption_split import training_split
+
+    run_id = (str(aligned_model["run_id"][0])
+              if "run_id" in aligned_model.columns and aligned_model.height else None)
+    params: dict[str, str] = {}
+    if run_id:
+        try:
+            params = dict(tracker.client.get_run(run_id).data.params)
+        except Exception as exc:  # noqa: BLE001 - the split is a report detail: defaults
+            log.warning(f"caption split: could not read the aligner's run {run_id} ({exc})")
+    settings = {"val_fraction": float, "min_validation": int, "split_salt": str}
+    missing = [k for k in settings if f"train.{k}" not in params]
+    if missing:
+        log.warning(f"caption split: the aligner's run {run_id or '(none)'} records no "
+                    f"{', '.join(missing)}; splitting with TrainConfig's defaults")
+    value = {k: cast(params[f"train.{k}"]) if f"train.{k}" in params
+             else getattr(TrainConfig, k) for k, cast in settings.items()}
+    trained, held_out = training_split(
+        caption_ids, image_ids, val_fraction=value["val_fraction"],
+        min_validation=value["min_validation"], salt=value["split_salt"])
+    recorded = (params.get("data.n_train_objects"), params.get("data.n_val_objects"))
+    if None not in recorded and (int(recorded[0]), int(recorded[1])) != (len(trained),
+                                                                         len(held_out)):
+        log.warning(f"caption split: {len(trained)} training and {len(held_out)} validation "
+                    f"galaxies, where the aligner's run recorded {recorded[0]} and "
+                    f"{recorded[1]}: its captions or image vectors changed since it trained, "
+                    "so a few galaxies may sit in the wrong group")
+    log.info(f"caption split: {len(trained)} galaxies with a training caption; "
+             f"{len(held_out)} captioned validation galaxies count as without one")
+    return trained, held_out
 
 
 def _index_version(home: HomeResource, search_index: SearchIndexResource) -> int | None:

@@ -12,11 +12,19 @@ training caption, and among those *with* one. nDCG@k depends on how many galaxie
 the larger group is subsampled to the size of the smaller one, ``n_draws`` times, and its mean
 and spread over draws are reported. A figure without captions well below the one with captions
 says the aligner's quality on this survey partly comes from memorised pairs.
+
+"With a training caption" means the aligner trained on the galaxy's pair. Training holds out
+a validation share of the captioned galaxies (``TrainConfig.val_fraction``, at least
+``min_validation``), which it never trains on; :func:`training_split` recomputes that split
+with the aligner's own settings, so that those galaxies count as without a training caption.
+(With ``select_by`` ``caption_loss`` or ``view_loss`` their loss chose the kept checkpoint;
+with the default ``last`` they play no part in the model.)
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -24,10 +32,39 @@ import numpy as np
 from galaxy_assets.evaluation.labels import TargetLabels
 from galaxy_assets.evaluation.metrics import finite_mean, ndcg
 
-__all__ = ["CAPTION_SPLIT_DRAWS", "MIN_GROUP", "caption_split"]
+__all__ = ["CAPTION_SPLIT_DRAWS", "MIN_GROUP", "caption_split", "training_split"]
 
 CAPTION_SPLIT_DRAWS = 50  # subsamples of the larger group
 MIN_GROUP = 20  # fewer labelled galaxies in either group: no comparison
+
+
+def training_split(
+    caption_ids: Iterable[str],
+    image_ids: Iterable[str] | None = None,
+    *,
+    val_fraction: float,
+    min_validation: int,
+    salt: str,
+) -> tuple[list[str], list[str]]:
+    """(training, validation) object_ids of the aligner's pairs, sorted.
+
+    The pairs are the captioned galaxies (``caption_ids``) that have an image vector
+    (``image_ids``; None: all of them), split as
+    :func:`~galaxy_assets.alignment.train.train_on_pairs` splits them:
+    :func:`~galaxy_assets.alignment.data.split_by_object` with the training run's
+    ``val_fraction``, ``min_validation`` and ``split_salt``. A galaxy's side depends on its id
+    alone unless the hash share falls short of ``min_validation``; captions or vectors that
+    changed since training (or were unusable to it) can then move a few galaxies.
+    """
+    from galaxy_assets.alignment.data import split_by_object
+
+    ids = np.unique(np.asarray([str(o) for o in caption_ids], dtype=str))
+    if image_ids is not None:
+        ids = ids[np.isin(ids, np.asarray([str(o) for o in image_ids], dtype=str))]
+    if ids.size == 0:
+        return [], []
+    is_val = split_by_object(ids, val_fraction, min_validation=min_validation, salt=salt)
+    return ids[~is_val].tolist(), ids[is_val].tolist()
 
 
 def _group_score(

@@ -118,3 +118,118 @@ def test_the_cli_table_prints_the_caption_split(world):
     assert line.startswith("semantic nDCG@10 on galaxies without / with a training caption")
     assert f"spirals {sp['uncaptioned']['ndcg']:.3f} / {sp['captioned']['ndcg']:.3f}" in line
     assert "training caption" not in format_evaluation(evaluate(labels, **kw))
+
+
+def test_training_split_is_the_aligners_split_of_its_pairs():
+    from galaxy_assets.alignment.data import split_by_object
+    from galaxy_assets.evaluation.caption_split import training_split
+
+    caption_ids = [f"g{i:04d}" for i in range(300)] * 2 + ["no-image"]  # repeats: views
+    image_ids = [f"g{i:04d}" for i in range(400)]
+    train, val = training_split(caption_ids, image_ids, val_fraction=0.25, min_validation=16,
+                                salt="s")
+    pairs = np.array([f"g{i:04d}" for i in range(300)])
+    is_val = split_by_object(pairs, 0.25, min_validation=16, salt="s")
+    assert train == pairs[~is_val].tolist() and val == pairs[is_val].tolist()
+    assert 40 < len(val) < 110 and "no-image" not in train + val
+    assert training_split([], image_ids, val_fraction=0.1, min_validation=16, salt="s") == ([], [])
+
+
+def test_search_evaluation_counts_validation_galaxies_as_without_a_training_caption(
+    tmp_path, monkeypatch
+):
+    """The aligner never trains on the validation galaxies it holds out; they were counted as
+    "with a training caption", shrinking the memorisation gap. The split is the one the run
+    recorded (a non-default val_fraction and salt here), not TrainConfig's defaults."""
+    from types import SimpleNamespace
+
+    import dagster as dg
+    import polars as pl
+
+    import galaxy_assets.defs.evaluation as defs_eval
+    from galaxy_assets.alignment import split_by_object, train_aligner
+    from galaxy_assets.alignment.synthetic import synthetic_pairs
+    from galaxy_assets.alignment.train import register_aligner
+    from galaxy_assets.tracking import Tracker
+
+    images, captions = synthetic_pairs(200, image_dim=8, text_dim=8, seed=1)
+    captions = captions.head(150)  # 50 galaxies without a caption
+    result = train_aligner(
+        images, captions,
+        model_config={"output_dim": 8, "hidden_dim": 16, "n_blocks": 1},
+        train_config={"epochs": 1, "batch_size": 32, "val_fraction": 0.3,
+                      "split_salt": "eval-test", "num_threads": 1},
+    )
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "artifacts")
+    reg = register_aligner(result, tracker, plot=False)
+    pair_ids = np.array(sorted(captions["object_id"].to_list()))
+    is_val = split_by_object(pair_ids, 0.3, min_validation=16, salt="eval-test")
+    assert is_val.sum() == result.data["n_val_objects"]
+
+    seen: dict = {}
+
+    class _Stop(Exception):
+        pass
+
+    def fake_run(**kwargs):
+        seen.update(kwargs)
+        raise _Stop
+
+    monkeypatch.setattr(defs_eval, "run_search_evaluation", fake_run)
+    monkeypatch.setattr(defs_eval, "_index_version", lambda *a: None)
+    body = defs_eval.search_evaluation.op.compute_fn.decorated_fn
+    caption_ids = pl.DataFrame({"object_id": captions["object_id"].to_list() + ["lost-1"]})
+    with pytest.raises(_Stop):
+        list(body(
+            dg.build_asset_context(), defs_eval.SearchEvaluationConfig(rerank=False),
+            aligned_model=pl.DataFrame({"version": [reg.version], "run_id": [reg.run_id]}),
+            image_embeddings={"s": images}, raw_cutouts={"s": images.select("object_id")},
+            caption_embeddings=caption_ids,
+            home=SimpleNamespace(home=lambda: SimpleNamespace(reports=tmp_path / "reports")),
+            compute=None, mlflow=SimpleNamespace(tracker=lambda home: tracker),
+            text_embedder=SimpleNamespace(build=lambda compute: object()),
+            search_index=SimpleNamespace(aligner_alias="champion"),
+        ))
+    assert not set(seen["captioned_ids"]) & set(pair_ids[is_val])  # held out: no training pair
+    assert sorted(seen["captioned_ids"]) == pair_ids[~is_val].tolist()
+    assert len(seen["captioned_ids"]) == result.data["n_train_objects"]
+
+
+def test_a_run_without_split_settings_or_with_other_counts_is_said_in_the_log():
+    from types import SimpleNamespace
+
+    import polars as pl
+
+    from galaxy_assets.defs.evaluation import _training_caption_ids
+    from galaxy_assets.evaluation.caption_split import training_split
+
+    def tracker(params):
+        run = SimpleNamespace(data=SimpleNamespace(params=params))
+        return SimpleNamespace(client=SimpleNamespace(get_run=lambda run_id: run))
+
+    class Log:
+        def __init__(self):
+            self.warnings, self.infos = [], []
+
+        def warning(self, text):
+            self.warnings.append(text)
+
+        def info(self, text):
+            self.infos.append(text)
+
+    ids = pl.Series("object_id", [f"g{i:04d}" for i in range(300)])
+    model = pl.DataFrame({"version": [1], "run_id": ["r1"]})
+    log = Log()
+    got = _training_caption_ids(tracker({}), model, ids, ids, log)
+    assert got == training_split(ids, ids, val_fraction=0.1, min_validation=16, salt="aligner-v1")
+    assert "records no val_fraction, min_validation, split_salt" in log.warnings[0]
+    log = Log()
+    params = {"train.val_fraction": "0.1", "train.min_validation": "16",
+              "train.split_salt": "aligner-v1", "data.n_train_objects": "1",
+              "data.n_val_objects": "299"}
+    got = _training_caption_ids(tracker(params), model, ids, ids, log)
+    assert len(log.warnings) == 1 and "recorded 1 and 299" in log.warnings[0]
+    params.update({"data.n_train_objects": str(len(got[0])), "data.n_val_objects": str(len(got[1]))})
+    log = Log()
+    _training_caption_ids(tracker(params), model, ids, ids, log)
+    assert log.warnings == [] and f"{len(got[1])} captioned validation galaxies" in log.infos[0]
