@@ -503,6 +503,41 @@ def _report_outdated(meta: dict) -> bool:
     return bool(meta) and int(meta.get("report_version", 1)) < REPORT_VERSION
 
 
+def _latest_ids(instance, asset: str, keys: list[str] | None = None) -> dict[str | None, int]:
+    """The event-log storage id (increasing with time) of the latest materialization of
+    ``asset``: per partition of ``keys``, or under None for an unpartitioned asset."""
+    import dagster as dg
+    from dagster._core.events import DagsterEventType
+
+    if keys is None:
+        records = instance.fetch_materializations(dg.AssetKey(asset), limit=1).records
+        return {None: records[0].storage_id} if records else {}
+    ids = instance.get_latest_storage_id_by_partition(
+        dg.AssetKey(asset), DagsterEventType.ASSET_MATERIALIZATION, set(keys))
+    return dict(ids)
+
+
+def _built_before(instance, asset: str, upstream: str, keys: list[str]) -> list[str]:
+    """The ``keys`` whose ``upstream`` partition was materialized after that partition of
+    ``asset``: a run stopped between the two stages left ``asset`` built from the old one."""
+    ups, mine = _latest_ids(instance, upstream, keys), _latest_ids(instance, asset, keys)
+    return [k for k in keys if k in ups and k in mine and ups[k] > mine[k]]
+
+
+def _older_than_run(instance, asset: str, upstream: str) -> bool:
+    """Whether the unpartitioned ``asset`` was last materialized before ``upstream`` was."""
+    mine, ups = _latest_ids(instance, asset).get(None), _latest_ids(instance, upstream).get(None)
+    return mine is not None and ups is not None and ups > mine
+
+
+def _older_than(instance, asset: str, upstream: str, keys: list[str]) -> list[str]:
+    """The ``keys`` whose partition of ``asset`` was materialized before the latest run of the
+    unpartitioned ``upstream`` (the emulator, the evaluation that promoted an aligner)."""
+    latest = _latest_ids(instance, upstream).get(None)
+    mine = _latest_ids(instance, asset, keys)
+    return [] if latest is None else [k for k in keys if k in mine and mine[k] < latest]
+
+
 def _run_models(defs, instance, keys: list[str], args: argparse.Namespace) -> bool:
     """Morphology encoder -> per-shard predictions and embeddings -> aligner -> evaluation and
     champion gate -> search vectors and galaxy_index (one run over every shard)."""
@@ -530,8 +565,15 @@ def _run_models(defs, instance, keys: list[str], args: argparse.Namespace) -> bo
     new_captions = bool(_latest_metadata(instance, "vlm_captions").get("described_now")) or (
         _captions_changed(_latest_metadata(instance, "aligned_model"),
                           _latest_metadata(instance, "caption_embeddings")))
-    realign = bool(retrain or shards or new_captions or absent("aligned_model"))
-    reemulate = bool(retrain or shards or absent("property_emulator"))
+    # a rerun after a run stopped half-way (Ctrl-C, a failed stage): a model trained before
+    # the embeddings it reads were rebuilt is trained again, though nothing is missing now
+    aligned = _latest_metadata(instance, "aligned_model")
+    embedded_by = {_partition_metadata(instance, "image_embeddings", k).get("encoder")
+                   for k in keys} - {None}
+    realign = bool(retrain or shards or new_captions or absent("aligned_model")
+                   or (aligned.get("image_encoder") and embedded_by - {aligned["image_encoder"]}))
+    reemulate = bool(retrain or shards or absent("property_emulator")
+                     or _older_than_run(instance, "property_emulator", "morphology_encoder"))
     # a new rating rule or another captioner makes the re-ranked figures stale
     from galaxy_assets.search.service import reranker_id
 
@@ -540,8 +582,10 @@ def _run_models(defs, instance, keys: list[str], args: argparse.Namespace) -> bo
     # an evaluation from older code lacks figures the report now holds
     old_report = _report_outdated(evaluated)
     # the last aligner was never scored (its evaluation failed): score, gate and index it
-    unevaluated = _unevaluated_aligner(_latest_metadata(instance, "aligned_model"), evaluated)
-    posterior_keys = keys if reemulate else missing("property_posteriors")
+    unevaluated = _unevaluated_aligner(aligned, evaluated)
+    posterior_keys = keys if reemulate else sorted(
+        set(missing("property_posteriors")) | set(_older_than(instance, "property_posteriors",
+                                                              "property_emulator", keys)))
     stages = [
         ("morphology_job", None, retrain, False, "reusing the registered model (--force retrains)"),
         ("shard_embeddings_job", shards, bool(shards), False, "every shard is embedded"),
@@ -570,7 +614,13 @@ def _run_models(defs, instance, keys: list[str], args: argparse.Namespace) -> bo
                   "candidate (the report says why)")
             passed = True
         ok = ok and passed
-    index_keys = keys if realign or unevaluated else sorted(set(missing("galaxy_index")) | set(posterior_keys))
+    # shards indexed before the index's inputs were rebuilt (an index run stopped part-way
+    # after a promotion, or after new posteriors): indexed again
+    stale_index = set(_built_before(instance, "galaxy_index", "property_posteriors", keys))
+    if _latest_metadata(instance, "search_evaluation").get("promoted"):
+        stale_index |= set(_older_than(instance, "galaxy_index", "search_evaluation", keys))
+    index_keys = keys if realign or unevaluated else sorted(
+        set(missing("galaxy_index")) | set(posterior_keys) | stale_index)
     if index_keys:
         if not _run_stage(defs, instance, "index_job", index_keys, batched=True):
             return False

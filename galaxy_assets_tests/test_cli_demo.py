@@ -135,3 +135,81 @@ def test_changed_caption_texts_retrain_the_aligner():
     # an aligner from before the texts were recorded, or no captions yet: no evidence
     assert not _captions_changed({}, {"texts_fingerprint": "def", "embedder": "minilm"})
     assert not _captions_changed(aligned, {})
+
+
+def _demo_rerun(monkeypatch, events, champion: int) -> list[tuple[str, list | None]]:
+    """The stages a demo rerun runs on an instance holding ``events`` (asset, partition or
+    None, metadata), in order, with the image encoder's champion at ``champion``."""
+    import argparse
+
+    import dagster as dg
+
+    import galaxy_assets.cli as cli
+
+    instance = dg.DagsterInstance.ephemeral()
+    for asset, key, meta in events:
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization(asset_key=asset, partition=key, metadata=meta))
+    ran: list[tuple[str, list | None]] = []
+    monkeypatch.setattr(cli, "_encoder_champion", lambda home: champion)
+    monkeypatch.setattr(cli, "_run_stage", lambda defs, inst, job, keys, cfg=None, batched=False:
+                        ran.append((job, keys)) or True)
+    monkeypatch.setattr(cli, "_print_results", lambda inst, args: True)
+    args = argparse.Namespace(force=False, encoder_epochs=None, home=None, emulator_budget=60.0)
+    assert cli._run_models(None, instance, ["s1", "s2"], args)
+    return ran
+
+
+def _built_demo(version: int = 1) -> list:
+    """The events of a finished demo whose encoder is morphology-encoder v``version``."""
+    import argparse
+
+    from galaxy_assets.cli import _encoder_epochs
+    from galaxy_assets.defs.resources import ImageEncoderResource
+    from galaxy_assets.evaluation.report import REPORT_VERSION
+    from galaxy_assets.search.service import reranker_id
+
+    epochs = _encoder_epochs(argparse.Namespace(encoder_epochs=None))
+    encoder = f"registry:morphology-encoder/v{version}+{ImageEncoderResource.from_settings().tta}"
+    shards = ("s1", "s2")
+    return [
+        ("vlm_captions", None, {"described_now": 0}),
+        ("caption_embeddings", None, {"texts_fingerprint": "f", "embedder": "e"}),
+        ("morphology_encoder", None, {"epochs_max": epochs, "version": version}),
+        *[(a, k, {"encoder": encoder}) for a in ("morphology_predictions", "image_embeddings")
+          for k in shards],
+        ("property_emulator", None, {"version": 1}),
+        *[("property_posteriors", k, {}) for k in shards],
+        ("aligned_model", None, {"aligner_version": "search-aligner/v1", "image_encoder": encoder,
+                                 "caption_texts_fingerprint": "f", "caption_embedder": "e"}),
+        ("search_evaluation", None, {"candidate_version": "1", "promoted": True,
+                                     "reranker": reranker_id(), "report_version": REPORT_VERSION}),
+        *[(a, k, {}) for a in ("search_vectors", "galaxy_index") for k in shards],
+    ]
+
+
+def test_a_demo_rerun_finishes_what_a_stopped_run_left(monkeypatch, isolated_home):
+    """A rerun decided only on what was missing: after a run stopped part-way it reported
+    every stage reused and exit 0, leaving models trained on the old encoder's embeddings, or
+    shards indexed with the old aligner."""
+    from galaxy_assets.defs.resources import ImageEncoderResource
+
+    done = _built_demo()
+    assert _demo_rerun(monkeypatch, done, champion=1) == []  # nothing to do
+
+    # the encoder was retrained (v2) and every shard re-embedded, then the run stopped
+    v2 = f"registry:morphology-encoder/v2+{ImageEncoderResource.from_settings().tta}"
+    stopped = [*done, ("morphology_encoder", None, {**done[2][2], "version": 2}),
+               *[("image_embeddings", k, {"encoder": v2}) for k in ("s1", "s2")]]
+    jobs = [job for job, _ in _demo_rerun(monkeypatch, stopped, champion=2)]
+    assert jobs == ["emulator_job", "posteriors_job", "aligner_job", "evaluation_job",
+                    "index_job"]
+
+    # aligner v2 was promoted, then the index run stopped after its first shard
+    meta = {asset: m for asset, key, m in done if key is None}
+    promoted = [*done, ("aligned_model", None, {**meta["aligned_model"], "aligner_version":
+                                                "search-aligner/v2"}),
+                ("search_evaluation", None, {**meta["search_evaluation"],
+                                             "candidate_version": "2"}),
+                ("galaxy_index", "s1", {})]
+    assert _demo_rerun(monkeypatch, promoted, champion=1) == [("index_job", ["s2"])]
