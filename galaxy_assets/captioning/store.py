@@ -5,6 +5,10 @@ A Parquet file in the home folder, rewritten atomically on each append, so rerun
 galaxies with no caption for the same (backend, model, prompt_sha), and changing the backend,
 the model or the prompt recaptions. Failures go to a separate table with their reason; a failed
 galaxy has no caption.
+
+Several processes may use one store at once (``captions_job`` while ``galaxy-assets
+import-captions`` runs): every read-merge-write holds an exclusive lock on ``.store.lock`` in
+the store folder, and a read opens the file once, so it sees one whole version of it.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from pathlib import Path
 import polars as pl
 
 from galaxy_assets.captioning.base import CaptionerError
+from galaxy_assets.runtime import exclusive_file_lock
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +47,7 @@ FAILURE_SCHEMA: dict[str, pl.DataType] = {
 # one caption per galaxy, backend, model and prompt: the same model name under another backend
 # (a local transformers folder and an endpoint serving that name) is another captioner
 KEY = ["object_id", "backend", "model", "prompt_sha"]
+LOCK_NAME = ".store.lock"
 
 
 def _write_atomic(frame: pl.DataFrame, path: Path) -> None:
@@ -56,6 +62,21 @@ def _write_atomic(frame: pl.DataFrame, path: Path) -> None:
         raise
 
 
+def _read(path: Path, schema: dict[str, pl.DataType]) -> pl.DataFrame:
+    """The table at ``path`` (empty, in ``schema``, when there is none).
+
+    The file is opened once and read from that handle: given a path, polars opens it twice
+    (the footer, then the pages), and a writer's ``os.replace`` between the two opens made it
+    read one version's footer with another's pages ("parquet: File out of specification").
+    An open handle keeps the version it opened, whatever replaces the path meanwhile.
+    """
+    try:
+        with open(path, "rb") as handle:
+            return pl.read_parquet(handle)
+    except FileNotFoundError:
+        return pl.DataFrame(schema=schema)
+
+
 def now() -> datetime:
     return datetime.now(UTC)
 
@@ -67,16 +88,13 @@ class CaptionStore:
         self.folder = Path(folder)
         self.captions_path = self.folder / "captions.parquet"
         self.failures_path = self.folder / "caption_failures.parquet"
+        self.lock_path = self.folder / LOCK_NAME
 
     def captions(self) -> pl.DataFrame:
-        if not self.captions_path.exists():
-            return pl.DataFrame(schema=CAPTION_SCHEMA)
-        return pl.read_parquet(self.captions_path)
+        return _read(self.captions_path, CAPTION_SCHEMA)
 
     def failures(self) -> pl.DataFrame:
-        if not self.failures_path.exists():
-            return pl.DataFrame(schema=FAILURE_SCHEMA)
-        return pl.read_parquet(self.failures_path)
+        return _read(self.failures_path, FAILURE_SCHEMA)
 
     def missing(
         self, object_ids: Sequence[str], model: str, prompt_sha: str, backend: str | None = None
@@ -96,10 +114,18 @@ class CaptionStore:
 
         A galaxy that now has a caption loses its earlier failure rows for the same key, and a
         galaxy that failed again keeps only its latest failure (a rerun retries failures).
+        Holds the store's lock from the reads it merges with to the last write, so that
+        concurrent writers (two processes) add to each other instead of overwriting.
         """
         if captions is None:
             captions = pl.DataFrame(schema=CAPTION_SCHEMA)
         captions = captions.select(list(CAPTION_SCHEMA)).cast(CAPTION_SCHEMA)
+        if not captions.height and failures is None:
+            return
+        with exclusive_file_lock(self.lock_path):
+            self._merge(captions, failures)
+
+    def _merge(self, captions: pl.DataFrame, failures: pl.DataFrame | None) -> None:
         if captions.height:
             merged = pl.concat([self.captions(), captions]).unique(
                 subset=KEY, keep="last", maintain_order=True

@@ -232,3 +232,69 @@ def test_a_run_beyond_the_request_budget_sends_nothing(tmp_path):
         captioner = OpenAICaptioner(server.base_url, "vlm", request_budget=12, timeout_s=5)
         run = caption_galaxies(manifest, captioner, store, open_shard, batch_size=4)
         assert run.attempted == 12 and captioner.requests_left == 2  # empty images: not sent
+
+
+def test_concurrent_writers_keep_every_caption(tmp_path):
+    """Two processes adding to one store (captions_job while `galaxy-assets import-captions`
+    runs) lost each other's captions: each read the store, merged its rows and replaced the
+    file, with no lock between the read and the replace (a reviewer's run: 2 x 20 x 100 rows
+    onto 50,000 left 52,000 rows, not 54,000)."""
+    import multiprocessing
+
+    from galaxy_assets_tests.captioning import store_workers
+
+    folder = tmp_path / "captions"
+    store = CaptionStore(folder)
+    store.add(store_workers.rows("base", 20_000))
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(2)
+    writers = [
+        ctx.Process(target=store_workers.add_batches, args=(str(folder), p, 20, 100, barrier))
+        for p in ("a", "b")
+    ]
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join(timeout=120)
+    assert [w.exitcode for w in writers] == [0, 0]
+    captions = store.captions()
+    assert captions.height == 20_000 + 2 * 20 * 100
+    assert captions["object_id"].n_unique() == captions.height
+
+
+def test_reads_while_the_store_is_replaced_see_one_whole_version(tmp_path):
+    """A reader died with "parquet: File out of specification" while a writer replaced the
+    file: given a path, polars opens it twice (footer, then pages), and an os.replace between
+    the two gave it one version's footer with another's pages. A read now opens it once."""
+    import multiprocessing
+    import time
+
+    from galaxy_assets_tests.captioning import store_workers
+
+    folder = tmp_path / "captions"
+    store = CaptionStore(folder)
+    store.add(store_workers.rows("base", 30_000))
+    ctx = multiprocessing.get_context("spawn")
+    started, stop, adds = ctx.Event(), ctx.Event(), ctx.Value("i", 0)
+    writer = ctx.Process(
+        target=store_workers.rewrite_until, args=(str(folder), started, stop, adds)
+    )
+    writer.start()
+    errors, reads = [], 0
+    try:
+        assert started.wait(timeout=60)
+        end = time.monotonic() + 4.0
+        while time.monotonic() < end:
+            try:
+                height = store.captions().height
+                assert 30_000 <= height <= 30_000 + adds.value + 1
+            except Exception as exc:  # noqa: BLE001 - every failed read is the finding
+                errors.append(repr(exc)[:200])
+            reads += 1
+    finally:
+        stop.set()
+        writer.join(timeout=60)
+    assert writer.exitcode == 0
+    assert adds.value >= 10 and reads >= 10  # the reads did overlap many replaces
+    assert errors == [], f"{len(errors)} of {reads} reads failed: {errors[:3]}"
+
