@@ -1,10 +1,13 @@
 """The caption store: every caption ever made or imported, keyed by (object_id, backend, model,
-prompt_sha).
+prompt_sha, pixels).
 
 A Parquet file in the home folder, rewritten atomically on each append, so reruns caption only
-galaxies with no caption for the same (backend, model, prompt_sha), and changing the backend,
-the model or the prompt recaptions. Failures go to a separate table with their reason; a failed
-galaxy has no caption.
+galaxies with no caption for the same (backend, model, prompt_sha) described from the same
+pixels, and changing the backend, the model, the prompt, the crop or the bands drawn
+recaptions. ``pixels`` says what the captioner was shown, e.g. ``"z,r,g@64x64"`` (see
+:func:`galaxy_assets.captioning.run.described_pixels`); it is null for imported captions and for
+captions stored before it was recorded. Failures go to a separate table with their reason; a
+failed galaxy has no caption.
 
 Several processes may use one store at once (``captions_job`` while ``galaxy-assets
 import-captions`` runs): every read-merge-write holds an exclusive lock on ``.store.lock`` in
@@ -16,7 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -35,6 +38,9 @@ CAPTION_SCHEMA: dict[str, pl.DataType] = {
     "prompt_sha": pl.Utf8(),
     "source": pl.Utf8(),  # "generated" or where imported captions came from
     "created_at": pl.Datetime("us", "UTC"),
+    # what the captioner was shown: the bands drawn and the crop, e.g. "z,r,g@64x64"; null for
+    # imported captions and for captions stored before this column existed
+    "pixels": pl.Utf8(),
 }
 FAILURE_SCHEMA: dict[str, pl.DataType] = {
     "object_id": pl.Utf8(),
@@ -44,9 +50,12 @@ FAILURE_SCHEMA: dict[str, pl.DataType] = {
     "reason": pl.Utf8(),
     "created_at": pl.Datetime("us", "UTC"),
 }
-# one caption per galaxy, backend, model and prompt: the same model name under another backend
-# (a local transformers folder and an endpoint serving that name) is another captioner
-KEY = ["object_id", "backend", "model", "prompt_sha"]
+# one caption per galaxy, captioner and pixels: the same model name under another backend
+# (a local transformers folder and an endpoint serving that name) is another captioner, and a
+# caption of a 64 px crop does not describe the 96 px crop (both are kept: going back reuses)
+KEY = ["object_id", "backend", "model", "prompt_sha", "pixels"]
+# one failure row per galaxy and captioner: its latest try, whatever pixels it was shown
+FAILURE_KEY = ["object_id", "backend", "model", "prompt_sha"]
 LOCK_NAME = ".store.lock"
 
 
@@ -63,7 +72,7 @@ def _write_atomic(frame: pl.DataFrame, path: Path) -> None:
 
 
 def _read(path: Path, schema: dict[str, pl.DataType]) -> pl.DataFrame:
-    """The table at ``path`` (empty, in ``schema``, when there is none).
+    """The table at ``path`` in ``schema`` (columns it lacks, from an older store, are null).
 
     The file is opened once and read from that handle: given a path, polars opens it twice
     (the footer, then the pages), and a writer's ``os.replace`` between the two opens made it
@@ -72,9 +81,18 @@ def _read(path: Path, schema: dict[str, pl.DataType]) -> pl.DataFrame:
     """
     try:
         with open(path, "rb") as handle:
-            return pl.read_parquet(handle)
+            frame = pl.read_parquet(handle)
     except FileNotFoundError:
         return pl.DataFrame(schema=schema)
+    return (
+        frame.with_columns(
+            pl.lit(None, dtype=dtype).alias(name)
+            for name, dtype in schema.items()
+            if name not in frame.columns
+        )
+        .select(list(schema))
+        .cast(schema)
+    )
 
 
 def now() -> datetime:
@@ -97,28 +115,87 @@ class CaptionStore:
         return _read(self.failures_path, FAILURE_SCHEMA)
 
     def missing(
-        self, object_ids: Sequence[str], model: str, prompt_sha: str, backend: str | None = None
+        self,
+        object_ids: Sequence[str],
+        model: str,
+        prompt_sha: str,
+        backend: str | None = None,
+        pixels: Sequence[str | None] | None = None,
     ) -> list[str]:
         """The ids with no caption for (model, prompt_sha) — and ``backend`` when given —, in
-        the given order."""
+        the given order. With ``pixels`` (one entry per id: what the captioner would be shown
+        now), a caption counts only when it was described from those pixels; an entry of None
+        accepts a caption of any pixels."""
         have = self.captions().filter(
             (pl.col("model") == model)
             & (pl.col("prompt_sha") == prompt_sha)
             & (pl.lit(True) if backend is None else pl.col("backend") == backend)
-        )["object_id"]
-        done = set(have.to_list())
-        return [oid for oid in object_ids if oid not in done]
+        )
+        any_pixels = set(have["object_id"].to_list())
+        if pixels is None:
+            return [oid for oid in object_ids if oid not in any_pixels]
+        if len(pixels) != len(object_ids):
+            raise ValueError(f"{len(pixels)} pixels entries for {len(object_ids)} object ids")
+        done = set(zip(have["object_id"].to_list(), have["pixels"].to_list(), strict=True))
+        return [
+            oid
+            for oid, px in zip(object_ids, pixels, strict=True)
+            if (oid not in any_pixels if px is None else (oid, px) not in done)
+        ]
+
+    def adopt_unrecorded(
+        self, pixels: dict[str, str], backend: str, model: str, prompt_sha: str
+    ) -> int:
+        """Stamp the captions of this captioner stored before ``pixels`` was recorded (null)
+        with the pixels their galaxy would be shown now (``pixels``: object_id -> pixels).
+
+        Such a caption is taken as described from the current pixels, once: a store written
+        before the column existed is not recaptioned whole, and a later change of crop or bands
+        recaptions it like any other. Returns how many captions were stamped.
+        """
+        if not pixels:
+            return 0
+        with exclusive_file_lock(self.lock_path):
+            captions = self.captions()
+            unrecorded = (
+                pl.col("pixels").is_null()
+                & (pl.col("backend") == backend)
+                & (pl.col("model") == model)
+                & (pl.col("prompt_sha") == prompt_sha)
+                & pl.col("object_id").is_in(list(pixels))
+            )
+            n = int(captions.select(unrecorded.sum()).item())
+            if n:
+                lookup = pl.DataFrame(
+                    {"object_id": list(pixels), "_now": list(pixels.values())},
+                    schema={"object_id": pl.Utf8, "_now": pl.Utf8},
+                )
+                stamped = (
+                    captions.join(lookup, on="object_id", how="left", maintain_order="left")
+                    .with_columns(
+                        pl.when(unrecorded)
+                        .then(pl.col("_now"))
+                        .otherwise(pl.col("pixels"))
+                        .alias("pixels")
+                    )
+                    .drop("_now")
+                    .unique(subset=KEY, keep="last", maintain_order=True)
+                )
+                _write_atomic(stamped, self.captions_path)
+        return n
 
     def add(self, captions: pl.DataFrame | None, failures: pl.DataFrame | None = None) -> None:
-        """Upsert captions on (object_id, backend, model, prompt_sha); record failures.
+        """Upsert captions on (object_id, backend, model, prompt_sha, pixels); record failures.
 
-        A galaxy that now has a caption loses its earlier failure rows for the same key, and a
-        galaxy that failed again keeps only its latest failure (a rerun retries failures).
+        A galaxy that now has a caption loses its earlier failure rows for the same captioner,
+        and a galaxy that failed again keeps only its latest failure (a rerun retries failures).
         Holds the store's lock from the reads it merges with to the last write, so that
         concurrent writers (two processes) add to each other instead of overwriting.
         """
         if captions is None:
             captions = pl.DataFrame(schema=CAPTION_SCHEMA)
+        if "pixels" not in captions.columns:
+            captions = captions.with_columns(pl.lit(None, dtype=pl.Utf8).alias("pixels"))
         captions = captions.select(list(CAPTION_SCHEMA)).cast(CAPTION_SCHEMA)
         if not captions.height and failures is None:
             return
@@ -133,12 +210,16 @@ class CaptionStore:
             _write_atomic(merged, self.captions_path)
         old_failures = self.failures()
         if captions.height and old_failures.height:
-            old_failures = old_failures.join(captions.select(KEY), on=KEY, how="anti")
+            old_failures = old_failures.join(
+                captions.select(FAILURE_KEY), on=FAILURE_KEY, how="anti"
+            )
         if failures is not None and failures.height:
             failures = failures.select(list(FAILURE_SCHEMA)).cast(FAILURE_SCHEMA)
             if old_failures.height:
-                old_failures = old_failures.join(failures.select(KEY), on=KEY, how="anti")
-            latest = failures.unique(subset=KEY, keep="last", maintain_order=True)
+                old_failures = old_failures.join(
+                    failures.select(FAILURE_KEY), on=FAILURE_KEY, how="anti"
+                )
+            latest = failures.unique(subset=FAILURE_KEY, keep="last", maintain_order=True)
             old_failures = pl.concat([old_failures, latest])
         if failures is not None or captions.height:
             _write_atomic(old_failures, self.failures_path)
@@ -209,14 +290,22 @@ class CaptionStore:
 
 
 def results_to_frames(
-    results: Iterable, backend: str, model: str, prompt_sha: str
+    results: Iterable,
+    backend: str,
+    model: str,
+    prompt_sha: str,
+    pixels: Mapping[str, str] | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Split CaptionResults into caption rows and failure rows."""
+    """Split CaptionResults into caption rows and failure rows; ``pixels`` (object_id ->
+    what the captioner was shown) goes with each caption."""
     ok, bad = [], []
     stamp = now()
+    shown = pixels or {}
     for r in results:
         if r.caption is not None and r.error is None:
-            ok.append({"object_id": r.object_id, "caption": r.caption})
+            ok.append(
+                {"object_id": r.object_id, "caption": r.caption, "pixels": shown.get(r.object_id)}
+            )
         else:
             bad.append({"object_id": r.object_id, "reason": r.error or "no caption returned"})
     common = {"backend": backend, "model": model, "prompt_sha": prompt_sha, "created_at": stamp}

@@ -7,7 +7,7 @@ from dagster_polars import DataFramePartitions
 from galaxy_assets.alignment.data import CAPTION_VIEW, SENTENCE_VIEW, caption_sentences
 from galaxy_assets.captioning.factory import LOCAL_BACKENDS
 from galaxy_assets.captioning.keywords import keyword_rates
-from galaxy_assets.captioning.run import caption_galaxies, sample_for_captions
+from galaxy_assets.captioning.run import caption_galaxies, current_captions, sample_for_captions
 from galaxy_assets.captioning.store import CaptionStore
 from galaxy_assets.defs.execution import gpu_step
 from galaxy_assets.defs.metadata import all_manifests, reusable_output
@@ -77,14 +77,14 @@ def vlm_captions(
     captioner: CaptionerResource,
 ) -> pl.DataFrame:
     """Captions of the sample (object_id, caption, backend, model, prompt_sha, source,
-    created_at). Incremental: only galaxies without a caption for the same (model, prompt)
-    are described. Failures go to caption_failures with their reason. Imported captions
-    (`galaxy-assets import-captions`) of sampled galaxies are included with their source."""
+    created_at, pixels). Incremental: only galaxies without a caption for the same (backend,
+    model, prompt) described from the same pixels (the bands drawn and the crop, e.g.
+    "z,r,g@64x64") are described, so a new survey.cutout_size recaptions. Failures go to
+    caption_failures with their reason. Imported captions (`galaxy-assets import-captions`) of
+    sampled galaxies are included with their source."""
     store = _caption_store(home)
     model = captioner.build(compute)
-    # the galaxies this run asks for, and those of them that failed before with this captioner
-    asked = store.missing(caption_sample["object_id"].to_list(), model.model_id,
-                          model.prompt_sha, model.backend)
+    # the galaxies that failed before with this captioner
     failures = store.failures()
     failed_before = set(failures.filter(
         (pl.col("backend") == model.backend) & (pl.col("model") == model.model_id)
@@ -100,15 +100,11 @@ def vlm_captions(
     finally:
         model.close()
     ids = caption_sample["object_id"]
-    all_captions = store.captions().filter(pl.col("object_id").is_in(ids.to_list()))
-    current = all_captions.filter(
-        ((pl.col("backend") == model.backend) & (pl.col("model") == model.model_id)
-         & (pl.col("prompt_sha") == model.prompt_sha))
-        | (pl.col("backend") == "import")
-    )
+    current = current_captions(store.captions(), caption_sample, model.backend, model.model_id,
+                               model.prompt_sha)
     if run.attempted and run.captioned == 0 and run.failed == run.attempted:
         reasons = ", ".join(f"{k}: {v}" for k, v in run.failure_reasons.items())
-        if current.height and set(asked) <= failed_before:
+        if current.height and set(run.asked) <= failed_before:
             # a rerun retries only the galaxies that failed before; some fail every time (a
             # blank cutout, a refusal): the sample's other captions still stand
             context.log.warning(f"vlm_captions: the {run.attempted} galaxies retried failed "
@@ -132,6 +128,11 @@ def vlm_captions(
         "described_now": run.captioned,
         "failed_now": run.failed,
         "reused": run.skipped_existing,
+        # redescribed: of the galaxies asked now (described_now + failed_now), those whose
+        # captions by this captioner were all of other pixels (another crop or bands drawn);
+        # adopted: captions stored before pixels were recorded, taken as of the current pixels
+        "redescribed": run.redescribed,
+        "adopted": run.adopted,
         "backend": model.backend,
         "model": model.model_id,
         "prompt_sha": model.prompt_sha,

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import numpy as np
 import polars as pl
 import pytest
 
 from galaxy_assets.captioning.base import CaptionerError, CaptionRequest, CaptionResult
-from galaxy_assets.captioning.run import caption_galaxies, sample_for_captions
+from galaxy_assets.captioning.run import (
+    caption_galaxies,
+    current_captions,
+    described_pixels,
+    sample_for_captions,
+)
 from galaxy_assets.captioning.store import CaptionStore
 from galaxy_assets.survey.mmu import write_mmu_shard
 from galaxy_assets.survey.readers import open_shard
@@ -298,3 +305,104 @@ def test_reads_while_the_store_is_replaced_see_one_whole_version(tmp_path):
     assert adds.value >= 10 and reads >= 10  # the reads did overlap many replaces
     assert errors == [], f"{len(errors)} of {reads} reads failed: {errors[:3]}"
 
+
+def _survey4(tmp_path, n_per=6, size=12):
+    """Two shards of g, r, i, z cutouts of ``size`` px, and the reader of them under survey
+    settings ``bands``/``crop``: (shard paths, manifest of those settings, opener)."""
+    paths = []
+    for s in range(2):
+        images = np.random.default_rng(s).uniform(1, 2, (n_per, 4, size, size))
+        paths.append(write_mmu_shard(
+            tmp_path / f"healpix={s}" / "001-of-001.hdf5", images=images.astype(np.float32),
+            bands=["g", "r", "i", "z"], object_id=[f"s{s}-{i}" for i in range(n_per)],
+            ra=np.full(n_per, 10.0), dec=np.full(n_per, 5.0),
+        ))
+
+    def settings(bands=("g", "r", "i", "z"), crop=None):
+        side = crop or size
+        manifest = pl.concat(pl.DataFrame({
+            "object_id": [f"s{s}-{i}" for i in range(n_per)], "shard": [f"k{s}"] * n_per,
+            "shard_uri": [str(path)] * n_per, "row": list(range(n_per)),
+            "bands": [",".join(bands)] * n_per, "height": [side] * n_per,
+            "width": [side] * n_per,
+        }, schema_overrides={"height": pl.Int32, "width": pl.Int32})
+            for s, path in enumerate(paths))
+        return manifest, lambda uri: open_shard(uri, bands=list(bands), size=crop)
+
+    return settings
+
+
+def test_what_the_captioner_is_shown():
+    """A VLM is shown the RGB picture of three bands, the describer measures g, r and z;
+    other bands do not enter the key, the crop does."""
+    assert described_pixels("openai", ["g", "r", "i", "z"], 64, 64) == "z,r,g@64x64"
+    assert described_pixels("transformers", "g,r,z", 64, 64) == "z,r,g@64x64"
+    assert described_pixels("openai", "g,r,i", 96, 96) == "i,r,g@96x96"
+    assert described_pixels("openai", "g,r", 64, 64) == "r,mean,g@64x64"
+    assert described_pixels("morphology", "g,r,i,z", 64, 64) == "g,r,z@64x64"
+    assert described_pixels("morphology", "g,r,i,z", 96, 96) == "g,r,z@96x96"
+
+
+def test_a_caption_of_other_pixels_is_described_again(tmp_path):
+    """Captions were reused after survey.cutout_size changed: the store's key did not say
+    which pixels were described (a reviewer's run: 64 px -> 96 px, 100 captions reused, the
+    VLM asked for none). A caption now records the bands drawn and the crop."""
+    settings = _survey4(tmp_path)
+    store = CaptionStore(tmp_path / "captions")
+    wide, wide_reader = settings()
+    run = caption_galaxies(wide, BrightnessCaptioner(), store, wide_reader)
+    assert run.captioned == 12 and set(store.captions()["pixels"]) == {"z,r,g@12x12"}
+    # survey.cutout_size: 8 -> the manifests say 8 px, the reader crops to 8 px
+    tight, tight_reader = settings(crop=8)
+    cap = BrightnessCaptioner()
+    run = caption_galaxies(tight, cap, store, tight_reader)
+    assert cap.calls == 12 and run.skipped_existing == 0
+    assert run.redescribed == 12 and run.captioned == 12
+    # both are kept (going back reuses); the sample's captions are those of its pixels
+    assert store.captions().height == 24
+    now = current_captions(store.captions(), tight, "test", "bright-v1", "p1")
+    assert now.height == 12 and set(now["pixels"]) == {"z,r,g@8x8"}
+    back = BrightnessCaptioner()
+    run = caption_galaxies(wide, back, store, wide_reader)
+    assert back.calls == 0 and run.skipped_existing == 12 and run.redescribed == 0
+    # dropping a band that is not drawn shows the captioner the same picture: reused
+    no_i, no_i_reader = settings(bands=("g", "r", "z"), crop=8)
+    same = BrightnessCaptioner()
+    assert caption_galaxies(no_i, same, store, no_i_reader).skipped_existing == 12
+    assert same.calls == 0
+    # a sample without the manifest's pixel columns (stored before they were kept) accepts
+    # a caption of any pixels, and the latest stands
+    old_sample = tight.drop("bands", "height", "width")
+    assert caption_galaxies(old_sample, same, store, tight_reader).skipped_existing == 12
+    latest = current_captions(store.captions(), old_sample, "test", "bright-v1", "p1")
+    assert latest.height == 12 and set(latest["pixels"]) == {"z,r,g@8x8"}
+
+
+def test_captions_stored_before_pixels_were_recorded_are_adopted_once(tmp_path):
+    """A store written before captions recorded their pixels is not recaptioned whole: its
+    captions are taken as described from the current pixels, and stamped so, once; a later
+    crop change recaptions them like any other. Imported captions keep no pixels."""
+    settings = _survey4(tmp_path)
+    manifest, reader = settings()
+    folder = tmp_path / "captions"
+    folder.mkdir()
+    stamp = pl.Series([datetime.now(UTC)] * 12, dtype=pl.Datetime("us", "UTC"))
+    ids = manifest["object_id"].to_list()
+    pl.DataFrame({  # the columns of the store before this fix
+        "object_id": ids + ["s0-0"], "caption": ["an old caption"] * 13,
+        "backend": ["test"] * 12 + ["import"], "model": ["bright-v1"] * 12 + ["aion"],
+        "prompt_sha": ["p1"] * 12 + ["external"], "source": ["generated"] * 12 + ["import:a.csv"],
+        "created_at": pl.concat([stamp, stamp.head(1)]),
+    }).write_parquet(folder / "captions.parquet")
+    store = CaptionStore(folder)
+    cap = BrightnessCaptioner()
+    run = caption_galaxies(manifest, cap, store, reader)
+    assert cap.calls == 0 and run.adopted == 12 and run.skipped_existing == 12
+    stored = store.captions()
+    assert stored.filter(pl.col("backend") == "test")["pixels"].to_list() == ["z,r,g@12x12"] * 12
+    assert stored.filter(pl.col("backend") == "import")["pixels"].to_list() == [None]
+    again = caption_galaxies(manifest, cap, store, reader)
+    assert again.adopted == 0 and cap.calls == 0
+    tight, tight_reader = settings(crop=8)
+    assert caption_galaxies(tight, cap, store, tight_reader).redescribed == 12
+    assert cap.calls == 12

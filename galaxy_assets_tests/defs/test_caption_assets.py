@@ -210,3 +210,51 @@ def test_new_galaxies_that_all_fail_still_fail_the_asset(isolated_home, tmp_path
         assert not grown.success
         message = grown.get_step_failure_events()[0].event_specific_data.error.message
         assert "caption requests failed" in message and "quota" in message
+
+
+@pytest.mark.slow
+def test_a_new_cutout_size_recaptions_and_says_so(isolated_home, tmp_path):
+    """After survey.cutout_size changed and the manifests were rebuilt, vlm_captions reused
+    every caption described from the old crop (a reviewer's run: 64 px -> 96 px gave
+    described_now 0, reused 100, and the VLM got no request). Dropping a band that is not
+    drawn shows the VLM the same picture: those captions are reused."""
+    root = tmp_path / "survey"
+    _survey(root, n=6)
+    with FakeOpenAIServer(api_key=KEY) as server, dg.instance_for_test() as instance:
+        resources = _ingested(instance, isolated_home, root, CaptionerResource(
+            backend="openai", base_url=server.base_url, model="fake-vlm", api_key=KEY))
+
+        def survey(bands, size) -> None:  # new survey settings, and survey_job again
+            resources["survey"] = SurveyResource(roots=[str(root)], bands=bands, cutout_size=size)
+            for key in ("healpix=0__001-of-001", "healpix=1__001-of-001"):
+                dg.materialize([raw_cutouts], partition_key=key, instance=instance,
+                               resources=resources)
+
+        def caption() -> tuple[int, dict, pl.DataFrame]:
+            """(chat requests sent, vlm_captions' counts, its table) of captions_job."""
+            n_before = len(server.routed("chat"))
+            out = dg.materialize(
+                [raw_cutouts, caption_sample, vlm_captions],
+                selection=[caption_sample, vlm_captions], instance=instance,
+                resources=resources,
+                run_config={"ops": {"caption_sample": {"config": {"n": 8, "seed": 1}}}})
+            meta = out.asset_materializations_for_node("vlm_captions")[0].metadata
+            counts = {k: meta[k].value for k in ("captions", "described_now", "reused",
+                                                 "redescribed")}
+            return len(server.routed("chat")) - n_before, counts, out.output_for_node(
+                "vlm_captions")
+
+        sent, counts, captions = caption()  # the native 24 px
+        assert sent == 8
+        assert counts == {"captions": 8, "described_now": 8, "reused": 0, "redescribed": 0}
+        assert set(captions["pixels"]) == {"z,r,g@24x24"}
+        survey(BANDS, 20)
+        sent, counts, captions = caption()
+        assert sent == 8
+        assert counts == {"captions": 8, "described_now": 8, "reused": 0, "redescribed": 8}
+        assert set(captions["pixels"]) == {"z,r,g@20x20"}
+        survey(["g", "r", "z"], 20)
+        sent, counts, captions = caption()
+        assert sent == 0
+        assert counts == {"captions": 8, "described_now": 0, "reused": 8, "redescribed": 0}
+        assert set(captions["pixels"]) == {"z,r,g@20x20"}
