@@ -21,23 +21,33 @@ the demo's seed 0 are never fitted on):
 Rare features whose evidence is not additive (mergers: a second nucleus *and* asymmetric
 light; bars; rings) get a one-hidden-layer network of 32 units instead (scikit-learn's
 ``MLPClassifier`` or ``MLPRegressor``, ``random_state=0``; its weights go in the same file).
-Mergers get a classifier, which outputs the probability that the feature is there: on the
-check survey its average precision for major mergers was 0.76 against the ridge model's 0.41.
-Arms, bars and rings (version 4) get a regressor of the visibility. On the check survey it
-orders galaxies by their vote fractions better than version 3's models, which matters because
-the re-ranker sorts by the score (discs with at least 3 votes on the question):
+Mergers get a classifier, which outputs the probability that the feature is there. Arms, bars
+and rings (version 4) get a regressor of the visibility: a classifier's probabilities pile up
+near 0 and 1 and say little about how clearly a feature shows, and the re-ranker sorts by the
+score. benchmarks/RESULTS.md ("Describer revision 6") has the figures that chose these models.
 
-* bars: Spearman 0.34 against the classifier's 0.23, AUC for barred discs 0.92 against 0.82
-  (a classifier's probabilities pile up near 0 and 1);
-* arms: Spearman 0.76 against the ridge model's 0.74; the whole check survey sorted by the
-  score gives nDCG@10 0.86 against 0.71 for the spiral-arms vote fraction;
-* rings: average precision 0.61 against the classifier's 0.49.
+Printed:
 
-Printed: for each feature, the Spearman correlation of score and target and the precision of
-the top 1% / 5% on the development surveys (in-sample) and on the check survey (held out).
+* for each feature, the Spearman correlation of score and target, the average precision and
+  the precision of the top 1% / 5% (target >= 0.5), on the development surveys (in-sample) and
+  on the check survey (held out);
+* precision / recall of ``score >= t`` at round thresholds (dev | check), from which the
+  describer's thresholds are chosen;
+* vote checks on the check survey, for the fitted scores and for each ``--compare`` file (e.g.
+  an older ``feature_scores.json`` from git): for arms and bars, the Spearman correlation with
+  the Galaxy Zoo vote fraction of the evaluation targets ``spirals`` and ``bars`` (galaxies
+  with at least their ``min_votes`` votes), and nDCG@10 for that fraction when those galaxies
+  are sorted by the score; ROC AUC of the bar score for the ``has_bar`` flag, over all
+  galaxies and over the voted discs, and its average precision for visibility >= 0.5; the arms
+  score's precision / recall at 0.4 (the caption threshold); average precision of the ring
+  score for ``has_ring``.
+
+It writes the fitted scores only where ``--out`` says. To ship them, pass
+``--out galaxy_assets/captioning/feature_scores.json``; that changes every offline caption.
 
 Run (about 5 minutes on 2 cores; surveys are cached in ``--work``):
-``.venv/bin/python benchmarks/fit_describer_scores.py [--n 4000] [--work /tmp/describer_dev]``
+``.venv/bin/python benchmarks/fit_describer_scores.py [--n 4000] [--work /tmp/describer_dev]
+[--out PATH] [--compare OLD.json ...]``
 """
 
 from __future__ import annotations
@@ -49,6 +59,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+from scipy.stats import spearmanr
 
 DEV_SEEDS = (7, 11)
 CHECK_SEED = 2026
@@ -134,8 +145,6 @@ def _targets(frame: pl.DataFrame) -> dict[str, np.ndarray]:
 
 
 def _metrics(score: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    from scipy.stats import spearmanr
-
     order = np.argsort(-score)
     present = y >= 0.5
     from sklearn.metrics import average_precision_score
@@ -151,16 +160,76 @@ def _metrics(score: np.ndarray, y: np.ndarray) -> dict[str, float]:
     return out
 
 
+def _vote_checks(frame: pl.DataFrame, scorer) -> dict[str, float]:
+    """The scores of ``scorer`` against the survey's votes and flags (see the module doc)."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    from galaxy_assets.evaluation.labels import default_targets, vote_relevance
+    from galaxy_assets.evaluation.metrics import ndcg
+
+    x = frame.select(list(scorer.fields)).to_numpy().astype(np.float64)
+    scores = scorer.score_matrix(x)
+    row = {str(o): i for i, o in enumerate(frame["object_id"].to_list())}
+    targets = default_targets()
+    out: dict[str, float] = {}
+    for feat, target in (("arms", "spirals"), ("bar", "bars")):
+        rel, _ = vote_relevance(frame, targets[target])
+        idx = np.array([row[str(o)] for o in rel["object_id"].to_list()], dtype=np.int64)
+        frac = rel["relevance"].to_numpy().astype(np.float64)
+        score = scores[feat][idx]
+        out[f"{feat}: Spearman with the {target} vote fraction (n={idx.size})"] = float(
+            spearmanr(score, frac).statistic
+        )
+        out[f"{feat}: nDCG@10 for the {target} vote fraction, sorted by score"] = ndcg(
+            frac[np.argsort(-score, kind="stable")], frac, 10
+        )
+        if feat == "bar":
+            flag = frame["has_bar"].fill_null(False).to_numpy().astype(bool)
+            out["bar: ROC AUC for has_bar, all galaxies"] = float(
+                roc_auc_score(flag, scores["bar"])
+            )
+            out[f"bar: ROC AUC for has_bar, the {idx.size} voted discs"] = float(
+                roc_auc_score(flag[idx], score)
+            )
+    ys = _targets(frame)
+    out["bar: average precision, visibility >= 0.5"] = float(
+        average_precision_score(ys["bar"] >= 0.5, scores["bar"])
+    )
+    called, present = scores["arms"] >= 0.4, ys["arms"] >= 0.5  # 0.4: the caption threshold
+    out["arms: precision at score >= 0.4, visibility >= 0.5"] = float(
+        (called & present).sum() / max(called.sum(), 1)
+    )
+    out["arms: recall at score >= 0.4, visibility >= 0.5"] = float(
+        (called & present).sum() / max(present.sum(), 1)
+    )
+    ring = frame["has_ring"].fill_null(False).to_numpy().astype(bool)
+    out["ring: average precision for has_ring"] = float(
+        average_precision_score(ring, scores["ring"])
+    )
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=4000)
     parser.add_argument("--alpha", type=float, default=1.0)
     parser.add_argument("--work", default="/tmp/describer_dev")
-    parser.add_argument("--out", default=None, help="default: the package's feature_scores.json")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="write the fitted scores here (the shipped file: "
+        "galaxy_assets/captioning/feature_scores.json); default: write nothing",
+    )
+    parser.add_argument(
+        "--compare",
+        nargs="*",
+        default=[],
+        metavar="JSON",
+        help="other feature-score files to run the vote checks on (e.g. an older version)",
+    )
     args = parser.parse_args()
 
     from galaxy_assets.captioning.feature_scores import (
-        SCORES_PATH,
         FeatureScorer,
         design_matrix,
         fit_standardisation,
@@ -217,9 +286,12 @@ def main() -> None:
         "weights": weights,
         "networks": networks,
     }
-    out = Path(args.out) if args.out else SCORES_PATH
-    out.write_text(json.dumps(payload, separators=(",", ":")) + "\n")
-    print(f"wrote {out} ({out.stat().st_size} bytes)")
+    if args.out:
+        out = Path(args.out)
+        out.write_text(json.dumps(payload, separators=(",", ":")) + "\n")
+        print(f"wrote {out} ({out.stat().st_size} bytes)")
+    else:
+        print("fitted scores not written (--out PATH writes them)")
 
     scorer = FeatureScorer.from_dict(payload)
     for label, frame in (("dev (in-sample)", dev), (f"check seed {CHECK_SEED}", check)):
@@ -246,6 +318,13 @@ def main() -> None:
                 pr.append(f"{p:.2f}/{r:.2f}")
             cells.append(f"{t:.1f}: {pr[0]} | {pr[1]}")
         print(f"  {feat:8s} " + "   ".join(cells))
+    print(f"--- vote checks, check seed {CHECK_SEED}")
+    scorers = [("fitted now", scorer)]
+    scorers += [(str(p), FeatureScorer.load(p)) for p in args.compare]
+    for label, sc in scorers:
+        print(f"  {label} (version {sc.version}):")
+        for k, v in _vote_checks(check, sc).items():
+            print(f"    {k}: {v:.3f}")
 
 
 if __name__ == "__main__":
