@@ -205,7 +205,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     prepare_dagster_home(home)
     print(f"home: {home.root}")
     size = _demo_read_size(args.size)
-    survey_info = ensure_mock_survey(home, args.n, size, args.seed, args.workers)
+    from galaxy_assets.settings import load_settings
+
+    roots = load_settings().survey.roots
+    if roots:  # the user's survey: the mock one is not simulated (--n, --seed do not apply)
+        print(f"survey: reading survey.roots {roots}")
+        survey_info: dict = {}
+    else:
+        survey_info = ensure_mock_survey(home, args.n, size, args.seed, args.workers)
 
     import dagster as dg
 
@@ -219,17 +226,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
     known = set(instance.get_dynamic_partitions(shard_partitions.name))
     if survey_info.get("resimulated"):
         # same shard keys, other galaxies: every manifest, model and index row is rebuilt
-        # (as --force), and the shards the new survey lacks leave the partitions and the index
+        # (as --force)
         args.force = True
-        for key in sorted(known - set(found)):
+    # the shards no root holds any more (another survey.roots, files removed) leave the
+    # partitions and the index, as the sensor drops them: the models would otherwise train on
+    # them and the index keep their rows under the old aligner (unless a root is missing or
+    # empty: an unmounted disk is not a survey that shrank)
+    from galaxy_assets.defs.survey import vanished_shards
+
+    vanished, warning = vanished_shards(survey.root_paths(home), known, found)
+    if warning:
+        print(f"survey: {warning}")
+    if vanished:
+        print(f"survey: {len(vanished)} shard(s) are no longer under the survey's roots "
+              f"(e.g. {vanished[0]}); dropping them")
+        for key in vanished:
             instance.delete_dynamic_partition(shard_partitions.name, key)
-        vanished = sorted(known - set(found))
-        if vanished:
-            print(f"survey: {len(vanished)} shard(s) of the old survey are gone; dropping them")
-            if home.lancedb.exists():  # their index rows go too
-                defs.resolve_job_def("index_maintenance_job").execute_in_process(
-                    instance=instance, run_config=QUIET, raise_on_error=False
-                )
+        if home.lancedb.exists():  # their index rows go too
+            defs.resolve_job_def("index_maintenance_job").execute_in_process(
+                instance=instance, run_config=QUIET, raise_on_error=False
+            )
         known = set(instance.get_dynamic_partitions(shard_partitions.name))
     new = sorted(set(found) - known)
     if new:

@@ -124,6 +124,32 @@ def test_a_survey_simulated_again_is_ingested_again(tmp_path):
     ids = pl.concat([pl.read_parquet(p) for p in manifests])["object_id"]
     assert ids.len() == 40 and all(str(o).startswith("mock1-") for o in ids)
 
+    # survey.roots now names another folder holding two of the shards: the others leave the
+    # partitions (they stayed, and the models trained on both surveys' shards)
+    import shutil
+
+    other = tmp_path / "other"
+    kept = sorted(find_shards(survey))[:2]
+    for path in kept:
+        target = other / path.relative_to(survey)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, target)
+    proc = subprocess.run(
+        [sys.executable, "-c", driver, "demo", "--size", "32", "--workers", "1"],
+        env={**env, "GALAXY_ASSETS_SURVEY_ROOTS": str(other)}, capture_output=True, text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert f"{len(keys) - 2} shard(s) are no longer under the survey's roots" in proc.stdout
+    assert "reading survey.roots" in proc.stdout
+    import dagster as dg
+
+    from galaxy_assets.defs.partitions import shard_partitions
+
+    instance = dg.DagsterInstance.from_config(str(home / "dagster"))
+    left = set(instance.get_dynamic_partitions(shard_partitions.name))
+    assert left == {shard_key(other, p) for p in find_shards(other)}
+
 
 def test_changed_caption_texts_retrain_the_aligner():
     """A smaller --captions sample, imported captions or another embedder describe nothing

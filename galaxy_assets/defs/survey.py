@@ -200,6 +200,22 @@ def _read_settings(survey: SurveyResource) -> str:
     return f"{','.join(survey.bands)}|{int(survey.cutout_size)}"
 
 
+def vanished_shards(roots, known, found: dict) -> tuple[list[str], str]:
+    """The ``known`` partitions that ``found`` (key → path) no longer holds, and a warning
+    when none may be dropped: a missing root, or one that holds no shard at all (an
+    unmounted disk leaves its empty mount point), must not read as "every shard
+    disappeared"."""
+    gone = sorted(set(known) - set(found))
+    unavailable = [r for r in roots
+                   if not r.exists() or not any(p.is_relative_to(r) for p in found.values())]
+    if gone and unavailable:
+        return [], (
+            f"{len(gone)} known shard(s) not found, but root(s) {[str(r) for r in unavailable]} "
+            "are missing or empty (an unmounted disk?): nothing is deleted. Remove a root from "
+            "survey.roots to drop its shards on purpose.")
+    return gone, ""
+
+
 @dg.sensor(
     name="survey_shards_sensor",
     jobs=[survey_job, ingest_shard_job, index_maintenance_job],
@@ -222,18 +238,9 @@ def survey_shards_sensor(
     now = time.time()
     new = sorted(k for k in set(found) - existing if now - _mtime(found[k]) >= SETTLE_S)
     waiting = len(set(found) - existing) - len(new)
-    roots = survey.root_paths(home.home())
-    # a missing root, or one that holds no shard at all (an unmounted disk leaves its empty
-    # mount point), must not read as "every shard disappeared": nothing is deleted then
-    unavailable = [r for r in roots
-                   if not r.exists() or not any(p.is_relative_to(r) for p in found.values())]
-    gone = sorted(existing - set(found))
-    if gone and unavailable:
-        context.log.warning(
-            f"{len(gone)} known shard(s) not found, but root(s) {[str(r) for r in unavailable]} "
-            "are missing or empty (an unmounted disk?): nothing is deleted. Remove a root from "
-            "survey.roots to drop its shards on purpose.")
-        gone = []
+    gone, warning = vanished_shards(survey.root_paths(home.home()), existing, found)
+    if warning:
+        context.log.warning(warning)
     # where each known shard was found (a short hash of its path), kept in the cursor: a
     # shard whose root was renamed or remounted elsewhere keeps its key, but its manifest
     # and index rows still name the old path; it runs again to record the new one
