@@ -278,6 +278,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _print_survey_summary(instance, sorted(found), failed)
     # A failed shard fails only its own partition: the rest of the graph runs on the others.
     good = sorted(k for k in found if k not in failed)
+    from galaxy_assets.survey.truth import truth_path
+
+    args.has_votes = any(truth_path(found[k]).exists() for k in good)
     ok = _run_captions(defs, instance, args) and _run_models(defs, instance, good, args)
     ok = ok and not failed
     print(
@@ -570,6 +573,17 @@ def _run_models(defs, instance, keys: list[str], args: argparse.Namespace) -> bo
     epochs = _encoder_epochs(args)
     retrain = (args.force or absent("morphology_encoder") or _encoder_schedule_changed(
         _latest_metadata(instance, "morphology_encoder"), epochs))
+    # a survey without votes (no truth tables: a real one) cannot train the morphology
+    # encoder; with a pretrained image encoder the graph does not need it
+    from galaxy_assets.defs.resources import ImageEncoderResource
+
+    if (retrain and not getattr(args, "has_votes", True)
+            and ImageEncoderResource.from_settings().kind != "registry"):
+        print("morphology_job: no Galaxy Zoo votes in this survey (no truth tables); the "
+              "morphology encoder is skipped (the image encoder is "
+              f"{ImageEncoderResource.from_settings().kind}; to train it, materialize "
+              "morphology_encoder with a vote_catalogue in the Dagster UI)")
+        retrain = False
     # shards embedded by another encoder than the graph's now (a new champion, other views);
     # each shard's own record, so that an interrupted re-embedding resumes where it stopped
     champion = None if retrain else _encoder_champion(command_home(args))

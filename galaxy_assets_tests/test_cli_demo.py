@@ -163,7 +163,8 @@ def test_changed_caption_texts_retrain_the_aligner():
     assert not _captions_changed(aligned, {})
 
 
-def _demo_rerun(monkeypatch, events, champion: int) -> list[tuple[str, list | None]]:
+def _demo_rerun(monkeypatch, events, champion: int | None,
+                has_votes: bool = True) -> list[tuple[str, list | None]]:
     """The stages a demo rerun runs on an instance holding ``events`` (asset, partition or
     None, metadata), in order, with the image encoder's champion at ``champion``."""
     import argparse
@@ -181,7 +182,8 @@ def _demo_rerun(monkeypatch, events, champion: int) -> list[tuple[str, list | No
     monkeypatch.setattr(cli, "_run_stage", lambda defs, inst, job, keys, cfg=None, batched=False:
                         ran.append((job, keys)) or True)
     monkeypatch.setattr(cli, "_print_results", lambda inst, args: True)
-    args = argparse.Namespace(force=False, encoder_epochs=None, home=None, emulator_budget=60.0)
+    args = argparse.Namespace(force=False, encoder_epochs=None, home=None, emulator_budget=60.0,
+                              has_votes=has_votes)
     assert cli._run_models(None, instance, ["s1", "s2"], args)
     return ran
 
@@ -239,3 +241,18 @@ def test_a_demo_rerun_finishes_what_a_stopped_run_left(monkeypatch, isolated_hom
                                              "candidate_version": "2"}),
                 ("galaxy_index", "s1", {})]
     assert _demo_rerun(monkeypatch, promoted, champion=1) == [("index_job", ["s2"])]
+
+
+def test_a_survey_without_votes_skips_the_morphology_encoder_under_a_pretrained_encoder(
+        monkeypatch, isolated_home, capsys):
+    """A real survey has no truth tables: the morphology job failed and the demo stopped
+    before embeddings, aligner and index, though a timm encoder needs no votes."""
+    monkeypatch.setenv("GALAXY_ASSETS_IMAGE_ENCODER_KIND", "timm")
+    monkeypatch.setenv("GALAXY_ASSETS_IMAGE_ENCODER_NAME", "resnet18")
+    jobs = [job for job, _ in _demo_rerun(monkeypatch, [], champion=None, has_votes=False)]
+    assert "morphology_job" not in jobs and jobs[0] == "shard_embeddings_job"
+    assert "no Galaxy Zoo votes in this survey" in capsys.readouterr().out
+    # the graph's own encoder needs the votes: the job runs (and says what to do if it fails)
+    monkeypatch.setenv("GALAXY_ASSETS_IMAGE_ENCODER_KIND", "registry")
+    jobs = [job for job, _ in _demo_rerun(monkeypatch, [], champion=None, has_votes=False)]
+    assert jobs[0] == "morphology_job"

@@ -343,8 +343,9 @@ def votes_from_truth(
     if truth is None:
         raise MorphologyError(
             f"none of the {len(uris)} shards has a truth table (<shard>.truth.parquet), so there "
-            "are no simulated votes; point the morphology encoder at a Galaxy Zoo vote "
-            "catalogue (votes_from_catalogue) instead"
+            "are no simulated votes; give the morphology_encoder asset a Galaxy Zoo vote table "
+            "(its config's vote_catalogue: /path/to/gz_votes.parquet), or embed images with a "
+            "pretrained encoder (image_encoder.kind: timm or aion), which needs no votes"
         )
     truth = truth.filter(pl.col("object_id").is_in(manifest["object_id"].implode()))
     return validate_votes(
