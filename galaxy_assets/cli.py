@@ -204,7 +204,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     home = command_home(args)
     prepare_dagster_home(home)
     print(f"home: {home.root}")
-    size = _demo_read_size(args.size)
+    size = _demo_read_size(args.size, home)
     from galaxy_assets.settings import load_settings
 
     roots = load_settings().survey.roots
@@ -290,15 +290,40 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
-def _demo_read_size(size: int | None) -> int:
+def _demo_read_size(size: int | None, home: Home | None = None) -> int:
     """The mock survey's cutout size (``--size``, else DEMO_SIZE). The demo reads cutouts at
     that size, unless the settings (the home's config.yaml or the environment) give a
-    ``survey.cutout_size`` and ``--size`` was not given."""
-    from galaxy_assets.settings import load_settings
+    ``survey.cutout_size`` and ``--size`` was not given. A ``--size`` other than the settings'
+    is written to the home's config.yaml when that file does not set one, so that `galaxy-assets
+    dev` and the sensor read the cutouts as the demo did (they failed on a 32 px survey)."""
+    from galaxy_assets.settings import CONFIG_ENV, load_settings
 
-    if size is not None or "cutout_size" not in load_settings().survey.model_fields_set:
+    settings = load_settings()
+    configured = "cutout_size" in settings.survey.model_fields_set
+    if size is not None or not configured:
         os.environ["GALAXY_ASSETS_SURVEY_CUTOUT_SIZE"] = str(size or DEMO_SIZE)
-    return size or DEMO_SIZE
+    if size is None or home is None or size == settings.survey.cutout_size:
+        return size or DEMO_SIZE
+    config = home.root / "config.yaml"
+    if configured or os.environ.get(CONFIG_ENV):
+        print(f"survey: --size {size} is read for this run only; the settings say "
+              f"survey.cutout_size {settings.survey.cutout_size} ({os.environ.get(CONFIG_ENV) or config}"
+              " or GALAXY_ASSETS_SURVEY_CUTOUT_SIZE), which `galaxy-assets dev` will read")
+        return size
+    import yaml
+
+    data = yaml.safe_load(config.read_text()) if config.is_file() else None
+    if isinstance(data, dict) and "survey" in data:
+        print(f"survey: --size {size} is read for this run only; add `cutout_size: {size}` to "
+              f"the survey section of {config} for `galaxy-assets dev` to read it too")
+        return size
+    config.parent.mkdir(parents=True, exist_ok=True)
+    with config.open("a", encoding="utf-8") as fh:
+        fh.write(("\n" if config.stat().st_size else "")
+                 + f"# written by `galaxy-assets demo --size {size}`: the mock survey's cutouts\n"
+                 f"survey:\n  cutout_size: {size}\n")
+    print(f"survey: survey.cutout_size {size} written to {config} (the UI and sensor read it)")
+    return size
 
 
 def _shards_changed(instance, survey, found: dict, done) -> list[tuple[str, str]]:

@@ -235,3 +235,23 @@ def test_re_ranked_json_names_its_rater_and_a_failed_re_ranking_fails(monkeypatc
                                         "reranker": "openai:vlm@abc"}]
         assert f"re-ranked by openai:vlm@abc: {n_rated} rated, {n_failed} failed" in out.err
     assert "(e.g. connection refused)" in out.err
+
+
+def test_demo_size_is_what_later_processes_read(isolated_home, monkeypatch, capsys):
+    """`demo --size 32` set the crop in its own process only: `galaxy-assets dev` then read
+    the 32 px survey at 64 px and every raw_cutouts run failed."""
+    from galaxy_assets.cli import _demo_read_size
+    from galaxy_assets.runtime import Home
+    from galaxy_assets.settings import load_settings
+
+    home = Home.from_env(isolated_home)
+    monkeypatch.delenv("GALAXY_ASSETS_SURVEY_CUTOUT_SIZE", raising=False)
+    assert _demo_read_size(32, home) == 32
+    monkeypatch.delenv("GALAXY_ASSETS_SURVEY_CUTOUT_SIZE")  # another process: the file only
+    assert load_settings().survey.cutout_size == 32
+    assert "written to" in capsys.readouterr().out
+    # a file that sets its own survey section is not rewritten: the run says what to add
+    (isolated_home / "config.yaml").write_text("survey:\n  bands: [g, r, z]\n")
+    assert _demo_read_size(48, home) == 48
+    assert "add `cutout_size: 48`" in capsys.readouterr().out
+    assert (isolated_home / "config.yaml").read_text() == "survey:\n  bands: [g, r, z]\n"
