@@ -584,11 +584,16 @@ def _caption_lineage(
     if not path.is_file():
         return {}
     try:
-        frame = (
-            pl.scan_parquet(path)
-            .filter(pl.col("object_id") == object_id)
-            .collect()
-        )
+        import pyarrow.parquet as pq
+
+        # read through one open handle: polars given the path opens it twice (footer, then
+        # pages), and a captioning run replacing the file between them made the read fail
+        with open(path, "rb") as handle:
+            table = pq.read_table(handle, filters=[("object_id", "==", object_id)])
+        frame = pl.from_arrow(table)
+        assert isinstance(frame, pl.DataFrame)
+    except FileNotFoundError:
+        return {}
     except Exception as exc:  # noqa: BLE001 - the store is optional lineage
         log.warning("cannot read the caption store %s (%s)", path, exc)
         return {}

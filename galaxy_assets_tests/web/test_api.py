@@ -840,3 +840,34 @@ def test_the_thumbnail_folder_is_held_under_its_size_limit(tmp_path):
     assert any(f.stem == newest for f in files)
     assert not any(f.stem == ThumbnailCache.key("gal0001", 0, 128) for f in files)
     assert os.listdir(tmp_path)  # the folder itself stays
+
+
+def test_caption_lineage_reads_while_a_captioning_run_replaces_the_store(tmp_path):
+    """The detail view read the caption store by path: polars opens it twice (footer, then
+    pages), so a captioning run replacing the file between the two made lineage fail."""
+    import multiprocessing
+    import time
+
+    from galaxy_assets.captioning.store import CaptionStore
+    from galaxy_assets.web.app import _caption_lineage
+    from galaxy_assets_tests.captioning import store_workers
+
+    folder = tmp_path / "captions"
+    CaptionStore(folder).add(store_workers.rows("base", 30_000))
+    text = store_workers.rows("base", 8)["caption"][7]
+    ctx = multiprocessing.get_context("spawn")
+    started, stop, adds = ctx.Event(), ctx.Event(), ctx.Value("i", 0)
+    writer = ctx.Process(target=store_workers.rewrite_until, args=(str(folder), started, stop, adds))
+    writer.start()
+    found, reads = [], 0
+    try:
+        assert started.wait(timeout=60)
+        end = time.monotonic() + 4.0
+        while time.monotonic() < end:
+            found.append(_caption_lineage(folder, "base-7", "test", "m", text).get("prompt_sha"))
+            reads += 1
+    finally:
+        stop.set()
+        writer.join(timeout=60)
+    assert writer.exitcode == 0 and adds.value >= 10 and reads >= 10
+    assert set(found) == {"p"}, f"{found.count(None)} of {reads} reads found no lineage"
