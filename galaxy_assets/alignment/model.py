@@ -144,7 +144,8 @@ class AlignerConfig:
 # pairs, each 256 wide inside and 64 out, side by side a 256-d search vector. On the demo survey
 # single aligners swung by up to ±0.15 nDCG@10 between training seeds (mergers 0.48–0.61 over
 # five); the ensemble's mean similarity is steadier and at least as good as the seeds' mean on
-# every target, in 1.6x the training time of one 512-wide aligner (benchmarks/RESULTS.md).
+# every target, in 1.6x the training time of one 512-wide aligner at 60 epochs (5,000 captions:
+# 79 s against 49 s; at the default 80 epochs the ensemble took 112.6 s; benchmarks/RESULTS.md).
 SEARCH_MODEL_CONFIG: dict[str, Any] = {"output_dim": 256, "hidden_dim": 256, "n_members": 4}
 
 # The AION-Search paper's heads (AION-1-Base 768-d images, text-embedding-3-large 3072-d texts).
