@@ -377,8 +377,10 @@ def _run_captions(defs, instance, args: argparse.Namespace) -> bool:
         return False
     meta = _latest_metadata(instance, "vlm_captions")
     print(
-        f"captions: {meta.get('captions')} ({meta.get('described_now')} new, "
-        f"{meta.get('reused')} reused, {meta.get('failed_now')} failed) by "
+        f"captions: {meta.get('captions')} ({meta.get('described_now')} new"
+        + (f", {meta['redescribed']} asked again: their captions were of other pixels"
+           if meta.get("redescribed") else "")
+        + f", {meta.get('reused')} reused, {meta.get('failed_now')} failed) by "
         f"{meta.get('backend')}:{meta.get('model')} in {time.perf_counter() - t0:.1f} s"
     )
     if "keyword_rates" in meta:
