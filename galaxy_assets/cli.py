@@ -25,12 +25,11 @@ import sys
 import time
 from pathlib import Path
 
-from galaxy_assets.runtime import HOME_ENV, Home, restore_interrupt_signals
+from galaxy_assets.runtime import HOME_ENV, SIMULATION_MARKER, Home, restore_interrupt_signals
 
 log = logging.getLogger("galaxy_assets.cli")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SIMULATION_MARKER = "SIMULATION.json"
 # Runs started by the CLI log warnings and errors to the terminal; everything is in the UI.
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
@@ -51,18 +50,27 @@ def command_home(args: argparse.Namespace) -> Home:
     follow, so the demo, the UI, search and evaluate all read and write one home."""
     if getattr(args, "home", None):
         return Home.from_env(args.home)
-    from galaxy_assets.settings import load_settings
+    from galaxy_assets.settings import CONFIG_ENV, load_settings
 
-    return load_settings().home_folder()
+    settings = load_settings()
+    home = settings.home_folder()
+    default_file = Home.from_env(None).root / "config.yaml"
+    if settings.home and not os.environ.get(CONFIG_ENV) and default_file.is_file():
+        # the home came from the `home:` of <default home>/config.yaml: the command then sets
+        # $GALAXY_ASSETS_HOME to it, after which settings would be read from <that
+        # home>/config.yaml; the file that named it stays the settings file
+        os.environ[CONFIG_ENV] = str(default_file.resolve())
+    return home
 
 
 # settings given as paths in the environment: `galaxy-assets dev` runs Dagster from the
 # repository, where a relative path would name another folder than the user's
 _ENV_PATHS = ("GALAXY_ASSETS_CONFIG", "GALAXY_ASSETS_SEARCH_URI", "GALAXY_ASSETS_CLUSTER_IO_BASE_DIR",
               "GALAXY_ASSETS_CLUSTER_LANCEDB_URI")
-# names that may be a path or a model id ("org/name"): made absolute only where that path exists
-_ENV_MAYBE_PATHS = ("GALAXY_ASSETS_IMAGE_ENCODER_CHECKPOINT", "GALAXY_ASSETS_IMAGE_ENCODER_MODEL",
-                    "GALAXY_ASSETS_CAPTIONER_MODEL", "GALAXY_ASSETS_TEXT_EMBEDDER_MODEL")
+# names that may be a path or a model id ("org/name"): made absolute only where that path
+# exists (not the captioner's or the text embedder's model: for an openai backend that is the
+# name the endpoint serves, "models/qwen-vl" as vLLM was started, and must go as it is)
+_ENV_MAYBE_PATHS = ("GALAXY_ASSETS_IMAGE_ENCODER_CHECKPOINT", "GALAXY_ASSETS_IMAGE_ENCODER_MODEL")
 
 
 def absolute_env_paths(environ=None, cwd: Path | None = None) -> dict[str, str]:
@@ -204,7 +212,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     home = command_home(args)
     prepare_dagster_home(home)
     print(f"home: {home.root}")
-    size = _demo_read_size(args.size, home)
+    size = _demo_read_size(args.size)
     from galaxy_assets.settings import load_settings
 
     roots = load_settings().survey.roots
@@ -242,7 +250,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
               f"(e.g. {vanished[0]}); dropping them")
         for key in vanished:
             instance.delete_dynamic_partition(shard_partitions.name, key)
-        if home.lancedb.exists():  # their index rows go too
+        index = load_settings().lancedb_location(home)
+        if "://" in index or Path(index).exists():  # their index rows go too
             defs.resolve_job_def("index_maintenance_job").execute_in_process(
                 instance=instance, run_config=QUIET, raise_on_error=False
             )
@@ -290,40 +299,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
-def _demo_read_size(size: int | None, home: Home | None = None) -> int:
+def _demo_read_size(size: int | None) -> int:
     """The mock survey's cutout size (``--size``, else DEMO_SIZE). The demo reads cutouts at
     that size, unless the settings (the home's config.yaml or the environment) give a
-    ``survey.cutout_size`` and ``--size`` was not given. A ``--size`` other than the settings'
-    is written to the home's config.yaml when that file does not set one, so that `galaxy-assets
-    dev` and the sensor read the cutouts as the demo did (they failed on a 32 px survey)."""
-    from galaxy_assets.settings import CONFIG_ENV, load_settings
+    ``survey.cutout_size`` and ``--size`` was not given. Other processes (`galaxy-assets dev`,
+    the sensor) read the simulated size from the mock survey's SIMULATION.json, unless the
+    settings give one (``defs.resources.default_resources``)."""
+    from galaxy_assets.settings import load_settings
 
-    settings = load_settings()
-    configured = "cutout_size" in settings.survey.model_fields_set
-    if size is not None or not configured:
+    if size is not None or "cutout_size" not in load_settings().survey.model_fields_set:
         os.environ["GALAXY_ASSETS_SURVEY_CUTOUT_SIZE"] = str(size or DEMO_SIZE)
-    if size is None or home is None or size == settings.survey.cutout_size:
-        return size or DEMO_SIZE
-    config = home.root / "config.yaml"
-    if configured or os.environ.get(CONFIG_ENV):
-        print(f"survey: --size {size} is read for this run only; the settings say "
-              f"survey.cutout_size {settings.survey.cutout_size} ({os.environ.get(CONFIG_ENV) or config}"
-              " or GALAXY_ASSETS_SURVEY_CUTOUT_SIZE), which `galaxy-assets dev` will read")
-        return size
-    import yaml
-
-    data = yaml.safe_load(config.read_text()) if config.is_file() else None
-    if isinstance(data, dict) and "survey" in data:
-        print(f"survey: --size {size} is read for this run only; add `cutout_size: {size}` to "
-              f"the survey section of {config} for `galaxy-assets dev` to read it too")
-        return size
-    config.parent.mkdir(parents=True, exist_ok=True)
-    with config.open("a", encoding="utf-8") as fh:
-        fh.write(("\n" if config.stat().st_size else "")
-                 + f"# written by `galaxy-assets demo --size {size}`: the mock survey's cutouts\n"
-                 f"survey:\n  cutout_size: {size}\n")
-    print(f"survey: survey.cutout_size {size} written to {config} (the UI and sensor read it)")
-    return size
+    return size or DEMO_SIZE
 
 
 def _shards_changed(instance, survey, found: dict, done) -> list[tuple[str, str]]:
@@ -643,10 +629,19 @@ def _run_models(defs, instance, keys: list[str], args: argparse.Namespace) -> bo
     posterior_keys = keys if reemulate else sorted(
         set(missing("property_posteriors")) | set(_older_than(instance, "property_posteriors",
                                                               "property_emulator", keys)))
+    emulator_skipped = "inputs unchanged: property emulator reused"
+    if not getattr(args, "has_votes", True) and absent("property_emulator"):
+        # no truth tables (a real survey): the emulator has no labels to learn from unless its
+        # labels_table is given, which the demo cannot do; the index is built without
+        # posteriors (galaxy_index reads them when present)
+        reemulate, posterior_keys = False, []
+        emulator_skipped = ("no truth tables in this survey, so no labels: the property "
+                            "emulator is skipped (materialize property_emulator with a "
+                            "labels_table in the Dagster UI to train it)")
     stages = [
         ("morphology_job", None, retrain, False, "reusing the registered model (--force retrains)"),
         ("shard_embeddings_job", shards, bool(shards), False, "every shard is embedded"),
-        ("emulator_job", None, reemulate, False, "inputs unchanged: property emulator reused"),
+        ("emulator_job", None, reemulate, False, emulator_skipped),
         ("posteriors_job", posterior_keys, bool(posterior_keys), True,
          "every shard has posteriors"),
         ("aligner_job", None, realign, False, "captions and embeddings unchanged: aligner reused"),
@@ -1043,8 +1038,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="simulate a mock survey into the home and run the graph")
     p.add_argument("--n", type=int, default=3000, help="galaxies in the mock survey (default 3000)")
     p.add_argument("--size", type=int, default=None,
-                   help=f"cutout size in pixels (default {DEMO_SIZE}; it also sets "
-                   "survey.cutout_size unless the settings give one)")
+                   help=f"cutout size in pixels (default {DEMO_SIZE}; the graph, the UI "
+                   "included, reads the mock survey at that size unless the settings give a "
+                   "survey.cutout_size)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     p.add_argument("--home", default=None, help=f"home folder (default ${HOME_ENV} or ./.galaxy_home)")

@@ -25,6 +25,10 @@ class RuntimeConfigError(Exception):
     """A runtime setting (home folder, device, dtype) is invalid."""
 
 
+# what `galaxy-assets demo` records beside the mock survey it simulated (n, size, seed, …)
+SIMULATION_MARKER = "SIMULATION.json"
+
+
 @dataclass(frozen=True)
 class Home:
     """The git-ignored folder that holds all state of an embedded deployment.
@@ -82,6 +86,17 @@ class Home:
     @property
     def mock_survey(self) -> Path:
         return self.root / "mock_survey"
+
+    def simulated_cutout_size(self) -> int | None:
+        """The cutout size the demo simulated the home's mock survey at (its
+        ``SIMULATION.json``), or None when there is none or it cannot be read."""
+        import json
+
+        try:
+            size = json.loads((self.mock_survey / SIMULATION_MARKER).read_text()).get("size")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return int(size) if isinstance(size, int) and size > 0 else None
 
     @property
     def reports(self) -> Path:

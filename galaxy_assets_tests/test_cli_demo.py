@@ -250,8 +250,10 @@ def test_a_survey_without_votes_skips_the_morphology_encoder_under_a_pretrained_
     monkeypatch.setenv("GALAXY_ASSETS_IMAGE_ENCODER_KIND", "timm")
     monkeypatch.setenv("GALAXY_ASSETS_IMAGE_ENCODER_NAME", "resnet18")
     jobs = [job for job, _ in _demo_rerun(monkeypatch, [], champion=None, has_votes=False)]
-    assert "morphology_job" not in jobs and jobs[0] == "shard_embeddings_job"
-    assert "no Galaxy Zoo votes in this survey" in capsys.readouterr().out
+    # nor labels for the emulator: the index is built without posteriors
+    assert jobs == ["shard_embeddings_job", "aligner_job", "evaluation_job", "index_job"]
+    out = capsys.readouterr().out
+    assert "no Galaxy Zoo votes in this survey" in out and "no truth tables in this survey" in out
     # the graph's own encoder needs the votes: the job runs (and says what to do if it fails)
     monkeypatch.setenv("GALAXY_ASSETS_IMAGE_ENCODER_KIND", "registry")
     jobs = [job for job, _ in _demo_rerun(monkeypatch, [], champion=None, has_votes=False)]

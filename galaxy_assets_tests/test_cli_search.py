@@ -237,21 +237,21 @@ def test_re_ranked_json_names_its_rater_and_a_failed_re_ranking_fails(monkeypatc
     assert "(e.g. connection refused)" in out.err
 
 
-def test_demo_size_is_what_later_processes_read(isolated_home, monkeypatch, capsys):
+def test_demo_size_is_what_later_processes_read(isolated_home, monkeypatch):
     """`demo --size 32` set the crop in its own process only: `galaxy-assets dev` then read
-    the 32 px survey at 64 px and every raw_cutouts run failed."""
-    from galaxy_assets.cli import _demo_read_size
-    from galaxy_assets.runtime import Home
-    from galaxy_assets.settings import load_settings
+    the 32 px survey at 64 px and every raw_cutouts run failed. The graph's survey resource
+    reads the size the home's mock survey was simulated at, unless the settings give one."""
+    import json
 
-    home = Home.from_env(isolated_home)
+    from galaxy_assets.defs.resources import default_resources
+    from galaxy_assets.runtime import SIMULATION_MARKER
+
     monkeypatch.delenv("GALAXY_ASSETS_SURVEY_CUTOUT_SIZE", raising=False)
-    assert _demo_read_size(32, home) == 32
-    monkeypatch.delenv("GALAXY_ASSETS_SURVEY_CUTOUT_SIZE")  # another process: the file only
-    assert load_settings().survey.cutout_size == 32
-    assert "written to" in capsys.readouterr().out
-    # a file that sets its own survey section is not rewritten: the run says what to add
-    (isolated_home / "config.yaml").write_text("survey:\n  bands: [g, r, z]\n")
-    assert _demo_read_size(48, home) == 48
-    assert "add `cutout_size: 48`" in capsys.readouterr().out
-    assert (isolated_home / "config.yaml").read_text() == "survey:\n  bands: [g, r, z]\n"
+    assert default_resources()["survey"].cutout_size == 64  # nothing simulated yet
+    (isolated_home / "mock_survey").mkdir(parents=True, exist_ok=True)
+    (isolated_home / "mock_survey" / SIMULATION_MARKER).write_text(json.dumps({"size": 32}))
+    assert default_resources()["survey"].cutout_size == 32
+    (isolated_home / "config.yaml").write_text("survey:\n  cutout_size: 48\n")
+    assert default_resources()["survey"].cutout_size == 48  # the settings say otherwise
+    (isolated_home / "config.yaml").write_text(f"survey:\n  roots: [{isolated_home}]\n")
+    assert default_resources()["survey"].cutout_size == 64  # another survey than the mock

@@ -315,3 +315,23 @@ def test_every_command_finds_the_home_a_settings_file_names(tmp_path, monkeypatc
     conf.write_text("survey:\n  colour: red\n")
     assert main(["evaluate"]) == 2
     assert capsys.readouterr().err.startswith("galaxy-assets evaluate: invalid settings (from ")
+
+
+def test_a_home_named_by_the_default_settings_file_keeps_that_file(tmp_path, monkeypatch):
+    """`home:` in ./.galaxy_home/config.yaml moved the demo to that home, whose own
+    config.yaml was then read instead: the rest of the file that named it was lost."""
+    import argparse
+
+    from galaxy_assets.cli import command_home
+
+    for var in ("GALAXY_ASSETS_HOME", "GALAXY_ASSETS_CONFIG"):  # restored after the test
+        monkeypatch.setenv(var, "")
+        monkeypatch.delenv(var)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".galaxy_home").mkdir()
+    (tmp_path / ".galaxy_home" / "config.yaml").write_text(
+        f"home: {tmp_path / 'big'}\nsurvey:\n  cutout_size: 48\n")
+    home = command_home(argparse.Namespace(home=None))
+    assert home.root == tmp_path / "big"
+    monkeypatch.setenv("GALAXY_ASSETS_HOME", str(home.root))  # what the command does next
+    assert load_settings().survey.cutout_size == 48

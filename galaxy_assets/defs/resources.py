@@ -283,10 +283,17 @@ def default_resources() -> dict[str, object]:
                                 artifact_root=cluster.mlflow_artifact_root)
         lancedb_uri = cluster.lancedb_uri
     outputs = "" if io_base_dir == str(home.parquet) else io_base_dir
+    survey = settings.survey.model_dump()
+    simulated = home.simulated_cutout_size()
+    if not settings.survey.roots and "cutout_size" not in settings.survey.model_fields_set \
+            and simulated is not None:
+        # the home's mock survey is read at the size `demo --size` simulated it at (a 32 px
+        # survey read at the default 64 px failed every raw_cutouts run under `dev`)
+        survey["cutout_size"] = simulated
     return {
         "home": HomeResource(root=settings.home, outputs=outputs),
         "compute": ComputeResource(**settings.compute.model_dump()),
-        "survey": SurveyResource(**settings.survey.model_dump()),
+        "survey": SurveyResource(**survey),
         "io_manager": ShardParquetIOManager(base_dir=io_base_dir),
         "mlflow": mlflow,
         "image_encoder": ImageEncoderResource.from_settings(settings),
