@@ -349,7 +349,10 @@ def _latest_metadata(instance, asset: str) -> dict:
 
 
 def _run_captions(defs, instance, args: argparse.Namespace) -> bool:
-    n = min(args.captions, args.n)
+    from galaxy_assets.settings import load_settings
+
+    # --n is the mock survey's size; the user's survey (survey.roots) is as large as it is
+    n = args.captions if load_settings().survey.roots else min(args.captions, args.n)
     print(f"\ncaptions: describing a random sample of {n} galaxies, embedding the captions")
     t0 = time.perf_counter()
     result = defs.resolve_job_def("captions_job").execute_in_process(
