@@ -969,15 +969,20 @@ def _match(
 def _require_matches(
     report: CrossmatchReport,
     manifest: pl.DataFrame,
+    frame: pl.DataFrame,
     *,
     radius_arcsec: float,
     id_column: str,
+    ra_column: str,
+    dec_column: str,
     kind: str,
 ) -> None:
-    """A catalogue that matched no survey galaxy is an error: its target would have no
-    relevant galaxy (nDCG undefined) and the gate would have nothing to compare, while the
-    usual cause is a mistake (coordinates in radians, another area of sky, the wrong id
-    column)."""
+    """A catalogue that matched no survey galaxy: an error when that looks like a mistake
+    (an id match that found none of its ids, no row with usable coordinates, or coordinates
+    that all lie within radian ranges while the survey's do not), else a warning. A lens
+    catalogue may well hold no lens in a survey that covers a few HEALPix cells so far: its
+    target is then left without relevant galaxies (undefined, skipped) and the rest are
+    evaluated."""
     if report.n_matched:
         return
     how = f'within {radius_arcsec:g}"' if report.method == "position" else f"by {id_column!r}"
@@ -987,13 +992,33 @@ def _require_matches(
         detail.append(f"{report.n_bad_coordinates} rows have no valid ra/dec")
     if report.n_other_grade:
         detail.append(f"{report.n_other_grade} rows have a grade that is not a lens grade")
-    raise CatalogueError(
-        f"{kind} {report.source}: none of its {rows} rows matched any of the "
-        f"{manifest.height} survey galaxies {how}"
-        + (f" ({'; '.join(detail)})" if detail else "")
-        + "; check that its ra/dec are in degrees (ICRS) and cover the survey's area, the "
-        "match radius or id column, or leave the catalogue out"
-    )
+    what = (f"{kind} {report.source}: none of its {rows} rows matched any of the "
+            f"{manifest.height} survey galaxies {how}"
+            + (f" ({'; '.join(detail)})" if detail else ""))
+    mistake = None
+    if rows and report.method != "position":
+        mistake = f"check the id column {id_column!r} holds the survey's object_ids"
+    elif rows and report.n_bad_coordinates >= rows:
+        mistake = "give each row its ra/dec in degrees"
+    elif rows and _looks_like_radians(frame, ra_column, dec_column) and not _looks_like_radians(
+            manifest, "ra", "dec"):
+        mistake = "its ra/dec all lie within radian ranges: convert them to degrees (ICRS)"
+    if mistake:
+        raise CatalogueError(f"{what}; {mistake}, or leave the catalogue out")
+    log.warning("%s; its targets have no labelled galaxy in this survey (check that its "
+                "ra/dec are degrees, ICRS, and cover the survey's area)", what)
+
+
+def _looks_like_radians(frame: pl.DataFrame, ra_column: str, dec_column: str) -> bool:
+    """Whether every finite position of ``frame`` lies within |ra| <= 2 pi, |dec| <= pi / 2."""
+    if ra_column not in frame.columns or dec_column not in frame.columns:
+        return False
+    pos = frame.select(pl.col(ra_column).cast(pl.Float64, strict=False).alias("ra"),
+                       pl.col(dec_column).cast(pl.Float64, strict=False).alias("dec"))
+    pos = pos.filter(pl.col("ra").is_finite() & pl.col("dec").is_finite())
+    if pos.height == 0:
+        return False
+    return bool((pos["ra"].abs() <= 2 * np.pi).all() and (pos["dec"].abs() <= np.pi / 2).all())
 
 
 def labels_from_vote_catalogue(
@@ -1026,8 +1051,8 @@ def labels_from_vote_catalogue(
         dec_column=dec_column,
         source=source,
     )
-    _require_matches(report, manifest, radius_arcsec=radius_arcsec,
-                     id_column=id_column, kind="vote catalogue")
+    _require_matches(report, manifest, frame, radius_arcsec=radius_arcsec, id_column=id_column,
+                     ra_column=ra_column, dec_column=dec_column, kind="vote catalogue")
     out: dict[str, TargetLabels] = {}
     skipped: list[str] = []
     tmap = _as_target_map(targets)
@@ -1131,8 +1156,8 @@ def labels_from_lens_catalogue(
     if n_other_grade:
         report = dataclasses.replace(report, n_rows=report.n_rows + n_other_grade,
                                      n_other_grade=n_other_grade)
-    _require_matches(report, manifest, radius_arcsec=radius_arcsec,
-                     id_column=id_column, kind="lens catalogue")
+    _require_matches(report, manifest, frame, radius_arcsec=radius_arcsec, id_column=id_column,
+                     ra_column=ra_column, dec_column=dec_column, kind="lens catalogue")
     ids = manifest["object_id"].cast(pl.Utf8).unique(maintain_order=True)
     pos = set(positive["object_id"].to_list())
     rel = np.fromiter(

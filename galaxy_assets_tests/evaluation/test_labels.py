@@ -484,24 +484,32 @@ def test_a_well_voted_row_is_kept_beside_a_nearer_row_with_too_few_votes():
     assert labels.n_excluded == 0  # the galaxy kept its votes: nothing is left out
 
 
-def test_a_catalogue_that_matches_no_galaxy_is_an_error():
-    """Coordinates in radians (or another area of sky) matched nothing and were accepted: the
-    target then had no relevant galaxy, and the gate passed any candidate on no evidence."""
+def test_a_catalogue_that_matches_no_galaxy(caplog):
+    """Coordinates in radians (or ids of another survey) matched nothing and were accepted:
+    the target then had no relevant galaxy. That is an error now; a catalogue in degrees that
+    simply holds no lens of the area surveyed so far is a warning, and its target is left
+    undefined (skipped) while the others are evaluated."""
     man = _manifest()
     in_radians = man.select(pl.col("ra").radians(), pl.col("dec").radians())
     with pytest.raises(CatalogueError, match=r"lens catalogue <.*>: none of its 3 rows matched "
-                       r"any of the 3 survey galaxies within 1\"; check that its ra/dec are in "
-                       r"degrees"):
+                       r"any of the 3 survey galaxies within 1\"; its ra/dec all lie within "
+                       r"radian ranges: convert them to degrees"):
         labels_from_lens_catalogue(in_radians, man)
-    graded_out = man.with_columns(grade=pl.lit("N"))
-    with pytest.raises(CatalogueError, match="3 rows have a grade that is not a lens grade"):
-        labels_from_lens_catalogue(graded_out, man)
     votes = in_radians.with_columns(
         pl.lit(8).alias("has-spiral-arms_yes"), pl.lit(2).alias("has-spiral-arms_no"))
     with pytest.raises(CatalogueError, match="vote catalogue .*none of its 3 rows matched"):
         labels_from_vote_catalogue(votes, man)
     by_id = pl.DataFrame({"object_id": ["X"], "has-spiral-arms_yes": [8],
                           "has-spiral-arms_no": [2]})
-    with pytest.raises(CatalogueError, match="none of its 1 rows matched .* by 'object_id'"):
+    with pytest.raises(CatalogueError, match="none of its 1 rows matched .* by 'object_id'; "
+                       "check the id column"):
         labels_from_vote_catalogue(by_id, man)
+    # lenses elsewhere on the sky, in degrees: no lens in this survey, not a mistake
+    elsewhere = pl.DataFrame({"ra": [300.0, 301.0], "dec": [-60.0, -61.0]})
+    with caplog.at_level("WARNING"):
+        lenses = labels_from_lens_catalogue(elsewhere, man)["lenses"]
+    assert lenses.relevance.tolist() == [0.0, 0.0, 0.0]
+    assert "none of its 2 rows matched" in caplog.text
+    graded_out = man.with_columns(grade=pl.lit("N"))
+    assert labels_from_lens_catalogue(graded_out, man)["lenses"].relevance.sum() == 0
     assert np.isfinite(labels_from_lens_catalogue(man.head(1), man)["lenses"].relevance).all()
