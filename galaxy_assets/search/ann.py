@@ -70,6 +70,7 @@ ROW_ADDRESS = "_rowaddr"
 # its partitions and codebooks were trained on, and retrained once every row holds another
 PROVENANCE_COLUMN = "aligner_version"
 INDEX_NAME = "vector_idx"
+MIXED = "mixed"  # vectors_made_by of a table whose rows hold several aligners' vectors
 
 # Below this many rows no vector index is built. Measured by benchmarks/bench_index.py on
 # clustered 256-d vectors (2 vCPUs; RESULTS.md, "The searchable index"): a flat LanceDB search
@@ -263,15 +264,18 @@ def ivf_pq_config(params: IndexParams) -> Any:
 
 
 def vectors_made_by(table: Any) -> str | None:
-    """The one value of :data:`PROVENANCE_COLUMN` across the table's rows; None when the table
-    has no such column, no rows, or mixes values (a re-index under way)."""
+    """The one value of :data:`PROVENANCE_COLUMN` across the table's rows, :data:`MIXED` when
+    they hold several (a re-index under way), None when the table has no such column or no
+    value in it."""
     if PROVENANCE_COLUMN not in table.schema.names:
         return None
     import pyarrow.compute as pc
 
     values = table.search().select([PROVENANCE_COLUMN]).limit(None).to_arrow()
     distinct = pc.unique(values.column(PROVENANCE_COLUMN).drop_null()).to_pylist()
-    return str(distinct[0]) if len(distinct) == 1 else None
+    if not distinct:
+        return None
+    return str(distinct[0]) if len(distinct) == 1 else MIXED
 
 
 def index_name(made_by: str | None) -> str:
@@ -326,7 +330,10 @@ def ensure_vector_index(
     * no index, ``force``, an index of another metric, an index trained on vectors of another
       aligner than the one every row now holds (:data:`PROVENANCE_COLUMN`; a re-index spread
       over several runs folds the new vectors into the old partitions and codebooks, and
-      recall collapses), or more unindexed rows than ``rebuild_growth`` x indexed ones (the
+      recall collapses; one built while the table mixed aligners is named ``vector_idx__mixed``
+      and retrained too, while one named plainly ``vector_idx`` was built before indexes were
+      named, or on a table without that column, and is kept), or more
+      unindexed rows than ``rebuild_growth`` x indexed ones (the
       table grew past what the centroids were trained on): train and build it,
       ``action="built"``;
     * an index with unindexed rows (rows written since the build):
@@ -378,7 +385,7 @@ def ensure_vector_index(
             else f"the index used metric {before['distance_type']}, not cosine"
         )
         _build_lance_index(table, chosen, dim, made_by)
-    elif made_by is not None and before["name"] != index_name(made_by):
+    elif made_by not in (None, MIXED) and before["name"] not in (INDEX_NAME, index_name(made_by)):
         chosen = chosen or index_params(n_rows, dim, brute_force_max_rows=0)
         action = "built"
         reason = (

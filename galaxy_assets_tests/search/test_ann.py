@@ -172,6 +172,32 @@ def test_an_index_trained_on_another_aligners_vectors_is_retrained(db):
     assert ann.ensure_vector_index(table, params=SMALL)["action"] == "current"
 
 
+def test_an_index_from_before_indexes_were_named_is_kept_and_a_mixed_one_is_retrained(db):
+    """An index built by older code is named plainly vector_idx: it was trained on the vectors
+    the rows hold, and upgrading must not retrain it with a false reason. One built while the
+    table mixed two aligners is retrained once the re-index ends."""
+    vectors = unit_vectors(4000, 33)
+    t = rows(vectors).append_column("aligner_version", pa.array(["search-aligner/v1"] * 4000))
+    table = db.create_table("galaxy_index", t)
+    table.create_index("vector", config=ann.ivf_pq_config(SMALL))  # older code: default name
+    assert ann.vector_index_stats(table)["name"] == "vector_idx"
+    assert ann.ensure_vector_index(table, params=SMALL)["action"] == "current"
+
+    table.merge_insert("object_id").when_matched_update_all().when_not_matched_insert_all(
+    ).execute(rows(vectors[:2500]).append_column(
+        "aligner_version", pa.array(["search-aligner/v2"] * 2500)))
+    assert ann.vectors_made_by(table) == ann.MIXED
+    mixed = ann.ensure_vector_index(table, params=SMALL)  # the growth rule: 2,500 > 1,500
+    assert mixed["action"] == "built"
+    assert ann.vector_index_stats(table)["name"] == "vector_idx__mixed"
+    table.merge_insert("object_id").when_matched_update_all().when_not_matched_insert_all(
+    ).execute(rows(vectors[2500:], start=2500).append_column(
+        "aligner_version", pa.array(["search-aligner/v2"] * 1500)))
+    done = ann.ensure_vector_index(table, params=SMALL)
+    assert done["action"] == "built" and "vector_idx__mixed" in done["reason"]
+    assert ann.vector_index_stats(table)["name"] == "vector_idx__search_aligner_v2"
+
+
 def test_ensure_vector_index_reports_bad_parameters(db):
     table = db.create_table("galaxy_index", rows(unit_vectors(400, 4)))
     bad = ann.IndexParams(num_partitions=16, num_sub_vectors=5, nprobes=4, refine_factor=2)
