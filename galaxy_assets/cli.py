@@ -92,6 +92,11 @@ def absolute_env_paths(environ=None, cwd: Path | None = None) -> dict[str, str]:
             new = fix(environ[var], must_exist=var in _ENV_MAYBE_PATHS)
             if new != environ[var]:
                 environ[var] = changed[var] = new
+    # a SQLite tracking store named relative to the current folder ("sqlite:///mlflow.db")
+    uri = environ.get("MLFLOW_TRACKING_URI", "")
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        environ["MLFLOW_TRACKING_URI"] = changed["MLFLOW_TRACKING_URI"] = (
+            "sqlite:///" + str(cwd / uri[len("sqlite:///"):]))
     roots = environ.get("GALAXY_ASSETS_SURVEY_ROOTS")
     if roots:
         new = os.pathsep.join(fix(r, must_exist=False) for r in roots.split(os.pathsep))

@@ -101,7 +101,10 @@ class CaptionerSettings(BaseModel):
     image_size: int | None = Field(None, description="resize the RGB image sent to the VLM")
     concurrency: int = Field(4, gt=0)
     request_budget: int | None = Field(None, description="openai: most requests per run")
-    workers: int = Field(1, gt=0, description="morphology: processes (1 measured fastest on 2 cores)")
+    # two were 1.4-1.9x faster on two free cores, slower while another process held one
+    # (benchmarks/RESULTS.md, describer workers); one stays the default, as the graph's other
+    # steps and tests share the cores
+    workers: int = Field(1, gt=0, description="morphology: processes")
     batch_size: int = Field(32, gt=0)
     sample_size: int = Field(2000, gt=0, description="galaxies in caption_sample")
     sample_seed: int = 0
@@ -359,18 +362,31 @@ def _merge(base: dict, over: dict) -> dict:
     return merged
 
 
+# settings that name a local folder (a URI such as s3://… is left as it is)
+_PATH_KEYS = (("search", "uri"), ("cluster", "lancedb_uri"), ("cluster", "io_base_dir"))
+
+
 def _absolute_roots(data: dict, base: Path) -> dict:
-    """``data`` with its relative ``survey.roots`` made absolute against ``base``."""
+    """``data`` with its relative ``survey.roots`` and the folders of :data:`_PATH_KEYS` made
+    absolute against ``base``: every process then opens the same folders, whichever folder it
+    runs in (`galaxy-assets dev` runs Dagster from the repository)."""
+
+    def fix(value: object) -> object:
+        if not isinstance(value, str) or not value or "://" in value:
+            return value
+        path = Path(value).expanduser()
+        return value if path.is_absolute() else str(base / path)
+
+    out = dict(data)
     survey = data.get("survey")
     roots = survey.get("roots") if isinstance(survey, dict) else None
-    if not isinstance(roots, list):
-        return data
-    fixed = [
-        str(base / Path(r).expanduser()) if isinstance(r, str) and r
-        and not Path(r).expanduser().is_absolute() else r
-        for r in roots
-    ]
-    return {**data, "survey": {**survey, "roots": fixed}}
+    if isinstance(roots, list):
+        out["survey"] = {**survey, "roots": [fix(r) for r in roots]}
+    for section, key in _PATH_KEYS:
+        part = out.get(section)
+        if isinstance(part, dict) and key in part:
+            out[section] = {**part, key: fix(part[key])}
+    return out
 
 
 def load_settings(environ: dict[str, str] | None = None) -> Settings:

@@ -284,7 +284,10 @@ def test_dev_hands_dagster_absolute_paths(tmp_path):
         "GALAXY_ASSETS_IMAGE_ENCODER_CHECKPOINT": "ckpt.pt",
         "GALAXY_ASSETS_CAPTIONER_MODEL": "Qwen/Qwen2.5-VL-7B-Instruct",  # a hub id, not a path
     }
+    env["MLFLOW_TRACKING_URI"] = "sqlite:///mlflow.db"
     changed = absolute_env_paths(env, tmp_path)
+    assert env["MLFLOW_TRACKING_URI"] == f"sqlite:///{tmp_path}/mlflow.db"
+    changed.pop("MLFLOW_TRACKING_URI")
     assert env["GALAXY_ASSETS_CONFIG"] == str(tmp_path / "conf.yaml")
     assert env["GALAXY_ASSETS_SURVEY_ROOTS"].split(os.pathsep) == [str(tmp_path / "data/mmu"),
                                                                    "/abs/fits"]
@@ -335,3 +338,19 @@ def test_a_home_named_by_the_default_settings_file_keeps_that_file(tmp_path, mon
     assert home.root == tmp_path / "big"
     monkeypatch.setenv("GALAXY_ASSETS_HOME", str(home.root))  # what the command does next
     assert load_settings().survey.cutout_size == 48
+
+
+def test_relative_folders_in_a_settings_file_are_the_files_folders(tmp_path, isolated_home,
+                                                                  monkeypatch):
+    """`search: {uri: mydb}` was handed to LanceDB as it was: the graph under `galaxy-assets
+    dev` (run from the repository) and `search` (run from the user's folder) opened two
+    different tables."""
+    (isolated_home / "config.yaml").write_text(
+        "search:\n  uri: mydb\ncluster:\n  io_base_dir: out\n  lancedb_uri: s3://b/lancedb\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    settings = load_settings()
+    assert settings.lancedb_location() == str(isolated_home / "mydb")
+    assert settings.cluster.io_base_dir == str(isolated_home / "out")
+    assert settings.cluster.lancedb_uri == "s3://b/lancedb"
