@@ -21,7 +21,8 @@ classifiers' probabilities pile up near 0 and 1), and the re-ranker sorts by the
 The centre, scale, weights and networks live in ``feature_scores.json`` beside this module
 (under 400 kB, NumPy only to evaluate). They were fitted to the truth's visibility scores and
 flags on simulated development surveys, never the check or demo surveys, with
-``benchmarks/fit_describer_scores.py``, which rewrites the file and prints the held-out figures.
+``benchmarks/fit_describer_scores.py``, which prints the held-out figures and writes the file
+only when given ``--out``.
 Linear and regression scores are on the scale of a visibility (about 0 absent, about 1
 unmistakable; they may stray a little outside [0, 1]).
 
