@@ -14,7 +14,12 @@ questions. This module measures the same on our data:
   (paired bootstrap of the per-galaxy losses of the largest against the smallest model)?
 
 With fewer than four N values per size the full three-parameter form is not identifiable:
-the fit drops ``c`` (``L = a · N^(−α)``, a straight line in log-log) and says so.
+the fit drops ``c`` (``L = a · N^(−α)``, a straight line in log-log) and says so. A
+three-parameter fit that lands on a bound (``c`` or ``a`` at 0, ``α`` at 0 or 4) or whose
+errors are not finite or wider than the losses themselves is kept but flagged as not
+identifiable (``PowerLawFit.identifiable``), in its note, the table, the legend and the
+metrics: its ``α`` is not a measured exponent. The form of each fit is shown beside every
+``α``, since an ``α`` with ``c`` fixed at 0 and one with ``c`` fitted are not comparable.
 """
 
 from __future__ import annotations
@@ -59,6 +64,16 @@ DEFAULT_NS: tuple[int, ...] = (500, 1000, 2000, 4000, 8000, 16000)
 DEFAULT_SIZES: tuple[str, ...] = tuple(PRESETS)  # tiny, small, base
 SUBSET_SALT = "galaxy-assets/morphology/scaling-order"
 N_REF = 1000.0  # N is scaled by this inside the fit (a is the excess loss at N = 1000)
+ALPHA_MAX = 4.0  # upper bound on alpha in the three-parameter fit
+# A three-parameter fit is "not identifiable" when a parameter sits on its bound (within
+# BOUND_RTOL of the median loss for a and c, ALPHA_BOUND_TOL for alpha), when the covariance
+# gives no finite errors, or when an error is wider than the data can support: a or c known
+# only to more than the largest loss, alpha to more than ALPHA_ERR_MAX (a quarter of its
+# range). With four N values and noisy losses the fit often ends on c = 0 with a tiny alpha
+# and errors of thousands, which is no exponent at all.
+BOUND_RTOL = 1e-6
+ALPHA_BOUND_TOL = 1e-4
+ALPHA_ERR_MAX = 1.0
 
 
 @dataclass
@@ -100,7 +115,8 @@ class PowerLawFit:
 
     ``form`` is ``"a*N^-alpha+c"`` or ``"a*N^-alpha"`` (c fixed at 0, too few points);
     ``*_err`` come from the fit covariance (NaN when not estimable), ``alpha_boot_err`` from
-    a bootstrap over held-out galaxies.
+    a bootstrap over held-out galaxies. ``identifiable`` is False for a three-parameter fit
+    on a bound or with unusable errors (``note`` says which): its alpha is not an exponent.
     """
 
     model_size: str
@@ -115,6 +131,7 @@ class PowerLawFit:
     c_err: float = math.nan
     alpha_boot_err: float = math.nan
     note: str = ""
+    identifiable: bool = True
 
     def predict(self, n: np.ndarray | float) -> np.ndarray:
         return self.a * (np.asarray(n, dtype=float) / N_REF) ** (-self.alpha) + self.c
@@ -305,7 +322,7 @@ def _fit(n: np.ndarray, loss: np.ndarray) -> tuple[str, np.ndarray, np.ndarray]:
                     n,
                     loss,
                     p0=(a0, 0.5, c0),
-                    bounds=([0.0, 0.0, 0.0], [np.inf, 4.0, np.inf]),
+                    bounds=([0.0, 0.0, 0.0], [np.inf, ALPHA_MAX, np.inf]),
                     maxfev=20000,
                 )
             err = np.sqrt(np.clip(np.diag(cov), 0, None)) if np.all(np.isfinite(cov)) else nan3
@@ -346,8 +363,14 @@ def fit_power_law(
     order = np.argsort(n_arr)
     form, p, err = _fit(n_arr[order], l_arr[order])
     n_values = len(np.unique(n_arr))
+    problems = _unidentified(p, err, l_arr) if form == "a*N^-alpha+c" else []
     note = (
-        ""
+        (
+            "the fit with c is not identifiable (" + "; ".join(problems) + "): its α is "
+            "not a measured exponent"
+        )
+        if problems
+        else ""
         if form == "a*N^-alpha+c"
         else f"{n_values} N values: c fixed at 0 (four or more needed to fit c)"
         if n_values < 4
@@ -365,7 +388,38 @@ def fit_power_law(
         float(err[1]),
         float(err[2]),
         note=note,
+        identifiable=not problems,
     )
+
+
+def _unidentified(p: np.ndarray, err: np.ndarray, loss: np.ndarray) -> list[str]:
+    """Why a three-parameter fit (a, alpha, c) is not identifiable; empty when it is."""
+    a, alpha, c = (float(v) for v in p)
+    scale = float(np.median(loss))
+    out = []
+    if c <= BOUND_RTOL * scale:
+        out.append("c at its bound 0")
+    if a <= BOUND_RTOL * scale:
+        out.append("a at its bound 0")
+    if alpha <= ALPHA_BOUND_TOL:
+        out.append("α at its bound 0")
+    elif alpha >= ALPHA_MAX - ALPHA_BOUND_TOL:
+        out.append(f"α at its bound {ALPHA_MAX:g}")
+    if not np.all(np.isfinite(err)):
+        out.append("errors not estimable")
+    else:
+        big = [
+            f"{name} ± {e:.2g}"
+            for name, e, limit in (
+                ("a", err[0], float(loss.max())),
+                ("α", err[1], ALPHA_ERR_MAX),
+                ("c", err[2], float(loss.max())),
+            )
+            if e > limit
+        ]
+        if big:
+            out.append("1σ errors too wide: " + ", ".join(big))
+    return out
 
 
 def _boot_alpha(points: list[ScalingPoint], n_boot: int, rng: np.random.Generator) -> float:
@@ -515,6 +569,9 @@ def scaling_report(
         metrics[f"alpha/{size}"] = fit.alpha
         metrics[f"alpha_err/{size}"] = fit.alpha_err
         metrics[f"c/{size}"] = fit.c
+        # the form beside alpha: 1 = a·N^-α + c fitted, 0 = c fixed at 0 (not comparable)
+        metrics[f"alpha_fit_with_c/{size}"] = float(fit.form == "a*N^-alpha+c")
+        metrics[f"alpha_identifiable/{size}"] = float(fit.identifiable)
 
     markdown = _markdown(points, sizes, fits, verdict, verdict_lines, small_name, big_name, common)
     figure = _figure(points, sizes, fits)
@@ -572,14 +629,21 @@ def _markdown(
         "|---|---:|---:|---|---:|---:|---:|---:|",
     ]
     for s, f in fits.items():
+        flag = "" if f.identifiable else " (not identifiable)"
         out.append(
             f"| {s} | {f.n_parameters:,} | {f.n_points} | {f.form} | "
-            f"{_fmt(f.alpha, f.alpha_err)} | "
+            f"{_fmt(f.alpha, f.alpha_err)}{flag} | "
             f"{f.alpha_boot_err:.2g} | {_fmt(f.a, f.a_err)} | {_fmt(f.c, f.c_err)} |"
         )
-    notes = sorted({f.note for f in fits.values() if f.note})
+    if len({f.form for f in fits.values()}) > 1:
+        out += ["", "*The fits have different forms: their α are not comparable.*"]
+    notes: dict[str, list[str]] = {}
+    for s, f in fits.items():
+        if f.note:
+            notes.setdefault(f.note, []).append(s)
     if notes:
-        out += [""] + [f"*{n}*" for n in notes]
+        for n, ss in notes.items():
+            out += ["", f"*{', '.join(ss)}: {n}.*"]
     out += ["", "## Do more parameters help?", "", verdict, ""]
     if qlines:
         out += [
@@ -611,7 +675,9 @@ def _figure(points: list[ScalingPoint], sizes: list[str], fits: dict[str, PowerL
             grid = np.geomspace(x.min() * 0.8, x.max() * 1.25, 100)
             ax.plot(grid, f.predict(grid), color=col, lw=1.2, alpha=0.8)
             err = f"±{f.alpha_err:.2f}" if math.isfinite(f.alpha_err) else ""
-            label += f", α={f.alpha:.2f}{err}"
+            form = "with c" if f.form == "a*N^-alpha+c" else "c=0"
+            flag = ", not identifiable" if not f.identifiable else ""
+            label += f", α={f.alpha:.2f}{err} ({form}{flag})"
         ax.plot(x, y, "o", color=col, label=label)
     base = [p.baseline_loss for p in points if math.isfinite(p.baseline_loss)]
     if base:

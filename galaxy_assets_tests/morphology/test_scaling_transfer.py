@@ -35,6 +35,7 @@ def test_power_law_fit_recovers_the_exponent():
     assert fit.form == "a*N^-alpha+c"
     assert fit.alpha == pytest.approx(0.4, abs=0.06) and fit.c == pytest.approx(20, abs=2)
     assert math.isfinite(fit.alpha_err) and fit.alpha_err < 0.1
+    assert fit.identifiable and fit.note == ""
     two = fit_power_law([1000, 4000], [50.0, 40.0])
     assert two.form == "a*N^-alpha" and two.alpha == pytest.approx(math.log(50 / 40) / math.log(4))
     assert "c fixed at 0" in two.note
@@ -52,6 +53,49 @@ def test_a_failed_fit_with_c_says_so(monkeypatch):
     fit = fit_power_law([500, 1000, 2000, 4000, 8000], [40.0, 35.0, 32.0, 30.0, 29.0])
     assert fit.form == "a*N^-alpha" and "did not converge" in fit.note
     assert "four or more needed" not in fit.note
+
+
+def _flat_points(size, params, ns, losses, qs=("q1",), n_val=50):
+    """Points whose held-out loss is ``losses`` (every galaxy the same)."""
+    return [
+        ScalingPoint(
+            n,
+            size,
+            params,
+            float(loss),
+            {q: float(loss) / len(qs) for q in qs},
+            list(qs),
+            np.full((n_val, len(qs)), loss / len(qs), dtype=np.float32),
+            "fp",
+        )
+        for n, loss in zip(ns, losses, strict=True)
+    ]
+
+
+def test_a_fit_on_its_bound_is_flagged_not_identifiable():
+    """Four nearly flat losses: curve_fit ends on c = 0 with alpha 0.011 and a ± 1767. That
+    used to be reported as a good a·N^-α + c fit (empty note), its α beside real exponents."""
+    ns, losses = [500, 1000, 2000, 4000], [35.114, 34.771, 34.643, 34.277]
+    fit = fit_power_law(ns, losses)
+    assert fit.form == "a*N^-alpha+c" and fit.c < 1e-6
+    assert not fit.identifiable
+    assert "not identifiable" in fit.note and "c at its bound 0" in fit.note
+    pts = _flat_points("tiny", 1000, ns, losses) + _flat_points(
+        "big", 9000, ns[:3], [34.0, 33.0, 32.5]
+    )
+    rep = scaling_report(pts, n_boot=20)
+    assert rep.metrics["alpha_identifiable/tiny"] == 0.0
+    assert rep.metrics["alpha_identifiable/big"] == 1.0
+    assert rep.metrics["alpha_fit_with_c/tiny"] == 1.0
+    assert rep.metrics["alpha_fit_with_c/big"] == 0.0
+    row = next(line for line in rep.markdown.splitlines() if line.startswith("| tiny | 1,000"))
+    assert "(not identifiable)" in row
+    assert "tiny: the fit with c is not identifiable" in rep.markdown
+    assert "not comparable" in rep.markdown
+    _, labels = rep.figure.axes[0].get_legend_handles_labels()
+    tiny = next(lab for lab in labels if lab.startswith("tiny"))
+    big = next(lab for lab in labels if lab.startswith("big"))
+    assert "with c, not identifiable" in tiny and "(c=0)" in big
 
 
 def test_report_judges_parameters_per_question():
