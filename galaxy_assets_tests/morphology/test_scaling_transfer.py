@@ -190,6 +190,50 @@ def test_transfer_on_tiny_data_returns_a_table(tiny_survey):
         run_transfer(model, tiny_survey.manifest, TransferConfig(label="is_unicorn"))
 
 
+def _transfer_results(aucs):
+    """A results frame: ``aucs[(encoder, method)]`` is the AUC per seed, at fraction 1.0."""
+    return pl.DataFrame(
+        [
+            {
+                "encoder": enc,
+                "method": method,
+                "fraction": 1.0,
+                "seed": seed,
+                "n_labels": 400,
+                "n_positives": 8,
+                "auc": auc,
+                "seconds": 0.1,
+            }
+            for (enc, method), per_seed in aucs.items()
+            for seed, auc in enumerate(per_seed)
+        ]
+    )
+
+
+def test_transfer_verdict_needs_enough_test_positives():
+    """With 1 test positive the report used to print "1−AUC increased by 264%" as a finding,
+    and "± 0.000" for a cell that is the same on every seed by construction."""
+    from galaxy_assets.morphology.transfer import MIN_TEST_POSITIVES, _report
+
+    results = _transfer_results(
+        {
+            ("pretrained", "linear_probe"): [0.6, 0.6, 0.6],
+            ("random", "linear_probe"): [0.85, 0.9, 0.88],
+        }
+    )
+    cfg = TransferConfig(fractions=(1.0,), methods=("linear_probe",))
+    few = _report(results, cfg, 400, 8, 120, 1)
+    assert 1 < MIN_TEST_POSITIVES <= 14
+    assert few.verdict.startswith("No verdict drawn") and "only 1 test positive " in few.verdict
+    assert "indicative only" in few.verdict and "increased by" not in few.verdict
+    assert few.metrics["verdict_drawn"] == 0.0
+    assert "0.600 (deterministic, n=400)" in few.markdown and "± 0.000" not in few.markdown
+    assert "0.877 ± 0.025 (n=400)" in few.markdown
+    enough = _report(results, cfg, 400, 8, 120, MIN_TEST_POSITIVES)
+    assert enough.verdict.startswith("Pretraining on votes") and "increased by" in enough.verdict
+    assert enough.metrics["verdict_drawn"] == 1.0
+
+
 def test_auc_and_top_blocks():
     assert roc_auc(np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8])) == 0.75
     assert math.isnan(roc_auc(np.zeros(3), np.arange(3)))
