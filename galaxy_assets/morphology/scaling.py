@@ -563,7 +563,7 @@ def scaling_report(
             )
         verdict += (
             f" Per question, {big_name} is better for: {', '.join(helped) or 'none'}; "
-            f"worse for: {', '.join(hurt) or 'none'}."
+            f"worse for: {', '.join(hurt) or 'none'}. {_one_run_caveat([pb, ps])}"
         )
     for size, fit in fits.items():
         metrics[f"alpha/{size}"] = fit.alpha
@@ -584,6 +584,20 @@ def scaling_report(
         questions_helped=helped,
         questions_hurt=hurt,
         metrics=metrics,
+    )
+
+
+def _one_run_caveat(points: Sequence[ScalingPoint]) -> str:
+    """The intervals resample held-out galaxies of one trained model per cell, not seeds."""
+    seeds = sorted({p.seed for p in points})
+    which = (
+        f"this training seed ({seeds[0]})"
+        if len(seeds) == 1
+        else f"these training runs (seeds {', '.join(map(str, seeds))})"
+    )
+    return (
+        f"These intervals resample the held-out galaxies for {which}; seed-to-seed "
+        "variation of training is not included."
     )
 
 
@@ -648,7 +662,8 @@ def _markdown(
     if qlines:
         out += [
             f"Per question at N={common[-1]} (loss per galaxy; difference {big} − {small}, "
-            "95% paired bootstrap interval):",
+            "95% paired bootstrap interval over held-out galaxies, for one training run per "
+            "model: seed-to-seed variation is not included):",
             "",
             f"| question | {small} | {big} | difference |",
             "|---|---:|---:|---|",

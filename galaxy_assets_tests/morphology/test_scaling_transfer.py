@@ -123,6 +123,9 @@ def test_report_judges_parameters_per_question():
     rep = scaling_report(pts, n_boot=100)
     assert rep.questions_helped == ["q2"] and rep.questions_hurt == []
     assert rep.verdict.startswith("More parameters help")
+    # the intervals resample galaxies of one training run, not training seeds: say so
+    assert "for this training seed (0); seed-to-seed variation" in rep.verdict
+    assert "seed-to-seed variation is not included" in rep.markdown.split("Per question at")[1]
     assert set(rep.fits) == {"small", "big"} and rep.fits["small"].form == "a*N^-alpha+c"
     assert ScalingPoint.from_dict(pts[0].to_dict()).per_galaxy.shape == (300, 2)
     with pytest.raises(MorphologyError, match="different held-out sets"):
