@@ -315,6 +315,24 @@ def _build_lance_index(
         ) from exc
 
 
+def _retrain_reason(
+    before: dict[str, Any], made_by: str | None, unindexed: int, growth: float
+) -> str | None:
+    """Why an existing index must be trained again, or None: it was trained on another
+    aligner's vectors than the one every row now holds, or on too small a table."""
+    if made_by not in (None, MIXED) and before["name"] not in (INDEX_NAME, index_name(made_by)):
+        return (
+            f"the index ({before['name']}) was trained on other vectors than {made_by}'s, "
+            "which every row now holds, so it is retrained"
+        )
+    if unindexed > growth * max(int(before["rows_indexed"]), 1):
+        return (
+            f"{unindexed} unindexed rows against {before['rows_indexed']} indexed: the "
+            "partitions were trained on too small a table, so they are retrained"
+        )
+    return None
+
+
 def ensure_vector_index(
     table: Any,
     *,
@@ -385,21 +403,9 @@ def ensure_vector_index(
             else f"the index used metric {before['distance_type']}, not cosine"
         )
         _build_lance_index(table, chosen, dim, made_by)
-    elif made_by not in (None, MIXED) and before["name"] not in (INDEX_NAME, index_name(made_by)):
+    elif stale := _retrain_reason(before, made_by, unindexed_before, rebuild_growth):
         chosen = chosen or index_params(n_rows, dim, brute_force_max_rows=0)
-        action = "built"
-        reason = (
-            f"the index ({before['name']}) was trained on other vectors than {made_by}'s, "
-            "which every row now holds, so it is retrained"
-        )
-        _build_lance_index(table, chosen, dim, made_by)
-    elif unindexed_before > rebuild_growth * max(int(before["rows_indexed"]), 1):
-        chosen = chosen or index_params(n_rows, dim, brute_force_max_rows=0)
-        action = "built"
-        reason = (
-            f"{unindexed_before} unindexed rows against {before['rows_indexed']} indexed: the "
-            "partitions were trained on too small a table, so they are retrained"
-        )
+        action, reason = "built", stale
         _build_lance_index(table, chosen, dim, made_by)
     elif unindexed_before > 0 and (
         fold is False or (fold is None and unindexed_before < BRUTE_FORCE_MAX_ROWS)
