@@ -366,7 +366,7 @@ def _merge(base: dict, over: dict) -> dict:
 _PATH_KEYS = (("search", "uri"), ("cluster", "lancedb_uri"), ("cluster", "io_base_dir"))
 
 
-def _absolute_roots(data: dict, base: Path) -> dict:
+def _absolute_paths(data: dict, base: Path) -> dict:
     """``data`` with its relative ``survey.roots`` and the folders of :data:`_PATH_KEYS` made
     absolute against ``base``: every process then opens the same folders, whichever folder it
     runs in (`galaxy-assets dev` runs Dagster from the repository)."""
@@ -405,10 +405,10 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
             raise SettingsError(f"{path}: not valid YAML ({exc})") from exc
         if not isinstance(data, dict):
             raise SettingsError(f"{path}: expected a mapping with sections survey/compute/…")
-        data = _absolute_roots(data, path.parent.resolve())
+        data = _absolute_paths(data, path.parent.resolve())
     # a relative root is the config file's folder's (the environment's: the current folder's)
     # now, not each process's working directory: `galaxy-assets dev` runs from the repository
-    data = _merge(data, _absolute_roots(_env_overrides(env), Path.cwd()))
+    data = _merge(data, _absolute_paths(_env_overrides(env), Path.cwd()))
     if "GALAXY_ASSETS_HOME" in env:
         data["home"] = env["GALAXY_ASSETS_HOME"]
     try:
