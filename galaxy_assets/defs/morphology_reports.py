@@ -51,7 +51,8 @@ def morphology_scaling_point(
     mlflow: MLflowResource, survey: SurveyResource,
 ) -> pl.DataFrame:
     """One point of the sweep: a model of the given size trained on N labelled galaxies
-    (a nested subset of one fixed training split), scored on one fixed held-out split."""
+    (a nested subset of one fixed training split), early-stopped on one hash half of a fixed
+    held-out split and scored on the other half."""
     keys = context.partition_key.keys_by_dimension
     manifest = all_manifests(raw_cutouts, "morphology_scaling_point")
     base = TrainConfig(epochs=config.epochs, batch_size=config.batch_size, seed=config.seed,

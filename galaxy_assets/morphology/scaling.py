@@ -6,8 +6,12 @@ questions. This module measures the same on our data:
 
 * :func:`run_scaling_point` trains one (N labelled, model size) point: the first ``N``
   training galaxies in a fixed hash order (so smaller sets are nested in larger ones), the
-  same held-out galaxies for every point, shared normalisation. One point per Dagster
-  partition; :func:`run_sweep` loops over a grid in one process.
+  same held-out galaxies for every point, shared normalisation. The held-out split is cut
+  once, by a stable hash, into an early-stopping half and a reporting half
+  (:func:`split_held_out`): the best epoch is chosen on the first and the loss reported on
+  the second, so the reported loss is not the minimum over epochs of the galaxies it is
+  measured on. One point per Dagster partition; :func:`run_sweep` loops over a grid in one
+  process.
 * :func:`scaling_report` fits ``L(N)`` per model size (``scipy.optimize.curve_fit``, errors
   from its covariance and from a bootstrap over held-out galaxies), draws the log-log plot,
   writes a Markdown table and a verdict: do more parameters help, overall and per question
@@ -38,7 +42,15 @@ import polars as pl
 from galaxy_assets.morphology.data import VoteDataset, VoteTable, hash_unit
 from galaxy_assets.morphology.errors import MorphologyError
 from galaxy_assets.morphology.model import PRESETS, fit_normalization
-from galaxy_assets.morphology.train import TrainConfig, prepare_datasets, train_model
+from galaxy_assets.morphology.train import (
+    TrainConfig,
+    constant_baseline,
+    evaluate,
+    fingerprint,
+    prepare_datasets,
+    resolve_device_dtype,
+    train_model,
+)
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -58,11 +70,13 @@ __all__ = [
     "run_scaling_point",
     "run_sweep",
     "scaling_report",
+    "split_held_out",
 ]
 
 DEFAULT_NS: tuple[int, ...] = (500, 1000, 2000, 4000, 8000, 16000)
 DEFAULT_SIZES: tuple[str, ...] = tuple(PRESETS)  # tiny, small, base
 SUBSET_SALT = "galaxy-assets/morphology/scaling-order"
+REPORT_SALT = "galaxy-assets/morphology/scaling-report-half"
 N_REF = 1000.0  # N is scaled by this inside the fit (a is the excess loss at N = 1000)
 ALPHA_MAX = 4.0  # upper bound on alpha in the three-parameter fit
 # A three-parameter fit is "not identifiable" when a parameter sits on its bound (within
@@ -79,7 +93,10 @@ ALPHA_ERR_MAX = 1.0
 @dataclass
 class ScalingPoint:
     """One trained (N, size) point. ``per_galaxy`` is the held-out NLL ``(n_val, n_questions)``
-    in the order of ``questions``, kept for paired bootstrap comparisons."""
+    in the order of ``questions``, kept for paired bootstrap comparisons. ``val_loss``,
+    ``question_loss``, ``per_galaxy``, ``vote_mae``, ``baseline_loss`` and
+    ``val_fingerprint`` are of the reporting half of the held-out split, which early
+    stopping never saw (:func:`split_held_out`)."""
 
     n_labelled: int
     model_size: str
@@ -163,6 +180,22 @@ def nested_subset(train: VoteDataset, n: int, salt: str = SUBSET_SALT) -> VoteDa
     return train.subset(np.sort(order[:n]))
 
 
+def split_held_out(val: VoteDataset, salt: str = REPORT_SALT) -> tuple[VoteDataset, VoteDataset]:
+    """``(early_stopping, reporting)`` halves of ``val`` by a stable hash of object_id.
+
+    The same for every point of a sweep (it depends only on the galaxies), so all points are
+    reported on the same galaxies; the best epoch is chosen on the other half, so the
+    reported loss is not optimistically the minimum over epochs on its own galaxies.
+    """
+    report = hash_unit(val.object_ids, salt) < 0.5
+    if report.all() or not report.any():
+        raise MorphologyError(
+            f"the held-out split has {len(val)} galaxies, too few to halve into an "
+            "early-stopping and a reporting set; label more galaxies or raise val_fraction"
+        )
+    return val.subset(np.flatnonzero(~report)), val.subset(np.flatnonzero(report))
+
+
 def _size_config(
     base: TrainConfig, size: str, n_train: int, min_steps: int, seed: int
 ) -> TrainConfig:
@@ -196,6 +229,9 @@ def run_scaling_point(
 ) -> ScalingPoint:
     """Train ``model_size`` on ``N = n_labelled`` nested training galaxies; score on ``val``.
 
+    ``val`` is halved by :func:`split_held_out`: training early-stops on one half and the
+    point's losses are measured on the other.
+
     ``min_steps`` raises the epoch count for small N so every point gets a comparable
     number of optimizer steps (early stopping still applies). ``norm``: normalisation shared
     by all points (default: fitted on the full ``train``). With ``tracker`` the point is
@@ -205,10 +241,24 @@ def run_scaling_point(
     subset = nested_subset(train, n_labelled)
     cfg = _size_config(base, model_size, len(subset), min_steps, seed)
     norm = norm or fit_normalization(train.images[: min(len(train), 512)].numpy())
+    stop_val, report_val = split_held_out(val)
     t0 = time.perf_counter()
-    result = train_model(subset, val, cfg, norm=norm)
-    ev = result.evaluation
-    assert ev is not None
+    result = train_model(subset, stop_val, cfg, norm=norm)
+    train_seconds = time.perf_counter() - t0
+    device, dtype = resolve_device_dtype(cfg.device, cfg.dtype)
+    ev = evaluate(
+        result.build_model(device),
+        report_val,
+        batch_size=cfg.eval_batch_size,
+        device=device,
+        dtype=dtype,
+    )
+    baseline = constant_baseline(
+        subset,
+        report_val,
+        float(result.config["min_concentration"]),
+        float(result.config["max_concentration"]),
+    )
     point = ScalingPoint(
         n_labelled=int(n_labelled),
         model_size=model_size,
@@ -217,13 +267,13 @@ def run_scaling_point(
         question_loss=dict(ev.question_loss),
         questions=list(subset.tree.question_names),
         per_galaxy=ev.per_galaxy.astype(np.float32),
-        val_fingerprint=result.val_fingerprint,
+        val_fingerprint=fingerprint(report_val.object_ids),
         seed=seed,
-        train_seconds=time.perf_counter() - t0,
+        train_seconds=train_seconds,
         epochs_run=len(result.history),
         best_epoch=int(result.metrics["best_epoch"]),
         vote_mae=float(ev.mean_vote_mae),
-        baseline_loss=float(result.metrics.get("baseline_val_loss", math.nan)),
+        baseline_loss=baseline,
     )
     log.info(
         "scaling point N=%d %s: held-out loss %.4f (%d params, %.0f s)",
@@ -251,7 +301,17 @@ def run_scaling_point(
                     {f"epoch/{k}": v for k, v in rec.items() if k not in ("epoch", "step")},
                     step=int(rec["epoch"]),
                 )
-            run.log_metrics({**result.metrics, "n_labelled": n_labelled})
+            # result.metrics' val_* are of the early-stopping half; report_* of the other
+            run.log_metrics(
+                {
+                    **result.metrics,
+                    "n_labelled": n_labelled,
+                    "report_val_loss": point.val_loss,
+                    "report_vote_mae": point.vote_mae,
+                    "report_baseline_val_loss": point.baseline_loss,
+                    "n_report": len(report_val),
+                }
+            )
         point.run_id = run.run_id
     return point
 
@@ -622,7 +682,8 @@ def _markdown(
         "## Held-out loss by labelled images and model size",
         "",
         "Held-out Dirichlet-Multinomial loss per galaxy (summed over questions); lower is "
-        "better. Same held-out galaxies for every cell."
+        "better. Same held-out galaxies for every cell: the reporting half of the held-out "
+        "split, which early stopping did not see."
         + (
             f" The best constant prediction (no pixels) scores {float(np.median(base)):.3f}."
             if (base := [p.baseline_loss for p in points if math.isfinite(p.baseline_loss)])

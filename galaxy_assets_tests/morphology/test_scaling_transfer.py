@@ -170,6 +170,35 @@ def test_tiny_two_by_two_sweep_reports_a_fitted_exponent(tiny_survey, tracker):
         run_sweep(votes, ns=(10_000,), sizes=("tiny",), base_config=TrainConfig(**TINY))
 
 
+def test_scaling_point_reports_on_galaxies_early_stopping_did_not_see(tiny_survey, monkeypatch):
+    """The reported loss used to be the best epoch's loss on the very galaxies that chose
+    the best epoch (optimistic); now early stopping uses one hash half of the held-out split
+    and the point is scored on the other, the same half for every point."""
+    from galaxy_assets.morphology import scaling
+    from galaxy_assets.morphology.train import fingerprint, prepare_datasets
+
+    base = TrainConfig(**TINY)
+    train, val = prepare_datasets(votes_from_truth(tiny_survey.manifest), base)
+    seen: list[set[str]] = []
+    real = scaling.train_model
+
+    def spy(subset, stop_val, cfg, **kw):
+        seen.append(set(map(str, stop_val.object_ids)))
+        return real(subset, stop_val, cfg, **kw)
+
+    monkeypatch.setattr(scaling, "train_model", spy)
+    pts = [scaling.run_scaling_point(train, val, n, "tiny", base, min_steps=0) for n in (24, 48)]
+    stop, report = scaling.split_held_out(val)
+    assert len(stop) and len(report) and len(stop) + len(report) == len(val)
+    assert seen == [set(map(str, stop.object_ids))] * 2
+    assert set(map(str, report.object_ids)).isdisjoint(seen[0])
+    for p in pts:
+        assert p.per_galaxy.shape[0] == len(report)
+        assert p.val_fingerprint == fingerprint(report.object_ids)
+        assert p.val_loss == pytest.approx(float(p.per_galaxy.sum(1).mean()), rel=1e-5)
+        assert math.isfinite(p.baseline_loss)
+
+
 def test_transfer_on_tiny_data_returns_a_table(tiny_survey):
     votes = votes_from_truth(tiny_survey.manifest)
     model = train_morphology(votes, TrainConfig(preset="tiny", **TINY)).build_model()
