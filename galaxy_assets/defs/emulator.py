@@ -84,7 +84,7 @@ def property_emulator(
         metadata.update(png_metadata(path, key=name))
     context.add_output_metadata(metadata)
     reg = outcome.registration
-    return pl.DataFrame([{"name": "property-emulator", "version": reg.version,
+    return pl.DataFrame([{"name": reg.name, "version": reg.version,
                           "alias": reg.alias if reg.promoted else "", "run_id": reg.run_id,
                           "gate": reg.reason}])
 

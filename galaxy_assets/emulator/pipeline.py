@@ -20,6 +20,7 @@ Plain Python; knows nothing of Dagster.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -249,6 +250,7 @@ class EmulatorOutcome:
         out: dict[str, Any] = {
             **{f"table_{k}": v for k, v in self.table.summary().items()},
             **self.result.metrics,
+            "registered_model": self.registration.name,
             "version": self.registration.version,
             "run_id": self.registration.run_id,
             "promoted": self.registration.promoted,
@@ -260,6 +262,16 @@ class EmulatorOutcome:
                 for key in ("nmad", "outlier_fraction", "crps", "coverage_68", "coverage_95"):
                     out[f"{m.label}_{m.head}_{key}"] = float(getattr(m, key))
         return out
+
+
+def registered_name_for(table: EmulatorTable) -> str:
+    """``property-emulator`` for the survey catalogue; ``property-emulator-table-<name>`` for a
+    user table. A user-table model passing its own gate took the survey's ``champion``, and
+    every shard's posteriors then failed (it reads other columns than the survey's)."""
+    if table.features:
+        return REGISTERED_NAME
+    stem = Path(str(table.source)).name.split(".")[0] or "table"
+    return f"{REGISTERED_NAME}-table-" + re.sub(r"[^A-Za-z0-9_-]+", "-", stem).strip("-")
 
 
 def train_evaluate_register(
@@ -317,6 +329,7 @@ def train_evaluate_register(
     registration = register_emulator(
         tracker,
         result,
+        registered_name=registered_name_for(table),
         report=report,
         figures=figures,
         tolerance=config.tolerance,

@@ -365,14 +365,16 @@ def posterior_summaries(
         )
     out = pl.DataFrame({"object_id": ids}, schema={"object_id": pl.Utf8})
     skipped_all: set[str] = set()
-    for i, label in enumerate(labels):
+    for label in labels:
+        # the label is part of each galaxy's noise key (row_noise): an offset by the label's
+        # position made its draws change with the list of labels asked for
         post = sample_posterior(
             model,
             frame,
             label,
             n_samples=n_samples,
             inputs=inputs,
-            seed=seed + 1000 * i,
+            seed=seed,
             id_column=id_column,
             on_infinite=on_infinite,
             **sampler,

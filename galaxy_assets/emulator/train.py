@@ -486,6 +486,7 @@ class EmulatorRegistration:
     promoted: bool
     alias: str
     reason: str
+    name: str = REGISTERED_NAME  # the registered model (a user table's has its own)
 
 
 def register_emulator(
@@ -541,4 +542,4 @@ def register_emulator(
     log.info(
         "%s v%d: %s (%s)", registered_name, version, "promoted" if promoted else "kept", reason
     )
-    return EmulatorRegistration(run.run_id, version, promoted, alias, reason)
+    return EmulatorRegistration(run.run_id, version, promoted, alias, reason, registered_name)

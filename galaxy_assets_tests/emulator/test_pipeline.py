@@ -134,6 +134,11 @@ def test_gate_on_a_user_table_checks_its_own_labels(tracker):
     assert "not evaluated" not in out.registration.reason
     assert " y" in out.registration.reason  # the gate looked at y
     assert out.report.labels == ["y"] and set(out.figures) == set()
+    # under a name of its own: a passing user-table model took the survey's champion, and
+    # every shard's posteriors then failed
+    assert out.registration.name == "property-emulator-table-frame"
+    assert tracker.get_alias_version("property-emulator", "champion") is None
+    assert serving_emulator(tracker, required=False) is None
 
 
 def test_flux_errors_follow_the_manifest_rows_when_a_shard_repeats_an_id(tmp_path):

@@ -138,3 +138,17 @@ def test_a_galaxys_draws_do_not_depend_on_the_others_in_its_frame(gaussian_model
     other = sample_posterior(gaussian_model.model, frame, "y", n_samples=200, knots=knots,
                              seed=1)
     assert not np.allclose(other.samples, alone.samples)  # the seed still matters
+
+
+def test_a_labels_summary_does_not_depend_on_the_other_labels_asked(chain_model):
+    """Each label's seed was offset by its position in the list: b's posterior of a galaxy
+    changed with whether a was asked for too (8.26 alone, 7.53 with a, a review measured)."""
+    from galaxy_assets.emulator.posterior import posterior_summaries
+    from galaxy_assets_tests.emulator.conftest import chain_frame
+
+    frame = chain_frame(20, seed=9).with_columns(pl.lit(None, pl.Float64).alias(c)
+                                                 for c in ("a", "b", "m"))
+    alone = posterior_summaries(chain_model.model, frame, labels=["b"], n_samples=64).frame
+    both = posterior_summaries(chain_model.model, frame, labels=["a", "b"], n_samples=64).frame
+    np.testing.assert_allclose(both["b_median"].to_numpy(), alone["b_median"].to_numpy(),
+                               rtol=1e-5, atol=1e-5)
