@@ -589,6 +589,10 @@ def _parse_one(expr: str, kinds: Mapping[str, str]) -> Filters:
         if bad:
             raise FilterError(f"filter {expr!r}: {bad[0]} is not a HEALPix cell number")
         return Filters(healpix=cells)
+    if column.endswith("_multimodal") and value.lower() in _TRUE | _FALSE:
+        # the emulator's multimodality flag is stored as 0/1 (post_<label>_multimodal)
+        equality_only()
+        value = "1" if value.lower() in _TRUE else "0"
     x = _parse_number(column, value)
     if kinds[column] == "integer" and op == "=" and not x.is_integer():
         raise FilterError(f"filter {expr!r}: {column} holds integers")

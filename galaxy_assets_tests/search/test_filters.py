@@ -299,3 +299,15 @@ def test_integer_bounds_past_the_column_type_run_in_lance(tmp_path, expr, sql, k
     where = parse_filters(expr, schema).to_where(schema)
     assert where == sql
     assert table.search().where(where).limit(None).to_polars().height == kept
+
+
+def test_the_multimodality_flag_takes_true_or_false():
+    """post_<label>_multimodal is a flag stored as 0/1: '=true' failed with "'true' is not a
+    number", and only the undocumented '=1' worked."""
+    schema = T.table_schema(8, ["post_redshift_multimodal"])
+    flag = "post_redshift_multimodal"
+    assert parse_filters(f"{flag}=true", schema).to_where(schema) == parse_filters(
+        f"{flag}=1", schema).to_where(schema)
+    assert parse_filters(f"{flag}=false", schema).describe()[flag] == ">=0 and <=0"
+    with pytest.raises(FilterError, match="takes '=' only"):
+        parse_filters(f"{flag}>true", schema)
