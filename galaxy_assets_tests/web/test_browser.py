@@ -256,3 +256,78 @@ def test_a_new_search_replaces_one_still_running(text_engine, browser):
         assert label.text == wanted
         assert parse_qs(urlparse(browser.current_url).query)["q"] == [wanted]
         assert browser.find_elements(By.CSS_SELECTOR, "#grid .card")
+
+
+@pytest.mark.slow
+def test_thumbnails_are_drawn_at_the_size_the_page_asks(browser, survey_engine, tmp_path):
+    """The grid asks for 192 px thumbnails and the detail view for 256 px: the thumbnail URL
+    already carries ``?v=<table version>``, and appending ``?size=`` to it made the server
+    read v="6?size=192" and draw its default 128 px."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    app = create_app(survey_engine, thumbnail_dir=tmp_path / "thumbs", refresh_seconds=None)
+    wait = WebDriverWait(browser, WAIT_S)
+    with _Server(app) as base:
+        browser.get(base + "/?q=spiral+arms")
+        wait.until(lambda d: _thumbnails_loaded(d) >= 1)
+        src, width = browser.execute_script(
+            "const i = document.querySelector('#grid .card img');"
+            "return [i.getAttribute('src'), i.naturalWidth];")
+        query = parse_qs(urlparse(src).query)
+        assert query.get("size") == ["192"] and query["v"][0].isdigit(), src
+        assert width == 192
+        browser.find_elements(By.CSS_SELECTOR, "#grid .card .thumb")[0].click()
+        wait.until(lambda d: d.execute_script(
+            "const i = document.querySelector('#detail-body .detail-head img');"
+            "return i && i.complete && i.naturalWidth > 0"))
+        assert browser.execute_script(
+            "return document.querySelector('#detail-body .detail-head img').naturalWidth") == 256
+
+
+@pytest.mark.slow
+def test_an_upload_that_replaces_a_running_search_leaves_search_usable(
+    browser, survey_engine, survey_index, tmp_path
+):
+    """An upload started while a slow text search runs supersedes it; the text search's
+    answer is dropped and, with it, the reset of the Search button: it stayed disabled."""
+    from astropy.io import fits
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from galaxy_assets.search.pixels import Cutout, read_cutouts
+
+    real = survey_engine.search
+
+    def search(query, k, **kwargs):
+        if any(getattr(t, "value", "") == "slow query" for t in query):
+            time.sleep(4)
+        return real(query, k, **kwargs)
+
+    survey_engine.search = search
+    _, survey = survey_index
+    cut = next(c for c in read_cutouts(survey.manifests[survey.shards[0]].head(1)).values()
+               if isinstance(c, Cutout))
+    hdu = fits.PrimaryHDU(cut.image)
+    hdu.header["BANDS"] = ",".join(cut.bands)
+    upload = tmp_path / "q.fits"
+    hdu.writeto(upload)
+    app = create_app(survey_engine, thumbnail_dir=tmp_path / "thumbs", refresh_seconds=None)
+    wait = WebDriverWait(browser, WAIT_S)
+    with _Server(app) as base:
+        browser.get(f"{base}/?q=slow+query")
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#examples button"))
+        time.sleep(0.5)  # the slow search is under way
+        browser.find_element(By.ID, "toggle-advanced").click()
+        browser.find_element(By.ID, "upload").send_keys(str(upload))
+        browser.find_element(By.ID, "upload-go").click()
+        wait.until(lambda d: "upload:" in d.find_element(By.ID, "query-label").text)
+        time.sleep(5)  # the slow answer has come back (and been dropped) by now
+        assert "upload:" in browser.find_element(By.ID, "query-label").text
+        assert browser.find_element(By.ID, "go").is_enabled()
+        # and the button searches again
+        box = browser.find_element(By.ID, "q")
+        box.clear()
+        box.send_keys("ring galaxy")
+        browser.find_element(By.ID, "go").click()
+        wait.until(lambda d: d.find_element(By.ID, "query-label").text.startswith("ring"))

@@ -144,6 +144,15 @@ function fillForm(s) {
   if (s.term.length || s.filter.length) setAdvanced(true);
 }
 
+// a thumbnail URL at a size: the server's URL already carries a query (?v=<table version>),
+// so the size is added to its parameters (appending "?size=" made v read "6?size=192" and the
+// server drew its default size)
+function thumbSrc(url, size) {
+  const u = new URL(url, location.href);
+  u.searchParams.set("size", String(size));
+  return `${u.pathname}${u.search}`;
+}
+
 function hasQuery(s) { return Boolean(s.q || s.object || (s.term && s.term.length)); }
 
 function setAdvanced(open) {
@@ -154,7 +163,7 @@ function setAdvanced(open) {
 // ------------------------------------------------------------------ results
 function card(r) {
   const caption = r.caption || "no caption";
-  const img = el("img", { src: `${r.thumbnail_url}?size=192`, alt: r.object_id, loading: "lazy",
+  const img = el("img", { src: thumbSrc(r.thumbnail_url, 192), alt: r.object_id, loading: "lazy",
     width: "192", height: "192" });
   const thumb = el("button", { class: "thumb", type: "button", title: caption,
     "aria-label": `details of ${r.object_id}`, onclick: () => openDetail(r.object_id, true) },
@@ -260,6 +269,11 @@ async function uploadSearch() {
   showError("");
   $("upload-go").disabled = true;
   const seq = ++state.seq;  // supersedes a text search still running, and is superseded
+  // the superseded search's own "finally" no longer resets the search controls (its seq is
+  // old): without this the Search button stayed disabled for good
+  state.loading = false;
+  $("go").disabled = false;
+  $("more").hidden = true;
   try {
     const body = await api("/api/search/image", { method: "POST", body: data });
     if (seq !== state.seq) return;  // a newer search was started meanwhile
@@ -312,7 +326,7 @@ async function openDetail(objectId, push) {
     body.replaceChildren(el("p", { class: "muted", text: err.message }));
     return;
   }
-  const img = el("img", { src: `${d.thumbnail_url}?size=256`, alt: d.object_id, width: "256", height: "256" });
+  const img = el("img", { src: thumbSrc(d.thumbnail_url, 256), alt: d.object_id, width: "256", height: "256" });
   img.addEventListener("error", () => img.replaceWith(el("div", { class: "nopix", text: "no pixels" })));
   const facts = el("div", { class: "facts" },
     el("h2", { text: d.object_id }),
