@@ -370,7 +370,10 @@ class _SameOrigin:
     another host and port than the request's own (its Host, the scheme's default port when
     it names none), or another name than the ``X-Forwarded-Host`` a reverse proxy sets, gets
     403: a cross-site fetch (another local port is another site), e.g. one that spends
-    re-ranking requests. ``allowed_hosts`` None: any Host (a server bound for remote use)."""
+    re-ranking requests. A malformed ``Origin`` gets 403 too, and so does an API request
+    whose ``Sec-Fetch-Site`` (sent by browsers, with or without ``Origin``) is neither
+    ``same-origin`` nor ``none`` (typed or bookmarked): another site's ``<img src>`` sends no
+    Origin. ``allowed_hosts`` None: any Host (a server bound for remote use)."""
 
     def __init__(self, app: Any, allowed_hosts: Sequence[str] | None) -> None:
         self.app = app
@@ -401,11 +404,29 @@ class _SameOrigin:
             await _error(400, "bad request", f"Host {host[:100]!r} is not served here")(
                 scope, receive, send)
             return
+        api = scope.get("path", "").startswith("/api/")
+        # a browser names where a request comes from in Sec-Fetch-Site even when it sends no
+        # Origin (an <img src> or a link on another site's page: a GET that could spend
+        # re-ranking requests); clients that are not browsers send none and are served
+        fetch_site = headers.get(b"sec-fetch-site")
+        if api and fetch_site is not None and fetch_site.decode(
+            "latin-1"
+        ).strip().lower() not in ("same-origin", "none"):
+            await _error(403, "forbidden", "API requests from another site's page are refused "
+                         f"(Sec-Fetch-Site: {fetch_site.decode('latin-1')[:40]}): use the page "
+                         "this server serves")(scope, receive, send)
+            return
         origin = headers.get(b"origin")
-        if origin is not None and scope.get("path", "").startswith("/api/"):
+        if origin is not None and api:
             from urllib.parse import urlsplit
 
-            parts = urlsplit(origin.decode("latin-1"))
+            try:
+                parts = urlsplit(origin.decode("latin-1"))
+            except ValueError:  # e.g. "http://[::1": not an origin this server serves
+                await _error(403, "forbidden", f"Origin {origin.decode('latin-1')[:100]!r} is "
+                             "malformed; cross-origin API requests are refused: use the page "
+                             "this server serves")(scope, receive, send)
+                return
             default = {"http": 80, "https": 443}.get(parts.scheme, 0)
             asked = (self._hostname(parts.netloc), self._port(parts.netloc, default))
             own = {(self._hostname(host), self._port(host, default))}

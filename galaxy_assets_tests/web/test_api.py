@@ -574,6 +574,32 @@ def test_other_sites_cannot_use_the_api(text_engine):
         assert client.get("/api/info", headers=page).status_code == 403
 
 
+def test_a_malformed_origin_is_403_not_500(text_app):
+    """urlsplit raises ValueError on "http://[::1": that was an unexpected 500."""
+    for origin in ("http://[::1", "https://[nope"):
+        body = _error(text_app.get("/api/info", headers={"Origin": origin}), 403)
+        assert "malformed" in body["detail"]
+
+
+def test_cross_site_requests_without_an_origin_are_refused(survey_app, rater):
+    """Another site's <img src="…/api/search?rerank=true"> sends no Origin but its browser
+    sends Sec-Fetch-Site: the server refused nothing and ran the re-ranking rater."""
+    params = {"q": "spiral arms", "rerank": "true", "k_rerank": 5}
+    for site in ("cross-site", "same-site"):  # another local port is same-site
+        r = survey_app.get("/api/search", params=params, headers={
+            "Sec-Fetch-Site": site, "Sec-Fetch-Mode": "no-cors", "Sec-Fetch-Dest": "image"})
+        assert "another site" in _error(r, 403)["detail"]
+        thumb = survey_app.get("/api/galaxy/x/thumbnail", headers={"Sec-Fetch-Site": site})
+        assert thumb.status_code == 403
+    assert rater.asked == []
+    # the page's own fetches, a URL typed into the address bar, and clients that are not
+    # browsers (no Sec-Fetch-Site) are served
+    for headers in ({"Sec-Fetch-Site": "same-origin"}, {"Sec-Fetch-Site": "none"}, {}):
+        assert survey_app.get("/api/info", headers=headers).status_code == 200
+    # the page itself may be linked from anywhere
+    assert survey_app.get("/", headers={"Sec-Fetch-Site": "cross-site"}).status_code == 200
+
+
 def test_a_missing_index_is_503_then_served_once_built(tmp_path, text_embedder, aligner):
     from galaxy_assets.search.query import GalaxySearch
 
