@@ -895,7 +895,11 @@ def create_app(
                 with page_lock:
                     if req.table_version is not None and req.table_version != version:
                         cached = page_cache.get((req.table_version, *query_key))
-                        if cached is None or not _covers(cached, req.offset + req.k):
+                        # a last page stops at that version's row count, as at the current
+                        # version (unclamped, a last page after the index moved was a 409)
+                        if cached is None or not _covers(
+                            cached, min(req.offset + req.k, cached.n_rows)
+                        ):
                             raise StalePageError(
                                 f"the index moved from table version {req.table_version} to "
                                 f"{version} since the first page, and the server no longer "

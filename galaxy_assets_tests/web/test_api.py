@@ -680,6 +680,32 @@ def test_later_pages_continue_the_first_pages_ranking_after_the_index_moved(
         assert new["table_version"] > old and new["n_indexed"] == 90
 
 
+def test_the_last_page_after_the_index_moved_is_served(text_index, text_engine):
+    """The first page ranks the whole 60-galaxy table (four pages ahead); its last page,
+    asked after a shard was indexed again, ends past the table's 60 rows: it was a 409 since
+    the stale-version path did not clamp the page's end to the row count."""
+    from galaxy_assets.search.table import build_shard_rows, upsert_shard
+
+    app = create_app(text_engine, refresh_seconds=0)
+    params = {"q": "spiral arms", "k": 24}
+    with TestClient(app, raise_server_exceptions=False) as client:
+        first = client.get("/api/search", params=params).json()
+        old = first["table_version"]
+        ids = [r["object_id"] for r in first["results"]]
+        second = client.get("/api/search", params={**params, "offset": 24,
+                                                   "table_version": old}).json()
+        ids += [r["object_id"] for r in second["results"]]
+        f = text_index.frames["s-b"]
+        upsert_shard(text_index.uri, "s-b", build_shard_rows(
+            "s-b", f["manifest"], f["vectors"], f["predictions"], f["captions"]))
+        last = client.get("/api/search", params={**params, "offset": 48, "table_version": old})
+        assert last.status_code == 200, last.text
+        body = last.json()
+        assert body["table_version"] == old and body["n"] == 12 and not body["has_more"]
+        ids += [r["object_id"] for r in body["results"]]
+        assert len(ids) == len(set(ids)) == 60
+
+
 def test_a_later_page_whose_ranking_left_the_cache_is_409(text_app, monkeypatch):
     """Ranking again for a page whose first page's ranking was evicted could repeat or skip
     galaxies (approximate search, a sampling rater): the server says to search again."""
