@@ -443,15 +443,25 @@ class _SameOrigin:
 # --------------------------------------------------------------------------- body limit
 class _BodyLimit:
     """Pure ASGI middleware: a request whose body is over the limit gets 413 before anything
-    parses it (by Content-Length, or by counting a chunked body while buffering it)."""
+    parses it (by Content-Length, or by counting a chunked body while buffering it). An
+    upload's body may be ``upload_slack`` bytes over the configured ``max_upload`` (the
+    multipart framing and form fields); the answer names the configured limit, in the shape
+    the upload handler answers a file over it with."""
 
-    def __init__(self, app: Any, max_json: int, max_upload: int) -> None:
+    def __init__(self, app: Any, max_json: int, max_upload: int, upload_slack: int) -> None:
         self.app = app
         self.max_json = max_json
         self.max_upload = max_upload
+        self.upload_slack = upload_slack
+
+    @staticmethod
+    def _is_upload(path: str) -> bool:
+        return path.startswith("/api/search/image")
 
     def _limit(self, path: str) -> int:
-        return self.max_upload if path.startswith("/api/search/image") else self.max_json
+        if self._is_upload(path):
+            return self.max_upload + self.upload_slack
+        return self.max_json
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
@@ -469,7 +479,7 @@ class _BodyLimit:
                 await _error(400, "bad request", "invalid Content-Length")(scope, receive, send)
                 return
             if n > limit:
-                await self._too_large(n, limit, scope, receive, send)
+                await self._too_large(n, False, scope, receive, send)
                 return
             await self.app(scope, receive, send)
             return
@@ -484,7 +494,7 @@ class _BodyLimit:
             body = message.get("body", b"")
             total += len(body)
             if total > limit:
-                await self._too_large(total, limit, scope, receive, send)
+                await self._too_large(total, True, scope, receive, send)
                 return
             chunks.append(body)
             if not message.get("more_body", False):
@@ -496,14 +506,24 @@ class _BodyLimit:
 
         await self.app(scope, replayed, send)
 
-    @staticmethod
-    async def _too_large(n: int, limit: int, scope: Any, receive: Any, send: Any) -> None:
-        response = _error(
-            413,
-            "request too large",
-            f"the request body has {'at least ' if n else ''}{n} bytes; this server takes at "
-            f"most {limit} bytes here (FITS/PNG uploads: see /api/info limits)",
-        )
+    async def _too_large(
+        self, n: int, counted: bool, scope: Any, receive: Any, send: Any
+    ) -> None:
+        size = f"{'at least ' if counted else ''}{n} bytes"
+        if self._is_upload(scope.get("path", "")):
+            response = _error(
+                413,
+                f"the upload ({size}) is over this server's limit of {self.max_upload} bytes "
+                "per file (galaxy-assets serve --max-upload-mb); send a single cutout",
+                {"max_upload_bytes": int(self.max_upload)},
+            )
+        else:
+            response = _error(
+                413,
+                f"the request body ({size}) is over {self.max_json} bytes, the most a JSON "
+                "search takes; send fewer or shorter terms and filters",
+                {"max_body_bytes": int(self.max_json)},
+            )
         response.headers["Connection"] = "close"
         await response(scope, receive, send)
 
@@ -776,7 +796,8 @@ def create_app(
     app.state.engine = engine
     app.state.thumbnails = thumbs
     app.add_middleware(
-        _BodyLimit, max_json=MAX_JSON_BODY_BYTES, max_upload=int(max_upload_bytes) + 64 * 1024
+        _BodyLimit, max_json=MAX_JSON_BODY_BYTES, max_upload=int(max_upload_bytes),
+        upload_slack=64 * 1024,
     )
     app.add_middleware(_SameOrigin, allowed_hosts=allowed_hosts)
 

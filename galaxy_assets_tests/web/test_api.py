@@ -172,7 +172,8 @@ def test_request_limits(text_app):
     assert body["n"] == 60 and body["has_more"] is False
     big = text_app.post("/api/search", content=b"{" + b" " * 300_000 + b"}",
                         headers={"content-type": "application/json"})
-    assert "at most" in _error(big, 413)["detail"]
+    body = _error(big, 413)
+    assert "262144 bytes" in body["error"] and body["detail"] == {"max_body_bytes": 262144}
     extra = text_app.post("/api/search", json={"q": "spiral", "sql": "drop"})
     _error(extra, 422)
 
@@ -410,12 +411,20 @@ def test_tile_compressed_fits_is_refused(survey_app, survey_index, tmp_path):
 
 
 def test_oversized_upload_is_413(survey_app, tmp_path):
+    """Refused by the body limit (before parsing) or while copying the file, an upload over
+    the limit gets one answer: the configured limit (it was "request too large" quoting
+    265536 bytes, the limit plus the multipart slack, from the middleware)."""
     big = b"SIMPLE  =                    T" + b" " * 400_000
-    _error(survey_app.post("/api/search/image", files={"file": ("big.fits", big)}), 413)
+    r = survey_app.post("/api/search/image", files={"file": ("big.fits", big)})
+    early = _error(r, 413)
+    assert "limit of 200000 bytes" in early["error"] and "265536" not in r.text
+    assert "--max-upload-mb" in early["error"]
     # just under the body limit but over the file limit: refused while copying
     medium = b"SIMPLE  =                    T" + b" " * 230_000
     r = survey_app.post("/api/search/image", files={"file": ("m.fits", medium)})
-    assert "over 200000 bytes" in _error(r, 413)["error"]
+    late = _error(r, 413)
+    assert "over 200000 bytes" in late["error"]
+    assert early["detail"] == late["detail"] == {"max_upload_bytes": 200_000}
     assert list((tmp_path / "uploads").iterdir()) == []
 
 
