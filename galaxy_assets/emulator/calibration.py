@@ -1,6 +1,8 @@
 """How good and how honest the posteriors are, for the diffusion head and the Gaussian one.
 
-For held-out rows with a known true value ``y`` of a label, per head:
+For held-out rows with a known true value ``y`` of a label, per head (in the pipeline, the
+evaluation half of the held-out rows, not the half that early-stopped training:
+:func:`~galaxy_assets.emulator.train.split_held_out`):
 
 * **accuracy**: the residual of the posterior median ``r = median - y`` (for ``redshift``
   the photometric-redshift convention ``r = (median - y) / (1 + y)``); ``nmad`` is
@@ -26,7 +28,7 @@ only, two bands, the image embedding only…) and returns a :class:`CalibrationR
 nominal as the Gaussian head's; its CRPS must be below the population prior's (the training
 rows' values of the label given to every galaxy: a model that ignores its inputs is
 calibrated too, but tells nothing); and the label needs at least :data:`GATE_MIN_ROWS`
-held-out rows, since coverage on a handful of rows is noise.
+evaluated held-out rows, since coverage on a handful of rows is noise.
 """
 
 from __future__ import annotations
@@ -344,7 +346,8 @@ class CalibrationReport:
             if dif.n < min_rows:
                 line = (
                     f"{label}: only {dif.n} held-out rows with a true value, too few to judge "
-                    f"coverage (the gate needs {min_rows}): give more galaxies with a known "
+                    f"coverage (the gate needs {min_rows}; the evaluation half of the held-out "
+                    f"split is scored): give more galaxies with a known "
                     f"{label!r}, raise val_fraction, or leave it out of gate_labels"
                 )
                 details.append(line)
@@ -423,8 +426,8 @@ def evaluate_emulator(
     prior_values: Mapping[str, np.ndarray] | None = None,
     **sampler: Any,
 ) -> tuple[CalibrationReport, EvaluationSamples | None]:
-    """Score both heads on the rows of ``table`` (held-out rows: pass
-    ``table.subset(np.isin(table.object_ids, result.val_ids))``).
+    """Score both heads on the rows of ``table`` (held-out rows that did not choose the
+    weights: pass ``table.subset(np.isin(table.object_ids, result.eval_ids))``).
 
     ``subsets``: name → allowed input columns (None: all of ``table.inputs``; default
     ``{"all": None}``); the table's labels are never inputs here, so a label is not scored

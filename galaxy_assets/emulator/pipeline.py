@@ -3,8 +3,8 @@
 * :func:`training_table` — the table to train on: the survey catalogue (photometry with flux
   errors from the shards, morphology vote fractions, image-embedding PCs; labels from the
   mock survey's truth tables) or a user Parquet with a column-role config.
-* :func:`train_evaluate_register` — train, score both heads on the held-out rows for each
-  input subset (all inputs, photometry only, two bands only, image embedding only), draw
+* :func:`train_evaluate_register` — train, score both heads on the evaluation half of the
+  held-out rows (the half that did not choose the weights) for each input subset (all inputs, photometry only, two bands only, image embedding only), draw
   the figures, log everything to MLflow and register ``property-emulator``; the alias
   ``champion`` moves only when the calibration gate passes
   (:meth:`~galaxy_assets.emulator.calibration.CalibrationReport.gate`).
@@ -284,7 +284,8 @@ def train_evaluate_register(
     progress: Callable[[dict[str, Any]], None] | None = None,
     tags: dict[str, Any] | None = None,
 ) -> EmulatorOutcome:
-    """Train on ``table``, evaluate on its held-out rows, log and register (see the module
+    """Train on ``table``, evaluate on the evaluation half of its held-out rows
+    (:func:`~galaxy_assets.emulator.train.split_held_out`), log and register (see the module
     docstring). Figures are also written as PNG under ``figure_dir`` when given. A training
     that diverges raises :class:`~galaxy_assets.emulator.errors.TrainingDivergedError` before
     anything is registered."""
@@ -296,7 +297,9 @@ def train_evaluate_register(
     )
 
     result = train_emulator(table, config.train_config(device), progress=progress)
-    held_out = table.subset(np.isin(table.object_ids, result.val_ids))
+    # the evaluation half of the held-out rows: the other half chose the best weights, and
+    # scoring (and gating on) the rows that chose them would be optimistic
+    held_out = table.subset(np.isin(table.object_ids, result.eval_ids))
     training = table.subset(np.isin(table.object_ids, result.train_ids))
     subsets = survey_input_subsets(table.inputs) if table.features else {"all": None}
     report, kept = evaluate_emulator(

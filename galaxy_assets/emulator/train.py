@@ -1,8 +1,12 @@
 """Train the property emulator on an :class:`~galaxy_assets.emulator.data.EmulatorTable`.
 
 :func:`train_emulator` splits the table by a hash of the object id (a galaxy stays on its
-side when the table grows), fits the tokenizer on the training rows only, and trains with
-AdamW and a cosine learning-rate decay. Every epoch, every training row gets a fresh task
+side when the table grows), halves the held-out rows once by a second hash
+(:func:`split_held_out`): an early-stopping half, whose loss picks the best weights, and an
+evaluation half, which nothing in training sees and on which the calibration report and the
+champion gate are computed (scoring the rows that chose the weights is optimistic). It fits
+the tokenizer on the training rows only, and trains with AdamW and a cosine learning-rate
+decay. Every epoch, every training row gets a fresh task
 (:func:`training_batch`):
 
 * a **target** drawn uniformly among the row's known values of the target columns;
@@ -19,9 +23,9 @@ AdamW and a cosine learning-rate decay. Every epoch, every training row gets a f
 
 The loss is the diffusion head's noise-prediction MSE (``diffusion_repeats`` noise draws per
 row, which is cheap next to the encoder) plus ``baseline_weight`` times the Gaussian head's
-NLL. After each epoch the held-out rows are scored with the same kind of tasks drawn from a
-fixed seed, so the held-out loss is comparable from epoch to epoch; the best weights are
-kept, and training stops after ``patience`` epochs without improvement, or at
+NLL. After each epoch the early-stopping half of the held-out rows is scored with the same
+kind of tasks drawn from a fixed seed, so its loss is comparable from epoch to epoch; the
+best weights are kept, and training stops after ``patience`` epochs without improvement, or at
 ``time_budget_s``. The learning rate follows a cosine decay over the epochs that fit: under a
 time budget the horizon is estimated from the first epochs' durations, so a budgeted run
 still anneals instead of stopping at full rate. A non-finite loss, gradient or held-out loss raises
@@ -67,17 +71,21 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "EXPERIMENT",
+    "EVAL_SALT",
     "SPLIT_SALT",
     "EmulatorRegistration",
     "TrainConfig",
     "TrainResult",
     "register_emulator",
+    "split_held_out",
     "split_rows",
     "train_emulator",
     "training_batch",
 ]
 
 SPLIT_SALT = "galaxy-assets/emulator/split"
+# halves the held-out rows into early stopping / evaluation (independent of SPLIT_SALT)
+EVAL_SALT = "galaxy-assets/emulator/eval-half"
 EXPERIMENT = "property-emulator"
 ProgressCallback = Callable[[dict[str, Any]], None]
 
@@ -129,7 +137,10 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    """A trained emulator (best held-out weights, eval mode) and how it got there."""
+    """A trained emulator (best weights on the early-stopping half, eval mode) and how it got
+    there. ``stop_ids``: the held-out rows whose loss chose the weights (``history``'s
+    ``val_*``); ``eval_ids``: the held-out rows nothing in training saw, to evaluate and gate
+    on (:func:`split_held_out`)."""
 
     model: PropertyEmulator
     train_config: TrainConfig
@@ -137,7 +148,8 @@ class TrainResult:
     best_epoch: int
     stop_reason: str
     train_ids: np.ndarray
-    val_ids: np.ndarray
+    stop_ids: np.ndarray
+    eval_ids: np.ndarray
     skipped: dict[str, int]
     seconds: float
     train_rows_seen: int
@@ -146,6 +158,11 @@ class TrainResult:
     @property
     def config(self) -> dict[str, Any]:
         return self.model.config_dict()
+
+    @property
+    def val_ids(self) -> np.ndarray:
+        """Every held-out row (both halves): never trained on."""
+        return np.concatenate([self.stop_ids, self.eval_ids])
 
     @property
     def rows_per_second(self) -> float:
@@ -162,7 +179,9 @@ class TrainResult:
             "best_epoch": float(self.best_epoch),
             "epochs_run": float(len(self.history)),
             "n_train": float(len(self.train_ids)),
-            "n_val": float(len(self.val_ids)),
+            "n_val": float(len(self.stop_ids) + len(self.eval_ids)),
+            "n_val_early_stopping": float(len(self.stop_ids)),
+            "n_val_evaluation": float(len(self.eval_ids)),
             "train_rows_per_second": float(self.rows_per_second),
             "train_seconds": float(self.seconds),
             "n_parameters": float(count_parameters(self.model)),
@@ -175,10 +194,11 @@ class TrainResult:
             "",
             f"- targets: {', '.join(self.model.targets)}",
             f"- inputs + labels: {len(self.model.columns)} columns",
-            f"- rows: {int(m['n_train'])} train / {int(m['n_val'])} held out "
-            f"(skipped: {self.skipped})",
+            f"- rows: {int(m['n_train'])} train / {int(m['n_val'])} held out: "
+            f"{int(m['n_val_early_stopping'])} for early stopping, "
+            f"{int(m['n_val_evaluation'])} for evaluation (skipped: {self.skipped})",
             f"- best epoch {self.best_epoch} of {len(self.history)} ({self.stop_reason})",
-            f"- held-out diffusion loss {m['val_diffusion_loss']:.4f}, Gaussian NLL "
+            f"- early-stopping diffusion loss {m['val_diffusion_loss']:.4f}, Gaussian NLL "
             f"{m['val_gaussian_nll']:.4f}",
             f"- {m['train_rows_per_second']:.0f} training rows/s, {self.seconds:.1f} s in all",
         ]
@@ -191,6 +211,15 @@ def split_rows(object_ids: Sequence[str] | np.ndarray, val_fraction: float) -> n
     from galaxy_assets.morphology.data import hash_unit
 
     return hash_unit(np.asarray(object_ids).astype(str), SPLIT_SALT) < val_fraction
+
+
+def split_held_out(object_ids: Sequence[str] | np.ndarray) -> np.ndarray:
+    """Boolean mask over held-out rows, True for the evaluation half: a hash of ``object_id``
+    (salt :data:`EVAL_SALT`, independent of the train/held-out hash) below 0.5. The other
+    half early-stops training. A galaxy keeps its half when the table grows."""
+    from galaxy_assets.morphology.data import hash_unit
+
+    return hash_unit(np.asarray(object_ids).astype(str), EVAL_SALT) < 0.5
 
 
 def training_batch(
@@ -348,22 +377,27 @@ def train_emulator(
     skipped = {"no_target": int((~has_target).sum())}
     if skipped["no_target"]:
         log.info("%d rows have no known target value; not used", skipped["no_target"])
+    is_eval = is_val & split_held_out(ids)
     train_rows = np.flatnonzero(~is_val & has_target)
-    val_rows = np.flatnonzero(is_val & has_target)
-    if len(train_rows) < 2 or len(val_rows) < 1:
+    stop_rows = np.flatnonzero(is_val & ~is_eval & has_target)
+    eval_rows = np.flatnonzero(is_eval & has_target)
+    if len(train_rows) < 2 or len(stop_rows) < 1 or len(eval_rows) < 1:
         raise EmulatorDataError(
-            f"{table.source}: {len(train_rows)} training and {len(val_rows)} held-out rows with "
-            f"a known target (of {len(table)}); the emulator needs more rows with labels"
+            f"{table.source}: {len(train_rows)} training and {len(stop_rows) + len(eval_rows)} "
+            f"held-out rows with a known target (of {len(table)}; the held-out rows are halved "
+            f"into {len(stop_rows)} for early stopping and {len(eval_rows)} for evaluation, and "
+            "each half needs one); the emulator needs more rows with labels"
         )
-    # each label is scored on the held-out rows after training: refuse now, not after the run
+    # each label is scored on the evaluation half after training: refuse now, not after the run
     known = np.isfinite(raw[:, tmask])
     for j, label in enumerate(np.asarray(columns)[tmask].tolist()):
-        if known[:, j].any() and not known[is_val, j].any():
+        if known[:, j].any() and not known[is_eval, j].any():
             raise EmulatorDataError(
                 f"label {label!r} is known for {int(known[:, j].sum())} galaxies, none of them "
-                f"in the held-out split (val_fraction {cfg.val_fraction}), so it could not be "
-                f"evaluated after training: give more galaxies with a known {label!r}, raise "
-                "val_fraction, or leave it out of the labels"
+                f"in the evaluation half of the held-out split (val_fraction "
+                f"{cfg.val_fraction}; {int(known[is_val, j].sum())} in the held-out split), so "
+                f"it could not be evaluated after training: give more galaxies with a known "
+                f"{label!r}, raise val_fraction, or leave it out of the labels"
             )
     tokenizer = Tokenizer.fit(
         {c: raw[train_rows, j] for j, c in enumerate(columns)},
@@ -378,7 +412,7 @@ def train_emulator(
     ema.requires_grad_(False)
     n_steps = 0
     z = tokenizer.standardize(raw).astype(np.float32)
-    z_train, z_val = z[train_rows], z[val_rows]
+    z_train, z_val = z[train_rows], z[stop_rows]
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = math.ceil(len(train_rows) / cfg.batch_size)
     # Cosine decay over the epochs that will run. Under a time budget that is fewer than
@@ -393,9 +427,12 @@ def train_emulator(
     stop_reason = f"ran all {cfg.epochs} epochs"
     rows_seen, train_seconds = 0, 0.0
     log.info(
-        "training emulator: %d train / %d held-out rows, %d columns, targets %s, %d parameters",
+        "training emulator: %d train / %d held-out rows (%d early stopping, %d evaluation), "
+        "%d columns, targets %s, %d parameters",
         len(train_rows),
-        len(val_rows),
+        len(stop_rows) + len(eval_rows),
+        len(stop_rows),
+        len(eval_rows),
         len(columns),
         targets,
         count_parameters(model),
@@ -460,7 +497,9 @@ def train_emulator(
     model.load_state_dict(best_state)
     model.requires_grad_(True)
     model.eval()
-    log.info("emulator: best epoch %d (%s), held-out loss %.4f", best_epoch, stop_reason, best_val)
+    log.info(
+        "emulator: best epoch %d (%s), early-stopping loss %.4f", best_epoch, stop_reason, best_val
+    )
     return TrainResult(
         model=model,
         train_config=cfg,
@@ -468,7 +507,8 @@ def train_emulator(
         best_epoch=best_epoch,
         stop_reason=stop_reason,
         train_ids=ids[train_rows],
-        val_ids=ids[val_rows],
+        stop_ids=ids[stop_rows],
+        eval_ids=ids[eval_rows],
         skipped={**table.skipped, **skipped},
         seconds=time.perf_counter() - t_start,
         train_rows_seen=rows_seen,

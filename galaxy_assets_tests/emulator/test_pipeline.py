@@ -15,6 +15,7 @@ from galaxy_assets.emulator.pipeline import (
     serving_emulator,
     shard_flux_errors,
     shard_posteriors,
+    train_evaluate_register,
     training_table,
 )
 from galaxy_assets_tests.emulator.conftest import gaussian_frame
@@ -121,7 +122,6 @@ def test_gate_on_a_user_table_checks_its_own_labels(tracker):
     """The asset's default gate names survey labels; on a user table (x -> y) the gate checks
     y instead of failing on labels the table does not have."""
     from galaxy_assets.emulator import make_table
-    from galaxy_assets.emulator.pipeline import train_evaluate_register
     from galaxy_assets_tests.emulator.conftest import TINY_MODEL
 
     table = make_table(gaussian_frame(300, seed=5), ["x"], ["y"])
@@ -170,3 +170,47 @@ def test_flux_errors_follow_the_manifest_rows_when_a_shard_repeats_an_id(tmp_pat
     assert err["obj-003"] == pytest.approx(10 * err["obj-000"], rel=1e-3)  # row 7's, not row 3's
     features = survey_features(manifest, flux_errors=errors)
     assert features.height == manifest.height and "mag_err_r" in features.columns
+
+
+def test_the_gate_scores_held_out_rows_that_did_not_choose_the_weights(tracker, monkeypatch):
+    """Early stopping picks the best weights by the loss of some held-out rows; the report
+    and the champion gate must be computed on other held-out rows (on the same rows the
+    scores are optimistic). The held-out split is halved once by a stable hash."""
+    import galaxy_assets.emulator.pipeline as pipeline
+    import galaxy_assets.emulator.train as train
+    from galaxy_assets.emulator import make_table
+    from galaxy_assets_tests.emulator.conftest import TINY_MODEL
+
+    n, step = 400, 0.01
+    rng = np.random.default_rng(11)
+    x = np.arange(n) * step  # x identifies the row, also after standardisation
+    frame = pl.DataFrame({"object_id": [f"h-{i:04d}" for i in range(n)], "x": x,
+                          "y": x + 0.5 * rng.normal(size=n)})
+    table = make_table(frame, ["x"], ["y"])
+    stopped_on: set[str] = set()
+    evaluated: set[str] = set()
+    real_score, real_evaluate = train._score, pipeline.evaluate_emulator
+
+    def score(model, z, *args, **kwargs):
+        xs = model.tokenizer.to_physical(z[:, model.tokenizer.index("x")], "x")
+        stopped_on.update(f"h-{int(i):04d}" for i in np.rint(xs / step))
+        return real_score(model, z, *args, **kwargs)
+
+    def evaluate(model, held_out, **kwargs):
+        evaluated.update(held_out.object_ids.tolist())
+        return real_evaluate(model, held_out, **kwargs)
+
+    monkeypatch.setattr(train, "_score", score)
+    monkeypatch.setattr(pipeline, "evaluate_emulator", evaluate)
+    cfg = EmulatorRunConfig(epochs=2, time_budget_s=None, batch_size=64, model=TINY_MODEL,
+                            eval_samples=16, eval_rows=200)
+    out = train_evaluate_register(tracker, table, cfg)
+    assert stopped_on and evaluated
+    assert stopped_on.isdisjoint(evaluated)
+    assert stopped_on | evaluated == set(out.result.val_ids)
+    assert stopped_on == set(out.result.stop_ids) and evaluated == set(out.result.eval_ids)
+    meta = out.metadata()
+    assert meta["n_val_early_stopping"] == len(stopped_on)
+    assert meta["n_val_evaluation"] == len(evaluated)
+    assert out.report.get("y", "diffusion", "all").n == len(evaluated)
+

@@ -22,7 +22,7 @@ from galaxy_assets.emulator import (
     train_emulator,
 )
 from galaxy_assets.emulator.model import PropertyEmulator
-from galaxy_assets.emulator.train import split_rows
+from galaxy_assets.emulator.train import split_held_out, split_rows
 from galaxy_assets_tests.emulator.conftest import NOISE, TINY_MODEL, gaussian_frame
 
 
@@ -136,6 +136,26 @@ def test_split_is_a_stable_function_of_the_id():
     assert 0.15 < mask.mean() < 0.25
     more = split_rows(ids + [f"new-{i}" for i in range(500)], 0.2)
     np.testing.assert_array_equal(more[:2000], mask)
+
+
+def test_held_out_rows_are_halved_by_a_stable_hash_into_stopping_and_evaluation():
+    """The held-out rows that choose the best weights are not the rows evaluated after
+    training; a galaxy keeps its half when the table grows, and the halving does not follow
+    the train/held-out hash."""
+    ids = [f"obj-{i}" for i in range(4000)]
+    half = split_held_out(ids)
+    assert 0.45 < half.mean() < 0.55
+    np.testing.assert_array_equal(split_held_out(ids + ["new-1", "new-2"])[:4000], half)
+    val = split_rows(ids, 0.2)
+    assert 0.4 < half[val].mean() < 0.6
+    table = make_table(gaussian_frame(300, seed=12), ["x"], ["y"])
+    res = train_emulator(table, TrainConfig(epochs=1, model=TINY_MODEL))
+    assert len(res.stop_ids) and len(res.eval_ids)
+    assert set(res.stop_ids).isdisjoint(res.eval_ids)
+    assert not split_held_out(res.stop_ids).any() and split_held_out(res.eval_ids).all()
+    assert res.metrics["n_val_early_stopping"] + res.metrics["n_val_evaluation"] == len(
+        res.val_ids
+    )
 
 
 def test_rows_without_a_target_are_skipped_and_counted():
