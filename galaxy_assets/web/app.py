@@ -614,11 +614,19 @@ def _prompt_by_sha(sha: str | None) -> dict[str, Any] | None:
 
 
 def _caption_lineage(
-    store: Path | None, object_id: str, backend: str | None, model: str | None, text: str
+    store: Path | None,
+    object_id: str,
+    backend: str | None,
+    model: str | None,
+    text: str,
+    prompt_sha: str | None = None,
 ) -> dict[str, Any]:
-    """prompt_sha / created_at / source of the galaxy's caption in the caption store: of the
-    store's row holding the indexed ``text`` (a galaxy captioned again since the index was
-    built has a newer row whose prompt and date are not those of the text shown)."""
+    """created_at / source (and the prompt) of the galaxy's caption in the caption store: of
+    the store's row holding the indexed ``text`` by the indexed backend, model and
+    ``prompt_sha`` (a galaxy captioned again since the index was built has a newer row whose
+    prompt and date are not those of the text shown; the same text from another prompt is
+    another caption). The indexed ``prompt_sha`` is never replaced; the store's is given
+    only when the index holds none (a table built before lineage columns)."""
     if store is None:
         return {}
     path = store / "captions.parquet"
@@ -648,25 +656,29 @@ def _caption_lineage(
         return {}
     if "caption" in frame.columns:
         frame = frame.filter(pl.col("caption") == text)
-        if frame.height == 0:
-            return {"note": "the caption store holds another caption of this galaxy now (it "
-                    "was captioned again after it was indexed); its prompt is not known here"}
+    if prompt_sha and "prompt_sha" in frame.columns:
+        frame = frame.filter(pl.col("prompt_sha") == prompt_sha)
+    if frame.height == 0:
+        return {"note": "the caption store holds another caption of this galaxy now (it "
+                "was captioned again after it was indexed); its prompt is not known here"}
     if "created_at" in frame.columns:
         frame = frame.sort("created_at")
     row = frame.row(-1, named=True)
+    sha = prompt_sha or row.get("prompt_sha")
     out: dict[str, Any] = {
-        "prompt_sha": row.get("prompt_sha"),
         "origin": row.get("source"),
         "created_at": row["created_at"].isoformat() if row.get("created_at") else None,
     }
-    prompt = _prompt_by_sha(row.get("prompt_sha"))
+    if not prompt_sha:
+        out["prompt_sha"] = sha
+    prompt = _prompt_by_sha(sha)
     if prompt is not None:
         out["prompt"] = prompt
     elif backend == "morphology":
         out["prompt"] = {
             "name": "describe_v1",
             "text": "the measured-morphology describer answers prompts/describe_v1.txt with "
-            f"its template set (sha {row.get('prompt_sha')})",
+            f"its template set (sha {sha})",
         }
     return out
 
@@ -688,8 +700,11 @@ def _detail(
             "source": record.get("caption_source"),
             "backend": backend,
             "model": model,
-            "prompt_sha": record.get("caption_prompt_sha"),  # as indexed; the store may add more
-            **_caption_lineage(store, oid, backend, model, record["caption"]),
+            # as indexed; the store adds the prompt, its date and origin (its sha only when
+            # the index holds none)
+            "prompt_sha": record.get("caption_prompt_sha"),
+            **_caption_lineage(store, oid, backend, model, record["caption"],
+                               record.get("caption_prompt_sha")),
         }
     morphology = {c: record.get(c) for c in P_COLUMNS if c in record}
     morphology.update(

@@ -52,6 +52,15 @@ class WordRater:
 
 @pytest.fixture
 def text_engine(text_index, text_embedder, aligner) -> GalaxySearch:
+    """The text index (its captions' prompt sha made describe_v1's, in the table and in the
+    frames, as the caption store below holds: the detail view matches the store's rows on
+    the indexed sha) behind a GalaxySearch."""
+    from galaxy_assets.captioning.base import load_prompt
+
+    sha = load_prompt("describe_v1").sha
+    for frames in text_index.frames.values():
+        frames["captions"] = frames["captions"].with_columns(pl.lit(sha).alias("prompt_sha"))
+    text_index.table().update(values={"caption_prompt_sha": sha})
     return GalaxySearch(
         text_index.uri, text_embedder=text_embedder, aligner=aligner, serving_index=False
     )
@@ -59,7 +68,8 @@ def text_engine(text_index, text_embedder, aligner) -> GalaxySearch:
 
 @pytest.fixture
 def caption_store(tmp_path, text_index):
-    """A caption store holding the captions of the text index with a prompt sha."""
+    """A caption store holding the captions of the text index with describe_v1's prompt sha
+    (as ``text_engine`` indexes them)."""
     from galaxy_assets.captioning.base import load_prompt
 
     folder = tmp_path / "captions"

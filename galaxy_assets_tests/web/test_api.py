@@ -244,6 +244,33 @@ def test_detail_names_the_prompt_of_the_indexed_caption(text_app, caption_store)
     assert "captioned again" in caption["note"] and "prompt" not in caption
 
 
+def test_detail_keeps_the_indexed_prompt_sha_and_its_prompt(text_app, caption_store):
+    """The same text captioned again later with another prompt: the store's newest row for
+    that backend, model and text came from the other prompt, and its sha replaced the
+    indexed one (and named the wrong prompt)."""
+    from datetime import UTC, datetime
+
+    path = caption_store / "captions.parquet"
+    store = pl.read_parquet(path)
+    indexed = text_app.get("/api/galaxy/gal0002").json()["caption"]
+    assert indexed["prompt_sha"] == store["prompt_sha"][0]
+    again = store.filter(pl.col("object_id") == "gal0002").with_columns(
+        pl.lit("f00dfeed").alias("prompt_sha"), pl.lit("rerun").alias("source"),
+        pl.lit(datetime(2099, 1, 1, tzinfo=UTC)).alias("created_at"))
+    pl.concat([store, again], how="vertical_relaxed").write_parquet(path)
+    caption = text_app.get("/api/galaxy/gal0002").json()["caption"]
+    assert caption["prompt_sha"] == indexed["prompt_sha"]
+    assert caption["prompt"]["name"] == "describe_v1"
+    assert caption["origin"] == "generated" and not caption["created_at"].startswith("2099")
+    assert text_app.get("/api/galaxy/gal0002").json()["columns"]["caption_prompt_sha"] == (
+        indexed["prompt_sha"])
+    # only the other prompt's row left: the view says it cannot tell, keeping the indexed sha
+    again.write_parquet(path)
+    caption = text_app.get("/api/galaxy/gal0002").json()["caption"]
+    assert "captioned again" in caption["note"] and "prompt" not in caption
+    assert caption["prompt_sha"] == indexed["prompt_sha"]
+
+
 def test_detail_and_thumbnail_of_unknown_ids_are_404(text_app):
     for oid in ("gal9999", "x' OR '1'='1", "..%2F..%2Fetc%2Fpasswd"):
         _error(text_app.get(f"/api/galaxy/{oid}"), 404)
