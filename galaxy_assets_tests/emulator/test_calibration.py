@@ -260,7 +260,8 @@ def test_outcome_metadata_judges_all_labels_with_the_runs_tolerance():
         table=SimpleNamespace(summary=lambda: {}),
         result=SimpleNamespace(metrics={}),
         report=report,
-        registration=SimpleNamespace(version=1, run_id="r", promoted=True, reason="ok"),
+        registration=SimpleNamespace(name="property-emulator", version=1, run_id="r",
+                                     promoted=True, reason="ok"),
         figures={},
         tolerance=0.05,
     )
