@@ -35,6 +35,8 @@ class PropertyEmulatorConfig(dg.Config):
     labels_table: str = ""  # survey labels from a catalogue (object_id or ra/dec), not truth
     labels: list[str] = list(SURVEY_LABELS)
     match_radius_arcsec: float = 1.0
+    labels_ra_column: str = "ra"  # labels_table's RA/Dec columns (degrees) to match on
+    labels_dec_column: str = "dec"
     n_components: int = 8  # image-embedding principal components used as inputs
     epochs: int = 200
     batch_size: int = 256
@@ -47,6 +49,14 @@ class PropertyEmulatorConfig(dg.Config):
     tolerance: float = 0.03  # champion: coverage within this of nominal (or ≥ the baseline)
     gate_labels: list[str] = GATE_LABELS  # those the table has; none of them: every label
     seed: int = 0
+
+    def run_config(self) -> EmulatorRunConfig:
+        """The pipeline's settings: every field by name, the model's sizes as ``model``."""
+        return EmulatorRunConfig(
+            **self.model_dump(exclude={"d_model", "n_layers", "gate_labels"}),
+            model={"d_model": self.d_model, "n_layers": self.n_layers},
+            gate_labels=self.gate_labels or None,
+        )
 
 
 @dg.asset(group_name="emulator", **gpu_step(), kinds={"pytorch", "mlflow"},
@@ -64,11 +74,7 @@ def property_emulator(
     scores both heads on held-out rows for four input subsets; registers
     `property-emulator` and moves `champion` only when the diffusion head is calibrated."""
     h = home.home()
-    run_cfg = EmulatorRunConfig(
-        **config.model_dump(exclude={"d_model", "n_layers", "gate_labels"}),
-        model={"d_model": config.d_model, "n_layers": config.n_layers},
-        gate_labels=config.gate_labels or None,
-    )
+    run_cfg = config.run_config()
     table = training_table(run_cfg, list(raw_cutouts.values()),
                            predictions=list((morphology_predictions or {}).values()),
                            embeddings=list((image_embeddings or {}).values()))

@@ -20,9 +20,10 @@ Plain Python; knows nothing of Dagster.
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,7 @@ __all__ = [
     "EmulatorOutcome",
     "EmulatorRunConfig",
     "catalogue_labels",
+    "match_catalogue_labels",
     "ServingEmulator",
     "serving_emulator",
     "shard_flux_errors",
@@ -72,14 +74,17 @@ class EmulatorRunConfig:
     (column roles in YAML, or the name of a shipped example such as ``gaia_xp_apogee``)
     instead of the survey catalogue; ``labels_table``: the survey catalogue's labels from a
     user Parquet instead of the mock's truth tables (a real survey: e.g. spectroscopic
-    redshifts), joined on ``object_id`` or, without one, matched by ``ra``/``dec`` within
-    ``match_radius_arcsec``; ``gate_labels``: the labels the champion gate checks (None:
-    every evaluated label)."""
+    redshifts), joined on ``object_id`` or, without one (or when none of its ids is a survey
+    galaxy's: another survey's ids), matched by position within ``match_radius_arcsec`` on
+    its columns ``labels_ra_column``/``labels_dec_column`` (degrees); ``gate_labels``: the
+    labels the champion gate checks (None: every evaluated label)."""
 
     table: str = ""
     table_config: str = ""
     labels_table: str = ""
     match_radius_arcsec: float = 1.0
+    labels_ra_column: str = "ra"
+    labels_dec_column: str = "dec"
     labels: Sequence[str] = SURVEY_LABELS
     n_components: int = 8
     flux_errors: bool = True
@@ -168,8 +173,9 @@ def training_table(
             "no galaxies to train the property emulator on: raw_cutouts is empty; "
             "materialize the survey first"
         )
+    matched_how = ""
     if config.labels_table:
-        truth = catalogue_labels(config, manifest)
+        truth, matched_how = match_catalogue_labels(config, manifest)
     else:
         truth = load_truth(manifest["shard_uri"].unique().to_list())
     if truth is None:
@@ -181,7 +187,7 @@ def training_table(
             "`table` and `table_config`"
         )
     errors = shard_flux_errors(manifest) if config.flux_errors else None
-    return build_survey_table(
+    table = build_survey_table(
         manifest,
         truth,
         predictions=_concat(predictions),
@@ -190,12 +196,27 @@ def training_table(
         labels=config.labels,
         n_components=config.n_components,
     )
+    if matched_how:  # the table's summary says where its labels came from
+        table = replace(
+            table, source=f"{table.source}, labels from {config.labels_table} {matched_how}"
+        )
+    return table
 
 
 def catalogue_labels(config: EmulatorRunConfig, manifest: pl.DataFrame) -> pl.DataFrame:
     """``object_id`` + the label columns of ``config.labels_table`` for the manifest's
-    galaxies: joined on ``object_id`` when the catalogue has one, else matched by position
-    (nearest survey galaxy within ``match_radius_arcsec``; see
+    galaxies (see :func:`match_catalogue_labels`)."""
+    return match_catalogue_labels(config, manifest)[0]
+
+
+def match_catalogue_labels(
+    config: EmulatorRunConfig, manifest: pl.DataFrame
+) -> tuple[pl.DataFrame, str]:
+    """``object_id`` + the label columns of ``config.labels_table`` for the manifest's
+    galaxies, and how they were matched (one line). Joined on ``object_id`` when the
+    catalogue has one; else, or when none of its ids is a survey galaxy's (another survey's
+    ids), matched by position on ``labels_ra_column``/``labels_dec_column`` (nearest survey
+    galaxy within ``match_radius_arcsec``; see
     :func:`galaxy_assets.evaluation.labels.crossmatch`)."""
     path = Path(config.labels_table)
     if not path.is_file():
@@ -207,20 +228,40 @@ def catalogue_labels(config: EmulatorRunConfig, manifest: pl.DataFrame) -> pl.Da
             f"labels_table {path} lacks the label column(s) {missing} (it has "
             f"{catalogue.columns[:20]}); set the emulator's `labels` to columns it holds"
         )
+    ra, dec = config.labels_ra_column, config.labels_dec_column
+    has_position = ra in catalogue.columns and dec in catalogue.columns
+    keys = "the emulator's labels_ra_column and labels_dec_column"
     if "object_id" in catalogue.columns:
         matched = catalogue.with_columns(pl.col("object_id").cast(pl.Utf8)).join(
             manifest.select(pl.col("object_id").cast(pl.Utf8)), on="object_id", how="semi"
         )
         how = "by object_id"
+        if matched.height == 0 and has_position:
+            log.warning(
+                "labels_table %s: none of its %d object_ids is a survey galaxy's (another "
+                "survey's ids?); matching it by position (%s, %s) instead",
+                path,
+                catalogue.height,
+                ra,
+                dec,
+            )
+            matched, how = _match_by_position(config, catalogue, manifest, path)
+            how += " (its object_id matched no survey galaxy)"
+        elif matched.height == 0:
+            raise EmulatorDataError(
+                f"no object_id of labels_table {path} is a survey galaxy's (ids of another "
+                f"survey?), and it has no position columns {ra!r}/{dec!r} to match on instead "
+                f"(it has {catalogue.columns[:20]}); set {keys} to its RA/Dec columns "
+                "(degrees), or give it the survey's object_ids"
+            )
+    elif has_position:
+        matched, how = _match_by_position(config, catalogue, manifest, path)
     else:
-        from galaxy_assets.evaluation.labels import crossmatch
-
-        matched, report = crossmatch(
-            catalogue, manifest, radius_arcsec=config.match_radius_arcsec, source=str(path)
-        )
-        how = (
-            f'by position within {config.match_radius_arcsec}" ({report.n_unmatched} '
-            f"unmatched, {report.n_matched_twice} survey galaxies claimed twice)"
+        raise EmulatorConfigError(
+            f"labels_table {path} has neither object_id nor the position columns "
+            f"{ra!r}/{dec!r} (it has {catalogue.columns[:20]}); set {keys} to its RA/Dec "
+            "columns in degrees (e.g. 'RA'/'DEC', 'PLUG_RA'/'PLUG_DEC'), or add an object_id "
+            "column of the survey's ids"
         )
     log.info(
         "labels_table %s: %d of %d rows matched %s", path, matched.height, catalogue.height, how
@@ -228,9 +269,45 @@ def catalogue_labels(config: EmulatorRunConfig, manifest: pl.DataFrame) -> pl.Da
     if matched.height == 0:
         raise EmulatorDataError(
             f"no row of labels_table {path} matches a survey galaxy ({how}); check its "
-            "object_id or ra/dec columns and match_radius_arcsec"
+            f"object_id or position columns ({keys}: {ra!r}, {dec!r}) and "
+            "match_radius_arcsec"
         )
-    return matched.select("object_id", *config.labels)
+    return matched.select("object_id", *config.labels), how
+
+
+def _match_by_position(
+    config: EmulatorRunConfig, catalogue: pl.DataFrame, manifest: pl.DataFrame, path: Path
+) -> tuple[pl.DataFrame, str]:
+    """:func:`~galaxy_assets.evaluation.labels.crossmatch` on the configured columns; its
+    errors (text coordinates, say) come back as emulator errors that name the settings."""
+    from galaxy_assets.evaluation.labels import CatalogueError, crossmatch
+
+    radius = config.match_radius_arcsec
+    if not (isinstance(radius, int | float) and math.isfinite(radius) and radius > 0):
+        raise EmulatorConfigError(
+            f"match_radius_arcsec={radius!r}; it must be a positive number of arcseconds"
+        )
+    try:
+        matched, report = crossmatch(
+            catalogue,
+            manifest,
+            radius_arcsec=radius,
+            ra_column=config.labels_ra_column,
+            dec_column=config.labels_dec_column,
+            source=str(path),
+        )
+    except CatalogueError as exc:
+        raise EmulatorDataError(
+            f"labels_table {path} could not be matched by position on "
+            f"labels_ra_column={config.labels_ra_column!r}, "
+            f"labels_dec_column={config.labels_dec_column!r}: {exc}"
+        ) from exc
+    how = (
+        f'by position ({config.labels_ra_column}, {config.labels_dec_column}) within {radius}" '
+        f"({report.n_unmatched} unmatched, {report.n_matched_twice} survey galaxies claimed "
+        "twice)"
+    )
+    return matched, how
 
 
 # --------------------------------------------------------------------------- training

@@ -144,3 +144,16 @@ def test_emulator_trains_registers_and_its_posteriors_reach_the_index(isolated_h
         low = table.search().where(f"post_redshift_p84 < {cut}").limit(1000).to_polars()
         assert 0 < low.height < 360
         assert (low["post_redshift_p84"] < cut).all()
+
+
+@pytest.mark.parametrize("ra, dec", [("RA", "DEC"), ("PLUG_RA", "PLUG_DEC")])
+def test_the_labels_tables_position_columns_can_be_named_in_the_run_config(ra, dec):
+    """A spectroscopic catalogue's RA/Dec often have other names; the asset's config names
+    them and the pipeline gets them (crossmatch's own ra_column= is out of a user's reach)."""
+    from galaxy_assets.defs.emulator import PropertyEmulatorConfig
+
+    config = PropertyEmulatorConfig(labels_table="specz.parquet", labels_ra_column=ra,
+                                    labels_dec_column=dec, d_model=32)
+    run = config.run_config()
+    assert (run.labels_ra_column, run.labels_dec_column) == (ra, dec)
+    assert run.labels_table == "specz.parquet" and run.model["d_model"] == 32

@@ -214,3 +214,60 @@ def test_the_gate_scores_held_out_rows_that_did_not_choose_the_weights(tracker, 
     assert meta["n_val_evaluation"] == len(evaluated)
     assert out.report.get("y", "diffusion", "all").n == len(evaluated)
 
+
+def _offset_catalogue(tiny_survey, n=25):
+    """``n`` truth rows with the survey's positions, 0.3" north, and without object_id."""
+    labelled = tiny_survey.truth.sort("object_id").head(n)
+    pos = tiny_survey.manifest.select("object_id", "ra", "dec")
+    cat = labelled.select("object_id", "redshift").join(pos, on="object_id").with_columns(
+        (pl.col("dec") + 0.3 / 3600).alias("dec"))
+    return labelled, cat.drop("object_id")
+
+
+def _labelled_ids(table) -> set[str]:
+    z = table.values(["redshift"])[:, 0]
+    return set(table.object_ids[np.isfinite(z)].tolist())
+
+
+def test_labels_table_position_columns_of_other_names_are_set_in_the_config(
+    tiny_survey, tmp_path
+):
+    """A spectroscopic catalogue's RA/Dec are often RA/DEC or PLUG_RA/PLUG_DEC: the error
+    names the emulator's settings (crossmatch's ra_column= is out of a user's reach), and
+    with them set the catalogue is matched."""
+    labelled, cat = _offset_catalogue(tiny_survey)
+    path = tmp_path / "specz.parquet"
+    cat.rename({"ra": "PLUG_RA", "dec": "PLUG_DEC"}).write_parquet(path)
+    with pytest.raises(EmulatorConfigError, match="labels_ra_column and labels_dec_column"):
+        training_table(EmulatorRunConfig(labels_table=str(path), labels=["redshift"]),
+                       tiny_survey.manifest)
+    cfg = EmulatorRunConfig(labels_table=str(path), labels=["redshift"],
+                            labels_ra_column="PLUG_RA", labels_dec_column="PLUG_DEC")
+    table = training_table(cfg, tiny_survey.manifest)
+    assert _labelled_ids(table) == set(labelled["object_id"])
+    assert "by position (PLUG_RA, PLUG_DEC)" in table.summary()["source"]
+    # coordinates it cannot read: an emulator error naming the settings, not CatalogueError
+    cat.with_columns(pl.lit("10:00:00").alias("ra")).write_parquet(path)
+    with pytest.raises(EmulatorDataError, match="labels_ra_column='ra'.*decimal degrees"):
+        training_table(EmulatorRunConfig(labels_table=str(path), labels=["redshift"]),
+                       tiny_survey.manifest)
+
+
+def test_labels_table_with_another_surveys_object_ids_is_matched_by_position(
+    tiny_survey, tmp_path
+):
+    """A catalogue with its own object_id column (another survey's ids) and ra/dec: the id
+    join matches nothing, so it is matched by position, and the table's source says so."""
+    labelled, cat = _offset_catalogue(tiny_survey)
+    cat = cat.with_columns(pl.int_range(pl.len()).add(900_000).alias("object_id"))
+    path = tmp_path / "specz.parquet"
+    cat.write_parquet(path)
+    table = training_table(EmulatorRunConfig(labels_table=str(path), labels=["redshift"]),
+                           tiny_survey.manifest)
+    assert _labelled_ids(table) == set(labelled["object_id"])
+    assert "its object_id matched no survey galaxy" in table.summary()["source"]
+    # without positions to fall back on: the error says how to give them
+    cat.drop("ra", "dec").write_parquet(path)
+    with pytest.raises(EmulatorDataError, match="no object_id.*labels_ra_column"):
+        training_table(EmulatorRunConfig(labels_table=str(path), labels=["redshift"]),
+                       tiny_survey.manifest)
