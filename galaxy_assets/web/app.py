@@ -80,7 +80,7 @@ from galaxy_assets.web.errors import (
     UploadError,
     WebError,
 )
-from galaxy_assets.web.thumbnails import ThumbnailCache, render_thumbnail
+from galaxy_assets.web.thumbnails import ThumbnailCache, pixel_source, render_thumbnail
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +166,16 @@ class _RWLock:
 
 class _Engine:
     """The GalaxySearch (built on first use from a factory), refreshed to the table's latest
-    version at most every ``refresh_seconds``; the row count cached per version."""
+    version at most every ``refresh_seconds``; the row count cached per version.
+
+    A table dropped and built again starts its versions at 1 again, so a version number alone
+    does not name a table state: each refresh compares the commit time of the version held
+    before with the table's version list. When the table was recreated (its latest version is
+    below the one held, or that version has another commit time), ``epoch`` goes up (every
+    cache is keyed by it), the ``on_recreated`` hooks clear the caches, and the engine is
+    built again from the factory (a GalaxySearch given as such answers 503 until the server
+    is restarted: its handle reads a dataset that is gone). While the table is missing
+    (dropped, not yet built again), requests get 503."""
 
     def __init__(self, source: Any, refresh_seconds: float | None) -> None:
         if hasattr(source, "search") and hasattr(source, "table"):
@@ -179,34 +188,115 @@ class _Engine:
         self._last_refresh = time.monotonic()
         self._build_lock = threading.Lock()
         self.lock = _RWLock()
-        self._counts: dict[int, int] = {}
+        self._counts: dict[tuple[int, int], int] = {}
+        self.epoch = 0
+        self.on_recreated: list[Callable[[], None]] = []
+        self._held: tuple[int, Any] | None = None  # (version, commit time) last seen
+        self._seen = False
+        self._missing: str | None = None  # the table cannot be read now
+        self._gone: str | None = None  # a given GalaxySearch whose table was recreated
 
     def get(self) -> Any:
+        if self._gone is not None:
+            raise UnavailableError(self._gone)
         if self._search is None:
             with self._build_lock:
                 if self._search is None:
                     try:
-                        self._search = self._factory()  # type: ignore[misc]
+                        search = self._factory()  # type: ignore[misc]
                     except IndexMissingError as exc:
                         raise UnavailableError(str(exc)) from exc
                     except SearchError as exc:
                         raise UnavailableError(str(exc)) from exc
+                    self._held, self._seen = self._stamp(search), True
+                    self._missing = None
+                    self._search = search
                     self._last_refresh = time.monotonic()
         search = self._search
+        if not self._seen:  # a GalaxySearch given: what it holds, to tell a recreated table
+            self._held, self._seen = self._stamp(search), True
         due = self.refresh_seconds is not None and (
             time.monotonic() - self._last_refresh >= self.refresh_seconds
         )
         if due:
             with self.lock.write():
                 if time.monotonic() - self._last_refresh >= (self.refresh_seconds or 0):
-                    try:
-                        search.refresh()
-                    except Exception as exc:  # noqa: BLE001 - keep serving the version held
-                        log.warning("cannot refresh %s (%s)", search.table.name, exc)
-                    else:
-                        search = self._follow_the_table(search)
+                    search = self._refresh(search)
                     self._last_refresh = time.monotonic()
+        if self._gone is not None:
+            raise UnavailableError(self._gone)
+        if self._missing is not None:
+            raise UnavailableError(self._missing)
+        if self._search is None:  # dropped: the factory opens the table once it is back
+            return self.get()
         return search
+
+    def _refresh(self, search: Any) -> Any:
+        """Move ``search`` to the table's latest version, or notice that the table was
+        dropped or recreated (call it holding the write lock)."""
+        name = search.table.name
+        try:
+            search.refresh()
+            failed = None
+        except Exception as exc:  # noqa: BLE001 - keep serving the version held
+            log.warning("cannot refresh %s (%s)", name, exc)
+            failed = exc
+        try:
+            listed = {int(e["version"]): e.get("timestamp") for e in search.table.list_versions()}
+        except Exception:  # noqa: BLE001 - no version list: the version alone names a state
+            listed = None
+            if failed is None:
+                self._held = None
+                return self._follow_the_table(search)
+        if not listed:  # the table is gone (dropped, not built again yet)
+            if self._missing is None:
+                log.warning("%s cannot be read (dropped, or being rebuilt)", name)
+            self._forget()
+            self._missing = (f"{name} cannot be read: it was dropped or is being rebuilt; try "
+                             "again once it is indexed")
+            if self._factory is not None:
+                self._search = None  # the next request opens it again
+            return search
+        held = self._held
+        if held is not None and (
+            max(listed) < held[0] or (held[0] in listed and listed[held[0]] != held[1])
+        ):
+            why = (f"{name} was dropped and built again since this server opened it; restart "
+                   "the server to serve the new table")
+            log.warning("%s", why if self._factory is None else f"{name} was dropped and "
+                        "built again: its caches dropped, the engine opened again")
+            self._forget()
+            if self._factory is None:
+                self._gone = why
+                return search
+            self._search = None  # the next request opens the new table
+            self._missing = None
+            return search
+        self._missing = None
+        if failed is not None:
+            return search
+        version = int(search.version)
+        self._held = (version, listed.get(version))
+        return self._follow_the_table(search)
+
+    def _forget(self) -> None:
+        """The table held is gone: a new epoch, every cache dropped."""
+        self.epoch += 1
+        self._counts = {}
+        for hook in self.on_recreated:
+            hook()
+
+    @staticmethod
+    def _stamp(search: Any) -> tuple[int, Any] | None:
+        """(version, commit time) of the version ``search`` holds (None when not known)."""
+        try:
+            version = int(search.version)
+            for entry in search.table.list_versions():
+                if int(entry["version"]) == version:
+                    return version, entry.get("timestamp")
+        except Exception:  # noqa: BLE001 - a table without a version list: versions alone
+            return None
+        return None
 
     def current(self, fallback: Any) -> Any:
         """The engine now (call it holding the read lock: a refresh, which may replace the
@@ -230,11 +320,17 @@ class _Engine:
         return fresh
 
     def n_rows(self, search: Any) -> int:
-        version = int(search.version)
-        n = self._counts.get(version)
+        key = (self.epoch, int(search.version))
+        n = self._counts.get(key)
         if n is None:
-            n = int(search.table.count_rows())
-            self._counts = {version: n}
+            try:
+                n = int(search.table.count_rows())
+            except Exception as exc:  # noqa: BLE001 - e.g. the table dropped meanwhile
+                raise UnavailableError(
+                    f"cannot count the rows of {search.table.name} v{key[1]} "
+                    f"({type(exc).__name__}); it may be being rebuilt: try again shortly"
+                ) from exc
+            self._counts = {key: n}
         return n
 
 
@@ -802,6 +898,12 @@ def create_app(
     page_cache: OrderedDict[tuple[Any, ...], _Ranking] = OrderedDict()
     page_lock = threading.Lock()
 
+    def _forget_rankings() -> None:
+        with page_lock:
+            page_cache.clear()
+
+    engine.on_recreated += [_forget_rankings, thumbs.forget]
+
     app = FastAPI(
         title="galaxy-assets search",
         version="1",
@@ -925,12 +1027,13 @@ def create_app(
         with engine.lock.read():
             search = engine.current(search)  # not one a refresh replaced meanwhile
             version = current = int(search.version)
+            epoch = engine.epoch  # a table dropped and built again reuses version numbers
             n_rows = engine.n_rows(search)
             cached = None
             if cacheable:
                 with page_lock:
                     if req.table_version is not None and req.table_version != version:
-                        cached = page_cache.get((req.table_version, *query_key))
+                        cached = page_cache.get((epoch, req.table_version, *query_key))
                         # a last page stops at that version's row count, as at the current
                         # version (unclamped, a last page after the index moved was a 409)
                         if cached is None or not _covers(
@@ -944,7 +1047,7 @@ def create_app(
                             )
                         version, n_rows = req.table_version, cached.n_rows
                     else:
-                        cached = page_cache.get((version, *query_key))
+                        cached = page_cache.get((epoch, version, *query_key))
                 if cached is None and req.offset and req.table_version is not None:
                     # the ranking this page continues left the cache: ranking again could
                     # repeat or skip galaxies (approximate search, a sampling rater)
@@ -990,19 +1093,19 @@ def create_app(
                             pl.int_range(1, pl.len() + 1, dtype=pl.Int64).alias("rank")
                         )
                     if cacheable:
-                        _keep_ranking(version, query_key, fetch, frame, summary,
+                        _keep_ranking((epoch, version), query_key, fetch, frame, summary,
                                       rerank_summary, n_rows)
                 elif req.rerank:
                     to_rate = True  # below, without the engine's lock
                 elif cacheable:
-                    _keep_ranking(version, query_key, fetch, frame, summary, None, n_rows)
+                    _keep_ranking((epoch, version), query_key, fetch, frame, summary, None, n_rows)
         if to_rate:
             # the rater reads pixels from the shard files and may ask a VLM up to k_rerank
             # times: holding the engine's lock meanwhile stalled every request behind the next
             # refresh; the frame is this version's snapshot
             frame, rerank_summary = _rerank(search, frame, terms, req)
             if cacheable:
-                _keep_ranking(version, query_key, fetch, frame, summary, rerank_summary, n_rows)
+                _keep_ranking((epoch, version), query_key, fetch, frame, summary, rerank_summary, n_rows)
         page = frame.slice(req.offset, req.k) if frame.height else frame
         records = to_json_records(page) if page.height else []
         for record in records:
@@ -1042,11 +1145,11 @@ def create_app(
             }
         )
 
-    def _keep_ranking(version: int, query_key: tuple[Any, ...], depth: int,
+    def _keep_ranking(at: tuple[int, int], query_key: tuple[Any, ...], depth: int,
                       frame: pl.DataFrame, summary: dict[str, Any],
                       rerank_summary: dict[str, Any] | None, n_rows: int) -> None:
         with page_lock:
-            key = (version, *query_key)
+            key = (*at, *query_key)
             page_cache[key] = _Ranking(depth, frame, summary, rerank_summary, n_rows)
             page_cache.move_to_end(key)
             while len(page_cache) > PAGE_CACHE_QUERIES:
@@ -1264,7 +1367,7 @@ def create_app(
             names = set(search.table.schema.names)
             row = lookup(search, object_id, [c for c in PIXEL_COLUMNS if c in names])
         oid = str(row["object_id"][0])
-        data = thumbs.get(oid, version, size, lambda: render_thumbnail(row, size))
+        data = thumbs.get(oid, pixel_source(row), size, lambda: render_thumbnail(row, size))
         return Response(
             data,
             media_type="image/png",

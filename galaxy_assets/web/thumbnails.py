@@ -7,10 +7,13 @@ layer asks for a thumbnail only after it found the object_id in the table, so no
 text ever names a file.
 
 :class:`ThumbnailCache` keeps PNG bytes in an in-memory LRU and, when given a folder, in
-files named by a hash of (object_id, table version, size): a new table version renders
-again (its rows may point at other pixels), and a restarted server finds its files. Every
-table commit is a new version, so the folder is held under ``max_bytes``: every
-``prune_every`` writes, the files used longest ago go first.
+files named by a hash of (object_id, the pixels' source, size). The source
+(:func:`pixel_source`) is what the picture is drawn from: the row's shard file (with its
+size and modification time), row, bands and crop. It is not the table version: a table
+dropped and built again restarts its versions at 1, so a version named other pixels then,
+while a new version whose row points at the same pixels needs no new picture. A restarted
+server finds its files; the folder is held under ``max_bytes``: every ``prune_every``
+writes, the files used longest ago go first.
 """
 
 from __future__ import annotations
@@ -30,7 +33,22 @@ from galaxy_assets.web.errors import NotFoundError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ThumbnailCache", "render_thumbnail"]
+__all__ = ["ThumbnailCache", "pixel_source", "render_thumbnail"]
+
+
+def pixel_source(row: pl.DataFrame) -> str:
+    """What the thumbnail of the galaxy in ``row`` is drawn from: shard_uri (with the file's
+    size and modification time when it is a local file), row, bands and crop."""
+    first = row.row(0, named=True)
+    uri = str(first.get("shard_uri") or "")
+    try:
+        st = os.stat(uri)
+        state = f"{st.st_size}:{st.st_mtime_ns}"
+    except (OSError, ValueError):  # not a local file (or none): its name alone
+        state = ""
+    parts = (uri, state, first.get("row"), first.get("bands"), first.get("height"),
+             first.get("width"))
+    return "\x1f".join("" if p is None else str(p) for p in parts)
 
 
 def render_thumbnail(row: pl.DataFrame, size: int) -> bytes:
@@ -55,8 +73,9 @@ RENDER_REVISION = 2
 
 
 class ThumbnailCache:
-    """PNG bytes keyed by (object_id, table version, size): an LRU of ``max_items`` in memory,
-    backed by files under ``folder`` when one is given (written atomically)."""
+    """PNG bytes keyed by (object_id, source, size): an LRU of ``max_items`` in memory,
+    backed by files under ``folder`` when one is given (written atomically). ``source`` names
+    the pixels (:func:`pixel_source`)."""
 
     def __init__(
         self,
@@ -77,8 +96,8 @@ class ThumbnailCache:
         self.misses = 0
 
     @staticmethod
-    def key(object_id: str, version: int, size: int) -> str:
-        raw = f"{object_id}\x00{int(version)}\x00{int(size)}\x00{RENDER_REVISION}".encode()
+    def key(object_id: str, source: str | int, size: int) -> str:
+        raw = f"{object_id}\x00{source}\x00{int(size)}\x00{RENDER_REVISION}".encode()
         return hashlib.sha256(raw).hexdigest()[:40]
 
     def _file(self, key: str) -> Path | None:
@@ -91,9 +110,11 @@ class ThumbnailCache:
             while len(self._memory) > self.max_items:
                 self._memory.popitem(last=False)
 
-    def get(self, object_id: str, version: int, size: int, render: Callable[[], bytes]) -> bytes:
+    def get(
+        self, object_id: str, source: str | int, size: int, render: Callable[[], bytes]
+    ) -> bytes:
         """The cached PNG, or ``render()``'s (then cached)."""
-        key = self.key(object_id, version, size)
+        key = self.key(object_id, source, size)
         with self._lock:
             data = self._memory.get(key)
             if data is not None:
@@ -163,6 +184,12 @@ class ThumbnailCache:
             deleted += 1
         log.info("thumbnail cache: %d old files removed (%d bytes kept)", deleted, total)
         return deleted
+
+    def forget(self) -> None:
+        """Empty the in-memory LRU (the table was recreated; files are keyed by their
+        pixels' source and stay valid)."""
+        with self._lock:
+            self._memory.clear()
 
     def __len__(self) -> int:
         with self._lock:

@@ -742,6 +742,82 @@ def test_the_last_page_after_the_index_moved_is_served(text_index, text_engine):
         assert len(ids) == len(set(ids)) == 60
 
 
+def test_a_table_dropped_and_built_again_is_served_as_the_new_table(
+    text_index, text_embedder, aligner
+):
+    """LanceDB versions start at 1 again after a drop: built again to the same version number
+    with one shard, the server kept the old table's row count and cached ranking (galaxies
+    no longer indexed, their details 404) under that number."""
+    from galaxy_assets.search.query import GalaxySearch
+    from galaxy_assets.search.table import build_shard_rows, drop_table, upsert_shard
+
+    def factory():
+        return GalaxySearch(text_index.uri, text_embedder=text_embedder, aligner=aligner,
+                            serving_index=False)
+
+    app = create_app(factory, refresh_seconds=0)
+    params = {"q": "spiral arms", "k": 8}
+    with TestClient(app, raise_server_exceptions=False) as client:
+        before = client.get("/api/search", params=params).json()
+        assert before["n_indexed"] == 60
+        drop_table(text_index.uri)
+        gone = client.get("/api/search", params=params)
+        assert "dropped" in _error(gone, 503)["error"]
+        f = text_index.frames["s-b"]
+        rows = build_shard_rows("s-b", f["manifest"], f["vectors"], f["predictions"],
+                                f["captions"])
+        upsert_shard(text_index.uri, "s-b", rows)
+        while factory().version < before["table_version"]:
+            upsert_shard(text_index.uri, "s-b", rows)
+        fresh = factory()
+        assert fresh.version == before["table_version"]  # the same number, another table
+        # a later page of the old table's first page: its ranking is gone
+        stale = client.get("/api/search", params={**params, "offset": 8,
+                                                  "table_version": before["table_version"]})
+        _error(stale, 409)
+        now = client.get("/api/search", params=params).json()
+        assert now["table_version"] == before["table_version"] and now["n_indexed"] == 30
+        ids = [r["object_id"] for r in now["results"]]
+        assert ids == fresh.search_text("spiral arms", 8).frame["object_id"].to_list()
+        assert client.get(f"/api/galaxy/{ids[0]}").status_code == 200
+        assert client.get("/api/info").json()["n_indexed"] == 30
+
+
+def test_a_given_engine_whose_table_was_recreated_is_503_not_500(text_engine, text_index):
+    """A GalaxySearch given as such cannot open the new table: while the table is missing
+    and once it is back, requests are 503 saying why (they were 500s, one unexpected)."""
+    from galaxy_assets.search.table import build_shard_rows, drop_table, upsert_shard
+
+    app = create_app(text_engine, refresh_seconds=0)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        assert client.get("/api/search", params={"q": "spiral arms"}).status_code == 200
+        drop_table(text_index.uri)
+        for path in ("/api/search?q=ring", "/api/galaxy/gal0001", "/api/info"):
+            assert "rebuilt" in _error(client.get(path), 503)["error"]
+        f = text_index.frames["s-b"]
+        upsert_shard(text_index.uri, "s-b", build_shard_rows(
+            "s-b", f["manifest"], f["vectors"], f["predictions"], f["captions"]))
+        for path in ("/api/search?q=spiral+arms", "/api/info", "/api/info"):
+            assert "restart the server" in _error(client.get(path), 503)["error"]
+
+
+def test_thumbnails_are_keyed_by_their_pixels_not_the_table_version(survey_app, survey_index):
+    """A new table version whose row points at the same pixels draws no new thumbnail (and
+    a version number reused by a rebuilt table cannot serve another galaxy's picture)."""
+    from galaxy_assets.search.table import open_table
+
+    uri, _ = survey_index
+    oid, _ = _one_cutout(survey_index)
+    engine = survey_app.app.state.engine
+    engine.refresh_seconds = 0
+    first = survey_app.get(f"/api/galaxy/{oid}/thumbnail", params={"size": 64})
+    open_table(uri).update(where=f"object_id = '{oid}'", values={"caption": "recaptioned"})
+    again = survey_app.get(f"/api/galaxy/{oid}/thumbnail", params={"size": 64})
+    assert int(again.headers["X-Table-Version"]) > int(first.headers["X-Table-Version"])
+    assert again.content == first.content
+    assert survey_app.app.state.thumbnails.misses == 1
+
+
 def test_a_later_page_whose_ranking_left_the_cache_is_409(text_app, monkeypatch):
     """Ranking again for a page whose first page's ranking was evicted could repeat or skip
     galaxies (approximate search, a sampling rater): the server says to search again."""
@@ -911,7 +987,7 @@ def test_paging_with_more_reaches_the_last_rank_served(text_app, monkeypatch):
 
 
 def test_the_thumbnail_folder_is_held_under_its_size_limit(tmp_path):
-    """Every table commit is a new version and renders again: the folder prunes the files
+    """Every new pixel source (a shard rewritten) renders again: the folder prunes the files
     used longest ago instead of growing without bound."""
     import os
 
