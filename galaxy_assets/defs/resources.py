@@ -67,6 +67,9 @@ class SurveyResource(dg.ConfigurableResource):
     roots: list[str] = Field(default_factory=list, description="Empty: the home's mock survey")
     bands: list[str] = Field(default_factory=lambda: ["g", "r", "i", "z"])
     cutout_size: int = Field(64, description="Centre crop in pixels; 0 keeps the native size")
+    # built from the settings (default_resources): those settings, so that the survey sensor
+    # can tell when the settings file changed under a running `galaxy-assets dev`
+    from_settings: bool = False
 
     def root_paths(self, home: Home) -> list[Path]:
         if self.roots:
@@ -267,6 +270,18 @@ def _secret(env_name: str):
     return dg.EnvVar(env_name) if env_name else None
 
 
+def survey_fields(settings) -> dict:
+    """The survey resource's fields from ``settings``: the ``survey`` section, with the home's
+    mock survey read at the size `demo --size` simulated it at unless the settings give one (a
+    32 px survey read at the default 64 px failed every raw_cutouts run under `dev`)."""
+    survey = settings.survey.model_dump()
+    simulated = settings.home_folder().simulated_cutout_size()
+    if not settings.survey.roots and "cutout_size" not in settings.survey.model_fields_set \
+            and simulated is not None:
+        survey["cutout_size"] = simulated
+    return survey
+
+
 def default_resources() -> dict[str, object]:
     """Resources configured from settings (config file + environment)."""
     from galaxy_assets.defs.io import ShardParquetIOManager
@@ -283,17 +298,11 @@ def default_resources() -> dict[str, object]:
                                 artifact_root=cluster.mlflow_artifact_root)
         lancedb_uri = cluster.lancedb_uri
     outputs = "" if io_base_dir == str(home.parquet) else io_base_dir
-    survey = settings.survey.model_dump()
-    simulated = home.simulated_cutout_size()
-    if not settings.survey.roots and "cutout_size" not in settings.survey.model_fields_set \
-            and simulated is not None:
-        # the home's mock survey is read at the size `demo --size` simulated it at (a 32 px
-        # survey read at the default 64 px failed every raw_cutouts run under `dev`)
-        survey["cutout_size"] = simulated
+    survey = survey_fields(settings)
     return {
         "home": HomeResource(root=settings.home, outputs=outputs),
         "compute": ComputeResource(**settings.compute.model_dump()),
-        "survey": SurveyResource(**survey),
+        "survey": SurveyResource(**survey, from_settings=True),
         "io_manager": ShardParquetIOManager(base_dir=io_base_dir),
         "mlflow": mlflow,
         "image_encoder": ImageEncoderResource.from_settings(settings),

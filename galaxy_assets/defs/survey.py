@@ -200,6 +200,30 @@ def _read_settings(survey: SurveyResource) -> str:
     return f"{','.join(survey.bands)}|{int(survey.cutout_size)}"
 
 
+def settings_changed_since_load(survey: SurveyResource) -> str:
+    """What differs between the survey settings the definitions were loaded with and the
+    settings now (a config.yaml edited while `galaxy-assets dev` runs), as a message saying to
+    reload; empty when they agree, or when the resource was not built from the settings."""
+    if not survey.from_settings:
+        return ""
+    from galaxy_assets.defs.resources import survey_fields
+    from galaxy_assets.settings import SettingsError, load_settings
+
+    try:
+        now = survey_fields(load_settings())
+    except SettingsError as exc:
+        return f"the settings cannot be read ({exc}); fix them, then reload the definitions"
+    differ = [k for k in ("roots", "bands")
+              if list(now.get(k) or []) != list(getattr(survey, k) or [])]
+    if int(now.get("cutout_size") or 0) != int(survey.cutout_size or 0):
+        differ.append("cutout_size")
+    if not differ:
+        return ""
+    return (f"survey.{', survey.'.join(differ)} changed since the definitions were loaded "
+            f"(now {', '.join(f'{k}={now.get(k)!r}' for k in differ)}): reload them (Deployment "
+            "→ Reload definitions in the UI) or restart `galaxy-assets dev`")
+
+
 def vanished_shards(roots, known, found: dict) -> tuple[list[str], str]:
     """The ``known`` partitions that ``found`` (key → path) no longer holds, and a warning
     when none may be dropped: a missing root, or one that holds no shard at all (an
@@ -232,6 +256,12 @@ def vanished_shards(roots, known, found: dict) -> tuple[list[str], str]:
 def survey_shards_sensor(
     context: dg.SensorEvaluationContext, home: HomeResource, survey: SurveyResource
 ):
+    stale = settings_changed_since_load(survey)
+    if stale:
+        # the definitions (and this sensor's survey resource) were loaded with other
+        # settings; runs started now read the new file, so deciding from the old ones would
+        # request shards the runs then read differently
+        return dg.SkipReason(stale)
     found = survey.discover(home.home())
     existing = set(context.instance.get_dynamic_partitions(shard_partitions.name))
     # a file still being copied is taken once it has not changed for SETTLE_S seconds

@@ -389,3 +389,21 @@ def test_discovery_survives_bad_names_and_reports_clashing_keys(isolated_home, t
     above = SurveyResource(roots=[str(tmp_path / "mmu")], bands=BANDS, cutout_size=0)
     assert sorted(above.discover(isolated_home)) == ["hsc__healpix=1__001-of-001",
                                                      "legacysurvey__healpix=1__001-of-001"]
+
+
+def test_the_sensor_says_to_reload_after_the_settings_file_changed(isolated_home, monkeypatch):
+    """A config.yaml edited while `galaxy-assets dev` runs: the sensor kept deciding with the
+    settings it was loaded with, while the runs it started read the new file (12 runs failed
+    reading 32 px cutouts at 64 px). It now skips, saying to reload the definitions."""
+    from galaxy_assets.defs.resources import default_resources
+    from galaxy_assets.defs.survey import settings_changed_since_load
+
+    monkeypatch.delenv("GALAXY_ASSETS_SURVEY_CUTOUT_SIZE", raising=False)
+    loaded = default_resources()["survey"]
+    assert settings_changed_since_load(loaded) == ""
+    (isolated_home / "config.yaml").write_text("survey:\n  cutout_size: 32\n")
+    said = settings_changed_since_load(loaded)
+    assert said.startswith("survey.cutout_size changed since the definitions were loaded")
+    assert "Reload definitions" in said
+    # a resource given in code (not built from the settings) is left alone
+    assert settings_changed_since_load(SurveyResource(roots=["/elsewhere"])) == ""
