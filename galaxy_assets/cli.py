@@ -297,11 +297,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     args.has_votes = any(truth_path(found[k]).exists() for k in good)
     ok = _run_captions(defs, instance, args) and _run_models(defs, instance, good, args)
     ok = ok and not failed
-    print(
-        "\nNext: `.venv/bin/galaxy-assets dev` opens the Dagster UI on this home "
-        "(http://127.0.0.1:3000)."
-    )
+    print(f"\nNext: `{_dev_command(args, home)}` opens the Dagster UI on this home "
+          "(http://127.0.0.1:3000).")
     return 0 if ok else 1
+
+
+def _dev_command(args: argparse.Namespace, home: Home) -> str:
+    """The command that opens the Dagster UI on ``home``: with ``--home`` when the demo was
+    given one (a plain `dev` would open the home the environment or settings name)."""
+    return ".venv/bin/galaxy-assets dev" + (f" --home {home.root}" if args.home else "")
 
 
 def _demo_read_size(size: int | None) -> int:
@@ -747,7 +751,7 @@ def _print_results(instance, args: argparse.Namespace) -> bool:
         print("\n" + (f"filter: {flt}\n" if flt else "") + format_results(results)
               + f"\n  contact sheet: {sheet}")
     print(f"\nevaluation report: {report.with_name('report.md') if report else 'none'}")
-    print("Dagster UI: `.venv/bin/galaxy-assets dev` → http://127.0.0.1:3000")
+    print(f"Dagster UI: `{_dev_command(args, home)}` → http://127.0.0.1:3000")
     print(f"MLflow UI: `.venv/bin/mlflow ui --backend-store-uri "
           f"{load_settings().tracking_location(home)[0]}` "
           "→ http://127.0.0.1:5000 (runs, search-aligner@champion, morphology-encoder@champion)")

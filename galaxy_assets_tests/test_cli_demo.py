@@ -258,3 +258,16 @@ def test_a_survey_without_votes_skips_the_morphology_encoder_under_a_pretrained_
     monkeypatch.setenv("GALAXY_ASSETS_IMAGE_ENCODER_KIND", "registry")
     jobs = [job for job, _ in _demo_rerun(monkeypatch, [], champion=None, has_votes=False)]
     assert jobs[0] == "morphology_job"
+
+
+def test_the_demo_names_its_home_in_the_dev_command_it_suggests(tmp_path):
+    """`demo --home DIR` ended with "Next: galaxy-assets dev", which opens ./.galaxy_home."""
+    import argparse
+
+    from galaxy_assets.cli import _dev_command
+    from galaxy_assets.runtime import Home
+
+    home = Home.from_env(tmp_path / "h")
+    assert _dev_command(argparse.Namespace(home=str(tmp_path / "h")), home).endswith(
+        f"galaxy-assets dev --home {home.root}")
+    assert _dev_command(argparse.Namespace(home=None), home) == ".venv/bin/galaxy-assets dev"
