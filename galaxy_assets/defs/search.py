@@ -6,6 +6,7 @@ from typing import Any
 
 import dagster as dg
 import polars as pl
+import pyarrow.compute as pc
 from dagster_polars import LazyFramePartitions
 
 from galaxy_assets.defs.execution import shards_per_run
@@ -50,6 +51,9 @@ def galaxy_index(
     uri = search_index.location(home.home())
     state: dict[str, Any] = {"table": None}
     meta: dict[str, dict] = {}
+    # the models behind the rows written: which aligner, encoder and emulator the index serves
+    models: dict[str, set[str]] = {c: set() for c in ("aligner_version", "morphology_version",
+                                                      "emulator_version")}
 
     def index(key: str) -> dict:
         rows_stats = RowStats()
@@ -64,6 +68,9 @@ def galaxy_index(
             state["table"] = open_or_create_table(
                 uri, rows.schema.field("vector").type.list_size, name=search_index.table)
         stats = upsert_shard(state["table"], key, rows)
+        for column, seen in models.items():
+            if column in rows.column_names:
+                seen.update(str(v) for v in pc.unique(rows.column(column)).to_pylist() if v)
         context.log.info(f"{key}: {stats.n_inserted} inserted, {stats.n_updated} updated, "
                          f"{stats.n_deleted} removed, {stats.n_skipped} skipped → v{stats.version}")
         record = {**stats.as_metadata(), **{
@@ -83,6 +90,7 @@ def galaxy_index(
     return dg.MaterializeResult(metadata={
         "table_version": table_version(table), "table_uri": uri, "rows": table.count_rows(),
         "shards": len(upserts),
+        **{column: ", ".join(sorted(seen)) or "none" for column, seen in models.items()},
         "inserted": int(per_shard["n_inserted"].sum()), "updated": int(per_shard["n_updated"].sum()),
         "removed": int(per_shard["n_deleted"].sum()), "skipped": int(per_shard["n_skipped"].sum()),
         "upserts": dg.MetadataValue.md(_markdown(per_shard)),

@@ -72,6 +72,11 @@ def test_galaxy_index_upserts_a_shard_range_in_one_run_and_reruns_idempotently(i
         assert {e.partition for e in events} == set(KEYS)  # one run, three partitions
         meta = events[0].metadata
         assert meta["rows"].value == 60 and meta["inserted"].value == 60
+        # which models the index serves, seen from the UI without opening the table
+        stored = pl.from_arrow(open_table(isolated_home / "lancedb").to_arrow().select(
+            ["aligner_version"]))["aligner_version"].unique().to_list()
+        assert meta["aligner_version"].value == ", ".join(sorted(stored))
+        assert {"morphology_version", "emulator_version"} <= set(meta)
         table = open_table(isolated_home / "lancedb")
         assert table.count_rows() == 60
         v1 = meta["table_version"].value
