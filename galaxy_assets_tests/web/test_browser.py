@@ -225,6 +225,18 @@ def test_search_detail_and_more_like_this_in_chromium(
 
 
 @pytest.mark.slow
+def _slow_down(engine, text: str = "slow query", seconds: float = 4) -> None:
+    """Make ``engine`` answer the text query ``text`` ``seconds`` late (a VLM re-ranking, say)."""
+    real = engine.search
+
+    def search(query, k, **kwargs):
+        if any(getattr(t, "value", "") == text for t in query):
+            time.sleep(seconds)
+        return real(query, k, **kwargs)
+
+    engine.search = search
+
+
 def test_a_new_search_replaces_one_still_running(text_engine, browser):
     """Clicking an example while a slow search (a VLM re-ranking, say) runs shows the
     example's results, and the slow answer that comes back later is dropped (the page used
@@ -232,14 +244,7 @@ def test_a_new_search_replaces_one_still_running(text_engine, browser):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    real = text_engine.search
-
-    def search(query, k, **kwargs):
-        if any(getattr(t, "value", "") == "slow query" for t in query):
-            time.sleep(4)
-        return real(query, k, **kwargs)
-
-    text_engine.search = search
+    _slow_down(text_engine)
     app = create_app(text_engine, refresh_seconds=None)
     with _Server(app) as base:
         browser.get(f"{base}/?q=slow+query")
@@ -297,14 +302,7 @@ def test_an_upload_that_replaces_a_running_search_leaves_search_usable(
 
     from galaxy_assets.search.pixels import Cutout, read_cutouts
 
-    real = survey_engine.search
-
-    def search(query, k, **kwargs):
-        if any(getattr(t, "value", "") == "slow query" for t in query):
-            time.sleep(4)
-        return real(query, k, **kwargs)
-
-    survey_engine.search = search
+    _slow_down(survey_engine)
     _, survey = survey_index
     cut = next(c for c in read_cutouts(survey.manifests[survey.shards[0]].head(1)).values()
                if isinstance(c, Cutout))
