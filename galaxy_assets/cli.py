@@ -64,7 +64,7 @@ def command_home(args: argparse.Namespace) -> Home:
 
 
 # settings given as paths in the environment: `galaxy-assets dev` runs Dagster from the
-# Dagster home, where a relative path would name another folder than the user's
+# repository, where a relative path would name another folder than the user's
 _ENV_PATHS = ("GALAXY_ASSETS_CONFIG", "GALAXY_ASSETS_SEARCH_URI", "GALAXY_ASSETS_CLUSTER_IO_BASE_DIR",
               "GALAXY_ASSETS_CLUSTER_LANCEDB_URI")
 # names that may be a path or a model id ("org/name"): made absolute only where that path
@@ -110,7 +110,7 @@ def prepare_dagster_home(home: Home) -> Path:
     and set the pool limits: ``gpu`` = number of GPUs (at least 1), ``lancedb_writer`` = 1."""
     home.ensure()
     os.environ[HOME_ENV] = str(home.root)
-    absolute_env_paths()  # Dagster's processes may run in another folder (dev: the Dagster home)
+    absolute_env_paths()  # Dagster's processes may run in another folder (dev: the repository)
     if os.environ.get("DAGSTER_HOME") and Path(os.environ["DAGSTER_HOME"]) != home.dagster:
         return Path(os.environ["DAGSTER_HOME"])
     os.environ["DAGSTER_HOME"] = str(home.dagster)
@@ -838,10 +838,11 @@ def cmd_dev(args: argparse.Namespace) -> int:
     cmd = [str(exe if exe.exists() else "dagster"), "dev", "-w", str(REPO_ROOT / "workspace.yaml"),
            "-h", args.host, "-p", str(args.port)]
     print(f"DAGSTER_HOME={dagster_home}\n$ {' '.join(cmd)}")
-    # run from the Dagster home: from the repository Dagster warned on every start that the
-    # repository's dagster.yaml "will not be used" (the home's rendered copy is); relative path
-    # settings were made absolute by prepare_dagster_home
-    return run_until_done(cmd, cwd=dagster_home)
+    # run from the repository, where README's relative paths (galaxy_assets/emulator/configs/…
+    # in a run config) and a .env file are found; Dagster notes there that the repository's
+    # dagster.yaml "will not be used": the home's rendered copy of it is. Relative path
+    # settings in the environment were made absolute by prepare_dagster_home
+    return run_until_done(cmd, cwd=REPO_ROOT)
 
 
 def run_until_done(cmd: list[str], **kwargs) -> int:

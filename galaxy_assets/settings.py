@@ -369,7 +369,7 @@ _PATH_KEYS = (("search", "uri"), ("cluster", "lancedb_uri"), ("cluster", "io_bas
 def _absolute_paths(data: dict, base: Path) -> dict:
     """``data`` with its relative ``survey.roots`` and the folders of :data:`_PATH_KEYS` made
     absolute against ``base``: every process then opens the same folders, whichever folder it
-    runs in (`galaxy-assets dev` runs Dagster from the Dagster home)."""
+    runs in (`galaxy-assets dev` runs Dagster from the repository)."""
 
     def fix(value: object) -> object:
         if not isinstance(value, str) or not value or "://" in value:
