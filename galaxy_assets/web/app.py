@@ -375,6 +375,8 @@ class SearchRequest(BaseModel):
     # a later page names the table version its first page came from, so that every page
     # continues the same ranking (the server answers 409 once it holds none of that version)
     table_version: int | None = Field(None, ge=0)
+    # and the table's epoch then (a table dropped and built again reuses version numbers)
+    table_epoch: int | None = Field(None, ge=0)
 
 
 # what read_cutouts needs to read a galaxy's pixels as the graph read them
@@ -1028,6 +1030,11 @@ def create_app(
             search = engine.current(search)  # not one a refresh replaced meanwhile
             version = current = int(search.version)
             epoch = engine.epoch  # a table dropped and built again reuses version numbers
+            if req.offset and req.table_epoch is not None and req.table_epoch != epoch:
+                raise StalePageError(
+                    "the index was dropped and built again since the first page; search again "
+                    "from the first page",
+                    detail={"kind": "stale_page", "table_version": int(search.version)})
             n_rows = engine.n_rows(search)
             cached = None
             if cacheable:
@@ -1131,6 +1138,7 @@ def create_app(
                 "filters": summary.get("filters") or {},
                 "filter_exprs": list(req.filters),
                 "table_version": version,
+                "table_epoch": epoch,
                 "n_indexed": n_rows,
                 "k": req.k,
                 "offset": req.offset,
@@ -1281,6 +1289,10 @@ def create_app(
             int | None,
             Query(ge=0, description="a later page: the table_version its first page returned"),
         ] = None,
+        table_epoch: Annotated[
+            int | None,
+            Query(ge=0, description="a later page: the table_epoch its first page returned"),
+        ] = None,
     ) -> dict[str, Any]:
         req = SearchRequest(
             q=q,
@@ -1293,6 +1305,7 @@ def create_app(
             nprobes=nprobes,
             refine_factor=refine_factor,
             table_version=table_version,
+            table_epoch=table_epoch,
         )
         return run_query(req, _terms_of(req, term))
 

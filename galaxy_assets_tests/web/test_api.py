@@ -781,6 +781,17 @@ def test_a_table_dropped_and_built_again_is_served_as_the_new_table(
         assert ids == fresh.search_text("spiral arms", 8).frame["object_id"].to_list()
         assert client.get(f"/api/galaxy/{ids[0]}").status_code == 200
         assert client.get("/api/info").json()["n_indexed"] == 30
+        # the old first page's "more", once the same query ran on the new table: the version
+        # number alone matched, and it continued the new table's ranking (skipping galaxies)
+        assert now["table_epoch"] != before["table_epoch"]
+        old_more = client.get("/api/search", params={
+            **params, "offset": 8, "table_version": before["table_version"],
+            "table_epoch": before["table_epoch"]})
+        assert "dropped and built again" in _error(old_more, 409)["error"]
+        new_more = client.get("/api/search", params={
+            **params, "offset": 8, "table_version": now["table_version"],
+            "table_epoch": now["table_epoch"]})
+        assert new_more.status_code == 200
 
 
 def test_a_given_engine_whose_table_was_recreated_is_503_not_500(text_engine, text_index):

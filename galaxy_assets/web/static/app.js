@@ -210,7 +210,11 @@ async function runSearch(append) {
   if (offset) {
     params.set("offset", String(offset));
     // continue the first page's ranking even if the index moved since
-    if (state.last) params.set("table_version", String(state.last.table_version));
+    if (state.last) {
+      params.set("table_version", String(state.last.table_version));
+      // a table dropped and built again reuses version numbers: its epoch tells them apart
+      if (state.last.table_epoch !== undefined) params.set("table_epoch", String(state.last.table_epoch));
+    }
   }
   $("go").disabled = true;
   try {
