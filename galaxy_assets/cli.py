@@ -554,8 +554,17 @@ def _latest_ids(instance, asset: str, keys: list[str] | None = None) -> dict[str
     from dagster._core.events import DagsterEventType
 
     if keys is None:
-        records = instance.fetch_materializations(dg.AssetKey(asset), limit=1).records
-        return {None: records[0].storage_id} if records else {}
+        records = instance.fetch_materializations(dg.AssetKey(asset), limit=50).records
+        for record in records:  # newest first
+            meta = record.asset_materialization.metadata if record.asset_materialization else {}
+            model = meta.get("registered_model")
+            # a user-table emulator (property-emulator-table-…) is not the survey's: the
+            # survey's posteriors and the demo's stages do not follow it
+            if asset == "property_emulator" and model is not None and str(
+                    getattr(model, "value", model)) != "property-emulator":
+                continue
+            return {None: record.storage_id}
+        return {}
     ids = instance.get_latest_storage_id_by_partition(
         dg.AssetKey(asset), DagsterEventType.ASSET_MATERIALIZATION, set(keys))
     return dict(ids)
@@ -700,7 +709,7 @@ def _run_models(defs, instance, keys: list[str], args: argparse.Namespace) -> bo
                       if isinstance(v, float) and "recall_at_5" in k))
     meta = _latest_metadata(instance, "property_emulator")
     if meta:
-        print(f"property-emulator v{meta.get('version')}: "
+        print(f"{meta.get('registered_model') or 'property-emulator'} v{meta.get('version')}: "
               + ", ".join(f"{lab} NMAD {meta.get(f'{lab}_diffusion_nmad', float('nan')):.3f} "
                           f"68% coverage {meta.get(f'{lab}_diffusion_coverage_68', float('nan')):.2f}"
                           for lab in ("redshift", "log_stellar_mass"))

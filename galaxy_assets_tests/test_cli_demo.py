@@ -224,6 +224,11 @@ def test_a_demo_rerun_finishes_what_a_stopped_run_left(monkeypatch, isolated_hom
 
     done = _built_demo()
     assert _demo_rerun(monkeypatch, done, champion=1) == []  # nothing to do
+    # an emulator trained on a user table since (its own registered model) is not the
+    # survey's: the survey's posteriors and index are not redone for it
+    user_table = [*done, ("property_emulator", None,
+                          {"registered_model": "property-emulator-table-gaia", "version": 1})]
+    assert _demo_rerun(monkeypatch, user_table, champion=1) == []
 
     # the encoder was retrained (v2) and every shard re-embedded, then the run stopped
     v2 = f"registry:morphology-encoder/v2+{ImageEncoderResource.from_settings().tta}"

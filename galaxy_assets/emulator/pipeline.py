@@ -421,7 +421,10 @@ def train_evaluate_register(
     if figure_dir is not None:
         figure_dir.mkdir(parents=True, exist_ok=True)
         for name, fig in figures.items():
-            path = figure_dir / f"emulator_v{registration.version}_{name}.png"
+            # named after the registered model: a user-table model numbers its versions too,
+            # and its v1 figures overwrote the survey emulator's v1 figures
+            prefix = registration.name.removeprefix("property-")
+            path = figure_dir / f"{prefix}_v{registration.version}_{name}.png"
             fig.savefig(path, dpi=80, bbox_inches="tight")
             paths[name] = path
     return EmulatorOutcome(table, result, report, registration, paths, config.tolerance)

@@ -118,7 +118,7 @@ def test_labels_table_errors_name_the_problem(tiny_survey, tmp_path):
                        tiny_survey.manifest)
 
 
-def test_gate_on_a_user_table_checks_its_own_labels(tracker):
+def test_gate_on_a_user_table_checks_its_own_labels(tracker, tmp_path):
     """The asset's default gate names survey labels; on a user table (x -> y) the gate checks
     y instead of failing on labels the table does not have."""
     from galaxy_assets.emulator import make_table
@@ -139,6 +139,10 @@ def test_gate_on_a_user_table_checks_its_own_labels(tracker):
     assert out.registration.name == "property-emulator-table-frame"
     assert tracker.get_alias_version("property-emulator", "champion") is None
     assert serving_emulator(tracker, required=False) is None
+    # its figures are named after it: its v1 overwrote the survey emulator's v1 figures
+    again = train_evaluate_register(tracker, table, cfg, figure_dir=tmp_path)
+    assert again.figures and all(p.name.startswith("emulator-table-frame_v2_")
+                                 for p in again.figures.values())
 
 
 def test_flux_errors_follow_the_manifest_rows_when_a_shard_repeats_an_id(tmp_path):
