@@ -477,12 +477,15 @@ def _report(
             err_pre, err_rand = 1 - best_pre, 1 - best_rand
             red = (err_rand - err_pre) / err_rand if err_rand > 0 else math.nan
             metrics[f"error_reduction/{frac:g}"] = red
-            change = (
-                f"1−AUC {'reduced' if red >= 0 else 'increased'} by {abs(100 * red):.0f}%"
-                if drawn
-                else f"1−AUC {abs(100 * red):.0f}% {'lower' if red >= 0 else 'higher'}, "
-                "indicative only"
-            )
+            if not math.isfinite(red):  # no error to reduce: it printed "nan%"
+                change = "the encoder without pretraining ranked the test set perfectly"
+            elif drawn:
+                change = f"1−AUC {'reduced' if red >= 0 else 'increased'} by {abs(100 * red):.0f}%"
+            else:
+                change = (f"1−AUC {abs(100 * red):.0f}% {'lower' if red >= 0 else 'higher'}, "
+                          "indicative only")
+            if not drawn and not math.isfinite(red):
+                change += ", indicative only"
             lines.append(
                 f"at {100 * frac:g}% of labels the best pretrained approach reaches AUC "
                 f"{best_pre:.3f} vs {best_rand:.3f} without pretraining ({change})"

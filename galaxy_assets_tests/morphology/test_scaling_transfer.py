@@ -264,6 +264,11 @@ def test_transfer_verdict_needs_enough_test_positives():
     enough = _report(results, cfg, 400, 8, 120, MIN_TEST_POSITIVES)
     assert enough.verdict.startswith("Pretraining on votes") and "increased by" in enough.verdict
     assert enough.metrics["verdict_drawn"] == 1.0
+    # no error to reduce (the random encoder ranked perfectly): it printed "nan%"
+    perfect = _transfer_results({("pretrained", "linear_probe"): [0.9] * 3,
+                                 ("random", "linear_probe"): [1.0] * 3})
+    said = _report(perfect, cfg, 400, 8, 120, MIN_TEST_POSITIVES).verdict
+    assert "nan" not in said and "without pretraining ranked the test set perfectly" in said
 
 
 def test_auc_and_top_blocks():
