@@ -40,12 +40,25 @@ def pixel_source(row: pl.DataFrame) -> str:
     """What the thumbnail of the galaxy in ``row`` is drawn from: shard_uri (with the file's
     size and modification time when it is a local file), row, bands and crop."""
     first = row.row(0, named=True)
-    uri = str(first.get("shard_uri") or "")
+    uri = str(first.get("shard_uri") or "").removeprefix("file://")
     try:
         st = os.stat(uri)
         state = f"{st.st_size}:{st.st_mtime_ns}"
     except (OSError, ValueError):  # not a local file (or none): its name alone
         state = ""
+    if state and Path(uri).is_dir():
+        # a FITS folder: a file rewritten in place leaves the folder's own size and mtime as
+        # they were, so the galaxy's own file (named after its object_id, the reader's rule
+        # without an OBJID keyword) keys it too
+        from galaxy_assets.survey.fits import FITS_SUFFIXES
+
+        for suffix in FITS_SUFFIXES:
+            try:
+                fst = os.stat(Path(uri) / f"{first.get('object_id')}{suffix}")
+            except (OSError, ValueError):
+                continue
+            state += f":{fst.st_size}:{fst.st_mtime_ns}"
+            break
     parts = (uri, state, first.get("row"), first.get("bands"), first.get("height"),
              first.get("width"))
     return "\x1f".join("" if p is None else str(p) for p in parts)

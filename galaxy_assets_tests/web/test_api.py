@@ -1046,3 +1046,24 @@ def test_caption_lineage_reads_while_a_captioning_run_replaces_the_store(tmp_pat
         writer.join(timeout=60)
     assert writer.exitcode == 0 and adds.value >= 10 and reads >= 10
     assert set(found) == {"p"}, f"{found.count(None)} of {reads} reads found no lineage"
+
+
+def test_a_fits_file_rewritten_in_place_gets_a_new_thumbnail_key(tmp_path):
+    """Thumbnails are cached by their pixels' source: for a FITS folder that was the folder's
+    own size and mtime, which a file rewritten in place (cp over it, rsync --inplace) leaves
+    as they were, so the old picture was served even after a re-index and a restart."""
+    import os
+
+    from galaxy_assets.web.thumbnails import pixel_source
+
+    folder = tmp_path / "fits"
+    folder.mkdir()
+    path = folder / "gal0001.fits"
+    path.write_bytes(b"A" * 2880)
+    row = pl.DataFrame({"object_id": ["gal0001"], "shard_uri": [str(folder)], "row": [0],
+                        "bands": ["g,r,z"], "height": [64], "width": [64]})
+    before = pixel_source(row)
+    with open(path, "r+b") as handle:  # in place: the folder's own state does not change
+        handle.write(b"B" * 2880)
+    os.utime(path, ns=(0, 1_000_000_000))
+    assert pixel_source(row) != before
